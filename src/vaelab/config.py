@@ -1,0 +1,25 @@
+"""Where the Hydra configs live, and instantiation that surfaces user errors as one line."""
+
+from pathlib import Path
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate as hydra_instantiate
+
+from vaelab.errors import VaelabError
+
+
+def config_dir() -> Path:
+    """conf/ packaged inside the wheel, else the repository's conf/ (editable install)."""
+    packaged = Path(__file__).parent / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+
+
+def instantiate(cfg: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` that re-raises our own errors unwrapped."""
+    try:
+        return hydra_instantiate(cfg, _convert_="all", **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, VaelabError):
+            raise e.__cause__ from None
+        raise

@@ -1,0 +1,220 @@
+"""LightningDataModule: splits, binarization and on-device batching by index."""
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from lightning import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+
+from vaelab.data import DATASETS, DatasetSplits, load_dataset
+from vaelab.errors import ConfigError
+
+BINARIZATIONS = ("dynamic", "static", "none")
+# Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
+# metrics are comparable across epochs and test metrics across runs.
+_EVAL_BINARIZATION_SEED = 0
+
+
+class IndexBatchSampler(Sampler[Tensor]):
+    """Yields batches of indices, each process of a DDP run getting its own shard.
+
+    The (optionally shuffled) order is padded by repeating its start to a multiple of
+    `num_replicas`, so every process gets the same number of batches, as DDP requires;
+    process `rank` takes every `num_replicas`-th index. The last batch may be smaller.
+
+    Args:
+        n: Number of examples.
+        batch_size: Indices per batch.
+        shuffle: Draw a new order every epoch from a generator seeded with (seed, epoch).
+        seed: Run seed; the same on every process so the shards stay disjoint.
+        num_replicas: Number of processes.
+        rank: Index of this process.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shard_size = -(-n // num_replicas)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that seeds the order (Lightning calls it on `DataLoader.sampler`)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-self.shard_size // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        if self.n == 0:
+            return
+        if self.shuffle:
+            # SeedSequence mixes the pair into one 32-bit seed; simple arithmetic like
+            # seed * 2**32 + epoch collides, as torch's CPU generator keeps only 32 bits.
+            mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed))
+        else:
+            order = torch.arange(self.n)
+        total = self.shard_size * self.num_replicas
+        order = order.repeat(-(-total // self.n))[:total]
+        yield from order[self.rank :: self.num_replicas].split(self.batch_size)
+
+
+class VAEDataModule(LightningDataModule):
+    """MNIST-like images held as whole uint8 tensors on the training device.
+
+    Batches are `(x, y)`: x (B, 1, 28, 28) float32 in [0, 1], y (B,) int64 labels. The
+    last training batch of an epoch may be smaller: no example is dropped.
+
+    Args:
+        name: "mnist" or "fashion_mnist".
+        data_dir: Root of torchvision's layout (`data_dir/MNIST/raw/...`).
+        batch_size: Training batch size per process.
+        eval_batch_size: Validation and test batch size per process.
+        binarize: "dynamic" (a fresh Bernoulli draw per training batch, val/test drawn
+            once), "static" (every split drawn once from `seed`) or "none" (grey levels).
+        val_fraction: Share of the standard training set held out for validation.
+        seed: Seeds the train/val split, static binarization and shuffling.
+        download: Try torchvision's download if the files are not in `data_dir`.
+        allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
+    """
+
+    def __init__(
+        self,
+        name: str = "mnist",
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        binarize: str = "dynamic",
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        download: bool = True,
+        allow_fallback: bool = True,
+    ) -> None:
+        super().__init__()
+        if name not in DATASETS:
+            raise ConfigError(f"data.name={name!r} is not one of {', '.join(DATASETS)}")
+        if binarize not in BINARIZATIONS:
+            raise ConfigError(
+                f"data.binarize={binarize!r} is not one of {', '.join(BINARIZATIONS)}"
+            )
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        self.save_hyperparameters()
+        self._loaded: DatasetSplits | None = None
+        self._splits: dict[str, TensorDataset] = {}
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Shape (C, H, W) of one image."""
+        return (1, 28, 28)
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether batches hold only 0s and 1s (required by a Bernoulli likelihood)."""
+        return self.hparams.binarize != "none"
+
+    def prepare_data(self) -> None:
+        # Lightning runs this on one process per node before `setup`, so a download or
+        # extraction into data_dir happens once instead of racing across DDP ranks.
+        if not self._splits and self._loaded is None:
+            self._loaded = self._load()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits:  # already set up, e.g. for fit before test
+            return
+        data = self._loaded if self._loaded is not None else self._load()
+        self._loaded = None
+        hp = self.hparams
+        pool, test = data.train_images, data.test_images
+        if hp.binarize == "static":
+            pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
+        n_val = round(hp.val_fraction * len(pool))
+        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(hp.seed))
+        train_idx, val_idx = perm[n_val:], perm[:n_val]
+        val = pool[val_idx]
+        if hp.binarize == "dynamic":
+            val = _binarize(val, _EVAL_BINARIZATION_SEED)
+            test = _binarize(test, _EVAL_BINARIZATION_SEED)
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        splits = {
+            "train": (pool[train_idx], data.train_labels[train_idx]),
+            "val": (val, data.train_labels[val_idx]),
+            "test": (test, data.test_labels),
+        }
+        self._splits = {
+            k: TensorDataset(x.to(device), y.to(device)) for k, (x, y) in splits.items()
+        }
+        # Lightning logs `hparams_initial`, which only save_hyperparameters refreshes.
+        self.save_hyperparameters(
+            {
+                "source": data.source,
+                "n_train": len(train_idx),
+                "n_val": n_val,
+                "n_test": len(test),
+            }
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
+
+    def on_after_batch_transfer(
+        self, batch: tuple[Tensor, Tensor], dataloader_idx: int
+    ) -> tuple[Tensor, Tensor]:
+        images, labels = batch
+        x = images.float() / 255
+        if self.hparams.binarize == "dynamic":
+            # Val/test were binarized in setup and stored as 0/255, which bernoulli maps
+            # to themselves, so one rule serves every split: no need to know the loader.
+            x = torch.bernoulli(x)
+        return x, labels
+
+    def test_images(self, n: int) -> tuple[Tensor, Tensor]:
+        """The first `n` test images, converted as evaluation batches are.
+
+        Returns:
+            x (n, 1, 28, 28) float32 in [0, 1] and y (n,) int64 labels.
+        """
+        images, labels = self._splits["test"].tensors
+        return self.on_after_batch_transfer((images[:n], labels[:n]), 0)
+
+    def _load(self) -> DatasetSplits:
+        hp = self.hparams
+        return load_dataset(hp.name, hp.data_dir, hp.download, hp.allow_fallback)
+
+    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = self._splits[split]
+        # Under DDP, padding repeats a few examples so all ranks get equal batch counts;
+        # in val/test this slightly reweights those examples, which we accept.
+        replicas, rank = (
+            (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        )
+        sampler = IndexBatchSampler(
+            len(dataset), batch_size, shuffle, self.hparams.seed, replicas, rank
+        )
+        # batch_size=None: each sampler item is a whole batch of indices, gathered from the
+        # on-device tensors in one indexing op instead of collating single items.
+        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+
+
+def _binarize(images: Tensor, seed: int) -> Tensor:
+    """One Bernoulli draw per pixel with p = intensity, stored as uint8 0/255."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(images / 255, generator=generator).to(torch.uint8) * 255

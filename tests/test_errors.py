@@ -1,0 +1,25 @@
+"""Bad input stops before training with one clear line and a non-zero exit."""
+
+import pytest
+
+CASES = {
+    "unknown model": (["model=resnet"], "Available options in 'model'"),
+    "unknown data": (["data=cifar"], "Available options in 'data'"),
+    "unknown logger": (["logger=tensorboard"], "Available options in 'logger'"),
+    "latent_dim": (["latent_dim=0"], "latent_dim must be a positive integer"),
+    "beta": (["beta=-1"], "beta must be >= 0"),
+    "num_samples": (["num_samples=0"], "num_samples"),
+    "likelihood": (["likelihood=poisson"], "likelihood='poisson' is unknown"),
+    "bernoulli on grey": (["data.binarize=none"], "needs binary pixels"),
+    "missing data": (["data.allow_fallback=false"], "data.allow_fallback"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_stops_with_one_clear_line(train_cli, case):
+    overrides, message = CASES[case]
+    result = train_cli("model=mlp", "trainer=debug", "logger=none", *overrides, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+    assert not list(result.tmp_path.rglob("*.ckpt")), "training must not start"

@@ -1,0 +1,129 @@
+"""End-to-end runs of the real CLI (`python train.py ...`) for a few steps each."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import wandb_files
+import yaml
+
+from vaelab.lit_module import LitVAE
+
+TINY = ("trainer=debug", "batch_size=32")
+
+
+def only(paths: list[Path]) -> Path:
+    assert len(paths) == 1, paths
+    return paths[0]
+
+
+def metrics_of(run_dir: Path) -> dict[str, float]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val/elbo", "test/elbo", "test/rec", "test/kl", "test/loss"):
+        assert math.isfinite(metrics[key]), (key, metrics)
+    return metrics
+
+
+def wandb_run_file(run_dir: Path) -> Path:
+    return only(list(run_dir.glob("wandb/offline-run-*/run-*.wandb")))
+
+
+@pytest.mark.slow
+def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
+    run_dir = only(train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY).run_dirs)
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["latent_dim"] == 2 and config["model"]["beta"] == 4
+
+    metrics = metrics_of(run_dir)
+    assert metrics["test/elbo"] < 0 and metrics["test/kl"] >= 0
+    # With beta=4 the loss is not the bound: loss = -(rec - 4 kl).
+    assert metrics["test/loss"] == pytest.approx(-(metrics["test/rec"] - 4 * metrics["test/kl"]))
+
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    best = only(list((run_dir / "checkpoints").glob("best-*.ckpt")))
+    model = LitVAE.load_from_checkpoint(best, map_location="cpu")
+    assert model.hparams.arch == "mlp" and model.hparams.latent_dim == 2
+    assert model.vae.encoder(torch.rand(3, 1, 28, 28))[0].shape == (3, 2)
+
+    records = wandb_files.read_records(wandb_run_file(run_dir))
+    history = wandb_files.history(records)
+    logged_val = [json.loads(step["val/elbo"]) for step in history if "val/elbo" in step]
+    assert logged_val and all(math.isfinite(v) for v in logged_val)
+    assert any("train/loss_step" in step for step in history)
+    config = wandb_files.config(records)
+    assert json.loads(config["model"])["latent_dim"] == 2
+    assert json.loads(config["data"])["name"] == "mnist"
+    assert json.loads(config["source"]).startswith("fallback")  # the data source used is logged
+
+
+@pytest.mark.slow
+def test_conv_run_with_csv_logger(train_cli):
+    run_dir = only(train_cli("model=conv", "latent_dim=16", "logger=csv", *TINY).run_dirs)
+    metrics_of(run_dir)
+    header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/elbo", "val/kl", "train/loss_step"} <= set(header)
+    assert not (run_dir / "wandb").exists()
+
+
+@pytest.mark.slow
+def test_no_logger_still_writes_the_run_directory(train_cli):
+    run_dir = only(train_cli("model=mlp", "logger=none", *TINY).run_dirs)
+    metrics_of(run_dir)
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_without_credentials_wandb_goes_offline_and_says_how_to_sync(train_cli, tmp_path):
+    env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}
+    result = train_cli("model=mlp", *TINY, env=env)
+    run_dir = only(result.run_dirs)
+    assert wandb_run_file(run_dir).stat().st_size > 0
+    assert "wandb sync" in result.output and "offline" in result.output
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_directory_and_a_shared_wandb_group(train_cli):
+    result = train_cli("-m", "model=mlp,conv", "latent_dim=2", *TINY)
+    run_dirs = result.run_dirs
+    assert len(run_dirs) == 2
+    groups, names = set(), set()
+    for run_dir in run_dirs:
+        metrics_of(run_dir)
+        run = next(
+            r.run for r in wandb_files.read_records(wandb_run_file(run_dir)) if r.HasField("run")
+        )
+        groups.add(run.run_group)
+        names.add(run.display_name)
+    assert len(groups) == 1 and groups != {""}
+    assert names == {"latent_dim=2,model=mlp", "latent_dim=2,model=conv"}
+
+
+@pytest.mark.slow
+def test_ddp_on_two_cpu_processes_agrees_with_one_process(train_cli):
+    common = (
+        "model=mlp",
+        "logger=csv",
+        "batch_size=32",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=4",
+        "trainer.limit_test_batches=4",
+    )
+    single = metrics_of(only(train_cli(*common, "trainer=cpu").run_dirs))
+    ddp_run = train_cli(*common, "trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    assert "world_size: 2" in ddp_run.output or "distributed_backend=gloo" in ddp_run.output
+    ddp = metrics_of(only(ddp_run.run_dirs))
+    for key in ("val/elbo", "test/elbo"):
+        assert ddp[key] == pytest.approx(single[key], rel=0.5)
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_gives_finite_metrics_of_the_same_magnitude(train_cli):
+    full = metrics_of(only(train_cli("model=conv", "logger=none", *TINY).run_dirs))
+    bf16 = metrics_of(
+        only(train_cli("model=conv", "logger=none", "trainer.precision=bf16-mixed", *TINY).run_dirs)
+    )
+    assert bf16["test/elbo"] == pytest.approx(full["test/elbo"], rel=0.2)
