@@ -1,0 +1,135 @@
+"""Pictures of a VAE: image grids, latent paths to decode, and the latent-space scatter.
+
+Pure functions: tensors in, grid tensors or matplotlib Figures out. Images are float
+(N, C, H, W) in [0, 1]; grids are (3, H', W') as returned by `torchvision.utils.make_grid`.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.distributions import Normal
+from torchvision.utils import make_grid, save_image
+
+# Grey borders separate tiles on both black (MNIST) and white backgrounds.
+PADDING = 2
+PAD_VALUE = 0.5
+
+
+def image_grid(images: Tensor, nrow: int = 8) -> Tensor:
+    """Tile (N, C, H, W) images in [0, 1], `nrow` per row, into a (3, H', W') grid."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    return make_grid(images, nrow=nrow, padding=PADDING, pad_value=PAD_VALUE)
+
+
+def reconstruction_grid(x: Tensor, x_rec: Tensor, nrow: int = 8) -> Tensor:
+    """(3, H', W') grid where each row of `nrow` inputs is followed by its reconstructions.
+
+    Args:
+        x: (N, C, H, W) inputs in [0, 1].
+        x_rec: (N, C, H, W) reconstructions (e.g. the likelihood's mean) in [0, 1].
+        nrow: images per row; a last partial row is filled with blank tiles.
+    """
+    if x.shape != x_rec.shape:
+        raise ValueError(f"inputs {tuple(x.shape)} and reconstructions {tuple(x_rec.shape)} differ")
+    rows = -(-x.shape[0] // nrow)
+    blank = x.new_full((rows * nrow - x.shape[0], *x.shape[1:]), PAD_VALUE)
+    pairs = [torch.cat([t.detach(), blank]).view(rows, nrow, *x.shape[1:]) for t in (x, x_rec)]
+    return image_grid(torch.stack(pairs, dim=1).flatten(0, 2), nrow=nrow)
+
+
+def interpolation_latents(z_start: Tensor, z_end: Tensor, steps: int) -> Tensor:
+    """(P*steps, D) straight lines from each (P, D) `z_start` to `z_end`, endpoints included.
+
+    Row-major: `image_grid(decode(z), nrow=steps)` shows one pair per row.
+    """
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 to include both endpoints, got {steps}")
+    t = torch.linspace(0, 1, steps, device=z_start.device, dtype=z_start.dtype)[None, :, None]
+    # (1 - t) * a + t * b, unlike a + t * (b - a), hits both endpoints exactly.
+    return ((1 - t) * z_start[:, None] + t * z_end[:, None]).flatten(0, 1)
+
+
+def traversal_latents(z_ref: Tensor, dims: Sequence[int], values: Tensor) -> Tensor:
+    """(len(dims)*V, D) copies of `z_ref` (D,); grid row i sets dim `dims[i]` to `values` (V,)."""
+    z = z_ref.detach().repeat(len(dims), len(values), 1)
+    for row, dim in enumerate(dims):
+        z[row, :, dim] = values.to(z)
+    return z.flatten(0, 1)
+
+
+def most_informative_dims(kl_per_dim: Tensor, k: int) -> list[int]:
+    """Indices of the `k` latent dims with the largest KL, most used first.
+
+    Args:
+        kl_per_dim: (D,) mean KL per dimension in nats, or (B, D), averaged over B here.
+        k: how many dims; at most D are returned.
+    """
+    kl = kl_per_dim.detach().reshape(-1, kl_per_dim.shape[-1]).float().mean(0)
+    return torch.sort(kl, descending=True, stable=True).indices[:k].tolist()
+
+
+def manifold_latents(n: int, quantile: float = 0.05) -> Tensor:
+    """(n*n, 2) codes on the Normal quantile grid of Kingma & Welling's 2-D manifold figure.
+
+    Coordinates are `Normal(0, 1).icdf(linspace(quantile, 1 - quantile, n))`. Row-major from
+    the top: `image_grid(decode(z), nrow=n)` has z1 increasing left to right and z2 increasing
+    bottom to top.
+    """
+    if not 0 < quantile < 0.5:
+        raise ValueError(f"quantile must be in (0, 0.5), got {quantile}")
+    p = torch.linspace(quantile, 1 - quantile, n, dtype=torch.float64)
+    grid = Normal(0.0, 1.0).icdf(p).float()
+    z1 = grid.repeat(n)
+    z2 = grid.flip(0).repeat_interleave(n)
+    return torch.stack([z1, z2], dim=1)
+
+
+def project_2d(z: Tensor) -> Tensor:
+    """(N, 2) view of (N, D) codes: z itself for D == 2 (zero-padded for D == 1), else PCA.
+
+    PCA scores use the top two right singular vectors of the centred data, each signed so
+    that its largest-magnitude loading is positive, so repeated calls agree.
+    """
+    z = z.detach().float().cpu()
+    if z.shape[1] <= 2:
+        return F.pad(z, (0, 2 - z.shape[1]))
+    centred = z - z.mean(0)
+    components = torch.linalg.svd(centred, full_matrices=False).Vh[:2]
+    peak = components.abs().argmax(1, keepdim=True)
+    components = components * components.gather(1, peak).sign()
+    scores = centred @ components.T
+    return F.pad(scores, (0, 2 - scores.shape[1]))  # N == 1 has a single component
+
+
+def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
+    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9."""
+    xy = project_2d(z).numpy()
+    fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    points = ax.scatter(
+        xy[:, 0], xy[:, 1], c=labels.detach().cpu().numpy(), cmap="tab10",
+        vmin=-0.5, vmax=9.5, s=4, alpha=0.8, linewidths=0,
+    )  # fmt: skip
+    handles, names = points.legend_elements(prop="colors", alpha=1.0)
+    ax.legend(handles, names, title="label", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    prefix = "z" if z.shape[1] <= 2 else "PC"
+    ax.set_xlabel(f"{prefix}1")
+    ax.set_ylabel(f"{prefix}2")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title)
+    return fig
+
+
+def save_png(image: Tensor | Figure, path: str | Path) -> Path:
+    """Write a (3, H, W) grid or a Figure (at 120 dpi) to `path`, creating parent dirs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(image, Figure):
+        image.savefig(path, dpi=120)
+    else:
+        save_image(image, path)
+    return path

@@ -1,0 +1,168 @@
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+from PIL import Image
+from torch.distributions import Normal
+
+from vaelab import plots
+from vaelab.plots import PAD_VALUE, PADDING
+
+
+def tile(grid: torch.Tensor, row: int, col: int, h: int, w: int) -> torch.Tensor:
+    """The (3, h, w) pixel block of tile (row, col) in a make_grid grid."""
+    top, left = PADDING + row * (h + PADDING), PADDING + col * (w + PADDING)
+    return grid[:, top : top + h, left : left + w]
+
+
+def test_reconstruction_grid_interleaves_input_and_reconstruction_rows():
+    torch.manual_seed(0)
+    x, x_rec = torch.rand(16, 1, 28, 28), torch.rand(16, 1, 28, 28)
+    grid = plots.reconstruction_grid(x, x_rec, nrow=8)
+    # 32 tiles in 4 rows of 8, each tile 28 px plus padding, plus one outer padding.
+    assert grid.shape == (3, 4 * (28 + PADDING) + PADDING, 8 * (28 + PADDING) + PADDING)
+    for i in range(16):
+        block_row, col = divmod(i, 8)
+        assert torch.equal(tile(grid, 2 * block_row, col, 28, 28), x[i].expand(3, -1, -1))
+        assert torch.equal(tile(grid, 2 * block_row + 1, col, 28, 28), x_rec[i].expand(3, -1, -1))
+
+
+def test_reconstruction_grid_fills_partial_row_with_blank_tiles():
+    x = torch.zeros(5, 1, 4, 4)
+    grid = plots.reconstruction_grid(x, torch.ones(5, 1, 4, 4), nrow=4)
+    assert grid.shape == (3, 4 * (4 + PADDING) + PADDING, 4 * (4 + PADDING) + PADDING)
+    assert torch.all(tile(grid, 3, 0, 4, 4) == 1)  # reconstruction of input 4 under it
+    assert torch.all(tile(grid, 3, 1, 4, 4) == PAD_VALUE)
+
+
+def test_reconstruction_grid_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="differ"):
+        plots.reconstruction_grid(torch.rand(4, 1, 8, 8), torch.rand(3, 1, 8, 8))
+
+
+def test_image_grid_clamps_and_tiles():
+    images = torch.full((6, 1, 5, 5), 2.0)
+    grid = plots.image_grid(images, nrow=3)
+    assert grid.shape == (3, 2 * (5 + PADDING) + PADDING, 3 * (5 + PADDING) + PADDING)
+    assert grid.max() == 1.0
+
+
+def test_interpolation_latents_endpoints_midpoint_and_order():
+    torch.manual_seed(0)
+    z0, z1 = torch.randn(3, 4), torch.randn(3, 4)
+    z = plots.interpolation_latents(z0, z1, steps=5)
+    assert z.shape == (15, 4)
+    rows = z.view(3, 5, 4)  # one pair per row of the grid with nrow=steps
+    assert torch.equal(rows[:, 0], z0)
+    assert torch.equal(rows[:, -1], z1)
+    torch.testing.assert_close(rows[:, 2], (z0 + z1) / 2)
+
+
+def test_traversal_latents_changes_only_the_chosen_dim():
+    z_ref = torch.arange(6.0)
+    values = torch.tensor([-2.0, 0.5, 3.0])
+    dims = [4, 1]
+    z = plots.traversal_latents(z_ref, dims, values)
+    assert z.shape == (6, 6)
+    for row, dim in enumerate(dims):
+        block = z[row * 3 : (row + 1) * 3]
+        assert torch.equal(block[:, dim], values)
+        others = [d for d in range(6) if d != dim]
+        assert torch.equal(block[:, others], z_ref[others].expand(3, -1))
+    assert torch.equal(z_ref, torch.arange(6.0))  # input untouched
+
+
+def test_most_informative_dims():
+    kl = torch.tensor([0.01, 3.0, 0.0, 7.5, 1.2])
+    assert plots.most_informative_dims(kl, 3) == [3, 1, 4]
+    per_example = torch.stack([kl, kl + 1.0])  # (B, D) is averaged over B
+    assert plots.most_informative_dims(per_example, 2) == [3, 1]
+    assert plots.most_informative_dims(kl, 10) == [3, 1, 4, 0, 2]
+
+
+def test_manifold_latents_grid_ordering():
+    n, q = 7, 0.05
+    z = plots.manifold_latents(n, quantile=q)
+    assert z.shape == (n * n, 2)
+    rows = z.view(n, n, 2)  # grid rows from the top, as image_grid(nrow=n) lays them out
+    lo = Normal(0.0, 1.0).icdf(torch.tensor(q)).item()
+    assert z[0, 0].item() == pytest.approx(lo, abs=1e-6)  # top-left: smallest z1 ...
+    assert z[0, 1].item() == pytest.approx(-lo, abs=1e-6)  # ... and largest z2
+    assert torch.all(rows[:, 1:, 0] > rows[:, :-1, 0])  # z1 increases left → right
+    assert torch.all(rows[:-1, :, 1] > rows[1:, :, 1])  # z2 increases bottom → top
+    assert torch.all(rows[:, :, 0] == rows[0, :, 0])  # columns share z1
+    assert torch.all(rows[:, :, 1] == rows[:, :1, 1])  # rows share z2
+    torch.testing.assert_close(rows[0, :, 0], -rows[0, :, 0].flip(0))  # symmetric about 0
+    torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-6, rtol=0)
+
+
+def test_project_2d_identity_and_padding():
+    z = torch.randn(10, 2)
+    assert torch.equal(plots.project_2d(z), z)
+    z1 = torch.randn(10, 1)
+    assert torch.equal(plots.project_2d(z1), torch.cat([z1, torch.zeros(10, 1)], dim=1))
+
+
+def test_project_2d_recovers_a_plane_deterministically():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(5, 2)).Q.T  # (2, 5) orthonormal rows
+    coords = torch.randn(200, 2) * torch.tensor([3.0, 1.0])
+    z = coords @ basis + torch.randn(5)  # a plane in R^5, off the origin
+    scores = plots.project_2d(z)
+    assert scores.shape == (200, 2)
+    # The scores are an orthonormal-basis representation of the centred data: lossless.
+    centred = z - z.mean(0)
+    components = torch.linalg.lstsq(scores, centred).solution
+    torch.testing.assert_close(scores @ components, centred, atol=1e-4, rtol=0)
+    torch.testing.assert_close(components @ components.T, torch.eye(2), atol=1e-4, rtol=0)
+    assert scores[:, 0].var() > scores[:, 1].var()  # PC1 carries the most variance
+    assert torch.equal(plots.project_2d(z), scores)
+    # The sign convention does not depend on the data's orientation along a component.
+    torch.testing.assert_close(plots.project_2d(-z), -scores, atol=1e-4, rtol=0)
+
+
+def scatter_points(fig: Figure) -> PathCollection:
+    assert len(fig.axes) == 1
+    (collection,) = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    return collection
+
+
+def test_latent_scatter_points_and_label_colours():
+    torch.manual_seed(0)
+    labels = torch.arange(50) % 10
+    fig = plots.latent_scatter(torch.randn(50, 2), labels, title="epoch 3")
+    assert isinstance(fig, Figure)
+    points = scatter_points(fig)
+    assert points.get_offsets().shape == (50, 2)
+    colours = points.to_rgba(points.get_array())[:, :3]
+    assert len(np.unique(colours, axis=0)) == 10
+    tab10 = matplotlib.colormaps["tab10"]
+    for label in range(10):
+        assert np.allclose(colours[labels.numpy() == label], tab10(label)[:3])
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("z1", "z2", "epoch 3")
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert len(legend) == 10 and "0" in legend[0] and "9" in legend[-1]
+
+
+def test_latent_scatter_projects_high_dimensional_codes():
+    fig = plots.latent_scatter(torch.randn(30, 8), torch.randint(0, 10, (30,)))
+    assert scatter_points(fig).get_offsets().shape == (30, 2)
+    assert (fig.axes[0].get_xlabel(), fig.axes[0].get_ylabel()) == ("PC1", "PC2")
+
+
+def test_save_png_writes_grid_and_figure(tmp_path):
+    grid = plots.image_grid(torch.rand(4, 1, 28, 28), nrow=2)
+    path = plots.save_png(grid, tmp_path / "a" / "grid.png")
+    assert path.stat().st_size > 0
+    with Image.open(path) as image:
+        assert (image.format, image.mode) == ("PNG", "RGB")
+        assert image.size == (grid.shape[2], grid.shape[1])  # PIL sizes are (width, height)
+
+    fig = plots.latent_scatter(torch.randn(20, 2), torch.arange(20) % 10)
+    path = plots.save_png(fig, tmp_path / "b" / "scatter.png")
+    width, height = (fig.get_size_inches() * 120).round().astype(int)
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", (width, height))
