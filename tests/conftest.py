@@ -53,21 +53,21 @@ def compose(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+def _run_dirs(outputs: Path) -> set[Path]:
+    return {p.parent for p in outputs.rglob("config.yaml") if p.parent.name != ".hydra"}
+
+
 @dataclass
 class CliResult:
     returncode: int
     stdout: str
     stderr: str
     tmp_path: Path
+    run_dirs: list[Path]  # the run directories this call wrote, one per job
 
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
-
-    @property
-    def run_dirs(self) -> list[Path]:
-        """Run directories written under outputs/, one per job."""
-        return sorted(p.parent for p in (self.tmp_path / "outputs").rglob("config.yaml"))
 
 
 @pytest.fixture
@@ -90,10 +90,12 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
             "data.download=false",
             *(o for o in overrides if not o.startswith("-")),
         ]
+        before = _run_dirs(tmp_path / "outputs")
         proc = subprocess.run(
             command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=900
         )
-        result = CliResult(proc.returncode, proc.stdout, proc.stderr, tmp_path)
+        new_dirs = sorted(_run_dirs(tmp_path / "outputs") - before)
+        result = CliResult(proc.returncode, proc.stdout, proc.stderr, tmp_path, new_dirs)
         if check:
             assert proc.returncode == 0, result.output[-5000:]
         return result

@@ -98,7 +98,10 @@ def test_multirun_gives_each_job_its_directory_and_a_shared_wandb_group(train_cl
         groups.add(run.run_group)
         names.add(run.display_name)
     assert len(groups) == 1 and groups != {""}
-    assert names == {"latent_dim=2,model=mlp", "latent_dim=2,model=conv"}
+    assert names == {
+        "batch_size=32,latent_dim=2,model=mlp",
+        "batch_size=32,latent_dim=2,model=conv",
+    }
 
 
 @pytest.mark.slow

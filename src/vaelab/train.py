@@ -9,6 +9,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import wandb
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -23,17 +24,15 @@ log = logging.getLogger(__name__)
 
 def _wandb_overrides(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
     """Run name and group from the command line; offline mode when there are no credentials."""
-    import wandb
-
     overrides: dict[str, Any] = {}
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     if logger_cfg.get("name") is None:
         overrides["name"] = (hydra_cfg and hydra_cfg.job.override_dirname) or "defaults"
     if logger_cfg.get("group") is None and hydra_cfg and hydra_cfg.mode == RunMode.MULTIRUN:
         overrides["group"] = Path(hydra_cfg.sweep.dir).name
-    no_mode_chosen = not logger_cfg.get("offline") and "WANDB_MODE" not in os.environ
+    no_mode_chosen = logger_cfg.get("mode") is None and "WANDB_MODE" not in os.environ
     if no_mode_chosen and not wandb.login(prompt=False, verify=False):
-        overrides["offline"] = True
+        overrides["mode"] = "offline"
         log.warning(
             "W&B: no credentials (run `wandb login` to log online), so this run is logged "
             "offline under %s/wandb; upload it later with `wandb sync <that offline-run dir>`.",
@@ -53,6 +52,25 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             # Dashboards compare runs by their best validation bound, not the last one.
             logger.experiment.define_metric("val/elbo", summary="max")
     return loggers
+
+
+def _fit_and_test(
+    trainer: L.Trainer,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+) -> dict[str, float]:
+    """Fit, then validate and test the best checkpoint (the last weights without one)."""
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+    eval_ckpt = "best" if best else None
+    metrics = {}
+    for results in (
+        trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt),
+        trainer.test(model, datamodule=datamodule, ckpt_path=eval_ckpt),
+    ):
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    return metrics
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
@@ -75,15 +93,12 @@ def run(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-    ckpt_path = "best" if best else None
-    metrics = {}
-    for results in (
-        trainer.validate(model, datamodule=datamodule, ckpt_path=ckpt_path),
-        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path),
-    ):
-        metrics.update({k: float(v) for k, v in results[0].items()})
+    try:
+        metrics = _fit_and_test(trainer, model, datamodule, cfg.get("ckpt_path"))
+    finally:
+        # Close this job's W&B run, so that the next job of a multirun starts its own.
+        if any(isinstance(logger, WandbLogger) for logger in loggers):
+            wandb.finish()
     if trainer.is_global_zero:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         log.info("Run directory: %s", run_dir)
