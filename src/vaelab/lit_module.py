@@ -1,11 +1,19 @@
 """LightningModule around `VAE`: steps, reduction to per-image means, logging, optimizer."""
 
+import math
+
 import lightning as L
 import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from vaelab.errors import ConfigError
+from vaelab.evaluation import (
+    ActiveUnitsMetric,
+    LogLikelihoodMetric,
+    iw_log_likelihood,
+    naive_log_likelihood,
+)
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.models import ARCHS, VAE, build_decoder, build_encoder
 
@@ -28,7 +36,10 @@ class LitVAE(L.LightningModule):
     """A VAE trained by maximising beta-weighted ELBO; all metrics are nats per image.
 
     Logged per stage: `loss` (what is minimised: -(rec - beta * kl), with warm-up in
-    training), `elbo` (the true bound rec - kl), `rec` (E_q log p(x|z)) and `kl`.
+    training), `elbo` (the true bound rec - kl), `rec` (E_q log p(x|z)) and `kl`. Val and
+    test add `active_units` and `kl_dim/<i>` (posterior collapse diagnostics); test adds
+    the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
+    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip).
     """
 
     def __init__(
@@ -42,6 +53,7 @@ class LitVAE(L.LightningModule):
         num_samples: int = 1,
         kl_warmup_epochs: float = 0.0,
         lr: float = 1e-3,
+        n_importance: int = 100,
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ):
         super().__init__()
@@ -65,6 +77,10 @@ class LitVAE(L.LightningModule):
             f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}",
         )
         _require(_is_number(lr, 0, strict=True), f"lr must be > 0, got {lr!r}")
+        _require(
+            isinstance(n_importance, int) and n_importance >= 0,
+            f"n_importance must be an integer >= 0 (0 skips it), got {n_importance!r}",
+        )
         _require(_is_number(obs_scale, 0, strict=True), f"obs_scale must be > 0, got {obs_scale!r}")
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
@@ -77,6 +93,12 @@ class LitVAE(L.LightningModule):
         )
         # Keyed "stage_term": a ModuleDict may not have a key named "train".
         self.metrics = nn.ModuleDict({f"{s}_{t}": MeanMetric() for s in STAGES for t in TERMS})
+        self.latent_stats = nn.ModuleDict(
+            {s: ActiveUnitsMetric(latent_dim) for s in ("val", "test")}
+        )
+        num_pixels = math.prod(image_shape)
+        self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")
+        self.nll_naive = LogLikelihoodMetric(num_pixels, "naive")
 
     def kl_weight(self) -> float:
         """beta, ramped up linearly over the first `kl_warmup_epochs` of training."""
@@ -87,7 +109,8 @@ class LitVAE(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, _ = batch
-        rec, kl = self.vae.elbo_terms(x, self.hparams.num_samples)
+        qz_x = self.vae.posterior(x)
+        rec, kl = self.vae.elbo_terms(x, self.hparams.num_samples, qz_x=qz_x)
         beta = self.kl_weight()
         values = {"loss": -(rec - beta * kl), "elbo": rec - kl, "rec": rec, "kl": kl}
         for term, value in values.items():
@@ -102,6 +125,8 @@ class LitVAE(L.LightningModule):
             )
         if stage == "train":
             self.log("train/beta", beta, on_step=True, on_epoch=False)
+        else:
+            self.latent_stats[stage].update(qz_x.base_dist.loc, qz_x.base_dist.scale)
         return values["loss"].mean()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -112,6 +137,30 @@ class LitVAE(L.LightningModule):
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
+        if self.hparams.n_importance > 0:
+            x, _ = batch
+            self.nll_iwae.update(*iw_log_likelihood(self.vae, x, self.hparams.n_importance))
+            self.nll_naive.update(naive_log_likelihood(self.vae, x, self.hparams.n_importance))
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val", [self.latent_stats["val"]])
+
+    def on_test_epoch_end(self) -> None:
+        estimators = [self.nll_iwae, self.nll_naive] if self.hparams.n_importance > 0 else []
+        self._log_epoch_metrics("test", [self.latent_stats["test"], *estimators])
+
+    def _log_epoch_metrics(self, stage: str, metrics: list) -> None:
+        """Log dict-valued metrics (already reduced across processes by compute)."""
+        for metric in metrics:
+            for name, value in metric.compute().items():
+                if name == "variance":
+                    continue
+                if value.dim() == 0:
+                    self.log(f"{stage}/{name}", value.float())
+                else:  # per latent dimension
+                    for i, v in enumerate(value):
+                        self.log(f"{stage}/{name.removesuffix('_per_dim')}_dim/{i}", v)
+            metric.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

@@ -51,14 +51,16 @@ class VAE(nn.Module):
         event_dims = params.dim() - (z.dim() - 1)
         return observation_dist(self.likelihood, params, event_dims, self.obs_scale)
 
-    def elbo_terms(self, x: Tensor, num_samples: int = 1) -> tuple[Tensor, Tensor]:
+    def elbo_terms(
+        self, x: Tensor, num_samples: int = 1, qz_x: Distribution | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Reconstruction term and KL of the ELBO, each (B,) nats.
 
         rec = E_q[log p(x|z)], averaged over `num_samples` reparameterized draws
         z = loc + scale * eps; kl = KL(q(z|x) || p(z)) in closed form.
-        ELBO = rec - kl.
+        ELBO = rec - kl. Pass `qz_x` if the caller already computed `posterior(x)`.
         """
-        qz_x = self.posterior(x)
+        qz_x = self.posterior(x) if qz_x is None else qz_x
         z = qz_x.rsample((num_samples,))  # (S, B, D)
         log_px_z = self.observation(z).log_prob(x)  # (S, B)
         kl = kl_divergence(qz_x, self.prior())
@@ -69,3 +71,34 @@ class VAE(nn.Module):
         qz_x = self.posterior(x)
         z = qz_x.sample((num_samples,))
         return self.observation(z).log_prob(x) + self.prior().log_prob(z) - qz_x.log_prob(z)
+
+    # The user-facing API (see `vaelab.load_run`): no gradients, means rather than draws.
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Posterior means E_q[z|x]: (B, D)."""
+        return self.posterior(x).mean
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """Means of p(x|z) for z (B, D): (B, C, H, W), pixel probabilities or intensities."""
+        return self.observation(z).mean
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode n draws z ~ p(z): (n, C, H, W) means of p(x|z).
+
+        `generator` (a CPU generator) fixes the draws, e.g. to compare epochs.
+        """
+        z = torch.randn(n, self.prior_loc.shape[0], generator=generator)
+        return self.decode(z.to(self.prior_loc.device))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """decode(encode(x)): (B, C, H, W)."""
+        return self.decode(self.encode(x))
+
+    def log_likelihood(self, x: Tensor, num_samples: int = 5000) -> Tensor:
+        """Importance-sampled log p(x) with `num_samples` draws from q(z|x): (B,) nats."""
+        from vaelab.evaluation import iw_log_likelihood  # evaluation imports this module
+
+        return iw_log_likelihood(self, x, num_samples)[0]
