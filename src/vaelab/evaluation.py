@@ -1,0 +1,222 @@
+"""Estimators of log p(x) and latent diagnostics; plain functions and metrics, no Trainer.
+
+All log-likelihoods are nats per image; anything named `nll` is positive nats.
+"""
+
+import math
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor
+from torch.distributions import Normal, kl_divergence
+from torchmetrics import Metric
+
+from vaelab.models.vae import VAE
+
+
+def _chunk_sizes(num_samples: int, batch_size: int, max_batch: int) -> Iterator[int]:
+    """Split K samples into chunks of at most max(1, max_batch // B) samples per image."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    chunk = max(1, max_batch // batch_size)
+    for start in range(0, num_samples, chunk):
+        yield min(chunk, num_samples - start)
+
+
+@torch.no_grad()
+def iw_log_likelihood(
+    vae: VAE, x: Tensor, num_samples: int, max_batch: int = 2**15
+) -> tuple[Tensor, Tensor]:
+    """Importance-weighted estimate of log p(x) (the IWAE bound L_K) and its ESS.
+
+    log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). Samples are drawn in
+    chunks so that at most about `max_batch` decoder evaluations are alive at once, and the
+    chunks are combined with a running logsumexp, so memory does not grow with K. Put the
+    model in eval mode first: the encoder runs once per chunk.
+
+    Args:
+        vae: the model.
+        x: a batch of observations (B, ...).
+        num_samples: K, importance samples per image.
+        max_batch: bound on decoder evaluations per chunk (chunk size × B).
+
+    Returns:
+        log_px: (B,) nats; E[log_px] <= log p(x), non-decreasing in K, = ELBO at K = 1.
+        ess: (B,) effective sample size 1 / Σ_k w̃_k² of the normalised weights, in [1, K].
+    """
+    lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
+    for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
+        log_w = vae.log_importance_weights(x, k)  # (k, B)
+        lse = torch.logaddexp(lse, log_w.logsumexp(0))
+        lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
+    # (Σw)² / Σw²; rounding can put it a few ulps outside [1, K].
+    ess = torch.exp(2 * lse - lse2).clamp(1, num_samples)
+    return lse - math.log(num_samples), ess
+
+
+@torch.no_grad()
+def naive_log_likelihood(vae: VAE, x: Tensor, num_samples: int, max_batch: int = 2**15) -> Tensor:
+    """Naive Monte Carlo estimate log (1/K) Σ_k p(x|z_k), z_k ~ p(z): (B,) nats.
+
+    Unbiased for p(x) but, with a posterior much narrower than the prior, almost every
+    sample misses it: at equal K it is far below the importance-weighted estimate. Chunked
+    like `iw_log_likelihood`.
+    """
+    lse = torch.full((x.shape[0],), -math.inf, device=x.device)
+    for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
+        z = vae.prior().sample((k, x.shape[0]))  # (k, B, D)
+        lse = torch.logaddexp(lse, vae.observation(z).log_prob(x).logsumexp(0))
+    return lse - math.log(num_samples)
+
+
+def kl_per_dim(qz_x_loc: Tensor, qz_x_scale: Tensor) -> Tensor:
+    """KL(N(loc, scale²) || N(0, 1)) per latent dimension: (B, D) nats; sums to the KL."""
+    pz = Normal(torch.zeros_like(qz_x_loc), torch.ones_like(qz_x_scale))
+    return kl_divergence(Normal(qz_x_loc, qz_x_scale), pz)
+
+
+def active_units(posterior_means: Tensor, threshold: float = 1e-2) -> tuple[int, Tensor]:
+    """Active units of Burda et al. (2015): dimensions u with Cov_x(E_q(u|x)[u]) > threshold.
+
+    Args:
+        posterior_means: (N, D) posterior means E_q(z|x)[z] over a dataset.
+        threshold: variance above which a unit counts as active.
+
+    Returns:
+        The number of active units and the per-dimension variances (D,) (divided by N).
+    """
+    variances = posterior_means.var(0, correction=0)
+    return int((variances > threshold).sum()), variances
+
+
+class LogLikelihoodMetric(Metric):
+    """Dataset mean of per-image log p(x) estimates, DDP-correct (sums of states).
+
+    `compute` returns {"nll", "bpd"} and, if ESS was given to `update`, "ess", each name
+    followed by `_{suffix}` when a suffix is set (e.g. `nll_iwae`). nll is positive nats per
+    image; bpd is nll / (num_dims · ln 2), bits per pixel of a discrete (e.g. binarized)
+    image; for densities of grey levels it is not comparable to 8-bit bpd figures.
+
+    Args:
+        num_dims: D_x, the number of pixels of one image (784 for MNIST).
+        suffix: name of the estimator, appended to the keys.
+    """
+
+    full_state_update = False
+    higher_is_better = False
+    is_differentiable = False
+
+    def __init__(self, num_dims: int, suffix: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self.num_dims = num_dims
+        self.suffix = f"_{suffix}" if suffix else ""
+        self.add_state("sum_log_px", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("sum_ess", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("count_ess", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, log_px: Tensor, ess: Tensor | None = None) -> None:
+        """log_px: (B,) nats; ess: (B,) effective sample sizes, if the estimator has them."""
+        self.sum_log_px += log_px.detach().sum()
+        self.count += log_px.numel()
+        if ess is not None:
+            self.sum_ess += ess.detach().sum()
+            self.count_ess += ess.numel()
+
+    def compute(self) -> dict[str, Tensor]:
+        nll = -self.sum_log_px / self.count
+        out = {"nll": nll, "bpd": nll / (self.num_dims * math.log(2))}
+        if self.count_ess > 0:
+            out["ess"] = self.sum_ess / self.count_ess
+        return {f"{key}{self.suffix}": value for key, value in out.items()}
+
+
+class ActiveUnitsMetric(Metric):
+    """Active units and per-dimension mean KL of q(z|x) over a dataset, DDP-correct.
+
+    Keeps Σ loc, Σ loc², Σ KL per dimension and a count: all sum-reducible, so nothing is
+    gathered across processes. Float32 sums suffice: the variance is compared with 1e-2 and
+    the KL term keeps the aggregate posterior mean near 0, so Σ loc² is not dominated by
+    the squared mean (float64 states would break on MPS).
+
+    `compute` returns {"active_units": () count, "variance": (D,) Cov_x of the posterior
+    means, "kl_per_dim": (D,) mean nats per image}; log the entries e.g. as
+    `val/active_units` and `val/kl_dim/{i}`.
+
+    Args:
+        latent_dim: D.
+        threshold: variance above which a unit counts as active (Burda et al. 2015: 1e-2).
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, latent_dim: int, threshold: float = 1e-2, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        self.add_state("sum_loc", torch.zeros(latent_dim), dist_reduce_fx="sum")
+        self.add_state("sum_loc_sq", torch.zeros(latent_dim), dist_reduce_fx="sum")
+        self.add_state("sum_kl", torch.zeros(latent_dim), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, qz_x_loc: Tensor, qz_x_scale: Tensor) -> None:
+        """qz_x_loc, qz_x_scale: (B, D) parameters of q(z|x)."""
+        loc, scale = qz_x_loc.detach().float(), qz_x_scale.detach().float()
+        self.sum_loc += loc.sum(0)
+        self.sum_loc_sq += loc.square().sum(0)
+        self.sum_kl += kl_per_dim(loc, scale).sum(0)
+        self.count += loc.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        mean = self.sum_loc / self.count
+        variance = (self.sum_loc_sq / self.count - mean.square()).clamp(min=0)
+        return {
+            "active_units": (variance > self.threshold).sum(),
+            "variance": variance,
+            "kl_per_dim": self.sum_kl / self.count,
+        }
+
+
+@torch.no_grad()
+def evaluate_log_likelihood(
+    vae: VAE,
+    batches: Iterable[Tensor | tuple[Tensor, ...]],
+    num_samples: int,
+    max_batch: int = 2**15,
+) -> dict[str, float]:
+    """IWAE and naive estimates of log p(x) plus the ELBO, averaged over a dataset.
+
+    Runs the model in eval mode (restored afterwards) on its own device; no Trainer.
+
+    Args:
+        vae: the model.
+        batches: images (B, ...), or tuples whose first entry is the images (a DataLoader).
+        num_samples: K for both estimators.
+        max_batch: bound on decoder evaluations per chunk.
+
+    Returns:
+        Per-image means: nll_iwae, bpd_iwae, ess_iwae, nll_naive, bpd_naive (positive nats
+        and bits per pixel) and elbo (nats, one sample per image).
+    """
+    device = vae.prior_loc.device
+    iwae = naive = None
+    sum_elbo, count = 0.0, 0
+    was_training = vae.training
+    vae.eval()
+    try:
+        for batch in batches:
+            x = (batch[0] if isinstance(batch, tuple | list) else batch).to(device)
+            if iwae is None:
+                iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
+                naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
+            iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch))
+            naive.update(naive_log_likelihood(vae, x, num_samples, max_batch))
+            rec, kl = vae.elbo_terms(x)
+            sum_elbo += float((rec - kl).sum())
+            count += x.shape[0]
+    finally:
+        vae.train(was_training)
+    if iwae is None:
+        raise ValueError("evaluate_log_likelihood got no batches")
+    results = {**iwae.compute(), **naive.compute(), "elbo": sum_elbo / count}
+    return {key: float(value) for key, value in results.items()}
