@@ -1,0 +1,198 @@
+"""Estimators of log p(x) against the exact answer of a linear-Gaussian model; metrics."""
+
+import math
+
+import pytest
+import torch
+from oracles import LinearGaussian
+from torch.distributions import kl_divergence
+
+from vaelab.evaluation import (
+    ActiveUnitsMetric,
+    LogLikelihoodMetric,
+    active_units,
+    evaluate_log_likelihood,
+    iw_log_likelihood,
+    kl_per_dim,
+    naive_log_likelihood,
+)
+
+# The perturbed encoder: means off by half a posterior std, stds 1.5 times too wide, so
+# ELBO is about 1 nat below log p(x) and the weights have a finite variance.
+PERTURBATION = {"loc_shift": 0.5, "scale_factor": 1.5}
+
+
+@pytest.fixture(scope="module")
+def model() -> LinearGaussian:
+    return LinearGaussian()
+
+
+@pytest.fixture(scope="module")
+def x(model) -> torch.Tensor:
+    return model.sample(10)
+
+
+def pooled(estimates: torch.Tensor, repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean over repeats (rows of a repeated batch) and its standard error, per image."""
+    estimates = estimates.double().view(repeats, -1)
+    return estimates.mean(0), estimates.std(0) / math.sqrt(repeats)
+
+
+def test_iw_converges_to_exact_and_beats_naive(model, x):
+    torch.manual_seed(0)
+    vae = model.vae(**PERTURBATION)
+    exact = model.log_px(x)
+    log_px, ess = iw_log_likelihood(vae, x, 4000)
+    iw_error = log_px.double() - exact
+    naive_error = naive_log_likelihood(vae, x, 4000).double() - exact
+    assert not log_px.requires_grad
+    assert iw_error.mean().abs() < 0.025
+    assert iw_error.abs().max() < 0.08
+    assert ((ess >= 1) & (ess <= 4000)).all()
+    # Prior samples almost never land where the posterior (std ~ 0.03) is.
+    assert naive_error.abs().mean() > 1.0
+    assert naive_error.abs().mean() > 20 * iw_error.abs().mean()
+
+
+def test_elbo_below_iw_below_exact(model, x):
+    torch.manual_seed(0)
+    vae = model.vae(**PERTURBATION)
+    repeats = 50
+    log_px, _ = iw_log_likelihood(vae, x.repeat(repeats, 1), 100)
+    iw, standard_error = pooled(log_px, repeats)
+    assert (model.elbo(vae, x) < iw - 4 * standard_error).all()
+    assert (iw < model.log_px(x) + 4 * standard_error).all()
+
+
+def test_iw_bound_grows_with_num_samples(model, x):
+    torch.manual_seed(0)
+    vae = model.vae(**PERTURBATION)
+    repeats = 200
+    means, errors = [], []
+    for num_samples in (1, 10, 100, 1000):
+        log_px, _ = iw_log_likelihood(vae, x.repeat(repeats, 1), num_samples)
+        per_image, standard_error = pooled(log_px, repeats)
+        means.append(per_image.mean())
+        errors.append(standard_error.square().sum().sqrt() / len(x))
+    # L_1 is the ELBO in expectation.
+    assert (means[0] - model.elbo(vae, x).mean()).abs() < 4 * errors[0]
+    assert means[0] < means[1] < means[2]
+    # From K = 100 on the remaining gap (~0.005 nats) is comparable with the MC error.
+    assert means[3] > means[2] - 3 * math.hypot(errors[2], errors[3])
+    assert means[3] < model.log_px(x).mean() + 3 * errors[3]
+
+
+def test_exact_encoder_gives_equal_weights(model, x):
+    vae = model.vae()
+    for max_batch in (len(x), 2**15):  # chunks of one sample, and all samples at once
+        log_px, ess = iw_log_likelihood(vae, x, 500, max_batch=max_batch)
+        assert torch.allclose(log_px.double(), model.log_px(x), rtol=0, atol=1e-4)
+        assert torch.allclose(ess, torch.full_like(ess, 500.0), rtol=1e-4)
+
+
+class FixedWeights:
+    """Stands in for a VAE: hands out a fixed (K, B) table of log-weights chunk by chunk."""
+
+    def __init__(self, log_w: torch.Tensor):
+        self.log_w, self.used = log_w, 0
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        chunk = self.log_w[self.used : self.used + num_samples]
+        self.used += num_samples
+        return chunk
+
+
+@pytest.mark.parametrize("max_batch", [1, 3 * 4, 7 * 4, 2**15])
+def test_streaming_logsumexp_is_chunk_invariant(max_batch):
+    # Widely spread log-weights: a naive exp-sum would overflow or underflow.
+    log_w = torch.cat([torch.randn(50, 4) * 300 - 1000, torch.randn(50, 4)])
+    log_w = log_w[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    log_px, ess = iw_log_likelihood(FixedWeights(log_w), torch.zeros(4, 1), 100, max_batch)
+    expected_ess = torch.exp(2 * log_w.logsumexp(0) - (2 * log_w).logsumexp(0))
+    assert torch.allclose(log_px, log_w.logsumexp(0) - math.log(100), rtol=0, atol=1e-4)
+    assert torch.allclose(ess, expected_ess.clamp(1, 100), rtol=1e-5)
+
+
+def test_chunking_bounds_decoder_batch_and_keeps_statistics(model, x):
+    torch.manual_seed(0)
+    vae = model.vae(**PERTURBATION)
+    rows = []
+    vae.decoder.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    repeats = 20
+    batch = x.repeat(repeats, 1)
+    chunked, chunked_ess = iw_log_likelihood(vae, batch, 300, max_batch=1000)
+    naive_log_likelihood(vae, batch, 300, max_batch=1000)
+    assert max(rows) <= 1000
+    whole, whole_ess = iw_log_likelihood(vae, batch, 300, max_batch=300 * len(batch))
+    assert max(rows) == 300 * len(batch)
+    for a, b in ((chunked, whole), (chunked_ess, whole_ess)):
+        (mean_a, se_a), (mean_b, se_b) = pooled(a, repeats), pooled(b, repeats)
+        assert ((mean_a - mean_b).abs() < 4 * (se_a**2 + se_b**2).sqrt()).all()
+
+
+def test_kl_per_dim_sums_to_the_vae_kl(model, x):
+    vae = model.vae(**PERTURBATION)
+    with torch.no_grad():
+        loc, scale = vae.encoder(x)
+        per_dim = kl_per_dim(loc, scale)
+        kl = kl_divergence(vae.posterior(x), vae.prior())
+    assert per_dim.shape == (len(x), model.latent_dim)
+    assert (per_dim >= 0).all()
+    assert torch.allclose(per_dim.sum(-1), kl)
+    assert torch.equal(kl_per_dim(torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 3))
+
+
+def test_active_units_counts_the_dims_that_vary():
+    g = torch.Generator().manual_seed(0)
+    stds = torch.tensor([1.0, 0.05, 0.5, 0.0, 0.05, 0.2])  # variances 1, .0025, .25, 0, .0025, .04
+    means = 3.0 + torch.randn(1000, 6, generator=g) * stds  # offset: the mean must be removed
+    count, variances = active_units(means)
+    assert count == 3
+    assert torch.allclose(variances, stds.square(), rtol=0.15)
+
+    scales = torch.rand(1000, 6, generator=g) + 0.1
+    metric = ActiveUnitsMetric(latent_dim=6)
+    metric.update(means[:300], scales[:300])
+    metric.update(means[300:], scales[300:])
+    out = metric.compute()
+    assert int(out["active_units"]) == 3
+    assert torch.allclose(out["variance"], variances, atol=1e-4)
+    assert torch.allclose(out["kl_per_dim"], kl_per_dim(means, scales).mean(0))
+
+
+def test_log_likelihood_metric_weights_batches_by_size():
+    log_px = torch.tensor([-90.0, -100.0, -110.0, -80.0, -95.0])
+    ess = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0])
+    iwae = LogLikelihoodMetric(num_dims=784, suffix="iwae")
+    iwae.update(log_px[:2], ess[:2])
+    iwae.update(log_px[2:], ess[2:])
+    out = iwae.compute()
+    assert set(out) == {"nll_iwae", "bpd_iwae", "ess_iwae"}
+    assert torch.isclose(out["nll_iwae"], -log_px.mean())
+    assert torch.isclose(out["bpd_iwae"], -log_px.mean() / (784 * math.log(2)))
+    assert torch.isclose(out["ess_iwae"], ess.mean())
+
+    naive = LogLikelihoodMetric(num_dims=784, suffix="naive")
+    naive.update(log_px)
+    assert set(naive.compute()) == {"nll_naive", "bpd_naive"}
+
+
+def test_evaluate_log_likelihood(model):
+    torch.manual_seed(0)
+    vae = model.vae(**PERTURBATION)
+    vae.train()
+    x = model.sample(200, seed=1)
+    batches = [x[:50], (x[50:], torch.zeros(150))]  # bare tensors and (images, labels)
+    out = evaluate_log_likelihood(vae, batches, num_samples=1000)
+    assert set(out) == {"nll_iwae", "bpd_iwae", "ess_iwae", "nll_naive", "bpd_naive", "elbo"}
+    assert vae.training
+    assert abs(out["nll_iwae"] + model.log_px(x).mean().item()) < 0.02
+    assert math.isclose(out["bpd_iwae"], out["nll_iwae"] / (x.shape[1] * math.log(2)), rel_tol=1e-6)
+    assert 1 <= out["ess_iwae"] <= 1000
+    assert out["nll_naive"] > out["nll_iwae"] + 1
+    assert out["elbo"] < -out["nll_iwae"] - 0.5
+
+
+def test_num_samples_must_be_positive(model, x):
+    with pytest.raises(ValueError, match="num_samples"):
+        iw_log_likelihood(model.vae(), x, 0)
