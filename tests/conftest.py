@@ -70,6 +70,26 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def _train_command(tmp_path: Path, overrides: tuple[str, ...]) -> list[str]:
+    """`python train.py ...` with data and outputs in tmp_path."""
+    flags = [o for o in overrides if o.startswith("-")]  # e.g. -m goes before overrides
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *flags,
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "data.download=false",
+        *(o for o in overrides if not o.startswith("-")),
+    ]
+
+
+def _offline_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
+    """The environment with W&B offline; `env` entries set to None are removed."""
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
+    return {k: v for k, v in full_env.items() if v is not None}
+
+
 @pytest.fixture
 def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
     """Run `python train.py ...` in a subprocess, offline, with data and outputs in tmp_path.
@@ -78,21 +98,14 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
     """
 
     def _run(*overrides: str, env: dict[str, str | None] | None = None, check: bool = True):
-        full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-        full_env = {k: v for k, v in full_env.items() if v is not None}
-        flags = [o for o in overrides if o.startswith("-")]  # e.g. -m goes before overrides
-        command = [
-            sys.executable,
-            str(ROOT / "train.py"),
-            *flags,
-            f"paths.log_dir={tmp_path / 'outputs'}",
-            f"paths.data_dir={tmp_path / 'data'}",
-            "data.download=false",
-            *(o for o in overrides if not o.startswith("-")),
-        ]
         before = _run_dirs(tmp_path / "outputs")
         proc = subprocess.run(
-            command, cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=900
+            _train_command(tmp_path, overrides),
+            cwd=tmp_path,
+            env=_offline_env(env),
+            capture_output=True,
+            text=True,
+            timeout=900,
         )
         new_dirs = sorted(_run_dirs(tmp_path / "outputs") - before)
         result = CliResult(proc.returncode, proc.stdout, proc.stderr, tmp_path, new_dirs)
@@ -101,3 +114,22 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
         return result
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of one tiny `python train.py` run (MLP, 2-D latent, W&B offline, no
+    test log-likelihood), shared by the tests that read runs. Copy it before writing into it."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    overrides = ("model=mlp", "latent_dim=2", "trainer=debug", "batch_size=32", "n_importance=0")
+    proc = subprocess.run(
+        _train_command(tmp_path, overrides),
+        cwd=tmp_path,
+        env=_offline_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
+    (run_dir,) = _run_dirs(tmp_path / "outputs")
+    return run_dir

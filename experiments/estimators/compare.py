@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 from omegaconf import OmegaConf
 
+from vaelab.api import find_checkpoint
 from vaelab.config import instantiate
 from vaelab.evaluation import iw_log_likelihood, naive_log_likelihood
 from vaelab.lit_module import LitVAE
@@ -89,8 +90,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
-    ckpt = sorted((args.run_dir / "checkpoints").glob("best-*.ckpt"))[-1]
-    model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu")
+    model = LitVAE.load_from_checkpoint(find_checkpoint(args.run_dir), map_location="cpu")
     vae = model.vae.eval()
     x = test_images(args.run_dir, args.images, args.data_dir)
     rows = estimate(vae, x, args.ks, args.repeats)

@@ -22,7 +22,7 @@ from vaelab.likelihoods import BINARY_LIKELIHOODS
 log = logging.getLogger(__name__)
 
 
-def _wandb_overrides(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
+def wandb_overrides(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
     """Run name and group from the command line; offline mode when there are no credentials."""
     overrides: dict[str, Any] = {}
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -45,7 +45,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         is_wandb = logger_cfg.get("_target_", "").endswith("WandbLogger")
-        overrides = _wandb_overrides(cfg, logger_cfg) if is_wandb else {}
+        overrides = wandb_overrides(cfg, logger_cfg) if is_wandb else {}
         loggers.append(instantiate(logger_cfg, **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):

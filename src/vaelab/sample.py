@@ -1,0 +1,39 @@
+"""`python sample.py run_dir=outputs/runs/<run> n=64 seed=0`: a grid of draws from the prior."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from vaelab.api import find_checkpoint, load_run, run_dir_of
+from vaelab.config import config_dir
+from vaelab.errors import VaelabError
+from vaelab.plots import image_grid, save_png
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: DictConfig) -> Path:
+    """Decode `n` draws z ~ p(z) (seeded by `seed`) into a PNG grid; returns its path."""
+    if cfg.run_dir is None:
+        raise VaelabError("give the run to sample from as run_dir=outputs/runs/<run>")
+    if not (isinstance(cfg.n, int) and cfg.n >= 1):
+        raise VaelabError(f"n (the number of samples) must be a positive integer, got {cfg.n!r}")
+    ckpt = find_checkpoint(cfg.run_dir, cfg.checkpoint)
+    vae = load_run(ckpt)
+    images = vae.sample(cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
+    out = save_png(image_grid(images, nrow=cfg.nrow), cfg.out or run_dir_of(ckpt) / "samples.png")
+    log.info("%d samples of %s written to %s", cfg.n, ckpt, out)
+    return out
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sample")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except VaelabError as e:
+        print(f"vaelab: error: {e}", file=sys.stderr)
+        sys.exit(2)

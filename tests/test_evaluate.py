@@ -1,0 +1,165 @@
+"""eval.py (vaelab.evaluate) and sample.py (vaelab.sample) on a real trained run."""
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import wandb_files
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from PIL import Image
+
+from vaelab import evaluate, sample
+from vaelab.config import config_dir
+from vaelab.errors import VaelabError
+
+ROOT = Path(__file__).resolve().parents[1]
+# One test batch of 100 images keeps K = 200 importance samples fast on a CPU.
+FAST = ("n_importance=200", "data.eval_batch_size=100", "trainer.limit_test_batches=1")
+
+
+def compose_config(name: str, *overrides: str) -> DictConfig:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose(name, overrides=list(overrides))
+
+
+def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python <script> ...` in an empty working directory, W&B offline."""
+    cwd.mkdir(exist_ok=True)
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture
+def run_dir(trained_run, tmp_path) -> Path:
+    """A copy of the trained run (moved, as runs are), for tests that write into it."""
+    return Path(shutil.copytree(trained_run, tmp_path / "run", symlinks=True))
+
+
+def wandb_files_by_folder(run_dir: Path) -> dict[str, list]:
+    return {
+        path.parent.name: wandb_files.read_records(path)
+        for path in sorted(run_dir.glob("wandb/*run-*/run-*.wandb"))
+    }
+
+
+@pytest.mark.slow
+def test_eval_writes_metrics_and_logs_them_to_the_training_wandb_run(run_dir, tmp_path):
+    (training_folder,) = wandb_files_by_folder(run_dir)
+    run_id = training_folder.rsplit("-", 1)[1]
+
+    result = cli("eval.py", f"run_dir={run_dir}", *FAST, cwd=tmp_path / "cwd")
+
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert not list((tmp_path / "cwd").iterdir()), "Hydra must not write into the cwd"
+    metrics = json.loads((run_dir / "eval_metrics.json").read_text())
+    assert metrics["n_importance"] == 200 and metrics["seed"] == 0
+    assert metrics["ckpt_path"].startswith("checkpoints/best-epoch")
+    nll, elbo = metrics["test/nll_iwae"], metrics["test/elbo"]
+    assert math.isfinite(nll) and math.isfinite(elbo)
+    assert nll <= -elbo + 1.0  # the importance-weighted bound is the tighter one
+    assert metrics["test/bpd_iwae"] == pytest.approx(nll / (784 * math.log(2)))
+    assert 1 <= metrics["test/ess_iwae"] <= 200
+    assert "test/nll_naive" in metrics
+
+    # wandb 0.31 cannot resume offline: resume="allow" with the same id starts a second
+    # offline-run-<time>-<id> folder, which `wandb sync` uploads after training's, to that id.
+    records = wandb_files_by_folder(run_dir)
+    assert len(records) == 2 and training_folder in records
+    (eval_folder,) = set(records) - {training_folder}
+    assert eval_folder.startswith("offline-run-") and eval_folder.endswith(f"-{run_id}")
+    run_record = next(r.run for r in records[eval_folder] if r.HasField("run"))
+    assert run_record.run_id == run_id
+    logged = [step for step in wandb_files.history(records[eval_folder]) if "test/nll_iwae" in step]
+    assert len(logged) == 1 and json.loads(logged[0]["test/nll_iwae"]) == pytest.approx(nll)
+    assert json.loads(wandb_files.config(records[eval_folder])["n_importance"]) == 200
+    # Training ran with n_importance=0: the estimate comes from the evaluation alone.
+    training_history = wandb_files.history(records[training_folder])
+    assert not any("test/nll_iwae" in step for step in training_history)
+
+
+@pytest.mark.slow
+def test_eval_bad_input_stops_with_one_clear_line(tmp_path):
+    cases = [
+        ((), "give the run to evaluate as run_dir=outputs/runs/<run> or ckpt_path="),
+        (("ckpt_path=outputs/runs/x/checkpoints/best.ckpt",), "does not exist"),
+    ]
+    # Side by side: each run spends most of its time importing Lightning.
+    with ThreadPoolExecutor() as pool:
+        results = list(
+            pool.map(lambda i: cli("eval.py", *cases[i][0], cwd=tmp_path / str(i)), range(2))
+        )
+    for i, ((_, message), result) in enumerate(zip(cases, results, strict=True)):
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("vaelab: error: ") and message in line
+        assert "Traceback" not in result.stdout
+        assert not list((tmp_path / str(i)).iterdir())
+
+
+@pytest.mark.slow
+def test_eval_of_a_checkpoint_path_without_wandb(run_dir):
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_config("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)
+    metrics = evaluate.run(cfg)
+    assert math.isfinite(metrics["test/nll_iwae"])
+    written = json.loads((run_dir / "eval_metrics.json").read_text())
+    assert written["ckpt_path"] == "checkpoints/last.ckpt" and written["n_importance"] == 200
+    assert len(list(run_dir.glob("wandb/*run-*"))) == 1, "wandb_mode=disabled logs nothing"
+
+
+def test_eval_errors(tmp_path):
+    (tmp_path / "model.ckpt").touch()  # a checkpoint outside any run directory
+    cases = {
+        (): "run_dir=outputs/runs/<run> or ckpt_path=",
+        (f"run_dir={tmp_path}", f"ckpt_path={tmp_path}/x.ckpt"): "one of the two",
+        (f"run_dir={tmp_path}/missing",): "does not exist",
+        (f"ckpt_path={tmp_path}/model.ckpt",): "no config.yaml in",
+    }
+    for overrides, message in cases.items():
+        with pytest.raises(VaelabError, match=re.escape(message)):
+            evaluate.run(compose_config("eval", *overrides))
+
+
+# sample.py
+
+
+def png(path: Path) -> Image.Image:
+    image = Image.open(path)
+    image.load()
+    return image
+
+
+@pytest.mark.slow
+def test_sample_cli_writes_a_grid_into_the_run_directory(run_dir, tmp_path):
+    result = cli("sample.py", f"run_dir={run_dir}", "n=64", cwd=tmp_path / "cwd")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    assert png(run_dir / "samples.png").size == (8 * 30 + 2, 8 * 30 + 2)  # 28 px + 2 px borders
+    assert not list((tmp_path / "cwd").iterdir())
+
+
+@pytest.mark.slow
+def test_samples_are_reproducible_by_seed(trained_run, tmp_path):
+    def draw(seed: int, name: str) -> Path:
+        overrides = (f"run_dir={trained_run}", "n=10", "nrow=4", f"seed={seed}")
+        return sample.run(compose_config("sample", *overrides, f"out={tmp_path / name}"))
+
+    first, again, other = draw(0, "a.png"), draw(0, "b.png"), draw(1, "c.png")
+    assert png(first).size == (4 * 30 + 2, 3 * 30 + 2)  # 3 rows of 4, the last one partial
+    assert first.read_bytes() == again.read_bytes()
+    assert png(first).tobytes() != png(other).tobytes()
+
+
+def test_sample_needs_a_run(tmp_path):
+    with pytest.raises(VaelabError, match="run_dir="):
+        sample.run(compose_config("sample"))
+    with pytest.raises(VaelabError, match="positive integer"):
+        sample.run(compose_config("sample", f"run_dir={tmp_path}", "n=0"))
