@@ -130,3 +130,23 @@ def test_bf16_mixed_precision_gives_finite_metrics_of_the_same_magnitude(train_c
         only(train_cli("model=conv", "logger=none", "trainer.precision=bf16-mixed", *TINY).run_dirs)
     )
     assert bf16["test/elbo"] == pytest.approx(full["test/elbo"], rel=0.2)
+
+
+@pytest.mark.slow
+def test_runs_write_pictures_with_the_manifold_only_for_a_2d_latent_space(train_cli):
+    from PIL import Image
+
+    for latent_dim, manifold in ((2, {"manifold"}), (16, set())):
+        run_dir = only(train_cli("model=mlp", f"latent_dim={latent_dim}", *TINY).run_dirs)
+        pictures = run_dir / "pictures"
+        assert sorted(p.name for p in pictures.iterdir()) == ["epoch_000", "test"]  # 1 epoch
+        names = {"reconstructions", "samples", "interpolations", "traversals", "latent_scatter"}
+        for folder in ("epoch_000", "test"):
+            files = {p.stem: p for p in (pictures / folder).glob("*.png")}
+            assert files.keys() == names | manifold, (latent_dim, folder)
+            for path in files.values():
+                with Image.open(path) as image:
+                    image.verify()
+        # W&B keeps a copy of each as media/images/{val,test}/pictures/<name>_<step>_<hash>.png.
+        media = run_dir.glob("wandb/offline-run-*/files/media/images/*/pictures/*.png")
+        assert {p.name.rsplit("_", 2)[0] for p in media} == names | manifold

@@ -1,0 +1,178 @@
+"""The bridge from `vaelab.plots` to PNG files and loggers: pictures of a VAE during training."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from vaelab import plots
+from vaelab.evaluation import kl_per_dim
+from vaelab.models.vae import VAE
+
+PICTURES = (
+    "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
+)  # fmt: skip
+# Posterior means for the scatter are computed in chunks of this many images.
+_ENCODE_CHUNK = 1024
+
+
+class VAEPictures(L.Callback):
+    """Draws pictures of the VAE after validation during fit, and once after testing.
+
+    Writes `<default_root_dir>/pictures/{epoch_NNN,test}/<name>.png` for each name in
+    `PICTURES` (`manifold` only when latent_dim == 2) and logs the same files to every
+    `WandbLogger` as `{val,test}/pictures/<name>`. Only global rank 0 draws.
+
+    Args:
+        every_n_epochs: draw after the validation of every n-th epoch, and of the last one.
+        n_images: test images reconstructed (and whose KL ranks the traversed dims), and
+            prior samples drawn.
+        n_interpolations: pairs of test images interpolated between, one row each.
+        interpolation_steps: images per interpolation, both ends included.
+        n_traversal_dims: latent dims traversed, most informative (largest mean KL) first.
+        traversal_values: values per traversal, evenly spaced over
+            [-traversal_range, traversal_range], around the first test image's code.
+        traversal_range: half-width of the traversal, in prior standard deviations.
+        manifold_size: the 2-D manifold is a manifold_size x manifold_size grid.
+        n_scatter: test images whose posterior means are scattered (PCA when D > 2).
+        seed: seeds the prior samples, the same at every call so epochs are comparable.
+        nrow: images per row of the reconstruction and sample grids.
+        png_scale: integer upscaling (nearest neighbour) of image grids in the PNG files.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        n_images: int = 64,
+        n_interpolations: int = 8,
+        interpolation_steps: int = 10,
+        n_traversal_dims: int = 8,
+        traversal_values: int = 11,
+        traversal_range: float = 3.0,
+        manifold_size: int = 20,
+        n_scatter: int = 2000,
+        seed: int = 0,
+        nrow: int = 8,
+        png_scale: int = 2,
+    ):
+        super().__init__()
+        if every_n_epochs < 1 or png_scale < 1:
+            raise ValueError("every_n_epochs and png_scale must be >= 1")
+        if min(n_images, n_interpolations, n_traversal_dims, manifold_size, n_scatter) < 1:
+            raise ValueError("picture sizes must be >= 1")
+        self.every_n_epochs = every_n_epochs
+        self.n_images = n_images
+        self.n_interpolations = n_interpolations
+        self.interpolation_steps = interpolation_steps
+        self.n_traversal_dims = n_traversal_dims
+        self.traversal_values = traversal_values
+        self.traversal_range = traversal_range
+        self.manifold_size = manifold_size
+        self.n_scatter = n_scatter
+        self.seed = seed
+        self.nrow = nrow
+        self.png_scale = png_scale
+
+    @torch.no_grad()
+    def make_pictures(
+        self, vae: VAE, x: Tensor, y: Tensor, title: str = ""
+    ) -> dict[str, Tensor | Figure]:
+        """Every picture of `vae` from test images, as grids (3, H, W) or Figures.
+
+        Args:
+            vae: the model, in eval mode, on the device of `x`.
+            x: (N, C, H, W) test images in [0, 1]; the first `n_images` are reconstructed,
+                the first `n_scatter` scattered, pairs (x[2i], x[2i+1]) interpolated.
+            y: (N,) their labels, colouring the scatter.
+            title: title of the scatter.
+
+        Returns:
+            {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2.
+        """
+        n = max(self.n_images, 2 * self.n_interpolations, self.n_scatter)
+        posteriors = [vae.posterior(chunk) for chunk in x[:n].split(_ENCODE_CHUNK)]
+        loc = torch.cat([qz_x.mean for qz_x in posteriors])  # (n, D)
+        scale = torch.cat([qz_x.stddev for qz_x in posteriors])
+        shown, shown_loc = x[: self.n_images], loc[: self.n_images]
+        generator = torch.Generator().manual_seed(self.seed)
+        pictures: dict[str, Tensor | Figure] = {
+            "reconstructions": plots.reconstruction_grid(shown, vae.decode(shown_loc), self.nrow),
+            "samples": plots.image_grid(vae.sample(self.n_images, generator), self.nrow),
+        }
+
+        pairs = min(self.n_interpolations, len(loc) // 2)
+        if pairs > 0:
+            ends = loc[: 2 * pairs].view(pairs, 2, -1)
+            z = plots.interpolation_latents(ends[:, 0], ends[:, 1], self.interpolation_steps)
+            pictures["interpolations"] = plots.image_grid(vae.decode(z), self.interpolation_steps)
+
+        kl = kl_per_dim(shown_loc, scale[: self.n_images])  # (n_images, D) nats
+        dims = plots.most_informative_dims(kl, self.n_traversal_dims)
+        values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_values)
+        z = plots.traversal_latents(loc[0], dims, values)
+        pictures["traversals"] = plots.image_grid(vae.decode(z), self.traversal_values)
+
+        if loc.shape[1] == 2:
+            z = plots.manifold_latents(self.manifold_size).to(loc)
+            pictures["manifold"] = plots.image_grid(vae.decode(z), self.manifold_size)
+
+        pictures["latent_scatter"] = plots.latent_scatter(
+            loc[: self.n_scatter], y[: self.n_scatter], title
+        )
+        return pictures
+
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> list[Path]:
+        """Draw, save under `<default_root_dir>/pictures/`, log to W&B; returns the PNG paths."""
+        datamodule = trainer.datamodule
+        if not hasattr(datamodule, "test_images"):
+            rank_zero_warn("VAEPictures needs a datamodule with test_images(n); no pictures.")
+            return []
+        folder = "test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}"
+        out_dir = Path(trainer.default_root_dir) / "pictures" / folder
+        n = max(self.n_images, 2 * self.n_interpolations, self.n_scatter)
+        device = pl_module.device
+        # Drawing must not change the run: test_images may use the global RNG (binarization).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            x, y = datamodule.test_images(n)
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            title = f"posterior means of {min(self.n_scatter, len(x))} test images"
+            if stage != "test":  # under test the weights may be an earlier checkpoint's
+                title = f"epoch {trainer.current_epoch}: {title}"
+            pictures = self.make_pictures(pl_module.vae, x, y, title)
+        finally:
+            pl_module.train(was_training)
+
+        paths = []
+        for name, picture in pictures.items():
+            if isinstance(picture, Tensor) and self.png_scale > 1:
+                picture = picture.repeat_interleave(self.png_scale, 1)
+                picture = picture.repeat_interleave(self.png_scale, 2)
+            path = plots.save_png(picture, out_dir / f"{name}.png")
+            paths.append(path)
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    # A file path: W&B copies the PNG itself into the run's media.
+                    logger.log_image(
+                        key=f"{stage}/pictures/{name}", images=[str(path)], step=trainer.global_step
+                    )
+        return paths
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Only validation inside fit: a later trainer.validate() would mislabel the epoch.
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        epoch = trainer.current_epoch + 1
+        due = epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs
+        if due and trainer.is_global_zero:
+            self.draw(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            self.draw(trainer, pl_module, "test")
