@@ -59,12 +59,14 @@ def naive_log_likelihood(vae: VAE, x: Tensor, num_samples: int, max_batch: int =
     """Naive Monte Carlo estimate log (1/K) Σ_k p(x|z_k), z_k ~ p(z): (B,) nats.
 
     Unbiased for p(x) but, with a posterior much narrower than the prior, almost every
-    sample misses it: at equal K it is far below the importance-weighted estimate. Chunked
-    like `iw_log_likelihood`.
+    sample misses it: at equal K it is far below the importance-weighted estimate. The
+    prior draws do not depend on x, so one set of K draws serves the whole batch: the
+    decoder runs K times instead of K·B times. Each image's estimate is the usual one;
+    only the errors of different images are correlated. Chunked like `iw_log_likelihood`.
     """
     lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        z = vae.prior().sample((k, x.shape[0]))  # (k, B, D)
+        z = vae.prior().sample((k, 1))  # (k, 1, D), broadcast over the batch
         lse = torch.logaddexp(lse, vae.observation(z).log_prob(x).logsumexp(0))
     return lse - math.log(num_samples)
 
