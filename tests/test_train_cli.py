@@ -53,6 +53,8 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     logged_val = [json.loads(step["val/elbo"]) for step in history if "val/elbo" in step]
     assert logged_val and all(math.isfinite(v) for v in logged_val)
     assert any("train/loss_step" in step for step in history)
+    summaries = {r.metric.name: r.metric.summary for r in records if r.HasField("metric")}
+    assert summaries["val/elbo"].max  # dashboards show the best val/elbo, not the last
     config = wandb_files.config(records)
     assert json.loads(config["model"])["latent_dim"] == 2
     assert json.loads(config["data"])["name"] == "mnist"
