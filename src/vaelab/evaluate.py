@@ -8,7 +8,6 @@ W&B run (same id), so that they appear next to its training curves.
 import json
 import logging
 import re
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.api import find_checkpoint, run_dir_of
-from vaelab.config import config_dir, instantiate
+from vaelab.config import config_dir, instantiate, run_reporting_errors
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.train import wandb_overrides
@@ -117,8 +116,4 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="eval")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except VaelabError as e:
-        print(f"vaelab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(run, cfg)

@@ -1,7 +1,6 @@
 """`python sample.py run_dir=outputs/runs/<run> n=64 seed=0`: a grid of draws from the prior."""
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
@@ -9,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 
 from vaelab.api import find_checkpoint, load_run, run_dir_of
-from vaelab.config import config_dir
+from vaelab.config import config_dir, run_reporting_errors
 from vaelab.errors import VaelabError
 from vaelab.plots import image_grid, save_png
 
@@ -32,8 +31,4 @@ def run(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except VaelabError as e:
-        print(f"vaelab: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run_reporting_errors(run, cfg)

@@ -3,7 +3,6 @@
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.config import config_dir, instantiate
-from vaelab.errors import ConfigError, VaelabError
+from vaelab.config import config_dir, instantiate, run_reporting_errors
+from vaelab.errors import ConfigError
 from vaelab.likelihoods import BINARY_LIKELIHOODS
 
 log = logging.getLogger(__name__)
@@ -107,9 +106,4 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = run(cfg)
-    except VaelabError as e:
-        print(f"vaelab: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    return metrics.get("val/elbo")
+    return run_reporting_errors(run, cfg).get("val/elbo")
