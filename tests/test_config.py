@@ -93,3 +93,11 @@ def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     assert cfg.model.latent_dim == 16
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_experiment_options_compose_and_instantiate(compose, name):
+    cfg = compose(f"experiment={name}")
+    assert cfg.group == name
+    model = instantiate(cfg.model)
+    assert model.hparams.latent_dim == cfg.latent_dim and model.hparams.beta == cfg.beta
