@@ -11,19 +11,14 @@ from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
-from omegaconf import OmegaConf
 
-from vaelab.api import find_checkpoint
-from vaelab.config import instantiate
+from vaelab.api import find_checkpoint, run_datamodule
 from vaelab.evaluation import iw_log_likelihood, naive_log_likelihood
 from vaelab.lit_module import LitVAE
 
 
 def test_images(run_dir: Path, n: int, data_dir: str | None) -> torch.Tensor:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    if data_dir:
-        cfg.data.data_dir = data_dir
-    datamodule = instantiate(cfg.data)
+    datamodule = run_datamodule(run_dir, data_dir=data_dir)
     datamodule.prepare_data()
     datamodule.setup("test")
     return datamodule.test_images(n)[0]

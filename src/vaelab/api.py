@@ -3,7 +3,10 @@
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
+from vaelab.config import instantiate
+from vaelab.datamodule import VAEDataModule
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.models.vae import VAE
@@ -76,3 +79,15 @@ def load_run(
     """
     ckpt = find_checkpoint(path, checkpoint)
     return LitVAE.load_from_checkpoint(ckpt, map_location=map_location).vae.eval()
+
+
+def run_datamodule(run_dir: str | Path, **overrides: object) -> VAEDataModule:
+    """The datamodule a run was trained with, from its config.yaml.
+
+    Args:
+        run_dir: a run directory written by `python train.py`.
+        overrides: entries that replace the run's `data.*` (e.g. data_dir); None keeps it.
+    """
+    data_cfg = OmegaConf.load(Path(run_dir) / "config.yaml").data
+    chosen = {key: value for key, value in overrides.items() if value is not None}
+    return instantiate(OmegaConf.merge(data_cfg, chosen))

@@ -78,6 +78,11 @@ class VAEPictures(L.Callback):
         self.nrow = nrow
         self.png_scale = png_scale
 
+    @property
+    def n_test_images(self) -> int:
+        """How many test images the pictures use."""
+        return max(self.n_images, 2 * self.n_interpolations, self.n_scatter)
+
     @torch.no_grad()
     def make_pictures(
         self, vae: VAE, x: Tensor, y: Tensor, title: str = ""
@@ -94,8 +99,8 @@ class VAEPictures(L.Callback):
         Returns:
             {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2.
         """
-        n = max(self.n_images, 2 * self.n_interpolations, self.n_scatter)
-        posteriors = [vae.posterior(chunk) for chunk in x[:n].split(_ENCODE_CHUNK)]
+        x = x[: self.n_test_images]
+        posteriors = [vae.posterior(chunk) for chunk in x.split(_ENCODE_CHUNK)]
         loc = torch.cat([qz_x.mean for qz_x in posteriors])  # (n, D)
         scale = torch.cat([qz_x.stddev for qz_x in posteriors])
         shown, shown_loc = x[: self.n_images], loc[: self.n_images]
@@ -134,11 +139,10 @@ class VAEPictures(L.Callback):
             return []
         folder = "test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}"
         out_dir = Path(trainer.default_root_dir) / "pictures" / folder
-        n = max(self.n_images, 2 * self.n_interpolations, self.n_scatter)
         device = pl_module.device
         # Drawing must not change the run: test_images may use the global RNG (binarization).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            x, y = datamodule.test_images(n)
+            x, y = datamodule.test_images(self.n_test_images)
         was_training = pl_module.training
         pl_module.eval()
         try:

@@ -18,7 +18,7 @@ import wandb
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.api import find_checkpoint, run_dir_of
+from vaelab.api import find_checkpoint, run_datamodule, run_dir_of
 from vaelab.config import config_dir, instantiate, run_reporting_errors
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
@@ -89,8 +89,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     ckpt, run_dir = _checkpoint_and_run_dir(cfg)
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     OmegaConf.update(run_cfg, "paths.output_dir", str(run_dir))  # the run may have moved
-    data_overrides = {key: value for key, value in cfg.data.items() if value is not None}
-    datamodule = instantiate(OmegaConf.merge(run_cfg.data, data_overrides))
+    datamodule = run_datamodule(run_dir, **cfg.data)
     L.seed_everything(cfg.seed)
     model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu", n_importance=cfg.n_importance)
     logger = _wandb_logger(cfg, run_cfg, run_dir)
