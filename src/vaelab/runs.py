@@ -1,0 +1,293 @@
+"""The run directory: the only code that knows its layout.
+
+```
+<run>/
+├── status.json        # running | finished | failed (with the error), times, W&B run
+├── config.yaml        # the fully resolved config of the run
+├── history.jsonl      # one JSON object of epoch-level metrics per epoch
+├── metrics.json       # final val/* and test/* metrics
+├── eval_metrics.json  # written by `vaelab eval`
+├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
+├── pictures/          # epoch_NNN/*.png and test/*.png
+└── wandb/             # the W&B run files, with logger=wandb
+```
+"""
+
+import json
+import math
+import os
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaelab.errors import VaelabError
+
+CONFIG = "config.yaml"
+STATUS = "status.json"
+HISTORY = "history.jsonl"
+METRICS = "metrics.json"
+EVAL_METRICS = "eval_metrics.json"
+LOG = "train.log"
+CHECKPOINTS = "checkpoints"
+PICTURES = "pictures"
+WANDB = "wandb"
+# ModelCheckpoint's filename pattern of the best checkpoint, and Lightning's last one.
+BEST_CHECKPOINT = "best-epoch{epoch:03d}"
+LAST_CHECKPOINT = "last.ckpt"
+CHECKPOINT_CHOICES = ("best", "last")
+
+STATES = ("running", "finished", "failed", "killed")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VaelabError(f"{path} is not valid JSON ({e}): the run directory is damaged") from e
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN: a non-finite metric is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Run:
+    """A run directory of `vaelab train`: read what a run wrote, and write it.
+
+    Only global rank 0 writes. Readers never fail on a missing file: a run killed early
+    has a status and maybe nothing else.
+    """
+
+    path: Path
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def pictures_dir(self) -> Path:
+        return self.path / PICTURES
+
+    @property
+    def wandb_dir(self) -> Path:
+        """The folder W&B writes its run folders into (W&B adds `wandb/` to save_dir)."""
+        return self.path / WANDB
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / LOG
+
+    # --- readers ---------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return (self.path / STATUS).is_file() or (self.path / CONFIG).is_file()
+
+    def config(self) -> dict[str, Any]:
+        """The resolved config as plain containers ({} if it was never written)."""
+        try:
+            return yaml.safe_load((self.path / CONFIG).read_text()) or {}
+        except FileNotFoundError:
+            return {}
+
+    def status(self) -> dict[str, Any]:
+        """status.json: {"status", "error", "started_at", "ended_at", "host", "pid", "wandb"}."""
+        return _read_json(self.path / STATUS)
+
+    @property
+    def state(self) -> str:
+        """running, finished or failed; `killed` for a run whose process died unrecorded."""
+        status = self.status()
+        state = status.get("status", "running" if (self.path / CONFIG).exists() else "unknown")
+        if state == "running" and status.get("host") == socket.gethostname():
+            pid = status.get("pid")
+            if isinstance(pid, int) and not _pid_alive(pid):
+                return "killed"
+        return state
+
+    @property
+    def error(self) -> str | None:
+        return self.status().get("error")
+
+    def metrics(self) -> dict[str, float]:
+        """Final metrics: metrics.json, updated by eval_metrics.json where evaluated."""
+        metrics = _read_json(self.path / METRICS)
+        evaluated = _read_json(self.path / EVAL_METRICS)
+        metrics.update({k: v for k, v in evaluated.items() if "/" in k})
+        return {k: (math.nan if v is None else v) for k, v in metrics.items()}
+
+    def history(self) -> list[dict[str, float]]:
+        """Epoch-level metrics, one dict per epoch (with "epoch" and "step"), oldest first.
+
+        A line cut short by a crash is skipped.
+        """
+        rows = []
+        try:
+            lines = (self.path / HISTORY).read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows.append({k: (math.nan if v is None else v) for k, v in row.items()})
+        return rows
+
+    def wandb(self) -> dict[str, Any]:
+        """The run's W&B run: {"id", "mode", "project", "entity", "url"} ({} without one)."""
+        return self.status().get("wandb") or {}
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """The best (best val/elbo) or last checkpoint file.
+
+        Raises:
+            VaelabError: `which` is unknown, or the run has no such checkpoint.
+        """
+        if which not in CHECKPOINT_CHOICES:
+            raise VaelabError(
+                f"checkpoint={which!r} must be one of {', '.join(CHECKPOINT_CHOICES)}"
+            )
+        best = sorted(self.checkpoint_dir.glob(BEST_CHECKPOINT.split("{")[0] + "*.ckpt"))
+        last = [p for p in [self.checkpoint_dir / LAST_CHECKPOINT] if p.is_file()]
+        found, other = (best, last) if which == "best" else (last, best)
+        if len(found) == 1:
+            return found[0]
+        if found:
+            names = ", ".join(p.name for p in found)
+            raise VaelabError(f"{self.checkpoint_dir} holds several best checkpoints ({names})")
+        if other:
+            other_name = "last" if which == "best" else "best"
+            raise VaelabError(
+                f"no {which} checkpoint in {self.checkpoint_dir}: use checkpoint={other_name}, "
+                "or give a .ckpt file"
+            )
+        raise VaelabError(
+            f"no checkpoints in {self.checkpoint_dir}: give a run directory of `vaelab train` "
+            "or a .ckpt file"
+        )
+
+    # --- writers (global rank 0 only) ------------------------------------------------
+
+    def start(self, config: dict[str, Any]) -> None:
+        """Create the directory, write config.yaml and status `running`."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / f".{CONFIG}.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, self.path / CONFIG)
+        self._set_status(
+            status="running",
+            error=None,
+            started_at=_now(),
+            ended_at=None,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    def record_wandb(self, **wandb: Any) -> None:
+        """Remember the run's W&B run (id, mode, project, entity, url)."""
+        self._set_status(wandb=wandb)
+
+    def finish(self, metrics: dict[str, float]) -> None:
+        """Write metrics.json and status `finished`."""
+        _write_json(self.path / METRICS, {k: _finite_or_none(v) for k, v in metrics.items()})
+        self._set_status(status="finished", ended_at=_now())
+
+    def fail(self, error: str) -> None:
+        """Status `failed`, with the error's one-line message."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._set_status(status="failed", error=error, ended_at=_now())
+
+    def append_history(self, row: dict[str, Any]) -> None:
+        """Add one epoch's metrics to history.jsonl."""
+        line = json.dumps({k: _finite_or_none(v) for k, v in row.items()}, sort_keys=True)
+        with (self.path / HISTORY).open("a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def write_eval_metrics(self, record: dict[str, Any]) -> Path:
+        path = self.path / EVAL_METRICS
+        _write_json(path, {k: _finite_or_none(v) for k, v in record.items()})
+        return path
+
+    def _set_status(self, **fields: Any) -> None:
+        status = self.status()
+        status.update(fields)
+        status["updated_at"] = _now()
+        _write_json(self.path / STATUS, status)
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run directory or of a checkpoint file inside its checkpoints/."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == CHECKPOINTS else path.parent
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort multirun jobs 0, 1, 2, ..., 10 rather than 0, 1, 10, 2."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """The runs under `paths`: run directories, multirun directories or any parent of runs.
+
+    Raises:
+        VaelabError: a path does not exist, or no run was found under any of them.
+    """
+    found: dict[Path, Run] = {}
+    for path in map(Path, paths):
+        if not path.exists():
+            raise VaelabError(f"{path} does not exist: give run directories or their parents")
+        run = Run(path)
+        if run.exists():
+            found.setdefault(path.resolve(), run)
+            continue
+        for marker in sorted(path.rglob(STATUS)) + sorted(path.rglob(CONFIG)):
+            parent = marker.parent
+            if parent.name == ".hydra" or WANDB in parent.parts[len(path.parts) :]:
+                continue
+            found.setdefault(parent.resolve(), Run(parent))
+    if not found:
+        names = ", ".join(str(p) for p in paths)
+        raise VaelabError(f"no runs under {names}: a run directory holds {STATUS} or {CONFIG}")
+    return sorted(found.values(), key=lambda run: _natural_key(run.path))
