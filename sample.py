@@ -1,9 +1,9 @@
 """Draw samples of a trained run: `python sample.py run_dir=outputs/runs/<run> n=64 seed=0`.
 
-See conf/sample.yaml.
+The same as `vaelab sample ...`; see conf/sample.yaml.
 """
 
-from vaelab.sample import main
+from vaelab.cli import sample
 
 if __name__ == "__main__":
-    main()
+    sample()

@@ -1,6 +1,9 @@
-"""Train a VAE: `python train.py model=conv latent_dim=16`. See README.md and conf/train.yaml."""
+"""Train a VAE: `python train.py model=conv latent_dim=16`, the same as `vaelab train ...`.
 
-from vaelab.train import main
+See README.md and conf/train.yaml.
+"""
+
+from vaelab.cli import train
 
 if __name__ == "__main__":
-    main()
+    train()

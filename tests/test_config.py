@@ -10,7 +10,8 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from vaelab.config import config_dir, instantiate
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
-from vaelab.train import build_loggers
+from vaelab.tasks.train import build_module
+from vaelab.tracking import build_loggers
 
 
 def options(group: str) -> list[str]:
@@ -26,7 +27,7 @@ def test_every_group_has_its_documented_options():
 
 @pytest.mark.parametrize("name", options("model"))
 def test_model_options_instantiate(compose, name):
-    model = instantiate(compose(f"model={name}").model)
+    model = build_module(compose(f"model={name}"), (1, 28, 28))
     assert isinstance(model, LitVAE)
     assert model.hparams.arch == name
 
@@ -74,7 +75,7 @@ def test_callback_options_instantiate(compose, name):
 
 def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
     cfg = compose("model=mlp", "latent_dim=2", "beta=4", "num_samples=3", "likelihood=gaussian")
-    model = instantiate(cfg.model)
+    model = build_module(cfg, (1, 28, 28))
     x = torch.rand(5, 1, 28, 28)
     loc, scale = model.vae.encoder(x)
     assert loc.shape == scale.shape == (5, 2)
@@ -90,7 +91,7 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
-    assert cfg.model.latent_dim == 16
+    assert cfg.latent_dim == 16 and set(cfg.model) == {"arch", "hidden_dim"}
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
@@ -99,5 +100,5 @@ def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
 def test_experiment_options_compose_and_instantiate(compose, name):
     cfg = compose(f"experiment={name}")
     assert cfg.group == name
-    model = instantiate(cfg.model)
+    model = build_module(cfg, (1, 28, 28))
     assert model.hparams.latent_dim == cfg.latent_dim and model.hparams.beta == cfg.beta

@@ -35,7 +35,7 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     run_dir = only(train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY).run_dirs)
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["model"]["latent_dim"] == 2 and config["model"]["beta"] == 4
+    assert config["latent_dim"] == 2 and config["beta"] == 4 and config["model"]["arch"] == "mlp"
 
     metrics = metrics_of(run_dir)
     assert metrics["test/elbo"] < 0 and metrics["test/kl"] >= 0
@@ -56,7 +56,7 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     summaries = {r.metric.name: r.metric.summary for r in records if r.HasField("metric")}
     assert summaries["val/elbo"].max  # dashboards show the best val/elbo, not the last
     config = wandb_files.config(records)
-    assert json.loads(config["model"])["latent_dim"] == 2
+    assert json.loads(config["latent_dim"]) == 2 and json.loads(config["model"])["arch"] == "mlp"
     assert json.loads(config["data"])["name"] == "mnist"
     assert json.loads(config["source"]).startswith("fallback")  # the data source used is logged
 

@@ -13,7 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from vaelab.api import find_checkpoint, run_datamodule
-from vaelab.evaluation import iw_log_likelihood, naive_log_likelihood
+from vaelab.estimators import iw_log_likelihood, naive_log_likelihood
 from vaelab.lit_module import LitVAE
 
 

@@ -1,9 +1,11 @@
-"""The bridge from `vaelab.plots` to PNG files and loggers: pictures of a VAE during training."""
+"""Callbacks that write into the run directory: checkpoints, the history, pictures."""
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -11,14 +13,46 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from vaelab import plots
-from vaelab.evaluation import kl_per_dim
+from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE
+from vaelab.runs import BEST_CHECKPOINT, Run
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
 )  # fmt: skip
 # Posterior means for the scatter are computed in chunks of this many images.
 _ENCODE_CHUNK = 1024
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` writing the run directory's checkpoints/: best and last."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(
+            filename=BEST_CHECKPOINT, auto_insert_metric_name=False, save_last=True, **kwargs
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.dirpath = str(Run(trainer.default_root_dir).checkpoint_dir)
+        super().setup(trainer, pl_module, stage)
+
+
+class RunHistory(L.Callback):
+    """Appends each epoch's metrics to the run directory's history, whatever the logger.
+
+    One row per training epoch, after its validation: the epoch means of `train/*` and
+    the `val/*` metrics (per-dimension values left out), with "epoch" and "step".
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        for key, value in trainer.callback_metrics.items():
+            if "_dim/" in key or key.endswith("_step"):
+                continue
+            row[key.removesuffix("_epoch")] = float(value)
+        Run(trainer.default_root_dir).append_history(row)
 
 
 class VAEPictures(L.Callback):

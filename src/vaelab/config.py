@@ -1,16 +1,12 @@
-"""Where the Hydra configs live; instantiation and entry points reporting user errors in a line."""
+"""Where the Hydra configs live, and instantiation that keeps vaelab's own errors whole."""
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
 from vaelab.errors import VaelabError
-
-T = TypeVar("T")
 
 
 def config_dir() -> Path:
@@ -27,12 +23,3 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, VaelabError):
             raise e.__cause__ from None
         raise
-
-
-def run_reporting_errors(task: Callable[[Any], T], cfg: Any) -> T:
-    """Run an entry point's task; a `VaelabError` is printed as one line, exit code 2."""
-    try:
-        return task(cfg)
-    except VaelabError as e:
-        print(f"vaelab: error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -1,3 +1,6 @@
+"""The errors a user can cause: each is printed as one line by the command line, exit code 2."""
+
+
 class VaelabError(Exception):
     """A user-facing error: bad config or missing input. Printed as one line."""
 
@@ -8,3 +11,19 @@ class ConfigError(VaelabError):
 
 class DataError(VaelabError):
     """A dataset that cannot be found or loaded."""
+
+
+class TrainingError(VaelabError):
+    """Training went wrong in a way the user can fix, e.g. a diverging loss."""
+
+
+class JobFailed(VaelabError):
+    """A job of a multirun failed; the other jobs ran (raised so that sweepers count it)."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error as one line: its message's lines joined, prefixed by its type unless ours."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message if isinstance(error, VaelabError) else f"{type(error).__name__}: {message}"

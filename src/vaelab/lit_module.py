@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from vaelab.errors import ConfigError
-from vaelab.evaluation import (
+from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     iw_log_likelihood,

@@ -116,6 +116,10 @@ class Run:
     def log_file(self) -> Path:
         return self.path / LOG
 
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
     # --- readers ---------------------------------------------------------------------
 
     def exists(self) -> bool:
@@ -253,6 +257,28 @@ class Run:
         status.update(fields)
         status["updated_at"] = _now()
         _write_json(self.path / STATUS, status)
+
+
+def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
+    """The checkpoint file named by `path`: a .ckpt file, or a run directory's best or last.
+
+    Raises:
+        VaelabError: the path, or the checkpoint in the run directory, does not exist.
+    """
+    path = Path(path)
+    if checkpoint not in CHECKPOINT_CHOICES:
+        raise VaelabError(
+            f"checkpoint={checkpoint!r} must be one of {', '.join(CHECKPOINT_CHOICES)}"
+        )
+    if not path.exists():
+        raise VaelabError(
+            f"{path} does not exist: give a run directory (outputs/runs/<run>) or a .ckpt file"
+        )
+    if path.is_file():
+        if path.suffix != ".ckpt":
+            raise VaelabError(f"{path} is not a .ckpt file: give a run directory or a checkpoint")
+        return path
+    return Run(path).checkpoint(checkpoint)
 
 
 def run_dir_of(path: str | Path) -> Path:

@@ -96,9 +96,3 @@ class VAE(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         """decode(encode(x)): (B, C, H, W)."""
         return self.decode(self.encode(x))
-
-    def log_likelihood(self, x: Tensor, num_samples: int = 5000) -> Tensor:
-        """Importance-sampled log p(x) with `num_samples` draws from q(z|x): (B,) nats."""
-        from vaelab.evaluation import iw_log_likelihood  # evaluation imports this module
-
-        return iw_log_likelihood(self, x, num_samples)[0]

@@ -7,7 +7,7 @@ import torch
 from oracles import LinearGaussian
 from torch.distributions import kl_divergence
 
-from vaelab.evaluation import (
+from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     active_units,

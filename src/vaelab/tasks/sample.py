@@ -1,16 +1,15 @@
-"""`python sample.py run_dir=outputs/runs/<run> n=64 seed=0`: a grid of draws from the prior."""
+"""`vaelab sample run_dir=outputs/runs/<run> n=64 seed=0`: a grid of draws from the prior."""
 
 import logging
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 
-from vaelab.api import find_checkpoint, load_run, run_dir_of
-from vaelab.config import config_dir, run_reporting_errors
+from vaelab.api import load_run
 from vaelab.errors import VaelabError
 from vaelab.plots import image_grid, save_png
+from vaelab.runs import find_checkpoint, run_dir_of
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +26,3 @@ def run(cfg: DictConfig) -> Path:
     out = save_png(image_grid(images, nrow=cfg.nrow), cfg.out or run_dir_of(ckpt) / "samples.png")
     log.info("%d samples of %s written to %s", cfg.n, ckpt, out)
     return out
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="sample")
-def main(cfg: DictConfig) -> None:
-    run_reporting_errors(run, cfg)

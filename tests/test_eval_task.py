@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from vaelab import evaluate, sample
+from vaelab.tasks import evaluate, sample
 from vaelab.config import config_dir
 from vaelab.errors import VaelabError
 

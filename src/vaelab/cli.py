@@ -1,0 +1,189 @@
+"""`vaelab train|eval|sample|compare ...`: the one place an error becomes a line and an exit code.
+
+train, eval and sample are Hydra applications (configs in conf/train.yaml, eval.yaml,
+sample.yaml); compare takes paths. A user error (vaelab's own, or a config Hydra or
+OmegaConf rejects) is printed as one line `vaelab: error: ...` with exit status 2. Inside
+a multirun a failed job is recorded as failed in its run directory and raised to Hydra's
+sweeper, which goes on with the other jobs; the command then exits 2.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vaelab.config import config_dir
+from vaelab.errors import JobFailed, VaelabError, one_line
+
+log = logging.getLogger(__name__)
+
+EXIT_USER_ERROR = 2
+COMMANDS = ("train", "eval", "sample", "compare")
+# Set by a training job for the DDP processes Lightning starts: the job's resolved config.
+DDP_CONFIG_ENV = "VAELAB_DDP_CONFIG"
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """With jobs in parallel on one machine, divide the cores among them (no oversubscription)."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or cores
+    n_jobs = cores if n_jobs < 1 else min(n_jobs, cores)
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    log.info("%d parallel jobs on %d cores: %d torch threads per job", n_jobs, cores, threads)
+
+
+def _destroy_process_group() -> None:
+    """End a DDP job's process group, so that the next job of a multirun starts its own."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False) -> Any:
+    """Run one Hydra job; in a multirun a failure is raised as `JobFailed` for the sweeper."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    environ = dict(os.environ)
+    try:
+        if train:
+            from vaelab import tracking
+            from vaelab.runs import Run
+
+            sweep_dir = hydra_cfg.sweep.dir if multirun else None
+            tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+            _share_cores(hydra_cfg.launcher)
+            # Lightning's DDP processes re-run this command: they train this job's config
+            # rather than compose the command line again (which would re-run the sweep).
+            os.environ[DDP_CONFIG_ENV] = str(Run(cfg.paths.output_dir).config_file)
+        return task(cfg)
+    except Exception as e:
+        if multirun:
+            _raise_job_failed(hydra_cfg, e)
+        if isinstance(e, VaelabError):
+            _fail(str(e))  # a single job: exiting here ends nothing else
+        raise
+    finally:
+        # Lightning leaves the DDP environment (LOCAL_RANK, MASTER_PORT, ...) in os.environ.
+        os.environ.clear()
+        os.environ.update(environ)
+        if train:
+            _destroy_process_group()
+
+
+def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
+    """Raise a job's failure to the sweeper, which records it and goes on with the others."""
+    message = f"job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}) failed: {one_line(e)}"
+    log.error("vaelab: %s", message)
+    raise JobFailed(
+        f"{message}; the other jobs ran: `vaelab compare {hydra_cfg.sweep.dir}` shows them"
+    ) from e
+
+
+def _train_job(cfg: DictConfig) -> float | None:
+    from vaelab.tasks import train
+
+    return _job(lambda c: train.run(c).get("val/elbo"), cfg, train=True)
+
+
+def _eval_job(cfg: DictConfig) -> None:
+    from vaelab.tasks import evaluate
+
+    _job(evaluate.run, cfg)
+
+
+def _sample_job(cfg: DictConfig) -> None:
+    from vaelab.tasks import sample
+
+    _job(sample.run, cfg)
+
+
+HYDRA_JOBS = {"train": _train_job, "eval": _eval_job, "sample": _sample_job}
+
+
+def _run_hydra(command: str, args: Sequence[str]) -> None:
+    """Run a Hydra application with `args` as its command line."""
+    sys.argv = [sys.argv[0], *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach `main` instead of being printed
+    entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
+    entry(HYDRA_JOBS[command])()
+
+
+def _ddp_child(config_file: str) -> None:
+    """A DDP process started by Lightning: train the job's resolved config, no Hydra."""
+    from vaelab.tasks import train
+
+    train.run(OmegaConf.load(config_file))
+
+
+def _compare(args: Sequence[str]) -> None:
+    from vaelab.tasks import compare
+
+    parser = argparse.ArgumentParser(
+        prog="vaelab compare", description="Compare runs: a table of what differs, and plots."
+    )
+    parser.add_argument("paths", nargs="+", help="multirun directories, run directories or parents")
+    parser.add_argument("--metric", help="metric to plot (default test/nll_iwae, else val/elbo)")
+    parser.add_argument("--param", help="config key on the x axis (default: the swept one)")
+    parser.add_argument("--out", help="folder for compare.csv and the plots")
+    opts = parser.parse_args(args)
+    result = compare.run(opts.paths, metric=opts.metric, param=opts.param, out_dir=opts.out)
+    print(result.markdown)
+    for path in [result.csv_path, *result.plot_paths]:
+        print(f"wrote {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`vaelab COMMAND ARGS...`."""
+    if os.environ.get(DDP_CONFIG_ENV) and os.environ.get("LOCAL_RANK", "0") != "0":
+        _ddp_child(os.environ[DDP_CONFIG_ENV])
+        return
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: vaelab {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    command, args = argv[0], argv[1:]
+    try:
+        if command == "compare":
+            _compare(args)
+        else:
+            _run_hydra(command, args)
+    except VaelabError as e:
+        _fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        # Hydra appends its config search path, which says nothing about the mistake.
+        _fail(" ".join(str(e).split("Config search path")[0].split()))
+
+
+def _fail(message: str) -> None:
+    print(f"vaelab: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def train() -> None:
+    """`python train.py ...`, the same as `vaelab train ...`."""
+    main(["train", *sys.argv[1:]])
+
+
+def evaluate() -> None:
+    """`python eval.py ...`, the same as `vaelab eval ...`."""
+    main(["eval", *sys.argv[1:]])
+
+
+def sample() -> None:
+    """`python sample.py ...`, the same as `vaelab sample ...`."""
+    main(["sample", *sys.argv[1:]])

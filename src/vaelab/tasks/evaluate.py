@@ -1,0 +1,67 @@
+"""`vaelab eval run_dir=outputs/runs/<run> n_importance=5000`: test a trained run again.
+
+Rebuilds the test data from the run's config.yaml, tests the checkpoint with K importance
+samples per image, writes the run's eval_metrics.json and logs the metrics to the run's own
+W&B run (the id its run directory records), next to its training curves.
+"""
+
+import logging
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig
+
+from vaelab import tracking
+from vaelab.api import run_datamodule
+from vaelab.config import instantiate
+from vaelab.errors import VaelabError
+from vaelab.lit_module import LitVAE
+from vaelab.runs import Run, find_checkpoint, run_dir_of
+
+log = logging.getLogger(__name__)
+
+
+def _checkpoint_and_run(cfg: DictConfig) -> tuple[Path, Run]:
+    if (cfg.run_dir is None) == (cfg.ckpt_path is None):
+        raise VaelabError(
+            "give the run to evaluate as run_dir=outputs/runs/<run> or ckpt_path=<file.ckpt> "
+            "(one of the two)"
+        )
+    ckpt = find_checkpoint(cfg.run_dir or cfg.ckpt_path, cfg.checkpoint)
+    run = Run(run_dir_of(ckpt))
+    if not run.config_file.is_file():
+        raise VaelabError(
+            f"no config.yaml in {run.path}: give a checkpoint inside a run directory of "
+            "`vaelab train`"
+        )
+    return ckpt, run
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Test a run's checkpoint; returns the test metrics, also written to eval_metrics.json."""
+    ckpt, run_dir = _checkpoint_and_run(cfg)
+    datamodule = run_datamodule(run_dir.path, **cfg.data)
+    L.seed_everything(cfg.seed)
+    model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu", n_importance=cfg.n_importance)
+    logger = tracking.attach(run_dir, cfg.wandb_mode)
+    loggers = [logger] if logger else []
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, default_root_dir=run_dir.path
+    )
+    try:
+        (results,) = trainer.test(model, datamodule=datamodule)
+    finally:
+        tracking.finish(loggers)
+    metrics = {key: float(value) for key, value in results.items()}
+    record: dict[str, Any] = {
+        **metrics,
+        "n_importance": cfg.n_importance,
+        "seed": cfg.seed,
+        "ckpt_path": ckpt.relative_to(run_dir.path).as_posix(),
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    out = run_dir.write_eval_metrics(record)
+    log.info("Metrics written to %s", out)
+    return metrics

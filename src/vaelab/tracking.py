@@ -1,0 +1,121 @@
+"""Every W&B call: loggers, the offline policy, run names and groups, sweeps, finishing."""
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import wandb
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vaelab.config import instantiate
+from vaelab.runs import Run
+
+log = logging.getLogger(__name__)
+
+WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+
+def wandb_sweep_id() -> str | None:
+    """The W&B sweep this process runs for, when started by `wandb agent`."""
+    return os.environ.get("WANDB_SWEEP_ID")
+
+
+def name_and_group(cfg: DictConfig, overrides: str | None, sweep_dir: str | None) -> None:
+    """Fill `run_name` and `group` where the user left them null, in place.
+
+    The run is named by its command-line overrides (e.g. "latent_dim=2,model=mlp"); the
+    jobs of a multirun share the sweep directory's name as group, and the runs of a W&B
+    sweep share the sweep's id. Written into the config, so config.yaml records them.
+    """
+    with open_dict(cfg):
+        if cfg.get("run_name") is None:
+            cfg.run_name = overrides or "defaults"
+        if cfg.get("group") is None:
+            sweep_id = wandb_sweep_id()
+            if sweep_id:
+                cfg.group = f"sweep-{sweep_id}"
+            elif sweep_dir:
+                cfg.group = Path(sweep_dir).name
+
+
+def _offline_without_credentials(logger_cfg: DictConfig, run_dir: Path) -> str | None:
+    """ "offline" when no mode was chosen and there are no W&B credentials."""
+    if logger_cfg.get("mode") is not None or "WANDB_MODE" in os.environ:
+        return None
+    if wandb.login(prompt=False, verify=False):
+        return None
+    log.warning(
+        "W&B: no credentials (run `wandb login` to log online), so this run is logged "
+        "offline under %s/wandb; upload it later with `wandb sync <that offline-run dir>`.",
+        run_dir,
+    )
+    return "offline"
+
+
+def _is_wandb(logger_cfg: DictConfig) -> bool:
+    return logger_cfg.get("_target_", "") == WANDB_LOGGER
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    """The loggers of `cfg.logger`; W&B summarises `val/elbo` by its best value."""
+    loggers = []
+    for logger_cfg in (cfg.get("logger") or {}).values():
+        overrides: dict[str, Any] = {}
+        if _is_wandb(logger_cfg):
+            mode = _offline_without_credentials(logger_cfg, Path(cfg.paths.output_dir))
+            overrides = {"mode": mode} if mode else {}
+        loggers.append(instantiate(logger_cfg, **overrides))
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            # Dashboards compare runs by their best validation bound, not the last one.
+            logger.experiment.define_metric("val/elbo", summary="max")
+    return loggers
+
+
+def record(run: Run, loggers: list[Logger]) -> None:
+    """Write the W&B run's id, mode and url into the run directory (global rank 0)."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            experiment = logger.experiment
+            offline = experiment.offline
+            run.record_wandb(
+                id=experiment.id,
+                mode="offline" if offline else "online",
+                project=experiment.project,
+                entity=None if offline else experiment.entity,
+                url=None if offline else experiment.url,
+            )
+
+
+def finish(loggers: list[Logger]) -> None:
+    """Close this job's W&B run, so that the next job of a multirun starts its own."""
+    if any(isinstance(logger, WandbLogger) for logger in loggers):
+        wandb.finish()
+
+
+def attach(run: Run, mode: str | None) -> WandbLogger | None:
+    """A logger that continues the run's own W&B run (the id its run directory records).
+
+    Args:
+        run: the run directory.
+        mode: online, offline or disabled; None: the mode the run was logged in.
+    """
+    recorded = run.wandb()
+    if mode == "disabled":
+        return None
+    if not recorded.get("id"):
+        if (run.config().get("logger") or {}).get("wandb"):
+            log.warning("W&B: %s records no W&B run, so these metrics are not logged", run.path)
+        return None
+    logger_cfg = OmegaConf.create(
+        {"_target_": WANDB_LOGGER, "project": recorded.get("project"), "mode": mode}
+    )
+    if mode is None:
+        # Offline runs stay offline: the evaluation's run folder is synced along with training's.
+        mode = "offline" if recorded.get("mode") == "offline" else None
+        mode = mode or _offline_without_credentials(logger_cfg, run.path)
+    return instantiate(
+        logger_cfg, id=recorded["id"], resume="allow", save_dir=str(run.path), mode=mode
+    )
