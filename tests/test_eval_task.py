@@ -16,9 +16,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
-from vaelab.tasks import evaluate, sample
 from vaelab.config import config_dir
 from vaelab.errors import VaelabError
+from vaelab.tasks import evaluate, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 # One test batch of 100 images keeps K = 200 importance samples fast on a CPU.

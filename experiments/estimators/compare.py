@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from vaelab.api import find_checkpoint, run_datamodule
+from vaelab.api import run_datamodule
 from vaelab.estimators import iw_log_likelihood, naive_log_likelihood
 from vaelab.lit_module import LitVAE
+from vaelab.runs import find_checkpoint
 
 
 def test_images(run_dir: Path, n: int, data_dir: str | None) -> torch.Tensor:
