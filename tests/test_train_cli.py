@@ -10,6 +10,7 @@ import wandb_files
 import yaml
 
 from vaelab.lit_module import LitVAE
+from vaelab.runs import Run
 
 TINY = ("trainer=debug", "batch_size=32")
 
@@ -71,10 +72,17 @@ def test_conv_run_with_csv_logger(train_cli):
 
 
 @pytest.mark.slow
-def test_no_logger_still_writes_the_run_directory(train_cli):
-    run_dir = only(train_cli("model=mlp", "logger=none", *TINY).run_dirs)
+def test_no_logger_still_writes_the_run_directory_with_status_and_history(train_cli):
+    run_dir = only(train_cli("model=mlp", "logger=none", *TINY, "trainer.max_epochs=2").run_dirs)
     metrics_of(run_dir)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    run = Run(run_dir)
+    assert run.state == "finished" and run.wandb() == {}
+    history = run.history()
+    assert [row["epoch"] for row in history] == [0, 1]
+    for row in history:  # epoch means of training and the validation of that epoch
+        assert {"train/loss", "train/elbo", "val/elbo", "val/kl"} <= row.keys()
+        assert not any("kl_dim" in key for key in row)
 
 
 @pytest.mark.slow

@@ -1,0 +1,78 @@
+"""The `vaelab` command: one-line errors, multiruns that survive a failed job, DDP in a sweep."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from vaelab.runs import find_runs
+from vaelab.tracking import name_and_group
+
+TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0")
+
+
+def vaelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).parent / "vaelab"), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_vaelab_without_a_command_prints_usage(tmp_path):
+    result = vaelab(cwd=tmp_path)
+    assert result.returncode == 2 and "usage: vaelab {train,eval,sample,compare}" in result.stderr
+
+
+def test_a_recipe_knob_cannot_be_set_in_the_model_group(train_cli):
+    result = train_cli("model.beta=3", *TINY, check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("vaelab: error: Could not override 'model.beta'")
+
+
+def test_runs_are_named_by_their_overrides_and_grouped_by_sweep(monkeypatch):
+    monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
+    cfg = OmegaConf.create({"run_name": None, "group": None})
+    name_and_group(cfg, "latent_dim=2", "outputs/multiruns/2026-01-01_00-00-00")
+    assert cfg == {"run_name": "latent_dim=2", "group": "2026-01-01_00-00-00"}
+
+    monkeypatch.setenv("WANDB_SWEEP_ID", "abc123")  # as `wandb agent` sets it
+    cfg = OmegaConf.create({"run_name": "mine", "group": None})
+    name_and_group(cfg, "latent_dim=2", None)
+    assert cfg == {"run_name": "mine", "group": "sweep-abc123"}
+
+
+@pytest.mark.slow
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(train_cli):
+    result = train_cli("-m", *TINY, "latent_dim=2,0,3", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vaelab: error:")]
+    assert len(errors) == 1 and "job 1" in errors[0] and "latent_dim must be" in errors[0]
+
+    (sweep,) = (result.tmp_path / "outputs" / "multiruns").iterdir()
+    runs = find_runs([sweep])
+    assert [run.state for run in runs] == ["finished", "failed", "finished"]
+    assert "latent_dim must be a positive integer" in runs[1].error
+    for run in (runs[0], runs[2]):
+        assert run.metrics()["val/elbo"] < 0 and run.history()[0]["epoch"] == 0
+
+
+@pytest.mark.slow
+def test_ddp_jobs_inside_a_multirun_train_their_own_config(train_cli):
+    result = train_cli(
+        "-m",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.detect_anomaly=false",
+        "latent_dim=2,3",
+    )
+    # One sweep, two jobs: the DDP processes did not re-run the sweep.
+    assert [p.name for p in (result.tmp_path / "outputs").iterdir()] == ["multiruns"]
+    (sweep,) = (result.tmp_path / "outputs" / "multiruns").iterdir()
+    runs = find_runs([sweep])
+    assert [run.state for run in runs] == ["finished", "finished"]
+    assert [run.config()["latent_dim"] for run in runs] == [2, 3]
+    assert result.output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # a second process per job

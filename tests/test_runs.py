@@ -1,0 +1,76 @@
+"""runs.Run reads and writes a run directory; find_runs finds runs under any path."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vaelab.errors import VaelabError
+from vaelab.runs import Run, find_runs
+
+
+def test_a_run_goes_from_running_to_finished_with_its_metrics(tmp_path):
+    run = Run(tmp_path / "run")
+    run.start({"latent_dim": 2, "model": {"arch": "mlp"}})
+    assert run.state == "running" and run.config()["model"] == {"arch": "mlp"}
+    run.append_history({"epoch": 0, "val/elbo": -200.0})
+    run.append_history({"epoch": 1, "val/elbo": math.nan})  # JSON has no NaN: written as null
+    run.finish({"val/elbo": -190.5, "test/elbo": math.inf})
+    assert run.state == "finished" and run.error is None
+    assert [row["epoch"] for row in run.history()] == [0, 1]
+    assert math.isnan(run.history()[1]["val/elbo"])
+    assert run.metrics()["val/elbo"] == -190.5 and math.isnan(run.metrics()["test/elbo"])
+    json.loads((run.path / "metrics.json").read_text())  # strict JSON, no NaN or Infinity
+
+
+def test_a_failed_run_keeps_its_error_and_a_cut_history_line_is_skipped(tmp_path):
+    run = Run(tmp_path / "run")
+    run.start({})
+    run.append_history({"epoch": 0, "val/elbo": -1.0})
+    with (run.path / "history.jsonl").open("a") as f:
+        f.write('{"epoch": 1, "val/el')  # the process died mid-line
+    run.fail("latent_dim must be a positive integer, got 0")
+    assert run.state == "failed" and "latent_dim" in run.error
+    assert run.history() == [{"epoch": 0, "val/elbo": -1.0}]
+
+
+def test_a_run_whose_process_died_is_shown_as_killed(tmp_path):
+    run = Run(tmp_path / "run")
+    code = f"from vaelab.runs import Run; Run({str(run.path)!r}).start({{}})"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert run.status()["status"] == "running" and run.state == "killed"
+
+
+def test_eval_metrics_update_the_final_metrics(tmp_path):
+    run = Run(tmp_path / "run")
+    run.start({})
+    run.finish({"test/nll_iwae": 100.0, "val/elbo": -110.0})
+    run.write_eval_metrics({"test/nll_iwae": 95.0, "n_importance": 5000})
+    assert run.metrics() == {"test/nll_iwae": 95.0, "val/elbo": -110.0}
+
+
+def make_multirun(root: Path, n: int) -> Path:
+    sweep = root / "multiruns" / "2026-01-01_00-00-00"
+    for i in range(n):
+        Run(sweep / str(i)).start({"seed": i})
+        (sweep / str(i) / ".hydra").mkdir()
+        (sweep / str(i) / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    return sweep
+
+
+def test_find_runs_in_a_multirun_a_parent_or_run_directories(tmp_path):
+    sweep = make_multirun(tmp_path, 12)
+    runs = find_runs([sweep])
+    assert [r.name for r in runs] == [str(i) for i in range(12)]  # 2 before 10; no .hydra
+    assert [r.name for r in find_runs([tmp_path])] == [r.name for r in runs]
+    assert [r.name for r in find_runs([sweep / "3", sweep / "1", sweep / "3"])] == ["1", "3"]
+
+
+def test_find_runs_says_what_to_give(tmp_path):
+    with pytest.raises(VaelabError, match="does not exist"):
+        find_runs([tmp_path / "missing"])
+    with pytest.raises(VaelabError, match="no runs under"):
+        find_runs([tmp_path])
