@@ -91,7 +91,7 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
-    assert cfg.latent_dim == 16 and set(cfg.model) == {"arch", "hidden_dim"}
+    assert cfg.latent_dim == 16 and set(cfg.model) == {"arch", "hidden_dim", "activation"}
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
@@ -102,3 +102,16 @@ def test_experiment_options_compose_and_instantiate(compose, name):
     assert cfg.group == name
     model = build_module(cfg, (1, 28, 28))
     assert model.hparams.latent_dim == cfg.latent_dim and model.hparams.beta == cfg.beta
+
+
+def test_burda_experiment_is_the_784_200_200_50_tanh_vae(compose):
+    cfg = compose("experiment=burda_vae")
+    model = build_module(cfg, (1, 28, 28))
+    linears = [m for m in model.vae.encoder.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (784, 200),
+        (200, 200),
+        (200, 100),
+    ]
+    assert sum(isinstance(m, torch.nn.Tanh) for m in model.vae.decoder.modules()) == 2
+    assert cfg.data.binarize == "dynamic" and cfg.data.allow_fallback is False

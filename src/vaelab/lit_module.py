@@ -15,7 +15,7 @@ from vaelab.estimators import (
     naive_log_likelihood,
 )
 from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import ARCHS, VAE, build_decoder, build_encoder
+from vaelab.models import ACTIVATIONS, ARCHS, VAE, build_decoder, build_encoder
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
@@ -47,6 +47,7 @@ class LitVAE(L.LightningModule):
         arch: str = "conv",
         latent_dim: int = 16,
         hidden_dim: int = 256,
+        activation: str = "relu",
         likelihood: str = "bernoulli",
         obs_scale: float = 0.1,
         beta: float = 1.0,
@@ -58,6 +59,10 @@ class LitVAE(L.LightningModule):
     ):
         super().__init__()
         _require(arch in ARCHS, f"model.arch={arch!r} is unknown; choose one of {ARCHS}")
+        _require(
+            activation in ACTIVATIONS,
+            f"model.activation={activation!r} is unknown; choose one of {', '.join(ACTIVATIONS)}",
+        )
         _require(
             likelihood in LIKELIHOODS,
             f"likelihood={likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}",
@@ -85,8 +90,8 @@ class LitVAE(L.LightningModule):
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = VAE(
-            build_encoder(arch, image_shape, latent_dim, hidden_dim),
-            build_decoder(arch, image_shape, latent_dim, hidden_dim),
+            build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
+            build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
             latent_dim,
             likelihood,
             obs_scale,

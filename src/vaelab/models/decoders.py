@@ -7,15 +7,26 @@ import math
 
 from torch import Tensor, nn
 
+from vaelab.models.encoders import ACTIVATIONS
+
 
 class MLPDecoder(nn.Module):
-    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 512):
+    """Two hidden layers of `hidden_dim` units."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        latent_dim: int,
+        hidden_dim: int = 512,
+        activation: str = "relu",
+    ):
         super().__init__()
+        act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
+            act(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.ReLU(),
+            act(),
             nn.Linear(hidden_dim, math.prod(image_shape)),
             nn.Unflatten(-1, image_shape),
         )
@@ -27,18 +38,25 @@ class MLPDecoder(nn.Module):
 class ConvDecoder(nn.Module):
     """Mirror of `ConvEncoder`: dense layer, then two stride-2 transposed convolutions."""
 
-    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 256):
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        latent_dim: int,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+    ):
         super().__init__()
         channels, height, width = image_shape
         grid = (64, height // 4, width // 4)
+        act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
-            nn.ReLU(),
+            act(),
             nn.Linear(hidden_dim, math.prod(grid)),
-            nn.ReLU(),
+            act(),
             nn.Unflatten(-1, grid),
             nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1),
         )
 
@@ -50,6 +68,10 @@ DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
 
 
 def build_decoder(
-    arch: str, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int
+    arch: str,
+    image_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden_dim: int,
+    activation: str = "relu",
 ) -> nn.Module:
-    return DECODERS[arch](tuple(image_shape), latent_dim, hidden_dim)
+    return DECODERS[arch](tuple(image_shape), latent_dim, hidden_dim, activation)

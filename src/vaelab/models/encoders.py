@@ -7,6 +7,8 @@ from torch import Tensor, nn
 
 # Keeps posterior scales away from 0 so log q(z|x) stays finite in low precision.
 MIN_SCALE = 1e-4
+# Hidden-layer nonlinearities (Burda et al. 2015 use tanh).
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
 class GaussianHead(nn.Module):
@@ -22,14 +24,23 @@ class GaussianHead(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 512):
+    """Two hidden layers of `hidden_dim` units."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        latent_dim: int,
+        hidden_dim: int = 512,
+        activation: str = "relu",
+    ):
         super().__init__()
+        act = ACTIVATIONS[activation]
         self.body = nn.Sequential(
             nn.Flatten(),
             nn.Linear(math.prod(image_shape), hidden_dim),
-            nn.ReLU(),
+            act(),
             nn.Linear(hidden_dim, hidden_dim),
-            nn.ReLU(),
+            act(),
         )
         self.head = GaussianHead(hidden_dim, latent_dim)
 
@@ -40,17 +51,24 @@ class MLPEncoder(nn.Module):
 class ConvEncoder(nn.Module):
     """Two stride-2 convolutions (28 -> 14 -> 7), then a dense layer."""
 
-    def __init__(self, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int = 256):
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        latent_dim: int,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+    ):
         super().__init__()
         channels, height, width = image_shape
+        act = ACTIVATIONS[activation]
         self.body = nn.Sequential(
             nn.Conv2d(channels, 32, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.Conv2d(32, 64, 4, stride=2, padding=1),
-            nn.ReLU(),
+            act(),
             nn.Flatten(),
             nn.Linear(64 * (height // 4) * (width // 4), hidden_dim),
-            nn.ReLU(),
+            act(),
         )
         self.head = GaussianHead(hidden_dim, latent_dim)
 
@@ -62,6 +80,10 @@ ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
 
 
 def build_encoder(
-    arch: str, image_shape: tuple[int, ...], latent_dim: int, hidden_dim: int
+    arch: str,
+    image_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden_dim: int,
+    activation: str = "relu",
 ) -> nn.Module:
-    return ENCODERS[arch](tuple(image_shape), latent_dim, hidden_dim)
+    return ENCODERS[arch](tuple(image_shape), latent_dim, hidden_dim, activation)
