@@ -1,11 +1,10 @@
-"""Callbacks that write into the run directory: checkpoints, the history, pictures."""
+"""Callbacks that write into the run directory: the history and pictures."""
 
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,7 +14,7 @@ from torch import Tensor
 from vaelab import plots
 from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE
-from vaelab.runs import BEST_CHECKPOINT, Run
+from vaelab.runs import Run
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
@@ -24,25 +23,17 @@ PICTURES = (
 _ENCODE_CHUNK = 1024
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` writing the run directory's checkpoints/: best and last."""
-
-    def __init__(self, **kwargs: Any):
-        super().__init__(
-            filename=BEST_CHECKPOINT, auto_insert_metric_name=False, save_last=True, **kwargs
-        )
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.dirpath = str(Run(trainer.default_root_dir).checkpoint_dir)
-        super().setup(trainer, pl_module, stage)
-
-
 class RunHistory(L.Callback):
     """Appends each epoch's metrics to the run directory's history, whatever the logger.
 
     One row per training epoch, after its validation: the epoch means of `train/*` and
-    the `val/*` metrics (per-dimension values left out), with "epoch" and "step".
+    the `val/*` metrics (per-dimension values left out), with "epoch" and "step". A
+    resumed run first drops the rows written after its checkpoint.
     """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and trainer.global_step > 0:
+            Run(trainer.default_root_dir).truncate_history(trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

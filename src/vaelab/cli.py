@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
-from vaelab.errors import JobFailed, VaelabError, one_line
+from vaelab.errors import Interrupted, JobFailed, VaelabError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False
             os.environ[DDP_CONFIG_ENV] = str(Run(cfg.paths.output_dir).config_file)
         return task(cfg)
     except Exception as e:
+        if isinstance(e, Interrupted):
+            _fail(str(e), e.exit_code)  # a preempted sweep stops too
         if multirun:
             _raise_job_failed(hydra_cfg, e)
         if isinstance(e, VaelabError):
@@ -97,7 +99,12 @@ def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
 def _train_job(cfg: DictConfig) -> float | None:
     from vaelab.tasks import train
 
-    return _job(lambda c: train.run(c).get("val/elbo"), cfg, train=True)
+    def task(cfg: DictConfig) -> float | None:
+        if cfg.get("resume"):
+            cfg = train.resumed_config(cfg, HydraConfig.get().overrides.task)
+        return train.run(cfg).get("val/elbo")
+
+    return _job(task, cfg, train=True)
 
 
 def _eval_job(cfg: DictConfig) -> None:
@@ -115,8 +122,37 @@ def _sample_job(cfg: DictConfig) -> None:
 HYDRA_JOBS = {"train": _train_job, "eval": _eval_job, "sample": _sample_job}
 
 
+def _resume_args(args: Sequence[str]) -> list[str]:
+    """`resume=<run dir>|last`: run in that run's directory, keeping its Hydra record."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if value in (None, "null"):
+        return list(args)
+    if {"-m", "--multirun"} & set(args):
+        raise VaelabError("resume= continues one run: give it without -m")
+    from vaelab.runs import Run, newest_run
+
+    if value == "last":
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("train", [a for a in args if not a.startswith("resume=")])
+        run = newest_run(cfg.paths.log_dir)
+    else:
+        run = Run(value)
+    run.resume_checkpoint()
+    others = [a for a in args if not a.startswith("resume=")]
+    return [
+        *others,
+        f"resume={run.path.resolve()}",
+        f"hydra.run.dir={run.path.resolve()}",
+        "hydra.output_subdir=null",
+    ]
+
+
 def _run_hydra(command: str, args: Sequence[str]) -> None:
     """Run a Hydra application with `args` as its command line."""
+    if command == "train":
+        args = _resume_args(args)
     sys.argv = [sys.argv[0], *args]
     os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach `main` instead of being printed
     entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
@@ -162,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             _compare(args)
         else:
             _run_hydra(command, args)
+    except Interrupted as e:
+        _fail(str(e), e.exit_code)
     except VaelabError as e:
         _fail(str(e))
     except (HydraException, OmegaConfBaseException) as e:
@@ -169,9 +207,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(" ".join(str(e).split("Config search path")[0].split()))
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
     print(f"vaelab: error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(exit_code)
 
 
 def train() -> None:

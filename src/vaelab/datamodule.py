@@ -1,6 +1,7 @@
 """LightningDataModule: splits, binarization and on-device batching by index."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,10 +47,15 @@ class IndexBatchSampler(Sampler[Tensor]):
         self.num_replicas, self.rank = num_replicas, rank
         self.shard_size = -(-n // num_replicas)
         self.epoch = 0
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already done)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch that seeds the order (Lightning calls it on `DataLoader.sampler`)."""
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration over `epoch` skip the batches a checkpoint already saw."""
+        self._resume_at = (epoch, batches_done)
 
     def __len__(self) -> int:
         return -(-self.shard_size // self.batch_size)
@@ -66,7 +72,31 @@ class IndexBatchSampler(Sampler[Tensor]):
             order = torch.arange(self.n)
         total = self.shard_size * self.num_replicas
         order = order.repeat(-(-total // self.n))[:total]
-        yield from order[self.rank :: self.num_replicas].split(self.batch_size)
+        batches = order[self.rank :: self.num_replicas].split(self.batch_size)
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
+        yield from batches[skip:]
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader whose position Lightning stores in checkpoints, for exact mid-epoch resume.
+
+    Lightning saves `state_dict()` of a loader that has one and hands it back to
+    `load_state_dict` on resume; the position is the number of batches the training loop
+    has processed in the epoch (the loop prefetches, so the sampler's own count is ahead).
+    """
+
+    def __init__(self, dataset: TensorDataset, sampler: IndexBatchSampler, progress: Callable):
+        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.sampler.epoch, "batches_done": self._progress()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class VAEDataModule(LightningDataModule):
@@ -167,7 +197,15 @@ class VAEDataModule(LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        loader = self._loader("train", self.hparams.batch_size, shuffle=True)
+        if self.trainer is None:
+            return loader
+        fit_loop = self.trainer.fit_loop
+        return ResumableLoader(
+            loader.dataset,
+            loader.sampler,
+            lambda: fit_loop.epoch_loop.batch_progress.current.processed,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size, shuffle=False)

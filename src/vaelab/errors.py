@@ -17,6 +17,17 @@ class TrainingError(VaelabError):
     """Training went wrong in a way the user can fix, e.g. a diverging loss."""
 
 
+class Interrupted(VaelabError):
+    """SIGTERM or Ctrl+C stopped training after saving a checkpoint; the run can resume."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self):  # picklable across a parallel launcher's processes
+        return (type(self), (str(self), self.exit_code))
+
+
 class JobFailed(VaelabError):
     """A job of a multirun failed; the other jobs ran (raised so that sweepers count it)."""
 

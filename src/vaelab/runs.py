@@ -42,7 +42,7 @@ BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_CHOICES = ("best", "last")
 
-STATES = ("running", "finished", "failed", "killed")
+STATES = ("running", "finished", "failed", "interrupted", "killed")
 
 
 def _now() -> str:
@@ -226,6 +226,39 @@ class Run:
             pid=os.getpid(),
         )
 
+    def restart(self, config: dict[str, Any]) -> None:
+        """Status `running` again for a resumed run (config.yaml: the config it goes on with)."""
+        tmp = self.path / f".{CONFIG}.tmp"
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+        os.replace(tmp, self.path / CONFIG)
+        resumed = [*self.status().get("resumed_at", []), _now()]
+        self._set_status(
+            status="running",
+            error=None,
+            ended_at=None,
+            resumed_at=resumed,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
+    def resume_checkpoint(self) -> Path:
+        """The checkpoint a resumed run continues from: the newest, last.ckpt.
+
+        Raises:
+            VaelabError: the run has none (it stopped before its first checkpoint).
+        """
+        if not self.exists():
+            raise VaelabError(
+                f"{self.path} is not a run directory of `vaelab train`: nothing to resume"
+            )
+        last = self.checkpoint_dir / LAST_CHECKPOINT
+        if not last.is_file():
+            raise VaelabError(
+                f"{self.path} has no {CHECKPOINTS}/{LAST_CHECKPOINT} (it stopped before its first "
+                "checkpoint): start it again instead"
+            )
+        return last
+
     def record_wandb(self, **wandb: Any) -> None:
         """Remember the run's W&B run (id, mode, project, entity, url)."""
         self._set_status(wandb=wandb)
@@ -235,10 +268,20 @@ class Run:
         _write_json(self.path / METRICS, {k: _finite_or_none(v) for k, v in metrics.items()})
         self._set_status(status="finished", ended_at=_now())
 
-    def fail(self, error: str) -> None:
-        """Status `failed`, with the error's one-line message."""
+    def fail(self, error: str, status: str = "failed") -> None:
+        """Status `failed` (or `interrupted`), with the error's one-line message."""
         self.path.mkdir(parents=True, exist_ok=True)
-        self._set_status(status="failed", error=error, ended_at=_now())
+        self._set_status(status=status, error=error, ended_at=_now())
+
+    def truncate_history(self, step: int) -> None:
+        """Drop history rows written after `step`: a resumed run writes them again."""
+        rows = [row for row in self.history() if row.get("step", 0) <= step]
+        tmp = self.path / f".{HISTORY}.tmp"
+        lines = [
+            json.dumps({k: _finite_or_none(v) for k, v in r.items()}, sort_keys=True) for r in rows
+        ]
+        tmp.write_text("".join(line + "\n" for line in lines))
+        os.replace(tmp, self.path / HISTORY)
 
     def append_history(self, row: dict[str, Any]) -> None:
         """Add one epoch's metrics to history.jsonl."""
@@ -279,6 +322,14 @@ def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
             raise VaelabError(f"{path} is not a .ckpt file: give a run directory or a checkpoint")
         return path
     return Run(path).checkpoint(checkpoint)
+
+
+def newest_run(log_dir: str | Path) -> Run:
+    """The run under `log_dir` (outputs/) started last, for `resume=last`."""
+    runs = [run for run in find_runs([log_dir]) if run.status().get("started_at")]
+    if not runs:
+        raise VaelabError(f"no runs under {log_dir} to resume")
+    return max(runs, key=lambda run: (run.status()["started_at"], run.path.stat().st_mtime))
 
 
 def run_dir_of(path: str | Path) -> Path:

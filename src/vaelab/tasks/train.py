@@ -2,15 +2,19 @@
 
 import logging
 import math
+import signal
+from collections.abc import Sequence
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab import tracking
 from vaelab.callbacks import RunHistory
+from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState
 from vaelab.config import instantiate
-from vaelab.errors import ConfigError, TrainingError, one_line
+from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
 from vaelab.likelihoods import BINARY_LIKELIHOODS
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
@@ -58,7 +62,61 @@ def _fit_and_test(
     return metrics
 
 
-def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
+# What a resumed run may change: where the data is, how long to train, the hardware.
+RESUME_CHANGES = ("max_epochs", "trainer", "paths", "data.data_dir", "data.download")
+
+
+def _lookup(tree: dict, key: str) -> object:
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """The config a resumed run continues with: its own config.yaml, changed only where allowed.
+
+    Args:
+        cfg: the config composed from the command line, with `resume` set to the run.
+        overrides: the command line's overrides; each must leave the run's config as it
+            is, or change only what `RESUME_CHANGES` names (e.g. `max_epochs=40`).
+
+    Raises:
+        VaelabError: not a run to resume, or an override that would change the run.
+    """
+    run = Run(cfg.resume)
+    run.resume_checkpoint()  # fails early, with what to do, when there is nothing to resume
+    old = run.config()
+    saved = OmegaConf.create(old)
+    new = OmegaConf.to_container(cfg, resolve=True)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or _lookup(new, key) == _lookup(old, key):
+            continue
+        if not (key + ".").startswith(tuple(k + "." for k in RESUME_CHANGES)):
+            raise ConfigError(
+                f"resume continues {run.path} with its own config.yaml, so {key} cannot change; "
+                f"what can: {', '.join(RESUME_CHANGES)}"
+            )
+        OmegaConf.update(saved, key, _lookup(new, key), force_add=True)
+        if key == "max_epochs":
+            saved.trainer.max_epochs = new["max_epochs"]
+        if key == "paths.data_dir":
+            saved.data.data_dir = new["data"]["data_dir"]
+    saved.paths.output_dir = str(run.path)
+    saved.resume = str(run.path)
+    return saved
+
+
+def _interrupted(preemption: Preemption, trainer: L.Trainer, run: Run) -> Interrupted:
+    name = preemption.signal_name or "SIGTERM"
+    return Interrupted(
+        f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
+        f"checkpoint saved: continue with `vaelab train resume={run.path}`",
+        exit_code=128 + getattr(signal, name),
+    )
+
+
+def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
@@ -68,16 +126,22 @@ def _train(cfg: DictConfig, run: Run) -> dict[str, float]:
             "use data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"
         )
     loggers = tracking.build_loggers(cfg)
+    preemption = Preemption()
     try:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         trainer: L.Trainer = instantiate(
-            cfg.trainer, logger=loggers or False, callbacks=[*callbacks, RunHistory()]
+            cfg.trainer,
+            logger=loggers or False,
+            callbacks=[*callbacks, RunHistory(), RngState(), preemption],
+            plugins=[AtomicCheckpointIO()],
         )
         if trainer.is_global_zero:
             tracking.record(run, loggers)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        return _fit_and_test(trainer, model, datamodule, cfg.get("ckpt_path"))
+        return _fit_and_test(trainer, model, datamodule, ckpt_path)
+    except SIGTERMException:
+        raise _interrupted(preemption, trainer, run) from None
     finally:
         tracking.finish(loggers)
 
@@ -93,13 +157,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """
     run_dir = Run(cfg.paths.output_dir)
     writes = rank_zero_only.rank == 0  # DDP: only the first process writes the run directory
+    resume = bool(cfg.get("resume"))
+    ckpt_path = str(run_dir.resume_checkpoint()) if resume else cfg.get("ckpt_path")
     if writes:
-        run_dir.start(OmegaConf.to_container(cfg, resolve=True))
+        config = OmegaConf.to_container(cfg, resolve=True)
+        run_dir.restart(config) if resume else run_dir.start(config)
     try:
-        metrics = _train(cfg, run_dir)
+        metrics = _train(cfg, run_dir, ckpt_path)
     except BaseException as e:
         if writes:
-            run_dir.fail(one_line(e))
+            run_dir.fail(one_line(e), "interrupted" if isinstance(e, Interrupted) else "failed")
         raise
     if writes:
         run_dir.finish(metrics)

@@ -1,0 +1,139 @@
+"""Checkpoints that survive interruptions: atomic files, every N steps, on SIGTERM/SIGINT.
+
+A checkpoint holds everything a resumed run needs to continue exactly: weights,
+optimizer, loop progress (epoch, step, KL warm-up), the data loader's position in its
+epoch (`ResumableLoader`) and the random number generators (`RngState`).
+"""
+
+import os
+import random
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file in the same folder, then renames it.
+
+    A kill during the write leaves the previous checkpoint whole (a rename within one
+    folder is atomic; Lightning's own writer goes through a temporary file in /tmp, whose
+    move onto another file system is a copy).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """The run directory's checkpoints/: the best (by `monitor`) and last.ckpt, each epoch."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(
+            filename=BEST_CHECKPOINT, auto_insert_metric_name=False, save_last=True, **kwargs
+        )
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.dirpath = str(Run(trainer.default_root_dir).checkpoint_dir)
+        super().setup(trainer, pl_module, stage)
+
+
+class StepCheckpoint(RunCheckpoint):
+    """last.ckpt every `every_n_train_steps` training steps, so a kill loses at most that many."""
+
+    def __init__(self, every_n_train_steps: int = 500):
+        super().__init__(every_n_train_steps=every_n_train_steps, save_top_k=0)
+
+
+class RngState(L.Callback):
+    """Saves the random generators with each checkpoint and restores them on resume.
+
+    Restored when training starts, after the sanity check, so that a resumed run draws
+    the same binarizations and z samples as an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        # Plain types only: checkpoints load with torch.load(weights_only=True).
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+            "python": random.getstate(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._loaded is None:
+            return
+        torch.set_rng_state(self._loaded["torch"])
+        name, keys, pos, has_gauss, cached = self._loaded["numpy"]
+        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+        random.setstate(self._loaded["python"])
+        if "cuda" in self._loaded and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self._loaded["cuda"])
+        self._loaded = None
+
+
+class Preemption(L.Callback):
+    """SIGTERM (a scheduler's preemption) or Ctrl+C: save last.ckpt and stop the run.
+
+    Lightning stops at the next batch boundary after SIGTERM; Ctrl+C is turned into the
+    same graceful stop (a second Ctrl+C interrupts at once). `signal_name` tells the task
+    which signal stopped the run.
+    """
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous_sigint: Any = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and hasattr(signal, "SIGTERM"):
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.signal_name = "SIGINT"
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's graceful stop
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore()
+        if isinstance(exception, SIGTERMException):
+            self.signal_name = self.signal_name or "SIGTERM"
+            path = Run(trainer.default_root_dir).checkpoint_dir / LAST_CHECKPOINT
+            trainer.save_checkpoint(path)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None

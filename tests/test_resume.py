@@ -1,0 +1,140 @@
+"""Runs survive interruptions: SIGKILL or SIGTERM part-way, then `resume=`, gives the same run."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import _offline_env, _train_command
+
+from vaelab.checkpoints import AtomicCheckpointIO
+from vaelab.runs import Run
+
+# 2 epochs of 40 steps, a checkpoint every 5 steps, deterministic kernels.
+RUN = (
+    "model=mlp",
+    "logger=none",
+    "batch_size=32",
+    "n_importance=0",
+    "max_epochs=2",
+    "trainer.limit_train_batches=40",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "trainer.deterministic=true",
+    "callbacks.step_checkpoint.every_n_train_steps=5",
+    "callbacks.pictures.every_n_epochs=100",
+)
+
+
+def start(tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+    """Start a training run in the background; its output goes to <name>.out and .err."""
+    run_dir = tmp_path / "outputs" / name
+    command = _train_command(tmp_path, (*RUN, f"hydra.run.dir={run_dir}"))
+    with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stdout=out, stderr=err)
+    return proc, run_dir
+
+
+def stderr(tmp_path: Path, name: str) -> str:
+    return (tmp_path / f"{name}.err").read_text()
+
+
+def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 80  # no step lost or repeated
+    return checkpoint["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    tmp_path = tmp_path_factory.mktemp("full")
+    proc, run_dir = start(tmp_path, "full")
+    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
+    return run_dir
+
+
+def assert_same_run(resumed: Path, full: Path) -> None:
+    a, b = weights(resumed), weights(full)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert Run(resumed).metrics()["test/elbo"] == Run(full).metrics()["test/elbo"]
+    # One history row per epoch, the rows of the killed attempt replaced.
+    assert [row["epoch"] for row in Run(resumed).history()] == [0, 1]
+    assert Run(resumed).history()[-1]["val/elbo"] == Run(full).history()[-1]["val/elbo"]
+
+
+def resume(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    command = _train_command(tmp_path, (*RUN, f"resume={run_dir}"))
+    return subprocess.run(
+        command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    proc, run_dir = start(tmp_path, "killed")
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Run(run_dir).state == "killed"
+
+    result = resume(tmp_path, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert Run(run_dir).state == "finished" and len(Run(run_dir).status()["resumed_at"]) == 1
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["killed"]  # same dir
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_non_zero_and_says_how_to_resume(tmp_path, uninterrupted):
+    proc, run_dir = start(tmp_path, "preempted")
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    err = stderr(tmp_path, "preempted")
+    (line,) = [line for line in err.splitlines() if line.startswith("vaelab: error:")]
+    assert "stopped by SIGTERM" in line and f"resume={run_dir}" in line
+    assert Run(run_dir).state == "interrupted"
+
+    result = resume(tmp_path, run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.slow
+def test_resume_refuses_what_it_cannot_do(train_cli, tmp_path):
+    run_dir = tmp_path / "outputs" / "runs" / "early"
+    Run(run_dir).start({"latent_dim": 2})  # killed before its first checkpoint
+    cases = {
+        f"resume={run_dir}": "has no checkpoints/last.ckpt",
+        f"resume={tmp_path / 'nowhere'}": "not a run directory",
+        "resume=last": "has no checkpoints/last.ckpt",  # the newest run
+    }
+    for override, message in cases.items():
+        result = train_cli(*RUN, override, check=False)
+        assert result.returncode == 2, result.output[-2000:]
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("vaelab: error:") and message in line
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_previous_one_whole(tmp_path):
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    with pytest.raises(Exception):  # noqa: B017 - pickling fails half-way through the write
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: 0}, path)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
