@@ -198,13 +198,10 @@ class VAEDataModule(LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", self.hparams.batch_size, shuffle=True)
-        if self.trainer is None:
-            return loader
-        fit_loop = self.trainer.fit_loop
         return ResumableLoader(
             loader.dataset,
             loader.sampler,
-            lambda: fit_loop.epoch_loop.batch_progress.current.processed,
+            lambda: self.trainer.fit_loop.epoch_loop.batch_progress.current.processed,
         )
 
     def val_dataloader(self) -> DataLoader:
