@@ -76,3 +76,25 @@ def test_ddp_jobs_inside_a_multirun_train_their_own_config(train_cli):
     assert [run.state for run in runs] == ["finished", "finished"]
     assert [run.config()["latent_dim"] for run in runs] == [2, 3]
     assert result.output.count("GLOBAL_RANK: 1, MEMBER: 2/2") == 2  # a second process per job
+
+
+@pytest.mark.slow
+def test_a_diverging_run_stops_with_one_line_and_keeps_a_finite_checkpoint(train_cli):
+    import torch
+
+    result = train_cli(
+        *TINY,
+        "lr=1e4",  # Adam with this step size overflows the loss within a few steps
+        "trainer.detect_anomaly=false",
+        "callbacks=default",
+        "callbacks.step_checkpoint.every_n_train_steps=1",
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("vaelab: error: the loss is not finite at epoch 0, step")
+    assert "lower lr (now 10000)" in line and "gradient_clip_val" in line
+    (run,) = find_runs([result.tmp_path / "outputs"])
+    assert run.state == "failed" and "not finite" in run.error
+    state = torch.load(run.checkpoint("last"), weights_only=True)["state_dict"]
+    assert all(torch.isfinite(value).all() for value in state.values())

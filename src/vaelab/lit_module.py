@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, TrainingError
 from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
@@ -112,7 +112,7 @@ class LitVAE(L.LightningModule):
         warmup_steps = self.hparams.kl_warmup_epochs * self.trainer.num_training_batches
         return self.hparams.beta * min(1.0, (self.global_step + 1) / warmup_steps)
 
-    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+    def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, _ = batch
         qz_x = self.vae.posterior(x)
         rec, kl = self.vae.elbo_terms(x, self.hparams.num_samples, qz_x=qz_x)
@@ -132,10 +132,23 @@ class LitVAE(L.LightningModule):
             self.log("train/beta", beta, on_step=True, on_epoch=False)
         else:
             self.latent_stats[stage].update(qz_x.base_dist.loc, qz_x.base_dist.scale)
-        return values["loss"].mean()
+        return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+        values = self._step(batch, "train")
+        loss = values["loss"].mean()
+        # One host sync per step buys stopping before the optimizer writes NaN into the
+        # weights, so the last checkpoint stays good.
+        if not torch.isfinite(loss):
+            terms = {"reconstruction term": values["rec"], "KL": values["kl"]}
+            bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
+            raise TrainingError(
+                f"the loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
+                f"({' and '.join(bad) or 'the loss'} went non-finite): training diverged; lower "
+                f"lr (now {self.hparams.lr:g}) or set trainer.gradient_clip_val (e.g. 1.0); the "
+                "last checkpoint is from before the divergence"
+            )
+        return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
