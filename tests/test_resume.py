@@ -138,3 +138,33 @@ def test_an_interrupted_checkpoint_write_leaves_the_previous_one_whole(tmp_path)
         io.save_checkpoint({"step": 2, "w": torch.zeros(3), "bad": lambda: 0}, path)
     assert torch.load(path, weights_only=True)["step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]  # no temporary file left behind
+
+
+@pytest.mark.slow
+def test_a_killed_offline_wandb_run_keeps_what_it_logged_and_resume_says_it_starts_anew(tmp_path):
+    import wandb_files
+
+    slow = (*RUN, "logger=wandb", "model=conv", "max_epochs=6", "trainer.log_every_n_steps=5")
+    run_dir = tmp_path / "outputs" / "offline"
+    command = _train_command(tmp_path, (*slow, f"hydra.run.dir={run_dir}"))
+    with (tmp_path / "offline.err").open("w") as err:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stderr=err)
+    wait_for_checkpoint(run_dir, proc)
+    time.sleep(2)  # W&B writes its file every second here, every 15 s by default
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    logged = wandb_files.history(wandb_files.read_records(run_file))
+    assert any("train/loss_step" in step for step in logged)
+
+    result = subprocess.run(
+        _train_command(tmp_path, (*slow, f"resume={run_dir}")),
+        cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "an offline run cannot be resumed" in result.stdout + result.stderr
+    folders = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
+    assert len(folders) == 2  # a new offline run id, so `wandb sync` overwrites nothing
+    assert Run(run_dir).wandb()["id"] in folders

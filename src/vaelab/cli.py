@@ -65,7 +65,8 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False
             from vaelab.runs import Run
 
             sweep_dir = hydra_cfg.sweep.dir if multirun else None
-            tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+            if not cfg.get("resume"):  # a resumed run keeps its name and group
+                tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
             _share_cores(hydra_cfg.launcher)
             # Lightning's DDP processes re-run this command: they train this job's config
             # rather than compose the command line again (which would re-run the sweep).

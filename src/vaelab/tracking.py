@@ -15,6 +15,8 @@ from vaelab.runs import Run
 log = logging.getLogger(__name__)
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+# W&B writes its run file every 15 s by default: a killed run would lose up to 15 s of logs.
+FLUSH_SECONDS = 1.0
 
 
 def wandb_sweep_id() -> str | None:
@@ -58,14 +60,33 @@ def _is_wandb(logger_cfg: DictConfig) -> bool:
     return logger_cfg.get("_target_", "") == WANDB_LOGGER
 
 
+def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
+    """The W&B run a resumed run continues: the same id online; offline, a new one."""
+    recorded = run.wandb()
+    if not recorded.get("id"):
+        return {}
+    if (mode or recorded.get("mode")) == "offline":
+        log.warning(
+            "W&B: an offline run cannot be resumed (a sync of two offline folders of one id "
+            "keeps only one), so this part is a new offline W&B run; the whole run is in %s",
+            run.path / "history.jsonl",
+        )
+        return {}
+    return {"id": recorded["id"], "resume": "allow"}
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """The loggers of `cfg.logger`; W&B summarises `val/elbo` by its best value."""
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         overrides: dict[str, Any] = {}
         if _is_wandb(logger_cfg):
-            mode = _offline_without_credentials(logger_cfg, Path(cfg.paths.output_dir))
+            run = Run(cfg.paths.output_dir)
+            mode = logger_cfg.get("mode") or _offline_without_credentials(logger_cfg, run.path)
             overrides = {"mode": mode} if mode else {}
+            if cfg.get("resume"):
+                overrides.update(_resumed_run(run, mode or os.environ.get("WANDB_MODE")))
+            overrides["settings"] = wandb.Settings(x_transaction_log_flush_interval=FLUSH_SECONDS)
         loggers.append(instantiate(logger_cfg, **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):

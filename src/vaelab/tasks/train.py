@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab import tracking
 from vaelab.callbacks import RunHistory
@@ -87,6 +87,8 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     run.resume_checkpoint()  # fails early, with what to do, when there is nothing to resume
     old = run.config()
     saved = OmegaConf.create(old)
+    with open_dict(cfg):  # the run keeps its name and group, and so its loggers' settings
+        cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
     new = OmegaConf.to_container(cfg, resolve=True)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -142,6 +144,8 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, float]
         return _fit_and_test(trainer, model, datamodule, ckpt_path)
     except SIGTERMException:
         raise _interrupted(preemption, trainer, run) from None
+    except MisconfigurationException as e:  # Lightning's word for a user error
+        raise ConfigError(one_line(e).removeprefix("MisconfigurationException: ")) from e
     finally:
         tracking.finish(loggers)
 
