@@ -46,6 +46,28 @@ def _share_cores(launcher: DictConfig) -> None:
     log.info("%d parallel jobs on %d cores: %d torch threads per job", n_jobs, cores, threads)
 
 
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's tips that advertise its cloud products."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def _quiet_third_parties() -> None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    logging.captureWarnings(True)  # warnings reach the console and the run's train.log
+    if "lightning" in sys.modules:  # its own console handler would print each line twice
+        logging.getLogger("lightning").handlers.clear()
+
+
+def _log_to_files(message: str) -> None:
+    """Write an error into the run's train.log only (the console gets it once, from `_fail`)."""
+    record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _destroy_process_group() -> None:
     """End a DDP job's process group, so that the next job of a multirun starts its own."""
     import torch.distributed as dist
@@ -59,6 +81,7 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     environ = dict(os.environ)
+    _quiet_third_parties()
     try:
         if train:
             from vaelab import tracking
@@ -73,6 +96,7 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False
             os.environ[DDP_CONFIG_ENV] = str(Run(cfg.paths.output_dir).config_file)
         return task(cfg)
     except Exception as e:
+        _log_to_files(f"vaelab: error: {one_line(e)}")
         if isinstance(e, Interrupted):
             _fail(str(e), e.exit_code)  # a preempted sweep stops too
         if multirun:

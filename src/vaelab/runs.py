@@ -154,9 +154,16 @@ class Run:
     def metrics(self) -> dict[str, float]:
         """Final metrics: metrics.json, updated by eval_metrics.json where evaluated."""
         metrics = _read_json(self.path / METRICS)
-        evaluated = _read_json(self.path / EVAL_METRICS)
-        metrics.update({k: v for k, v in evaluated.items() if "/" in k})
-        return {k: (math.nan if v is None else v) for k, v in metrics.items()}
+        metrics.update(_read_json(self.path / EVAL_METRICS))
+        return {
+            k: (math.nan if v is None else v)
+            for k, v in metrics.items()
+            if "/" in k and (v is None or isinstance(v, int | float))
+        }
+
+    def metrics_checkpoint(self) -> dict[str, Any]:
+        """Which checkpoint metrics.json comes from: {"path", "epoch", "step"}."""
+        return _read_json(self.path / METRICS).get("checkpoint") or {}
 
     def history(self) -> list[dict[str, float]]:
         """Epoch-level metrics, one dict per epoch (with "epoch" and "step"), oldest first.
@@ -263,8 +270,8 @@ class Run:
         """Remember the run's W&B run (id, mode, project, entity, url)."""
         self._set_status(wandb=wandb)
 
-    def finish(self, metrics: dict[str, float]) -> None:
-        """Write metrics.json and status `finished`."""
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """Write metrics.json (metrics, and which checkpoint they come from) and `finished`."""
         _write_json(self.path / METRICS, {k: _finite_or_none(v) for k, v in metrics.items()})
         self._set_status(status="finished", ended_at=_now())
 

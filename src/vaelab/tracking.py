@@ -86,7 +86,9 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             overrides = {"mode": mode} if mode else {}
             if cfg.get("resume"):
                 overrides.update(_resumed_run(run, mode or os.environ.get("WANDB_MODE")))
-            overrides["settings"] = wandb.Settings(x_transaction_log_flush_interval=FLUSH_SECONDS)
+            overrides["settings"] = wandb.Settings(
+                quiet=True, x_transaction_log_flush_interval=FLUSH_SECONDS
+            )
         loggers.append(instantiate(logger_cfg, **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):

@@ -4,8 +4,10 @@ import logging
 import math
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -40,9 +42,38 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     return LitVAE(**cfg.model, **recipe, image_shape=image_shape)
 
 
+# The metrics the console shows at the end; every metric is in metrics.json.
+HEADLINE = ("elbo", "rec", "kl", "nll_iwae", "ess_iwae", "active_units")
+
+
+def headline_table(metrics: dict[str, float]) -> str:
+    """The headline val and test metrics as a small text table."""
+    stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
+    lines = [f"{'':<14}" + "".join(f"{s:>12}" for s in stages)]
+    for name in HEADLINE:
+        values = [metrics.get(f"{s}/{name}") for s in stages]
+        if any(v is not None for v in values):
+            cells = "".join(f"{'':>12}" if v is None else f"{v:>12.4g}" for v in values)
+            lines.append(f"{name:<14}{cells}")
+    return "\n".join(lines)
+
+
+def _checkpoint_info(trainer: L.Trainer, path: str | None, run: Run) -> dict[str, object]:
+    """Which weights the final metrics come from: the best checkpoint, else the last weights."""
+    if not path:
+        return {"path": None, "epoch": trainer.current_epoch, "step": trainer.global_step}
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    relative = Path(path).resolve().relative_to(run.path.resolve()).as_posix()
+    return {"path": relative, "epoch": checkpoint["epoch"], "step": checkpoint["global_step"]}
+
+
 def _fit_and_test(
-    trainer: L.Trainer, model: LitVAE, datamodule: L.LightningDataModule, ckpt_path: str | None
-) -> dict[str, float]:
+    trainer: L.Trainer,
+    model: LitVAE,
+    datamodule: L.LightningDataModule,
+    ckpt_path: str | None,
+    run: Run,
+) -> dict[str, object]:
     """Fit, then validate and test the best checkpoint (the last weights without one)."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     elbo = float(trainer.callback_metrics.get("val/elbo", math.nan))
@@ -53,12 +84,16 @@ def _fit_and_test(
         )
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
     eval_ckpt = "best" if best else None
-    metrics = {}
+    metrics: dict[str, object] = {}
     for results in (
-        trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt),
-        trainer.test(model, datamodule=datamodule, ckpt_path=eval_ckpt),
+        trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
+        trainer.test(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
     ):
         metrics.update({k: float(v) for k, v in results[0].items()})
+    if trainer.is_global_zero:
+        log.info("Final metrics (nats per image):\n%s", headline_table(metrics))
+    metrics["checkpoint"] = _checkpoint_info(trainer, best or None, run)
+    metrics["data_source"] = datamodule.hparams.get("source")
     return metrics
 
 
@@ -118,7 +153,7 @@ def _interrupted(preemption: Preemption, trainer: L.Trainer, run: Run) -> Interr
     )
 
 
-def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, float]:
+def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
@@ -141,7 +176,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, float]
             tracking.record(run, loggers)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        return _fit_and_test(trainer, model, datamodule, ckpt_path)
+        return _fit_and_test(trainer, model, datamodule, ckpt_path, run)
     except SIGTERMException:
         raise _interrupted(preemption, trainer, run) from None
     except MisconfigurationException as e:  # Lightning's word for a user error
@@ -150,8 +185,9 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, float]
         tracking.finish(loggers)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train, validate and test one configuration; returns the final val and test metrics.
+def run(cfg: DictConfig) -> dict[str, object]:
+    """Train, validate and test one configuration; returns the final val and test metrics,
+    with which checkpoint they come from ("checkpoint") and the data source.
 
     The run directory (`cfg.paths.output_dir`) records the status: running, then
     finished with metrics.json, or failed with the error.
