@@ -98,3 +98,18 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_a_finite_checkpoint(train
     assert run.state == "failed" and "not finite" in run.error
     state = torch.load(run.checkpoint("last"), weights_only=True)["state_dict"]
     assert all(torch.isfinite(value).all() for value in state.values())
+
+
+@pytest.mark.slow
+def test_parallel_jobs_share_the_cores_instead_of_oversubscribing_them(train_cli):
+    import os
+
+    result = train_cli("-m", *TINY, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2")
+    (sweep,) = (result.tmp_path / "outputs" / "multiruns").iterdir()
+    runs = find_runs([sweep])
+    assert [run.state for run in runs] == ["finished", "finished"]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    for run in runs:
+        assert f"2 parallel jobs on {os.cpu_count()} cores: {threads} torch threads per job" in (
+            run.log_file.read_text()
+        )
