@@ -168,3 +168,33 @@ def test_a_killed_offline_wandb_run_keeps_what_it_logged_and_resume_says_it_star
     folders = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
     assert len(folders) == 2  # a new offline run id, so `wandb sync` overwrites nothing
     assert Run(run_dir).wandb()["id"] in folders
+
+
+@pytest.mark.slow
+def test_a_slurm_job_signalled_before_its_time_limit_checkpoints_requeues_and_resumes(tmp_path):
+    """submitit's local executor: real processes, real pickles, the signal SLURM would send."""
+    import json
+
+    overrides = ("-m", "hydra/launcher=submitit_local", *RUN, "max_epochs=6")
+    with (tmp_path / "sweep.err").open("w") as err:
+        proc = subprocess.Popen(
+            _train_command(tmp_path, overrides), cwd=tmp_path, env=_offline_env(), stderr=err
+        )
+    deadline = time.monotonic() + 300
+    while not list(tmp_path.glob("outputs/multiruns/*/0/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    (run_dir,) = [
+        p.parents[1] for p in tmp_path.glob("outputs/multiruns/*/0/checkpoints/last.ckpt")
+    ]
+    job_pid = json.loads((run_dir / "status.json").read_text())["pid"]
+    os.kill(job_pid, signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit
+    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "sweep")[-3000:]
+
+    run = Run(run_dir)
+    assert run.state == "finished" and len(run.status()["resumed_at"]) == 1
+    log = run.log_file.read_text()
+    assert "stopped by SIGUSR2" in log and "requeued by submitit" in log
+    assert "Resuming the interrupted run" in log
+    assert torch.load(run.checkpoint("last"), weights_only=True)["global_step"] == 6 * 40
+    assert [row["epoch"] for row in run.history()] == list(range(6))

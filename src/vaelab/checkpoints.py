@@ -100,26 +100,46 @@ class RngState(L.Callback):
         self._loaded = None
 
 
+def _submitit_signal() -> int | None:
+    """The signal submitit sends a job before its time limit, when running under submitit."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return None
+    return getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+
+
 class Preemption(L.Callback):
     """SIGTERM (a scheduler's preemption) or Ctrl+C: save last.ckpt and stop the run.
 
     Lightning stops at the next batch boundary after SIGTERM; Ctrl+C is turned into the
-    same graceful stop (a second Ctrl+C interrupts at once). `signal_name` tells the task
-    which signal stopped the run.
+    same graceful stop (a second Ctrl+C interrupts at once). Under submitit (SLURM), the
+    signal it sends before the time limit (USR2) stops the run the same way, and
+    `requeue` then hands over to submitit, which requeues the job. `signal_name` tells the
+    task which signal stopped the run.
     """
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
-        self._previous_sigint: Any = None
+        self.requeue: Any = None  # submitit's handler, to call once the checkpoint is saved
+        self._previous: dict[int, Any] = {}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and hasattr(signal, "SIGTERM"):
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        if not trainer.is_global_zero:
+            return
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._stop("SIGINT"))
+        usr = _submitit_signal()
+        if usr is not None:
+            self._previous[usr] = signal.signal(usr, self._stop(signal.Signals(usr).name))
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        self.signal_name = "SIGINT"
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's graceful stop
+    def _stop(self, name: str) -> Any:
+        def handler(signum: int, frame: Any) -> None:
+            self.signal_name = name
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            elif callable(previous := self._previous.get(signum)):
+                self.requeue = lambda: previous(signum, None)
+            os.kill(os.getpid(), signal.SIGTERM)  # Lightning's graceful stop
+
+        return handler
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -134,6 +154,6 @@ class Preemption(L.Callback):
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

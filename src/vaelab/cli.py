@@ -18,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
@@ -88,12 +88,18 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False
             from vaelab.runs import Run
 
             sweep_dir = hydra_cfg.sweep.dir if multirun else None
+            run = Run(cfg.paths.output_dir)
+            if not cfg.get("resume") and run.state == "interrupted":
+                # A job requeued by SLURM (submitit) finds its run interrupted: go on with it.
+                log.info("Resuming the interrupted run in %s", run.path)
+                with open_dict(cfg):
+                    cfg.resume = str(run.path)
             if not cfg.get("resume"):  # a resumed run keeps its name and group
                 tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
             _share_cores(hydra_cfg.launcher)
             # Lightning's DDP processes re-run this command: they train this job's config
             # rather than compose the command line again (which would re-run the sweep).
-            os.environ[DDP_CONFIG_ENV] = str(Run(cfg.paths.output_dir).config_file)
+            os.environ[DDP_CONFIG_ENV] = str(run.config_file)
         return task(cfg)
     except Exception as e:
         _log_to_files(f"vaelab: error: {one_line(e)}")

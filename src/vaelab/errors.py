@@ -1,5 +1,7 @@
 """The errors a user can cause: each is printed as one line by the command line, exit code 2."""
 
+from collections.abc import Callable
+
 
 class VaelabError(Exception):
     """A user-facing error: bad config or missing input. Printed as one line."""
@@ -20,9 +22,10 @@ class TrainingError(VaelabError):
 class Interrupted(VaelabError):
     """SIGTERM or Ctrl+C stopped training after saving a checkpoint; the run can resume."""
 
-    def __init__(self, message: str, exit_code: int):
+    def __init__(self, message: str, exit_code: int, requeue: Callable[[], None] | None = None):
         super().__init__(message)
         self.exit_code = exit_code
+        self.requeue = requeue  # under SLURM: hands the job back to submitit to requeue
 
     def __reduce__(self):  # picklable across a parallel launcher's processes
         return (type(self), (str(self), self.exit_code))

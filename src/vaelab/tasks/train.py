@@ -146,10 +146,16 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
 
 def _interrupted(preemption: Preemption, trainer: L.Trainer, run: Run) -> Interrupted:
     name = preemption.signal_name or "SIGTERM"
+    then = (
+        "requeued by submitit, it resumes by itself"
+        if preemption.requeue
+        else f"continue with `vaelab train resume={run.path}`"
+    )
     return Interrupted(
         f"stopped by {name} at epoch {trainer.current_epoch}, step {trainer.global_step}; "
-        f"checkpoint saved: continue with `vaelab train resume={run.path}`",
+        f"checkpoint saved; {then}",
         exit_code=128 + getattr(signal, name),
+        requeue=preemption.requeue,
     )
 
 
@@ -207,6 +213,9 @@ def run(cfg: DictConfig) -> dict[str, object]:
     except BaseException as e:
         if writes:
             run_dir.fail(one_line(e), "interrupted" if isinstance(e, Interrupted) else "failed")
+        if isinstance(e, Interrupted) and e.requeue:
+            log.warning("%s", e)
+            e.requeue()  # submitit requeues the job and exits
         raise
     if writes:
         run_dir.finish(metrics)
