@@ -1,3 +1,5 @@
+import math
+
 import matplotlib
 import numpy as np
 import pytest
@@ -166,3 +168,68 @@ def test_save_png_writes_grid_and_figure(tmp_path):
     width, height = (fig.get_size_inches() * 120).round().astype(int)
     with Image.open(path) as image:
         assert (image.format, image.size) == ("PNG", (width, height))
+
+
+def test_metric_vs_param_one_errorbar_series_per_label_on_a_log_axis():
+    series = {
+        "beta=1": [(16, 95.0, 0.5), (2, 100.0, 1.0), (64, 93.0, math.nan)],
+        "beta=4": [(2, 110.0, 0.2), (16, 104.0, 0.3)],
+    }
+    fig = plots.metric_vs_param(series, param="latent_dim", metric="test/nll_iwae", title="t")
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    assert len(ax.containers) == 2
+    x, y = ax.containers[0].lines[0].get_data()
+    assert list(x) == [2, 16, 64] and list(y) == [100.0, 95.0, 93.0]  # sorted by x
+    # One error bar per finite std: the NaN std of latent_dim=64 draws none.
+    (bars,) = ax.containers[0].lines[2]
+    assert [tuple(seg[:, 1]) for seg in bars.get_segments() if len(seg)] == [
+        (99.0, 101.0),
+        (94.5, 95.5),
+    ]
+    assert ax.get_xscale() == "log"  # 2 to 64: positive and more than 10x
+    assert list(ax.get_xticks()) == [2, 16, 64]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["beta=1", "beta=4"]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "latent_dim",
+        "test/nll_iwae",
+        "t",
+    )
+
+
+@pytest.mark.parametrize(
+    ("xs", "scale"), [((1.0, 9.0), "linear"), ((0.0, 100.0), "linear"), ((0.5, 5.0), "log")]
+)
+def test_metric_vs_param_log_axis_only_for_positive_values_spanning_10x(xs, scale):
+    fig = plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in xs]}, param="beta", metric="m")
+    assert fig.axes[0].get_xscale() == scale
+    assert fig.axes[0].get_legend() is None  # one unlabelled series
+
+
+def test_metric_vs_param_non_numeric_values_are_categories():
+    series = {"": [("mlp", 100.0, 1.0), ("conv", 90.0, 1.0)]}
+    ax = plots.metric_vs_param(series, param="model.arch", metric="test/nll_iwae").axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["mlp", "conv"]
+    assert ax.get_xscale() == "linear"
+
+
+def test_learning_curves_one_line_per_run_coloured_by_group():
+    curves = {
+        "a, seed=0": ([0, 1, 2], [-120.0, -110.0, -105.0]),
+        "a, seed=1": ([0, 1, 2], [-121.0, -111.0, -104.0]),
+        "b, seed=0": ([0], [-130.0]),
+    }
+    fig = plots.learning_curves(curves, metric="val/elbo", groups=["a", "a", "b"])
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == list(curves)
+    assert list(lines[0].get_xdata()) == [0, 1, 2] and list(lines[2].get_ydata()) == [-130.0]
+    assert lines[0].get_color() == lines[1].get_color() != lines[2].get_color()
+    assert lines[0].get_linestyle() != lines[1].get_linestyle()
+    assert lines[2].get_marker() == "."  # a one-epoch run is a visible point
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "val/elbo")
+    assert len(ax.get_legend().get_texts()) == 3
+    default = plots.learning_curves(curves, metric="val/elbo").axes[0].get_lines()
+    assert len({line.get_color() for line in default}) == 3  # without groups: one colour each
+    with pytest.raises(ValueError, match="2 group names for 3 curves"):
+        plots.learning_curves(curves, metric="val/elbo", groups=["a", "b"])

@@ -1,15 +1,19 @@
-"""Pictures of a VAE: image grids, latent paths to decode, and the latent-space scatter.
+"""Pictures of a VAE (image grids, latent paths to decode, the latent-space scatter) and
+the plots of `vaelab compare` (a metric against a parameter, learning curves).
 
-Pure functions: tensors in, grid tensors or matplotlib Figures out. Images are float
-(N, C, H, W) in [0, 1]; grids are (3, H', W') as returned by `torchvision.utils.make_grid`.
+Pure functions: tensors or plain numbers in, grid tensors or matplotlib Figures out. Images
+are float (N, C, H, W) in [0, 1]; grids are (3, H', W') as returned by
+`torchvision.utils.make_grid`.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullLocator
 from torch import Tensor
 from torch.distributions import Normal
 from torchvision.utils import make_grid, save_image
@@ -121,6 +125,90 @@ def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
     ax.set_ylabel(f"{prefix}2")
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title)
+    return fig
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def metric_vs_param(
+    series: Mapping[str, Sequence[tuple[Any, float, float]]],
+    param: str,
+    metric: str,
+    title: str = "",
+) -> Figure:
+    """`metric` against `param` with error bars, one line per series.
+
+    Args:
+        series: label -> points (x, mean, std); a NaN std draws no error bar. A single
+            series labelled "" gets no legend.
+        param: the x axis label. Numeric x values are ticked where they are, on a log
+            axis when all are positive and span a factor of 10 or more; other values
+            are categories.
+        metric: the y axis label.
+    """
+    fig = Figure(figsize=(6, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    xs = [x for points in series.values() for x, _, _ in points]
+    numeric = all(_is_number(x) for x in xs)
+    for label, points in series.items():
+        points = sorted(points, key=lambda p: p[0]) if numeric else list(points)
+        x = [p[0] if numeric else str(p[0]) for p in points]
+        mean = [p[1] for p in points]
+        std = [p[2] for p in points]
+        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label or None)
+    if numeric and xs:
+        if min(xs) > 0 and max(xs) >= 10 * min(xs):
+            ax.set_xscale("log")
+        ticks = sorted(set(xs))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
+    if any(series):
+        ax.legend()
+    ax.set_xlabel(param)
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+def learning_curves(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    metric: str,
+    title: str = "",
+    groups: Sequence[str] | None = None,
+) -> Figure:
+    """`metric` against the epoch, one line per run.
+
+    Args:
+        curves: label -> (epochs, values).
+        groups: one name per curve, in order: the curves of a group (e.g. the seeds of a
+            configuration) share a colour and differ in line style. Default: a colour each.
+    """
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    groups = list(curves) if groups is None else list(groups)
+    if len(groups) != len(curves):
+        raise ValueError(f"{len(groups)} group names for {len(curves)} curves")
+    colours: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for (label, (epochs, values)), group in zip(curves.items(), groups, strict=True):
+        colour = colours.setdefault(group, len(colours))
+        style = LINE_STYLES[seen.get(group, 0) % len(LINE_STYLES)]
+        seen[group] = seen.get(group, 0) + 1
+        # Markers, so that a run with a single epoch shows too.
+        ax.plot(epochs, values, f"C{colour % 10}", ls=style, marker=".", label=label)
+    if curves:
+        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
     return fig
 
 

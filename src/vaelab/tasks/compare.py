@@ -1,0 +1,533 @@
+"""`vaelab compare PATH...`: what differs between runs, their final metrics, and two plots.
+
+One row per configuration: the config keys that differ between the runs, the final
+metrics as mean ± std over seeds, the status, and where each run is (its W&B url, or its
+directory). Runs that did not finish are never averaged in: each has its own row. The
+table is returned as Markdown and written to compare.csv; the plots are a metric against
+a swept parameter and the learning curves. Everything is read from the run directories.
+"""
+
+import csv
+import json
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from vaelab import plots
+from vaelab.errors import VaelabError
+from vaelab.runs import Run, find_runs
+
+# Keys that name, place or log a run rather than configure what it computes.
+IGNORED = (
+    "paths",
+    "run_name",
+    "group",
+    "tags",
+    "project",
+    "logger",
+    "callbacks",
+    "hydra",
+    "ckpt_path",
+    "resume",
+    "data.data_dir",
+    "data.download",
+)
+HEADLINE_METRICS = (
+    "val/elbo",
+    "test/elbo",
+    "test/rec",
+    "test/kl",
+    "test/nll_iwae",
+    "test/active_units",
+)
+DEFAULT_METRICS = ("test/nll_iwae", "val/elbo")  # the first one the runs report is plotted
+CSV_FILE = "compare.csv"
+ERROR_WIDTH = 60
+FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: the finished runs of one configuration, or one other run.
+
+    `config` holds the differing keys other than seeds; `mean` and `std` the final metrics
+    over the runs that report them (std is NaN below two values).
+    """
+
+    config: dict[str, Any]
+    seeds: list[Any]
+    status: str
+    runs: list[Run]
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def n(self) -> int:
+        """How many finished runs the row averages."""
+        return len(self.runs) if self.status == FINISHED else 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What `run` found and wrote.
+
+    Attributes:
+        rows: the table's rows, in the order printed.
+        keys: the config keys that differ between the runs, seeds excluded.
+        seed_keys: the differing seed keys (averaged over), e.g. ["seed"].
+        metrics: the metric columns.
+        markdown: the table for the terminal.
+        csv_path: the same table in CSV, with means and stds in separate columns.
+        plot_paths: the PNG plots written (none when there is nothing to plot).
+        metric: the metric plotted (None when the runs report none).
+        param: the config key on the x axis of the metric plot (None without one).
+    """
+
+    rows: list[Row]
+    keys: list[str]
+    seed_keys: list[str]
+    metrics: list[str]
+    markdown: str
+    csv_path: Path
+    plot_paths: list[Path]
+    metric: str | None
+    param: str | None
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"arch": "mlp"}} -> {"model.arch": "mlp"}; lists and None are values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif not isinstance(value, dict):
+            flat[name] = value
+    return flat
+
+
+def _same(value: Any) -> Any:
+    """A hashable stand-in for a config value; 1 and 1.0 are the same value."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in IGNORED)
+
+
+def _inside(value: Any, run_dir: Path) -> bool:
+    """Whether `value` is a path naming `run_dir` or something in it."""
+    if not isinstance(value, str) or not value:
+        return False
+    return Path(value).resolve().is_relative_to(run_dir.resolve())
+
+
+def settings(run: Run) -> dict[str, Any]:
+    """The run's flat config without what names or places the run rather than configures
+    it: the `IGNORED` keys, and paths into the run's own directory (e.g.
+    trainer.default_root_dir)."""
+    flat = flatten(run.config())
+    return {k: v for k, v in flat.items() if not _ignored(k) and not _inside(v, run.path)}
+
+
+def differing_keys(flat: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """The keys whose values differ between the flat configs `flat`, in config order.
+
+    A key that echoes another (same last part, same value in every run, e.g.
+    `data.seed: ${seed}`) is shown once, under the shorter name.
+
+    Returns:
+        The keys, and the echoes: {echoing key: the key shown for it}.
+    """
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    columns = {k: tuple(_same(f.get(k)) for f in flat) for k in keys}
+    keys = [k for k in keys if len(set(columns[k])) > 1]
+    echoes: dict[str, str] = {}
+    for key in sorted(keys, key=lambda k: (k.count("."), k)):
+        if key in echoes:
+            continue
+        for other in keys:
+            leaf = other.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
+            if other != key and other not in echoes and leaf and columns[other] == columns[key]:
+                echoes[other] = key
+    return [k for k in keys if k not in echoes], echoes
+
+
+def _is_seed(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+def _order(value: Any) -> tuple[int, float, str]:
+    """Sort numbers by value, then strings, then nulls."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (2, 0.0, "") if value is None else (1, 0.0, str(value))
+
+
+def _mean_std(runs: list[Run]) -> tuple[dict[str, float], dict[str, float]]:
+    values: dict[str, list[float]] = {}
+    for run in runs:
+        for name, value in run.metrics().items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                values.setdefault(name, []).append(float(value))
+    mean = {name: statistics.fmean(v) for name, v in values.items()}
+    std = {name: statistics.stdev(v) if len(v) > 1 else math.nan for name, v in values.items()}
+    return mean, std
+
+
+def group_rows(
+    runs: Sequence[Run],
+    flat: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    seed_keys: Sequence[str],
+) -> list[Row]:
+    """The finished runs that differ only in their seeds make one row; others a row each.
+
+    Args:
+        runs: the runs, and `flat` their flat configs (`settings`), in the same order.
+        keys: the differing keys other than seeds, `seed_keys` the seed keys.
+    """
+    flat = {run.path: f for run, f in zip(runs, flat, strict=True)}
+    states = {run.path: run.state for run in runs}
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        config_key = tuple(_same(flat[run.path].get(k)) for k in keys)
+        single = () if states[run.path] == FINISHED else (run.path,)
+        groups.setdefault((*config_key, *single), []).append(run)
+    rows = []
+    for members in groups.values():
+        first = flat[members[0].path]
+        seeds = [tuple(flat[r.path].get(k) for k in seed_keys) for r in members]
+        state = states[members[0].path]
+        mean, std = _mean_std(members) if state == FINISHED else ({}, {})
+        rows.append(
+            Row(
+                config={k: first.get(k) for k in keys},
+                seeds=[s[0] if len(s) == 1 else s for s in seeds] if seed_keys else [],
+                status=state,
+                runs=members,
+                mean=mean,
+                std=std,
+                error=None if state == FINISHED else members[0].error,
+            )
+        )
+    status_order = {FINISHED: 0}
+    return sorted(
+        rows,
+        key=lambda r: (
+            [_order(r.config[k]) for k in keys],
+            status_order.get(r.status, 1),
+            [_order(s) for s in r.seeds],
+        ),
+    )
+
+
+def _mean_text(mean: float, std: float) -> str:
+    """Two decimals (three significant digits below 1), the std with the mean's decimals:
+    `-95.12 ± 0.34`, or `-95.12` without a std."""
+    if math.isnan(mean):
+        return ""
+    small = math.isfinite(mean) and 0 < abs(mean) < 1
+    decimals = 2 - math.floor(math.log10(abs(mean))) if small else 2
+    text = f"{mean:.{decimals}f}"
+    return text if math.isnan(std) else f"{text} ± {std:.{decimals}f}"
+
+
+def _shown_path(path: Path) -> str:
+    """A run directory relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _shown_paths(paths: Sequence[Path]) -> str:
+    """Run directories, siblings in shell brace form: `outputs/multiruns/<sweep>/{0,1}`."""
+    siblings: dict[Path, list[str]] = {}
+    for path in paths:
+        siblings.setdefault(path.parent, []).append(path.name)
+    shown = []
+    for parent, names in siblings.items():
+        if len(names) == 1 or any(c in name for name in names for c in " ,{}"):
+            shown += [_shown_path(parent / name) for name in names]
+        else:
+            shown.append(f"{_shown_path(parent)}/{{{','.join(names)}}}")
+    return " ".join(shown)
+
+
+def _wandb_cell(runs: Sequence[Run]) -> str:
+    """Each run's W&B url; runs without one by their directory ("offline: outputs/...")."""
+    urls, local = [], {}
+    for run in runs:
+        recorded = run.wandb()
+        if recorded.get("url"):
+            urls.append(recorded["url"])
+        else:
+            mode = "offline" if recorded.get("mode") == "offline" else "no W&B"
+            local.setdefault(mode, []).append(run.path)
+    return " ".join([*urls, *(f"{mode}: {_shown_paths(p)}" for mode, p in local.items())])
+
+
+def _short(error: str | None) -> str:
+    if not error:
+        return ""
+    error = " ".join(error.split())
+    return error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)
+    return "null" if value is None else str(value)
+
+
+def _config_cells(row: Row, keys: Sequence[str], seed_keys: Sequence[str]) -> list[str]:
+    seeds = [", ".join(_value(s) for s in row.seeds)] if seed_keys else []
+    return [*(_value(row.config[k]) for k in keys), *seeds]
+
+
+def _columns(
+    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str]
+) -> tuple[list[str], bool]:
+    """The config and bookkeeping column names, and whether an error column is needed."""
+    seed_column = ["/".join(seed_keys)] if seed_keys else []
+    return [*keys, *seed_column, "n", "status"], any(r.error for r in rows)
+
+
+def markdown_table(
+    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metrics: Sequence[str]
+) -> str:
+    """The rows as a padded Markdown table, metrics as `mean ± std`."""
+    head, with_error = _columns(rows, keys, seed_keys)
+    header = [*head, *metrics, *(["error"] if with_error else []), "wandb"]
+    cells = []
+    for row in rows:
+        config = _config_cells(row, keys, seed_keys)
+        values = []
+        for name in metrics:
+            values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
+        error = [_short(row.error)] if with_error else []
+        cells.append([*config, str(row.n), row.status, *values, *error, _wandb_cell(row.runs)])
+    right = {len(head) - 2, *range(len(head), len(head) + len(metrics))}  # n and metrics
+    cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
+    widths = [max(3, *(len(line[i]) for line in cells)) for i in range(len(header))]
+
+    def line(items: Sequence[str]) -> str:
+        padded = [
+            s.rjust(widths[i]) if i in right else s.ljust(widths[i]) for i, s in enumerate(items)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if i in right else "-" * w for i, w in enumerate(widths)]
+    return "\n".join([line(cells[0]), line(rule), *map(line, cells[1:])])
+
+
+def write_csv(
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    seed_keys: Sequence[str],
+    metrics: Sequence[str],
+    path: Path,
+) -> Path:
+    """The table with exact numbers: `<metric>` (mean) and `<metric>_std` columns."""
+    head, _ = _columns(rows, keys, seed_keys)
+    metric_columns = [c for name in metrics for c in (name, f"{name}_std")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*head, *metric_columns, "error", "wandb"])
+        for row in rows:
+            config = _config_cells(row, keys, seed_keys)
+            values = []
+            for name in metrics:
+                for stat in (row.mean, row.std):
+                    value = stat.get(name, math.nan)
+                    values.append("" if math.isnan(value) else repr(value))
+            writer.writerow(
+                [*config, row.n, row.status, *values, row.error or "", _wandb_cell(row.runs)]
+            )
+    return path
+
+
+def _reported(runs: Sequence[Run]) -> tuple[set[str], set[str]]:
+    """The metric names with a finite final value in some run, and those in some history."""
+    final = {
+        name
+        for run in runs
+        for name, value in run.metrics().items()
+        if isinstance(value, int | float) and math.isfinite(value)
+    }
+    history = {name for run in runs for row in run.history() for name in row}
+    return final, history - {"epoch", "step"}
+
+
+def _choose_metric(metric: str | None, final: set[str], history: set[str]) -> str | None:
+    if metric is None:
+        return next((m for m in DEFAULT_METRICS if m in final), None)
+    if metric not in final | history:
+        known = sorted(m for m in final | history if "_dim/" not in m)
+        raise VaelabError(
+            f"no run reports the metric {metric!r}: choose one of {', '.join(known) or '(none)'}"
+        )
+    return metric
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _choose_param(
+    param: str | None,
+    flat: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    seed_keys: Sequence[str],
+    echoes: dict[str, str],
+) -> str | None:
+    """The key on the metric plot's x axis: `param`, else the first numeric differing key."""
+    if param is None:
+        numeric = (k for k in keys if all(_is_number(f[k]) for f in flat if f.get(k) is not None))
+        return next(numeric, None)
+    param = echoes.get(param, param)
+    if param in keys:
+        return param
+    choices = ", ".join(keys) if keys else "none, the runs differ only in their seeds"
+    if param in seed_keys:
+        reason = "is averaged over (mean ± std)"
+    elif _ignored(param):
+        reason = "names or places a run rather than configures it"
+    elif any(param in f for f in flat):
+        reason = "has the same value in all runs"
+    else:
+        reason = "is not a setting of the runs"
+    raise VaelabError(f"--param {param} {reason}: choose a key that differs ({choices})")
+
+
+def _label(config: dict[str, Any], keys: Sequence[str]) -> str:
+    return ", ".join(f"{k}={_value(config[k])}" for k in keys)
+
+
+def metric_figure(
+    rows: Sequence[Row], keys: Sequence[str], metric: str, param: str, averaged: bool
+) -> Figure | None:
+    """`metric` against `param` over the finished rows, one line per value of the other
+    differing keys; None when no finished row reports `metric`."""
+    others = [k for k in keys if k != param]
+    series: dict[str, list[tuple[Any, float, float]]] = {}
+    for row in rows:
+        if row.status == FINISHED and metric in row.mean and row.config[param] is not None:
+            point = (row.config[param], row.mean[metric], row.std[metric])
+            series.setdefault(_label(row.config, others), []).append(point)
+    if not series:
+        return None
+    title = "mean ± std over seeds" if averaged else ""
+    return plots.metric_vs_param(series, param=param, metric=metric, title=title)
+
+
+def curves_figure(
+    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metric: str
+) -> Figure | None:
+    """The learning curves of every run whose history has `metric` (None without one),
+    labelled by its differing config values and, unless finished, its status."""
+    curves, groups = {}, []
+    for row in rows:
+        for run, seed in zip(row.runs, row.seeds or [()] * len(row.runs), strict=True):
+            history = [r for r in run.history() if metric in r and "epoch" in r]
+            if not history:
+                continue
+            seeds = seed if len(seed_keys) > 1 else (seed,) * len(seed_keys)
+            config = {**row.config, **dict(zip(seed_keys, seeds, strict=True))}
+            label = _label(config, [*keys, *seed_keys]) or run.name
+            if row.status != FINISHED:
+                label = f"{label} ({row.status})"
+            if label in curves:  # the same config and seed twice, e.g. in two sweeps
+                label = f"{label} [{_shown_path(run.path)}]"
+            curves[label] = ([r["epoch"] for r in history], [r[metric] for r in history])
+            groups.append(_label(row.config, keys))
+    return plots.learning_curves(curves, metric=metric, groups=groups) if curves else None
+
+
+def _slug(name: str) -> str:
+    return name.replace("/", "_")
+
+
+def _default_out_dir(paths: Sequence[Path]) -> Path:
+    """PATH/compare for one multirun or parent of runs; ./compare otherwise."""
+    if len(paths) == 1 and not Run(paths[0]).exists():
+        return paths[0] / "compare"
+    return Path("compare")
+
+
+def run(
+    paths: Sequence[str | Path],
+    metric: str | None = None,
+    param: str | None = None,
+    out_dir: str | Path | None = None,
+) -> Comparison:
+    """Compare the runs under `paths`: a table of what differs and the metrics, and plots.
+
+    Args:
+        paths: a multirun directory, a parent of runs, or run directories.
+        metric: the metric to plot; default test/nll_iwae when the runs report it, else
+            val/elbo. The learning curves show it when the histories have it, else val/elbo.
+        param: the config key on the x axis; default the first numeric key that differs
+            (seeds aside). The other differing keys make one line per value.
+        out_dir: where compare.csv and the PNGs go; default PATH/compare for a single PATH
+            that is not itself a run directory, else ./compare.
+
+    Raises:
+        VaelabError: no runs under `paths`, or a metric or param the runs do not have.
+    """
+    paths = [Path(paths)] if isinstance(paths, str | os.PathLike) else [Path(p) for p in paths]
+    if not paths:
+        raise VaelabError(
+            "give the runs to compare: a multirun directory, run directories or a parent of runs"
+        )
+    runs = find_runs(paths)
+    flat = [settings(r) for r in runs]
+    differing, echoes = differing_keys(flat)
+    seed_keys = [k for k in differing if _is_seed(k)]
+    keys = [k for k in differing if not _is_seed(k)]
+    rows = group_rows(runs, flat, keys, seed_keys)
+    final, history = _reported(runs)
+    metric = _choose_metric(metric, final, history)
+    param = _choose_param(param, flat, keys, seed_keys, echoes)
+    metrics = [m for m in HEADLINE_METRICS if m in final]
+    if metric in final and metric not in metrics:
+        metrics.append(metric)
+
+    out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
+    csv_path = write_csv(rows, keys, seed_keys, metrics, out / CSV_FILE)
+    plot_paths = []
+    if metric in final and param is not None:
+        fig = metric_figure(rows, keys, metric, param, averaged=bool(seed_keys))
+        if fig is not None:
+            plot_paths.append(plots.save_png(fig, out / f"{_slug(metric)}_vs_{param}.png"))
+    curve_metric = metric if metric in history else "val/elbo"
+    if curve_metric in history:
+        fig = curves_figure(rows, keys, seed_keys, curve_metric)
+        if fig is not None:
+            plot_paths.append(plots.save_png(fig, out / f"curves_{_slug(curve_metric)}.png"))
+    return Comparison(
+        rows=rows,
+        keys=keys,
+        seed_keys=seed_keys,
+        metrics=metrics,
+        markdown=markdown_table(rows, keys, seed_keys, metrics),
+        csv_path=csv_path,
+        plot_paths=plot_paths,
+        metric=metric,
+        param=param,
+    )
