@@ -8,6 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from vaelab.runs import find_runs
+from vaelab.tasks import compare
 from vaelab.tracking import name_and_group
 
 TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0")
@@ -56,6 +57,10 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(train_cli):
     assert "latent_dim must be a positive integer" in runs[1].error
     for run in (runs[0], runs[2]):
         assert run.metrics()["val/elbo"] < 0 and run.history()[0]["epoch"] == 0
+
+    shown = compare.run([sweep])  # the failed job has its own row, never dropped
+    assert sorted(row.status for row in shown.rows) == ["failed", "finished", "finished"]
+    assert "| failed" in shown.markdown and "latent_dim must be" in shown.markdown
 
 
 @pytest.mark.slow

@@ -321,3 +321,43 @@ def test_user_errors_say_what_to_do(sweep, tmp_path):
     for param, reason in cases.items():
         with pytest.raises(VaelabError, match=f"{reason}.*latent_dim, beta"):
             compare.run([sweep], param=param, out_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp_path):
+    """The real CLI end to end: a 2 x 2 x 2-seed grid on the joblib launcher, then compare."""
+    import subprocess
+    import sys
+
+    result = train_cli(
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=mlp",
+        "trainer=debug",
+        "logger=none",
+        "batch_size=32",
+        "n_importance=10",
+        "latent_dim=2,3",
+        "beta=1,2",
+        "seed=0,1",
+    )
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    assert len(result.run_dirs) == 8
+    vaelab = Path(sys.executable).parent / "vaelab"
+    shown = subprocess.run(
+        [str(vaelab), "compare", str(sweep)], capture_output=True, text=True, timeout=300
+    )
+    assert shown.returncode == 0, shown.stderr
+    table = [line for line in shown.stdout.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 4  # header, rule, one row per (latent_dim, beta)
+    assert [cell.strip() for cell in table[0].split("|")[1:4]] == ["latent_dim", "beta", "seed"]
+    assert all("| 0, 1 |" in row and "±" in row and "finished" in row for row in table[2:])
+    with (sweep / "compare" / "compare.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["n"]) for row in rows] == [2, 2, 2, 2]
+    # test/nll_iwae is in metrics.json; the learning curves fall back to val/elbo.
+    assert {p.name for p in (sweep / "compare").glob("*.png")} == {
+        "test_nll_iwae_vs_latent_dim.png",
+        "curves_val_elbo.png",
+    }
