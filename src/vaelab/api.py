@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from vaelab.checkpoints import verify
 from vaelab.config import instantiate
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import VaelabError
@@ -26,7 +27,7 @@ def load_run(
     Raises:
         VaelabError: the run directory or checkpoint does not exist.
     """
-    ckpt = find_checkpoint(path, checkpoint)
+    ckpt = verify(find_checkpoint(path, checkpoint))
     return LitVAE.load_from_checkpoint(ckpt, map_location=map_location).vae.eval()
 
 

@@ -18,7 +18,31 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vaelab.errors import VaelabError, one_line
 from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run
+
+
+def verify(path: str | Path) -> Path:
+    """`path`, if it is a whole checkpoint that torch can read; else one clear error.
+
+    Memory-mapped, so even a large checkpoint is checked without reading it all.
+
+    Raises:
+        VaelabError: the file is missing, truncated, or not a checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VaelabError(f"{path} does not exist: give a .ckpt file or a run directory")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise VaelabError(
+            f"{path} is not a readable checkpoint (truncated or corrupt: {one_line(e)[:120]}); "
+            "use another one, e.g. the run's checkpoints/last.ckpt or best-*.ckpt"
+        ) from e
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise VaelabError(f"{path} is not a Lightning checkpoint of `vaelab train`")
+    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

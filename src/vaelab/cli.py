@@ -8,6 +8,7 @@ sweeper, which goes on with the other jobs; the command then exits 2.
 """
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -27,6 +28,8 @@ from vaelab.errors import Interrupted, JobFailed, VaelabError, one_line
 log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
+# Errors of a folder or file that cannot be written: reported as one line, before training.
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.ENOENT}
 COMMANDS = ("train", "eval", "sample", "compare")
 # Set by a training job for the DDP processes Lightning starts: the job's resolved config.
 DDP_CONFIG_ENV = "VAELAB_DDP_CONFIG"
@@ -233,6 +236,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(e), e.exit_code)
     except VaelabError as e:
         _fail(str(e))
+    except OSError as e:
+        if e.errno not in _UNWRITABLE:
+            raise
+        _fail(
+            f"cannot write {e.filename}: {e.strerror}; give a writable folder with "
+            "paths.log_dir=<folder> (runs) or the option that names that file"
+        )
     except (HydraException, OmegaConfBaseException) as e:
         # Hydra appends its config search path, which says nothing about the mistake.
         _fail(" ".join(str(e).split("Config search path")[0].split()))

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from vaelab import tracking
 from vaelab.api import run_datamodule
+from vaelab.checkpoints import verify
 from vaelab.config import instantiate
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
@@ -29,7 +30,7 @@ def _checkpoint_and_run(cfg: DictConfig) -> tuple[Path, Run]:
             "give the run to evaluate as run_dir=outputs/runs/<run> or ckpt_path=<file.ckpt> "
             "(one of the two)"
         )
-    ckpt = find_checkpoint(cfg.run_dir or cfg.ckpt_path, cfg.checkpoint)
+    ckpt = verify(find_checkpoint(cfg.run_dir or cfg.ckpt_path, cfg.checkpoint))
     run = Run(run_dir_of(ckpt))
     if not run.config_file.is_file():
         raise VaelabError(

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab import tracking
 from vaelab.callbacks import RunHistory
-from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState
+from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate
 from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
 from vaelab.likelihoods import BINARY_LIKELIHOODS
@@ -205,6 +205,8 @@ def run(cfg: DictConfig) -> dict[str, object]:
     writes = rank_zero_only.rank == 0  # DDP: only the first process writes the run directory
     resume = bool(cfg.get("resume"))
     ckpt_path = str(run_dir.resume_checkpoint()) if resume else cfg.get("ckpt_path")
+    if ckpt_path:
+        verify(ckpt_path)
     if writes:
         config = OmegaConf.to_container(cfg, resolve=True)
         run_dir.restart(config) if resume else run_dir.start(config)
