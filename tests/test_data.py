@@ -384,6 +384,22 @@ def test_half_finished_download_is_never_taken_for_the_dataset(mnist_mirror, tmp
     assert again.source == f"idx:{raw}"
 
 
+@pytest.mark.slow
+def test_cli_reports_a_truncated_idx_file_in_one_line(mnist_idx_root, train_cli, tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(mnist_idx_root / "MNIST" / "raw", raw)
+    truncate(raw / "train-images-idx3-ubyte", 50_000)
+
+    result = train_cli("model=mlp", "trainer=debug", "logger=none", check=False)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.output and "FALLBACK" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith(f"vaelab: error: {raw / 'train-images-idx3-ubyte'} is truncated")
+    assert "data.download=true" in line
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 # --- splits ----------------------------------------------------------------------------
 
 
