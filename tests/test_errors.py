@@ -7,9 +7,11 @@ CASES = {
     "unknown data": (["data=cifar"], "Available options in 'data'"),
     "unknown logger": (["logger=tensorboard"], "Available options in 'logger'"),
     "latent_dim": (["latent_dim=0"], "latent_dim must be a positive integer"),
-    "beta": (["beta=-1"], "beta must be >= 0"),
+    "beta": (["beta=-1"], "beta must be a number >= 0"),
     "num_samples": (["num_samples=0"], "num_samples"),
-    "likelihood": (["likelihood=poisson"], "likelihood='poisson' is unknown"),
+    "likelihood": (["likelihood=poisson"], "likelihood must be one of bernoulli,"),
+    "wrong type": (["latent_dim=abc"], "could not be converted to Integer"),
+    "misspelt key": (["latnet_dim=4"], "did you mean latent_dim?"),
     "bernoulli on grey": (["data.binarize=none"], "needs binary pixels"),
     "missing data": (["data.allow_fallback=false"], "data.allow_fallback"),
 }
@@ -19,7 +21,8 @@ CASES = {
 def test_bad_input_stops_with_one_clear_line(train_cli, case):
     overrides, message = CASES[case]
     result = train_cli("model=mlp", "trainer=debug", "logger=none", *overrides, check=False)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("vaelab: error:")]
+    assert message in line, result.stderr
     assert "Traceback" not in result.output
     assert not list(result.tmp_path.rglob("*.ckpt")), "training must not start"

@@ -15,6 +15,7 @@ from vaelab import plots
 from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE
 from vaelab.runs import Run
+from vaelab.schema import check
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
@@ -86,10 +87,23 @@ class VAEPictures(L.Callback):
         png_scale: int = 2,
     ):
         super().__init__()
-        if every_n_epochs < 1 or png_scale < 1:
-            raise ValueError("every_n_epochs and png_scale must be >= 1")
-        if min(n_images, n_interpolations, n_traversal_dims, manifold_size, n_scatter) < 1:
-            raise ValueError("picture sizes must be >= 1")
+        check(
+            {
+                "every_n_epochs": every_n_epochs,
+                "n_images": n_images,
+                "n_interpolations": n_interpolations,
+                "interpolation_steps": interpolation_steps,
+                "n_traversal_dims": n_traversal_dims,
+                "traversal_values": traversal_values,
+                "traversal_range": traversal_range,
+                "manifold_size": manifold_size,
+                "n_scatter": n_scatter,
+                "seed": seed,
+                "nrow": nrow,
+                "png_scale": png_scale,
+            },
+            "callbacks.pictures.",
+        )
         self.every_n_epochs = every_n_epochs
         self.n_images = n_images
         self.n_interpolations = n_interpolations

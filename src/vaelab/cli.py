@@ -2,12 +2,14 @@
 
 train, eval and sample are Hydra applications (configs in conf/train.yaml, eval.yaml,
 sample.yaml); compare takes paths. A user error (vaelab's own, or a config Hydra or
-OmegaConf rejects) is printed as one line `vaelab: error: ...` with exit status 2. Inside
+OmegaConf rejects) is printed as one line `vaelab: error: ...` with exit status 2. The
+values of a composed config are checked (vaelab.schema) before torch is imported. Inside
 a multirun a failed job is recorded as failed in its run directory and raised to Hydra's
 sweeper, which goes on with the other jobs; the command then exits 2.
 """
 
 import argparse
+import difflib
 import errno
 import logging
 import os
@@ -23,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
-from vaelab.errors import Interrupted, JobFailed, VaelabError, one_line
+from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, one_line
+from vaelab.schema import ConfigRejected, validate
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +82,32 @@ def _destroy_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, train: bool = False) -> Any:
+def _validate_job(cfg: DictConfig, command: str, multirun: bool) -> None:
+    """Check the job's own config: in a multirun a swept value (latent_dim=2,0) is only there.
+
+    A training job of a multirun records the failure in its run directory, as a failed run.
+    """
+    try:
+        validate(cfg, command)
+    except ConfigError as e:
+        if multirun and command == "train":
+            from vaelab.runs import Run
+
+            run = Run(cfg.paths.output_dir)
+            run.start(OmegaConf.to_container(cfg, resolve=True))
+            run.fail(str(e))
+        raise
+
+
+def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> Any:
     """Run one Hydra job; in a multirun a failure is raised as `JobFailed` for the sweeper."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    train = command == "train"
     environ = dict(os.environ)
     _quiet_third_parties()
     try:
+        _validate_job(cfg, command, multirun)
         if train:
             from vaelab import tracking
             from vaelab.runs import Run
@@ -131,26 +153,32 @@ def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
 
 
 def _train_job(cfg: DictConfig) -> float | None:
-    from vaelab.tasks import train
-
     def task(cfg: DictConfig) -> float | None:
+        from vaelab.tasks import train  # after `_job` has validated the config
+
         if cfg.get("resume"):
             cfg = train.resumed_config(cfg, HydraConfig.get().overrides.task)
         return train.run(cfg).get("val/elbo")
 
-    return _job(task, cfg, train=True)
+    return _job(task, cfg, "train")
 
 
 def _eval_job(cfg: DictConfig) -> None:
-    from vaelab.tasks import evaluate
+    def task(cfg: DictConfig) -> None:
+        from vaelab.tasks import evaluate
 
-    _job(evaluate.run, cfg)
+        evaluate.run(cfg)
+
+    _job(task, cfg, "eval")
 
 
 def _sample_job(cfg: DictConfig) -> None:
-    from vaelab.tasks import sample
+    def task(cfg: DictConfig) -> None:
+        from vaelab.tasks import sample
 
-    _job(sample.run, cfg)
+        sample.run(cfg)
+
+    _job(task, cfg, "sample")
 
 
 HYDRA_JOBS = {"train": _train_job, "eval": _eval_job, "sample": _sample_job}
@@ -236,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(e), e.exit_code)
     except VaelabError as e:
         _fail(str(e))
+    except ConfigRejected as e:  # by vaelab.schema's Hydra callback, before any job
+        _fail(str(e.error))
+    except (HydraException, OmegaConfBaseException) as e:  # before OSError: Hydra's
+        _fail(_config_error(e))  # MissingConfigException is one
     except OSError as e:
         if e.errno not in _UNWRITABLE:
             raise
@@ -243,9 +275,21 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"cannot write {e.filename}: {e.strerror}; give a writable folder with "
             "paths.log_dir=<folder> (runs) or the option that names that file"
         )
-    except (HydraException, OmegaConfBaseException) as e:
-        # Hydra appends its config search path, which says nothing about the mistake.
-        _fail(" ".join(str(e).split("Config search path")[0].split()))
+
+
+def _config_error(e: Exception) -> str:
+    """A config Hydra or OmegaConf rejects, with OmegaConf's reason (the expected type, the
+    key it does not know) and without Hydra's config search path."""
+    message = str(e).split("Config search path")[0].strip()
+    cause = e.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        message = f"{message} ({str(cause).splitlines()[0]})"
+        if cause.parent_node is not None and cause.key is not None:
+            key = str(cause.key)
+            near = difflib.get_close_matches(key, [str(k) for k in cause.parent_node], n=1)
+            if near and near[0] != key:
+                message += f"; did you mean {str(cause.full_key)[: -len(key)]}{near[0]}?"
+    return " ".join(message.split())
 
 
 def _fail(message: str, exit_code: int = EXIT_USER_ERROR) -> None:

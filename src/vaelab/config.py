@@ -6,6 +6,9 @@ from typing import Any
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
 
+# The YAML files name their schemas (conf/train.yaml: `schema/train@_here_`): importing
+# vaelab.schema registers them, so whoever finds conf/ through `config_dir` can compose it.
+import vaelab.schema  # noqa: F401
 from vaelab.errors import VaelabError
 
 

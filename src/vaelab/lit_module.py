@@ -7,29 +7,18 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from vaelab.errors import ConfigError, TrainingError
+from vaelab.errors import TrainingError
 from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     iw_log_likelihood,
     naive_log_likelihood,
 )
-from vaelab.likelihoods import LIKELIHOODS
-from vaelab.models import ACTIVATIONS, ARCHS, VAE, build_decoder, build_encoder
+from vaelab.models import VAE, build_decoder, build_encoder
+from vaelab.schema import check
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
-
-
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ConfigError(message)
-
-
-def _is_number(value: object, minimum: float, strict: bool = False) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        return False
-    return value > minimum if strict else value >= minimum
 
 
 class LitVAE(L.LightningModule):
@@ -58,35 +47,19 @@ class LitVAE(L.LightningModule):
         image_shape: tuple[int, int, int] = (1, 28, 28),
     ):
         super().__init__()
-        _require(arch in ARCHS, f"model.arch={arch!r} is unknown; choose one of {ARCHS}")
-        _require(
-            activation in ACTIVATIONS,
-            f"model.activation={activation!r} is unknown; choose one of {', '.join(ACTIVATIONS)}",
+        check({"arch": arch, "hidden_dim": hidden_dim, "activation": activation}, "model.")
+        check(
+            {
+                "latent_dim": latent_dim,
+                "likelihood": likelihood,
+                "obs_scale": obs_scale,
+                "beta": beta,
+                "num_samples": num_samples,
+                "kl_warmup_epochs": kl_warmup_epochs,
+                "lr": lr,
+                "n_importance": n_importance,
+            }
         )
-        _require(
-            likelihood in LIKELIHOODS,
-            f"likelihood={likelihood!r} is unknown; choose one of {', '.join(LIKELIHOODS)}",
-        )
-        _require(
-            isinstance(latent_dim, int) and latent_dim > 0,
-            f"latent_dim must be a positive integer, got {latent_dim!r}",
-        )
-        _require(_is_number(beta, 0), f"beta must be >= 0 (1 is the true ELBO), got {beta!r}")
-        _require(
-            isinstance(num_samples, int) and num_samples >= 1,
-            f"num_samples (z samples per image in the ELBO) must be an integer >= 1, "
-            f"got {num_samples!r}",
-        )
-        _require(
-            _is_number(kl_warmup_epochs, 0),
-            f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}",
-        )
-        _require(_is_number(lr, 0, strict=True), f"lr must be > 0, got {lr!r}")
-        _require(
-            isinstance(n_importance, int) and n_importance >= 0,
-            f"n_importance must be an integer >= 0 (0 skips it), got {n_importance!r}",
-        )
-        _require(_is_number(obs_scale, 0, strict=True), f"obs_scale must be > 0, got {obs_scale!r}")
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = VAE(

@@ -30,14 +30,14 @@ def _checkpoint_and_run(cfg: DictConfig) -> tuple[Path, Run]:
             "give the run to evaluate as run_dir=outputs/runs/<run> or ckpt_path=<file.ckpt> "
             "(one of the two)"
         )
-    ckpt = verify(find_checkpoint(cfg.run_dir or cfg.ckpt_path, cfg.checkpoint))
+    ckpt = find_checkpoint(cfg.run_dir or cfg.ckpt_path, cfg.checkpoint)
     run = Run(run_dir_of(ckpt))
     if not run.config_file.is_file():
         raise VaelabError(
             f"no config.yaml in {run.path}: give a checkpoint inside a run directory of "
             "`vaelab train`"
         )
-    return ckpt, run
+    return verify(ckpt), run
 
 
 def run(cfg: DictConfig) -> dict[str, float]:

@@ -1,0 +1,346 @@
+"""The config schema: the type of every knob, and the values each one allows.
+
+Types are Hydra structured configs, so OmegaConf refuses `latent_dim=abc` (or a
+misspelt key) while Hydra composes. Values are checked by `validate`, with the rules of
+`RULES`: the `vaelab` command calls it right after composition, before torch is imported,
+and LitVAE and VAEPictures call `check` with the same rules when built from Python.
+
+conf/train.yaml, eval.yaml and sample.yaml start their defaults list with their schema
+(`schema/train@_here_`, ...), conf/callbacks/default.yaml with `/schema/pictures@pictures`;
+a new knob is added to its YAML file and to its dataclass here. This module imports
+neither torch nor Lightning nor W&B: a bad value is reported in about a second.
+"""
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from vaelab.errors import ConfigError
+
+# The names the builders accept (vaelab.models.ARCHS, ACTIVATIONS, vaelab.likelihoods,
+# vaelab.data.DATASETS, vaelab.datamodule.BINARIZATIONS); tests/test_schema.py keeps them equal.
+ARCHS = ("mlp", "conv")
+ACTIVATIONS = ("relu", "tanh")
+LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+BINARY_LIKELIHOODS = ("bernoulli",)
+DATASETS = ("mnist", "fashion_mnist")
+BINARIZATIONS = ("dynamic", "static", "none")
+CHECKPOINTS = ("best", "last")
+WANDB_MODES = ("online", "offline", "disabled")
+
+# --- types: the schemas of the YAML files; their values come from the YAML files ------
+
+
+@dataclass
+class ModelConfig:
+    arch: str = MISSING
+    hidden_dim: int = MISSING
+    activation: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    data_dir: str = MISSING
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    binarize: str = MISSING
+    val_fraction: float = MISSING
+    seed: int = MISSING
+    download: bool = MISSING
+    allow_fallback: bool = MISSING
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    log_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class PicturesConfig:
+    _target_: str = MISSING
+    every_n_epochs: int = MISSING
+    n_images: int = MISSING
+    n_interpolations: int = MISSING
+    interpolation_steps: int = MISSING
+    n_traversal_dims: int = MISSING
+    traversal_values: int = MISSING
+    traversal_range: float = MISSING
+    manifold_size: int = MISSING
+    n_scatter: int = MISSING
+    seed: int = MISSING
+    nrow: int = MISSING
+    png_scale: int = MISSING
+
+
+@dataclass
+class TrainConfig:
+    seed: int = MISSING
+    latent_dim: int = MISSING
+    beta: float = MISSING
+    likelihood: str = MISSING
+    obs_scale: float = MISSING
+    num_samples: int = MISSING
+    kl_warmup_epochs: int | float = MISSING  # a number of epochs, kept as typed
+    lr: float = MISSING
+    n_importance: int = MISSING
+    batch_size: int = MISSING
+    max_epochs: int = MISSING
+    project: str = MISSING
+    group: str | None = MISSING
+    tags: list[str] = MISSING
+    run_name: str | None = MISSING
+    resume: str | None = MISSING
+    ckpt_path: str | None = MISSING
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    paths: PathsConfig = MISSING
+    # Passed to Lightning as they are: Lightning checks them.
+    trainer: dict[str, Any] = MISSING
+    logger: dict[str, Any] = MISSING
+    callbacks: dict[str, Any] = MISSING
+
+
+@dataclass
+class EvalDataConfig:
+    data_dir: str | None = MISSING
+    download: bool | None = MISSING
+    eval_batch_size: int | None = MISSING
+
+
+@dataclass
+class EvalConfig:
+    run_dir: str | None = MISSING
+    ckpt_path: str | None = MISSING
+    checkpoint: str = MISSING
+    n_importance: int = MISSING
+    seed: int = MISSING
+    wandb_mode: str | None = MISSING
+    data: EvalDataConfig = MISSING
+    trainer: dict[str, Any] = MISSING
+
+
+@dataclass
+class SampleConfig:
+    run_dir: str | None = MISSING
+    checkpoint: str = MISSING
+    n: int = MISSING
+    nrow: int = MISSING
+    seed: int = MISSING
+    out: str | None = MISSING
+
+
+SCHEMAS = {"train": TrainConfig, "eval": EvalConfig, "sample": SampleConfig}
+
+_store = ConfigStore.instance()
+for _name, _node in SCHEMAS.items():
+    _store.store(group="schema", name=_name, node=_node)
+_store.store(group="schema", name="pictures", node=PicturesConfig)
+
+# --- values: key -> what it allows ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check of one value, and what it allows in words (for the error message)."""
+
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def integer(minimum: int, maximum: int | None = None) -> Rule:
+    allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if maximum is not None:
+        allowed = f"an integer in [{minimum}, {maximum}]"
+    return Rule(
+        allowed,
+        lambda v: _is_int(v) and v >= minimum and (maximum is None or v <= maximum),
+    )
+
+
+def number(minimum: float, above: bool = False, below: float | None = None) -> Rule:
+    """A finite number >= minimum (> minimum if `above`), and < below if given."""
+    if below is not None:
+        return Rule(
+            f"a number in [{minimum}, {below})",
+            lambda v: _is_number(v) and minimum <= v < below,
+        )
+    return Rule(
+        f"a number {'>' if above else '>='} {minimum}",
+        lambda v: _is_number(v) and (v > minimum if above else v >= minimum),
+    )
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+def noted(rule: Rule, note: str) -> Rule:
+    return Rule(f"{rule.allowed} ({note})", rule.ok)
+
+
+def or_null(rule: Rule) -> Rule:
+    return Rule(f"{rule.allowed}, or null", lambda v: v is None or rule.ok(v))
+
+
+SEED = integer(0, 2**32 - 1)  # what numpy, and so Lightning's seed_everything, accepts
+
+RULES: dict[str, dict[str, Rule]] = {
+    "train": {
+        "seed": SEED,
+        "latent_dim": integer(1),
+        "beta": noted(number(0), "1: the ELBO itself"),
+        "likelihood": one_of(LIKELIHOODS),
+        "obs_scale": number(0, above=True),
+        "num_samples": noted(integer(1), "z samples per image in the ELBO"),
+        "kl_warmup_epochs": noted(number(0), "0: no warm-up"),
+        "lr": number(0, above=True),
+        "n_importance": noted(integer(0), "0: no test log-likelihood"),
+        "batch_size": integer(1),
+        "max_epochs": Rule(
+            "a positive integer, or -1 (no limit)", lambda v: _is_int(v) and (v >= 1 or v == -1)
+        ),
+        "model.arch": one_of(ARCHS),
+        "model.hidden_dim": integer(1),
+        "model.activation": one_of(ACTIVATIONS),
+        "data.name": one_of(DATASETS),
+        "data.batch_size": integer(1),
+        "data.eval_batch_size": integer(1),
+        "data.binarize": one_of(BINARIZATIONS),
+        "data.val_fraction": number(0, below=1),
+        "data.seed": SEED,
+        "callbacks.pictures.every_n_epochs": integer(1),
+        "callbacks.pictures.n_images": integer(1),
+        "callbacks.pictures.n_interpolations": integer(1),
+        "callbacks.pictures.interpolation_steps": integer(2),  # both ends included
+        "callbacks.pictures.n_traversal_dims": integer(1),
+        "callbacks.pictures.traversal_values": integer(2),
+        "callbacks.pictures.traversal_range": number(0, above=True),
+        "callbacks.pictures.manifold_size": integer(1),
+        "callbacks.pictures.n_scatter": integer(1),
+        "callbacks.pictures.seed": SEED,
+        "callbacks.pictures.nrow": integer(1),
+        "callbacks.pictures.png_scale": integer(1),
+    },
+    "eval": {
+        "checkpoint": one_of(CHECKPOINTS),
+        "n_importance": integer(1),
+        "seed": SEED,
+        "wandb_mode": or_null(one_of(WANDB_MODES)),
+        "data.eval_batch_size": or_null(integer(1)),
+    },
+    "sample": {
+        "checkpoint": one_of(CHECKPOINTS),
+        "n": integer(1),
+        "nrow": integer(1),
+        "seed": SEED,
+    },
+}
+
+
+def check(values: Mapping[str, Any], prefix: str = "", command: str = "train") -> None:
+    """Check values against `RULES[command]`, under their keys `prefix + name`.
+
+    Raises:
+        ConfigError: the first value its rule refuses, as "<key> must be <allowed>, got <value>".
+    """
+    rules = RULES[command]
+    for name, value in values.items():
+        key = prefix + name
+        if not rules[key].ok(value):
+            raise ConfigError(f"{key} must be {rules[key].allowed}, got {value!r}")
+
+
+_ABSENT = object()
+
+
+def _select(cfg: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=True)
+    except OmegaConfBaseException as e:  # e.g. an interpolation that does not resolve
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from e
+
+
+def _refuse_added_keys(node: DictConfig, path: str = "") -> None:
+    """Keys added with `+key=value` to a typed node (its schema does not know them)."""
+    keys = [str(k) for k in node if path or k != "hydra"]  # Hydra's own node is not ours
+    schema = OmegaConf.get_type(node)
+    if dataclasses.is_dataclass(schema):
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in set(keys) - set(known):
+            near = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {path}{near[0]}?" if near else f"its keys: {', '.join(known)}"
+            raise ConfigError(f"{path}{key} is not a key of {path[:-1] or 'the config'}; {hint}")
+    for key in keys:
+        child = node._get_node(key)  # not node[key]: that would resolve interpolations
+        if isinstance(child, DictConfig):
+            _refuse_added_keys(child, f"{path}{key}.")
+
+
+def validate(cfg: DictConfig, command: str = "train") -> None:
+    """Check a composed config of `vaelab <command>` against `RULES` (absent keys are skipped).
+
+    Raises:
+        ConfigError: a key the schema does not know, or a value its rule refuses.
+    """
+    _refuse_added_keys(cfg)
+    values = {key: _select(cfg, key) for key in RULES[command]}
+    check({key: value for key, value in values.items() if value is not _ABSENT}, command=command)
+    likelihood = values.get("likelihood")
+    if likelihood in BINARY_LIKELIHOODS and values.get("data.binarize") == "none":
+        raise ConfigError(
+            f"likelihood={likelihood} needs binary pixels but data.binarize=none: use "
+            "data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"
+        )
+
+
+class ConfigRejected(BaseException):
+    """A `ConfigError` carried out of a Hydra callback, for the `vaelab` command to print.
+
+    A BaseException, because Hydra turns an Exception raised by a callback into a warning.
+    """
+
+    def __init__(self, error: ConfigError):
+        super().__init__(str(error))
+        self.error = error
+
+
+class ValidateBeforeJobs(Callback):
+    """Validates the config before Hydra starts anything: before a run makes its directory,
+    before a multirun launches a job (with the overrides that are not swept; the jobs
+    validate their own config too). Registered in `hydra.callbacks`."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._validate(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._validate(config)
+
+    def _validate(self, config: DictConfig) -> None:
+        try:
+            validate(config, self.command)
+        except ConfigError as e:
+            raise ConfigRejected(e) from e

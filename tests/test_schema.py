@@ -1,0 +1,243 @@
+"""The config schema: types refused at composition, values by `validate`, one line from the
+command before torch is imported, and every config option valid."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab import schema
+from vaelab.config import config_dir
+from vaelab.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "lightning", "wandb")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def compose_command(command: str, *overrides: str) -> DictConfig:
+    """conf/<command>.yaml (eval, sample) with overrides."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose(command, overrides=list(overrides))
+
+
+GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment")
+
+
+@pytest.mark.parametrize(
+    "override", [f"{group}={name}" for group in GROUPS for name in options(group)]
+)
+def test_every_config_option_composes_and_validates(compose, override):
+    cfg = compose(override)
+    schema.validate(cfg)
+    assert isinstance(cfg.latent_dim, int) and isinstance(cfg.beta, float)
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_eval_and_sample_configs_compose_and_validate(command):
+    schema.validate(compose_command(command), command)
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample"])
+def test_every_rule_names_a_key_of_the_config(compose, command):
+    cfg = compose() if command == "train" else compose_command(command)
+    for key in schema.RULES[command]:
+        assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+
+
+def test_the_allowed_names_are_those_the_builders_know():
+    from vaelab import data, datamodule, likelihoods, models, runs
+
+    assert schema.ARCHS == models.ARCHS
+    assert tuple(models.ACTIVATIONS) == schema.ACTIVATIONS  # a dict of nn.Module classes
+    assert schema.LIKELIHOODS == likelihoods.LIKELIHOODS
+    assert schema.BINARY_LIKELIHOODS == likelihoods.BINARY_LIKELIHOODS
+    assert schema.DATASETS == data.DATASETS
+    assert schema.BINARIZATIONS == datamodule.BINARIZATIONS
+    assert schema.CHECKPOINTS == runs.CHECKPOINT_CHOICES
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "expected"),
+    [
+        ("latent_dim=abc", "latent_dim", "Integer"),
+        ("latent_dim=2.5", "latent_dim", "Integer"),
+        ("beta=x", "beta", "Float"),
+        ("data.download=maybe", "data.download", "bool"),
+        ("callbacks.pictures.n_images=many", "callbacks.pictures.n_images", "Integer"),
+        ("model.hidden_dim=null", "model.hidden_dim", "not Optional"),
+        ("latnet_dim=4", "latnet_dim", "not in 'TrainConfig'"),
+        ("data.batchsize=4", "data.batchsize", "not in 'DataConfig'"),
+    ],
+)
+def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, override, key, expected):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose(override)
+    cause = info.value.__cause__
+    assert cause.full_key == key and expected in str(cause)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("latent_dim=0", "latent_dim must be a positive integer, got 0"),
+        ("beta=-1", "beta must be a number >= 0 (1: the ELBO itself), got -1.0"),
+        ("beta=inf", "beta must be a number >= 0"),
+        ("lr=0", "lr must be a number > 0, got 0.0"),
+        ("num_samples=0", "num_samples must be a positive integer"),
+        ("n_importance=-1", "n_importance must be an integer >= 0"),
+        ("max_epochs=0", "max_epochs must be a positive integer, or -1 (no limit), got 0"),
+        ("seed=-1", "seed must be an integer in [0, 4294967295]"),
+        ("likelihood=poisson", "likelihood must be one of bernoulli, continuous_bernoulli, "),
+        ("model.arch=resnet", "model.arch must be one of mlp, conv, got 'resnet'"),
+        ("model.activation=gelu", "model.activation must be one of relu, tanh, got 'gelu'"),
+        ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
+        ("data.val_fraction=1.5", "data.val_fraction must be a number in [0, 1), got 1.5"),
+        ("data.binarize=maybe", "data.binarize must be one of dynamic, static, none"),
+        ("data.name=cifar", "data.name must be one of mnist, fashion_mnist"),
+        ("batch_size=0", "batch_size must be a positive integer"),
+        ("data.eval_batch_size=0", "data.eval_batch_size must be a positive integer"),
+        ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs must be a"),
+        ("callbacks.pictures.traversal_range=0", "callbacks.pictures.traversal_range must be"),
+        ("data.binarize=none", "likelihood=bernoulli needs binary pixels but data.binarize=none"),
+        ("+latnet_dim=4", "latnet_dim is not a key of the config; did you mean latent_dim?"),
+        ("+model.depth=3", "model.depth is not a key of model; its keys: arch, hidden_dim, "),
+        ("batch_size=${oops}", "batch_size: Interpolation key 'oops' not found"),
+    ],
+)
+def test_out_of_range_values_are_refused_with_the_key_and_what_is_allowed(
+    compose, override, message
+):
+    cfg = compose(override)
+    with pytest.raises(ConfigError) as info:
+        schema.validate(cfg)
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_a_value_the_rules_allow_passes_and_absent_groups_are_skipped(compose):
+    schema.validate(compose("data.binarize=none", "likelihood=gaussian", "callbacks=none"))
+    schema.validate(compose("max_epochs=-1", "data.val_fraction=0", "beta=0"))
+
+
+@pytest.mark.parametrize(
+    ("command", "override", "message"),
+    [
+        ("eval", "checkpoint=worst", "checkpoint must be one of best, last, got 'worst'"),
+        ("eval", "n_importance=0", "n_importance must be a positive integer"),
+        ("eval", "wandb_mode=on", "wandb_mode must be one of online, offline, disabled, or null"),
+        ("eval", "data.eval_batch_size=0", "data.eval_batch_size must be a positive integer"),
+        ("sample", "n=0", "n must be a positive integer, got 0"),
+        ("sample", "nrow=0", "nrow must be a positive integer"),
+    ],
+)
+def test_eval_and_sample_values_are_checked(command, override, message):
+    cfg = compose_command(command, override)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        schema.validate(cfg, command)
+
+
+def test_pictures_built_from_python_use_the_same_rules():
+    from vaelab.callbacks import VAEPictures
+
+    with pytest.raises(ConfigError, match=r"callbacks\.pictures\.png_scale must be a positive"):
+        VAEPictures(png_scale=0)
+
+
+# --- the command: one line, exit code 2, nothing written, before torch ----------------
+
+
+CLI_CASES = {
+    "misspelt key": ("latnet_dim=4", "Could not override 'latnet_dim'", "did you mean latent_dim?"),
+    "not an integer": ("latent_dim=abc", "Error merging override latent_dim=abc", "to Integer"),
+    "a float for an int": ("latent_dim=2.5", "Error merging override latent_dim=2.5", "Integer"),
+    "not a bool": ("data.download=maybe", "Error merging override data.down", "not a valid bool"),
+    "latent_dim": ("latent_dim=0", "latent_dim must be a positive integer", ""),
+    "beta": ("beta=-1", "beta must be a number >= 0", ""),
+    "lr": ("lr=0", "lr must be a number > 0", ""),
+    "num_samples": ("num_samples=0", "num_samples must be a positive integer", ""),
+    "val_fraction": ("data.val_fraction=1.5", "data.val_fraction must be a number in [0, 1)", ""),
+    "pictures": ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs", ""),
+    "likelihood": ("likelihood=poisson", "likelihood must be one of", "gaussian"),
+    "binarize": ("data.binarize=maybe", "data.binarize must be one of", "dynamic"),
+    "arch": ("model.arch=resnet", "model.arch must be one of mlp, conv", ""),
+    "activation": ("model.activation=gelu", "model.activation must be one of relu, tanh", ""),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_the_command_refuses_a_bad_override_with_one_line_and_writes_nothing(train_cli, case):
+    override, start, also = CLI_CASES[case]
+    result = train_cli(override, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"vaelab: error: {start}") and also in line, line
+    assert not (result.tmp_path / "outputs").exists(), "no run directory, no checkpoint"
+
+
+def _cli_in_process(tmp_path: Path, *args: str) -> dict:
+    """`vaelab ...` in a fresh interpreter: its exit code, and which heavy modules it imported."""
+    code = f"""
+import json, sys
+from vaelab import cli
+try:
+    cli.main({list(args)!r})
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps({{"code": code, "imported": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout, proc.stderr
+    return {**json.loads(proc.stdout.splitlines()[-1]), "stderr": proc.stderr}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("train", "latent_dim=0"),
+        ("train", "-m", "latent_dim=0", "model=mlp,conv"),  # before the sweep launches a job
+        ("eval", "checkpoint=worst"),
+        ("sample", "n=0"),
+    ],
+)
+def test_values_are_refused_before_torch_is_imported(tmp_path, args):
+    where = [f"paths.log_dir={tmp_path / 'outputs'}"] if args[0] == "train" else []
+    result = _cli_in_process(tmp_path, *args, *where)
+    assert result["code"] == 2 and result["imported"] == []
+    assert result["stderr"].startswith("vaelab: error: ")
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_the_schema_imports_no_heavy_module():
+    code = f"import sys, vaelab.schema; print([m for m in {HEAVY!r} if m in sys.modules])"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_swept_bad_value_fails_its_own_job_which_is_recorded(train_cli):
+    from vaelab.runs import find_runs
+
+    result = train_cli("-m", "latent_dim=0,-1", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vaelab: error:")]
+    assert len(errors) == 1 and "job 0" in errors[0] and "latent_dim must be" in errors[0]
+    (sweep,) = (result.tmp_path / "outputs" / "multiruns").iterdir()
+    runs = find_runs([sweep])
+    assert [run.state for run in runs] == ["failed", "failed"]
+    assert [run.config()["latent_dim"] for run in runs] == [0, -1]
+    assert "latent_dim must be a positive integer, got -1" in runs[1].error
+    assert not list(sweep.rglob("*.ckpt"))
