@@ -1,0 +1,263 @@
+"""Hyperparameter search (Optuna sweeper) and the joblib and SLURM launchers.
+
+The end-to-end tests run real multiruns of tiny runs through `python train.py -m ...`.
+"""
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hydra import compose as compose_config
+from hydra import initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.config import config_dir
+
+with warnings.catch_warnings():
+    # optuna 2.x's storage models use SQLAlchemy 1.4 APIs that 2.0 removed (so sqlalchemy<2).
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import optuna
+    from optuna.trial import TrialState
+
+# `~local`: a developer's conf/local/default.yaml (say, one choosing SLURM) stays out.
+TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0", "~local")
+SEARCH = "+hparams_search=elbo_optuna"
+
+
+def compose_with_hydra(*overrides: str) -> DictConfig:
+    """conf/train.yaml with its `hydra` node, as `python train.py -m ...` composes it."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose_config("train", overrides=list(overrides), return_hydra_config=True)
+
+
+def resolved(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)
+
+
+def val_elbo(run_dir: Path) -> float:
+    value = json.loads((run_dir / "metrics.json").read_text())["val/elbo"]
+    assert math.isfinite(value), run_dir
+    return value
+
+
+def config_of(run_dir: Path) -> dict[str, Any]:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def load_trials(storage: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study_name, storage=storage).trials
+
+
+# --- configs ---------------------------------------------------------------------------
+
+
+def test_the_search_space_holds_only_top_level_knobs_and_groups():
+    cfg = compose_with_hydra(SEARCH)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler._target_ == "optuna.samplers.TPESampler" and sweeper.sampler.seed == 0
+    # The sweeper checks max_failure_rate per batch of n_jobs trials: below 1.0, one failed
+    # trial would end a search with n_jobs=1.
+    assert sweeper.n_jobs == 1 and sweeper.max_failure_rate == 1.0
+    assert sweeper.storage is None and sweeper.study_name is None
+    assert set(sweeper.params) == {"model", "lr", "beta", "latent_dim", "num_samples"}
+    for knob in sweeper.params:
+        assert knob in cfg and knob != "hydra", knob
+    assert sweeper.params.lr == "tag(log, interval(1e-4, 1e-2))"
+    assert isinstance(instantiate(sweeper).sweeper.sampler, optuna.samplers.TPESampler)
+
+
+def test_parallel_launcher_extends_the_joblib_plugin():
+    launcher = compose_with_hydra("hydra/launcher=parallel").hydra.launcher
+    assert launcher._target_.endswith("JoblibLauncher")
+    assert launcher.n_jobs == 2 and launcher.backend == "loky"
+    assert launcher.pre_dispatch == "2*n_jobs"  # a field it inherits from the plugin's config
+    assert instantiate(launcher).joblib["n_jobs"] == 2
+
+
+def test_slurm_launcher_takes_the_clusters_names_from_conf_local():
+    launcher = resolved(
+        compose_with_hydra(
+            "hydra/launcher=slurm", "local=example", "trainer=ddp", "trainer.devices=4"
+        ).hydra.launcher
+    )
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    expected = {"partition": "gpu", "account": "my_project", "timeout_min": 720}
+    expected |= {"cpus_per_task": 8, "mem_gb": 64, "setup": ["module load cuda/12.1"]}
+    assert launcher.items() >= expected.items()
+    # One SLURM task per device, which is what Lightning's DDP checks on SLURM.
+    assert launcher["tasks_per_node"] == 4 and launcher["gpus_per_node"] == 4
+    assert launcher["nodes"] == 1
+    assert instantiate(launcher).params["partition"] == "gpu"
+
+
+def test_slurm_launcher_defaults_without_a_local_file():
+    cfg = compose_with_hydra("hydra/launcher=slurm", "~local", "trainer=gpu")
+    launcher = resolved(cfg.hydra.launcher)
+    assert launcher["partition"] is None and launcher["account"] is None
+    assert launcher["timeout_min"] == 240 and launcher["setup"] is None
+    assert launcher["tasks_per_node"] == launcher["gpus_per_node"] == cfg.trainer.devices == 1
+
+
+def test_local_example_chooses_slurm_and_local_files_stay_out_of_git():
+    cfg = compose_with_hydra("local=example")
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    ignored = (config_dir().parent / ".gitignore").read_text().splitlines()
+    assert "/conf/local/*" in ignored and "!/conf/local/example.yaml" in ignored
+
+
+# --- Optuna ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_optuna_search_writes_the_best_trial(train_cli, tmp_path: Path):
+    sweep_dir = tmp_path / "outputs" / "search"
+    trials = ("hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}")
+    result = train_cli("-m", SEARCH, *trials, *TINY)
+
+    assert len(result.run_dirs) == 3
+    elbos = {run_dir: val_elbo(run_dir) for run_dir in result.run_dirs}
+    configs = [config_of(run_dir) for run_dir in result.run_dirs]
+    assert len({c["lr"] for c in configs}) == 3  # the trials searched
+
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["name"] == "optuna"
+    assert set(best["best_params"]) == {"lr", "beta", "latent_dim", "num_samples"}
+    assert best["best_value"] == pytest.approx(max(elbos.values()))
+    best_config = config_of(max(elbos, key=elbos.get))
+    for knob, value in best["best_params"].items():
+        assert best_config[knob] == pytest.approx(value), knob
+
+
+@pytest.mark.slow
+def test_a_persistent_study_continues_without_repeating_trials(train_cli, tmp_path: Path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = (f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=tiny")
+    sweep_dir = tmp_path / "outputs" / "search"
+    first_sweep = ("hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir / 'first'}")
+    train_cli("-m", SEARCH, *study, *first_sweep, *TINY)
+    first = load_trials(storage, "tiny")
+    assert [t.state for t in first] == [TrialState.COMPLETE] * 2
+
+    # n_trials counts this invocation's trials. Another sampler seed, or TPE's random
+    # start-up trials would propose the first two trials' values again.
+    continued = ("hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=1")
+    continued += (f"hydra.sweep.dir={sweep_dir / 'continued'}",)
+    result = train_cli("-m", SEARCH, *study, *continued, *TINY)
+
+    assert len(result.run_dirs) == 1
+    trials = load_trials(storage, "tiny")
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert [(t.params, t.value) for t in trials[:2]] == [(t.params, t.value) for t in first]
+    assert trials[2].state == TrialState.COMPLETE
+    assert trials[2].params not in [t.params for t in first]
+    assert trials[2].value == pytest.approx(val_elbo(result.run_dirs[0]))
+
+
+@pytest.mark.slow
+def test_a_failed_trial_is_marked_failed_and_the_search_goes_on(train_cli, tmp_path: Path):
+    """Awaits the task function raising (not exiting) when a job of a multirun fails."""
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sweep_dir = tmp_path / "outputs" / "search"
+    train_cli(
+        "-m",
+        SEARCH,
+        f"hydra.sweeper.storage={storage}",
+        "hydra.sweeper.study_name=failing",
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.params=null",  # num_samples alone
+        "num_samples=choice(0,1)",  # 0 is refused before training
+        *TINY,
+        check=False,  # exit code: not part of this test
+    )
+
+    trials = load_trials(storage, "failing")
+    # TPE's start-up trials are random with seed 0: num_samples 1, 0, 1.
+    assert [t.params["num_samples"] for t in trials] == [1, 0, 1]
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    failed = json.loads((sweep_dir / "1" / "status.json").read_text())
+    assert failed["status"] == "failed" and "num_samples" in failed["error"]
+    for trial in (trials[0], trials[2]):
+        run_dir = sweep_dir / str(trial.number)
+        assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+        assert trial.value == pytest.approx(val_elbo(run_dir))
+
+
+# --- launchers -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_parallel_launcher_runs_the_jobs_in_worker_processes(train_cli):
+    result = train_cli("-m", "hydra/launcher=parallel", "latent_dim=2,3", *TINY)
+
+    assert "Joblib.Parallel(n_jobs=2,backend=loky" in result.output
+    assert sorted(config_of(d)["latent_dim"] for d in result.run_dirs) == [2, 3]
+    for run_dir in result.run_dirs:
+        val_elbo(run_dir)
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_pickled_jobs_and_keeps_their_logs(train_cli, tmp_path: Path):
+    sweep_dir = tmp_path / "outputs" / "submitit"
+    launcher = ("hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}")
+    result = train_cli("-m", *launcher, "latent_dim=2,3", *TINY)
+
+    assert sorted(config_of(d)["latent_dim"] for d in result.run_dirs) == [2, 3]
+    for run_dir in result.run_dirs:
+        val_elbo(run_dir)
+    logs = sorted((sweep_dir / ".submitit").glob("*/*_log.out"))
+    assert len(logs) == 2
+    assert all("Run directory" in log.read_text() for log in logs)
+    assert len(list((sweep_dir / ".submitit").glob("*/*_result.pkl"))) == 2
+
+
+FAKE_SBATCH = """#!/bin/sh
+cp "$1" "{copy}"
+echo "sbatch: error: this is not a cluster" >&2
+exit 1
+"""
+
+
+@pytest.mark.slow
+def test_slurm_launcher_submits_a_job_array_with_the_local_settings(train_cli, tmp_path: Path):
+    """The launcher's real path up to `sbatch`, which a stand-in records and refuses."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = tmp_path / "submitted.sh"
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH.format(copy=script))
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit looks for it
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+
+    result = train_cli(
+        "-m",
+        "local=example",
+        "model=mlp",
+        "trainer=ddp",
+        "trainer.devices=3",
+        "latent_dim=2,3",
+        env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"},
+        check=False,
+    )
+
+    assert result.returncode != 0 and "this is not a cluster" in result.output
+    sbatch = set(script.read_text().splitlines())
+    for line in (
+        "#SBATCH --array=0-1%2",  # both jobs at once
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=my_project",
+        "#SBATCH --ntasks-per-node=3",  # one per device
+        "#SBATCH --gpus-per-node=3",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64GB",
+        "#SBATCH --time=720",
+        "module load cuda/12.1",
+    ):
+        assert line in sbatch, line
