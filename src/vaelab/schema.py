@@ -111,6 +111,8 @@ class TrainConfig:
     trainer: dict[str, Any] = MISSING
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = MISSING
+    # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).
+    slurm: dict[str, Any] | None = None
 
 
 @dataclass
