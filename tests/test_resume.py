@@ -99,14 +99,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, uninterrup
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_exits_non_zero_and_says_how_to_resume(tmp_path, uninterrupted):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_saves_a_checkpoint_exits_non_zero_and_says_how_to_resume(
+    tmp_path, uninterrupted, signum
+):
     proc, run_dir = start(tmp_path, "preempted")
     wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    proc.send_signal(signum)  # SIGINT: what Ctrl+C sends
+    assert proc.wait(timeout=300) == 128 + signum
     err = stderr(tmp_path, "preempted")
     (line,) = [line for line in err.splitlines() if line.startswith("vaelab: error:")]
-    assert "stopped by SIGTERM" in line and f"resume={run_dir}" in line
+    assert f"stopped by {signal.Signals(signum).name}" in line and f"resume={run_dir}" in line
     assert Run(run_dir).state == "interrupted"
 
     result = resume(tmp_path, run_dir)

@@ -255,3 +255,45 @@ def test_slurm_launcher_submits_a_job_array_with_the_local_settings(train_cli, t
         "module load cuda/12.1",
     ):
         assert line in sbatch, line
+
+
+@pytest.mark.slow
+def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tmp_path: Path):
+    """Separate processes per job (submitit): one killed job does not take the others."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import _offline_env, _train_command
+
+    from vaelab.runs import find_runs
+
+    overrides = (
+        "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_epochs=8",
+        "trainer.limit_train_batches=20", "trainer.detect_anomaly=false",
+        "callbacks.step_checkpoint.every_n_train_steps=5", "lr=1e4,1e-3", "latent_dim=0,3,2",
+    )  # fmt: skip
+    with (tmp_path / "sweep.err").open("w") as err:
+        proc = subprocess.Popen(
+            _train_command(tmp_path, overrides), cwd=tmp_path, env=_offline_env(), stderr=err
+        )
+    deadline = time.monotonic() + 300
+    # The last job: the launcher collects results in order, and stops at a killed job;
+    # on SLURM the jobs are independent, here they are the children of this process.
+    while not list(tmp_path.glob("outputs/multiruns/*/5/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    os.kill(json.loads((sweep / "5" / "status.json").read_text())["pid"], signal.SIGKILL)
+    assert proc.wait(timeout=600) == 2
+    errors = [line for line in (tmp_path / "sweep.err").read_text().splitlines()]
+    assert any(line.startswith("vaelab: error: a job of the sweep was killed") for line in errors)
+
+    runs = find_runs([sweep])  # lr=1e4,1e-3 x latent_dim=0,3,2
+    states = ["failed", "failed", "failed", "failed", "finished", "killed"]
+    assert [run.state for run in runs] == states
+    assert "latent_dim must be" in runs[0].error and "not finite" in runs[1].error
+    assert runs[4].metrics()["val/elbo"] < 0  # the good trial kept its result
+    assert (runs[5].checkpoint_dir / "last.ckpt").is_file()  # the killed run can resume

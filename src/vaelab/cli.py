@@ -31,6 +31,8 @@ from vaelab.schema import ConfigRejected, validate
 log = logging.getLogger(__name__)
 
 EXIT_USER_ERROR = 2
+# How the parallel and submitit launchers report a job whose process was killed.
+_KILLED_JOB = ("UncompletedJobError", "TerminatedWorkerError")
 # Errors of a folder or file that cannot be written: reported as one line, before training.
 _UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR, errno.ENOENT}
 COMMANDS = ("train", "eval", "sample", "compare")
@@ -268,13 +270,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(e.error))
     except (HydraException, OmegaConfBaseException) as e:  # before OSError: Hydra's
         _fail(_config_error(e))  # MissingConfigException is one
-    except OSError as e:
-        if e.errno not in _UNWRITABLE:
+    except Exception as e:
+        message = _outside_error(e)
+        if message is None:  # a bug: its traceback helps
             raise
-        _fail(
+        _fail(message)
+
+
+def _outside_error(e: Exception) -> str | None:
+    """One line for an error that vaelab did not raise but a user can act on, else None."""
+    if type(e).__name__ in _KILLED_JOB:
+        return (
+            f"a job of the sweep was killed ({str(e).splitlines()[0]}); the others kept their "
+            "results: `vaelab compare <sweep dir>` shows them all, and "
+            "`vaelab train resume=<run dir>` continues the killed run"
+        )
+    if isinstance(e, OSError) and e.errno in _UNWRITABLE:
+        return (
             f"cannot write {e.filename}: {e.strerror}; give a writable folder with "
             "paths.log_dir=<folder> (runs) or the option that names that file"
         )
+    return None
 
 
 def _config_error(e: Exception) -> str:
