@@ -9,8 +9,8 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from vaelab.data import DATASETS, DatasetSplits, load_dataset
-from vaelab.errors import ConfigError
+from vaelab.data import DatasetSplits, load_dataset
+from vaelab.schema import check
 
 BINARIZATIONS = ("dynamic", "static", "none")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
@@ -131,16 +131,8 @@ class VAEDataModule(LightningDataModule):
         allow_fallback: bool = True,
     ) -> None:
         super().__init__()
-        if name not in DATASETS:
-            raise ConfigError(f"data.name={name!r} is not one of {', '.join(DATASETS)}")
-        if binarize not in BINARIZATIONS:
-            raise ConfigError(
-                f"data.binarize={binarize!r} is not one of {', '.join(BINARIZATIONS)}"
-            )
-        if not 0 <= val_fraction < 1:
-            raise ConfigError(f"data.val_fraction={val_fraction} must be in [0, 1)")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError("data.batch_size and data.eval_batch_size must be positive")
+        values = {"name": name, "binarize": binarize, "val_fraction": val_fraction}
+        check({**values, "batch_size": batch_size, "eval_batch_size": eval_batch_size}, "data.")
         self.save_hyperparameters()
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}

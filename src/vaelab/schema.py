@@ -308,8 +308,12 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     _refuse_added_keys(cfg)
     values = {key: _select(cfg, key) for key in RULES[command]}
     check({key: value for key, value in values.items() if value is not _ABSENT}, command=command)
-    likelihood = values.get("likelihood")
-    if likelihood in BINARY_LIKELIHOODS and values.get("data.binarize") == "none":
+    check_likelihood(values.get("likelihood"), values.get("data.binarize"))
+
+
+def check_likelihood(likelihood: str | None, binarize: str | None) -> None:
+    """A likelihood of binary pixels needs binarized data."""
+    if likelihood in BINARY_LIKELIHOODS and binarize == "none":
         raise ConfigError(
             f"likelihood={likelihood} needs binary pixels but data.binarize=none: use "
             "data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"

@@ -10,6 +10,7 @@ from vaelab.api import load_run
 from vaelab.errors import VaelabError
 from vaelab.plots import image_grid, save_png
 from vaelab.runs import find_checkpoint, run_dir_of
+from vaelab.schema import check
 
 log = logging.getLogger(__name__)
 
@@ -18,8 +19,7 @@ def run(cfg: DictConfig) -> Path:
     """Decode `n` draws z ~ p(z) (seeded by `seed`) into a PNG grid; returns its path."""
     if cfg.run_dir is None:
         raise VaelabError("give the run to sample from as run_dir=outputs/runs/<run>")
-    if not (isinstance(cfg.n, int) and cfg.n >= 1):
-        raise VaelabError(f"n (the number of samples) must be a positive integer, got {cfg.n!r}")
+    check({"n": cfg.n}, command="sample")
     ckpt = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     vae = load_run(ckpt)
     images = vae.sample(cfg.n, generator=torch.Generator().manual_seed(cfg.seed))

@@ -17,9 +17,9 @@ from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate
 from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
-from vaelab.likelihoods import BINARY_LIKELIHOODS
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
+from vaelab.schema import check_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +163,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
-    if cfg.likelihood in BINARY_LIKELIHOODS and not datamodule.is_binary:
-        raise ConfigError(
-            f"likelihood={cfg.likelihood} needs binary pixels but data.binarize=none: "
-            "use data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"
-        )
+    check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
     loggers = tracking.build_loggers(cfg)
     preemption = Preemption()
     try:
