@@ -15,10 +15,17 @@ range. Sections:
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
            against the decoder alone at its best chunk size and a per-image loop; and the
            peak RSS each adds, in a fresh subprocess.
-  startup  seconds to the first training step of `python train.py trainer=debug logger=none`,
-           to import the libraries, and to report a config error.
+  startup  seconds from launch to the start of the first training step of
+           `python train.py trainer=debug logger=none` and to the end of the imports of
+           `python -c "import torch, torchvision, lightning, hydra, wandb"` (each prints a
+           clock, then is stopped); and to the exit of `python train.py latent_dim=0`
+           (exit 2) and of that import line.
   memory   peak RSS of the default `python train.py` on the fallback, by phase.
   profile  (not in the default set) cProfile of vaelab training steps: the top functions.
+
+A ratio is vaelab's figure over the other's: below 1 means vaelab is slower. Every process
+uses `--threads` torch threads; on a machine busy with other work, `--threads 1` gives
+steady figures where two threads on two busy cores are both slow and erratic.
 """
 
 import argparse
