@@ -1,0 +1,83 @@
+"""Clocks and memory readings that benchmarks/run.py puts into vaelab's own runs.
+
+The callbacks go into a real `python train.py ...` as `+callbacks.<name>._target_=probes.<Class>`
+(with benchmarks/ on PYTHONPATH), so the command measured is the user's command plus one
+callback that only reads a clock or /proc. They print one line each, `VAELAB_BENCH ...`,
+which run.py parses.
+"""
+
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+
+MARK = "VAELAB_BENCH"
+
+
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB, e.g. VmRSS (now) or VmHWM (peak RSS)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", status, re.MULTILINE).group(1))
+
+
+def reset_peak_rss() -> bool:
+    """Set the kernel's peak-RSS mark (VmHWM) to the current RSS; False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def rss_kib() -> int:
+    return _status_kib("VmRSS")
+
+
+def peak_rss_kib() -> int:
+    """The process's peak RSS since it started or since the last `reset_peak_rss`."""
+    return _status_kib("VmHWM")
+
+
+def report(*fields: object) -> None:
+    print(MARK, *fields, file=sys.stderr, flush=True)
+
+
+class FirstStepClock(L.Callback):
+    """Prints the system-wide monotonic clock when the first training batch starts."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == 0 and batch_idx == 0:
+            report("first_step", time.clock_gettime(time.CLOCK_MONOTONIC))
+
+
+class PhasePeakRSS(L.Callback):
+    """Peak RSS of each phase of a run: set-up, fit, the validate stage, the test stage.
+
+    At each boundary the peak since the previous boundary is printed and the kernel's
+    mark reset, so each figure is the largest RSS the process reached in that phase.
+    The set-up phase runs from the start of the process (imports, data, model, the
+    sanity check) to the first training batch; what follows the test stage is not measured.
+    """
+
+    def __init__(self) -> None:
+        self.can_reset = os.access("/proc/self/clear_refs", os.W_OK)
+
+    def _boundary(self, phase: str) -> None:
+        # Without the reset (an old kernel), each figure is the peak so far.
+        report("rss", phase, peak_rss_kib(), int(self.can_reset))
+        reset_peak_rss()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._boundary("setup")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._boundary("fit")
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self._boundary("validate")
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        self._boundary("test")

@@ -1,0 +1,632 @@
+"""Speed and memory of vaelab against hand-written baselines and floors: figures and ratios.
+
+    python benchmarks/run.py [--quick] [--sections train,eval,startup,memory] [--threads N]
+
+Each contender of a comparison runs in this one process (or, for start-up and memory, in
+fresh subprocesses) and the contenders alternate round by round (A B C A B C ...), so that
+a machine busy with other work slows them alike; the median round is reported, with the
+range. Sections:
+
+  train    training images/s, batch 128, models mlp and conv, on Fashion-MNIST and on the
+           MNIST fallback: vaelab (the `vaelab train` code path, timed inside the Trainer
+           from the end of a warm-up batch to the end of the last batch), the same network
+           and loss in a hand-written loop over a torchvision DataLoader, and that loop over
+           batches already binarized in memory (the compute floor).
+  eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
+           against the decoder alone at its best chunk size and a per-image loop; and the
+           peak RSS each adds, in a fresh subprocess.
+  startup  seconds from launch to the start of the first training step of
+           `python train.py trainer=debug logger=none` and to the end of the imports of
+           `python -c "import torch, torchvision, lightning, hydra, wandb"` (each prints a
+           clock, then is stopped); and to the exit of `python train.py latent_dim=0`
+           (exit 2) and of that import line.
+  memory   peak RSS of the default `python train.py` on the fallback, by phase.
+  profile  (not in the default set) cProfile of vaelab training steps: the top functions.
+
+A ratio is vaelab's figure over the other's: below 1 means vaelab is slower. Every process
+uses `--threads` torch threads; on a machine busy with other work, `--threads 1` gives
+steady figures where two threads on two busy cores are both slow and erratic.
+"""
+
+import argparse
+import cProfile
+import datetime
+import io
+import json
+import logging
+import math
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from data_loading import write_idx
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+from probes import MARK, peak_rss_kib, reset_peak_rss, rss_kib
+from torch import Tensor
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from vaelab.callbacks import RunHistory
+from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState
+from vaelab.config import config_dir, instantiate
+from vaelab.datamodule import VAEDataModule
+from vaelab.estimators import iw_log_likelihood
+from vaelab.models.vae import VAE
+from vaelab.runs import Run
+from vaelab.tasks.train import build_module
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = Path(__file__).resolve().parent
+SECTIONS = ("train", "eval", "startup", "memory")
+BATCH = 128
+WARMUP = 2  # training batches left out of the timing: first-call allocations, caches
+TRAIN_OVERRIDES = (
+    "logger=none",
+    "callbacks=none",
+    "trainer.limit_val_batches=0",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "trainer.max_epochs=1",
+    f"batch_size={BATCH}",
+    "data.download=false",
+)
+DECODER_CHUNKS = (256, 512, 1024, 2048, 4096)
+
+
+@dataclass
+class Row:
+    section: str
+    measure: str
+    contender: str
+    figure: str
+    ratio: str = ""
+
+
+@dataclass
+class Settings:
+    rounds: int
+    batches: int  # training batches per round, after the warm-up
+    eval_images: int
+    eval_samples: int
+    startup_rounds: int
+    probe_rounds: int  # fresh processes per eval contender for its peak RSS
+    memory_overrides: tuple[str, ...]  # added to the default command of the memory section
+
+
+# Quick: one epoch and one test batch (of 512 images, as every test batch) for the memory run.
+QUICK = Settings(
+    rounds=3,
+    batches=5,
+    eval_images=16,
+    eval_samples=1000,
+    startup_rounds=2,
+    probe_rounds=1,
+    memory_overrides=("max_epochs=1", "trainer.limit_test_batches=1"),
+)
+FULL = Settings(
+    rounds=5,
+    batches=40,
+    eval_images=64,
+    eval_samples=1000,
+    startup_rounds=5,
+    probe_rounds=3,
+    memory_overrides=(),
+)
+
+
+def alternate(contenders: dict[Any, Callable[[], float]], rounds: int) -> dict[Any, list[float]]:
+    """Run the contenders in turn, `rounds` times: {name: one figure per round}."""
+    threads = torch.get_num_threads()
+    results: dict[Any, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, run in contenders.items():
+            results[name].append(run())
+            if torch.get_num_threads() != threads:
+                raise RuntimeError(f"{name} changed the torch threads to {torch.get_num_threads()}")
+    return results
+
+
+def spread(values: list[float], fmt: str = ",.0f") -> str:
+    """The median, with the range of the rounds."""
+    median = statistics.median(values)
+    return f"{median:{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+
+
+def ratio(a: list[float], b: list[float]) -> str:
+    return f"{statistics.median(a) / statistics.median(b):.2f}x"
+
+
+def compose_train(*overrides: str) -> DictConfig:
+    """conf/train.yaml composed with overrides, as `python train.py ...` would."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+# --- train -----------------------------------------------------------------------------
+
+
+class StepClock(L.Callback):
+    """The end time and size of every training batch."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.sizes: list[int] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.ends.append(time.perf_counter())
+        self.sizes.append(len(batch[0]))
+
+
+def images_per_second(ends: list[float], sizes: list[int]) -> float:
+    """Images of the batches after the warm-up over the time from the end of the warm-up:
+    each timed interval holds one whole step, fetching and converting its batch included."""
+    return sum(sizes[WARMUP:]) / (ends[-1] - ends[WARMUP - 1])
+
+
+def vaelab_fit(
+    cfg: DictConfig, datamodule: VAEDataModule, extra_callbacks: Iterable[L.Callback] = ()
+) -> Callable[[], float]:
+    """One round: a Trainer built as tasks/train.py builds it, fitting `limit_train_batches`."""
+    module = build_module(cfg, datamodule.image_shape)
+    Run(cfg.paths.output_dir).start(OmegaConf.to_container(cfg, resolve=True))
+
+    def run() -> float:
+        clock = StepClock()
+        trainer = instantiate(
+            cfg.trainer,
+            logger=False,
+            callbacks=[RunHistory(), RngState(), Preemption(), clock, *extra_callbacks],
+            plugins=[AtomicCheckpointIO()],
+        )
+        trainer.fit(module, datamodule=datamodule)
+        return images_per_second(clock.ends, clock.sizes)
+
+    return run
+
+
+def hand_loop(cfg: DictConfig, batches: Iterable, n_batches: int) -> Callable[[], float]:
+    """One round: the same network, optimizer and loss in a plain loop over `batches`."""
+    vae = build_module(cfg, (1, 28, 28)).vae.train()
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+
+    def run() -> float:
+        ends, sizes = [], []
+        for x, _ in batches:
+            rec, kl = vae.elbo_terms(x)
+            loss = -(rec - kl).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            ends.append(time.perf_counter())
+            sizes.append(len(x))
+            if len(ends) == n_batches:
+                break
+        return images_per_second(ends, sizes)
+
+    return run
+
+
+def torchvision_loader(datamodule: VAEDataModule, name: str, root: Path) -> DataLoader:
+    """The usual DataLoader over IDX files holding vaelab's training split (and test set)."""
+    tv_class = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}[name]
+    raw = root / tv_class.__name__ / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for loader, prefix in (
+        (datamodule.train_dataloader(), "train"),
+        (datamodule.test_dataloader(), "t10k"),
+    ):
+        images, labels = loader.dataset.tensors
+        write_idx(images.squeeze(1), labels, raw, prefix)
+    binarize = transforms.Compose([transforms.ToTensor(), torch.bernoulli])
+    dataset = tv_class(root, train=True, transform=binarize)
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=0)
+
+
+def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
+    rows = []
+    for data in ("fashion_mnist", "mnist"):
+        datamodule = None
+        for model in ("mlp", "conv"):
+            base = compose_train(
+                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
+                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
+            )  # fmt: skip
+            if datamodule is None:
+                L.seed_everything(base.seed, workers=True)
+                datamodule = instantiate(base.data)
+                datamodule.prepare_data()
+                datamodule.setup("fit")
+                images = datamodule.train_dataloader().dataset.tensors[0]
+                loader = torchvision_loader(datamodule, data, work / data)
+            # A round is one epoch cut short: at most the full batches of the training split.
+            n_batches = min(WARMUP + settings.batches, len(images) // BATCH)
+            cfg = compose_train(
+                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
+                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
+                f"trainer.limit_train_batches={n_batches}",
+            )  # fmt: skip
+            in_memory = [
+                (torch.bernoulli(x.float() / 255), None)
+                for x in images[: n_batches * BATCH].split(BATCH)
+            ]
+            results = alternate(
+                {
+                    "vaelab": vaelab_fit(cfg, datamodule),
+                    "loop+DataLoader": hand_loop(cfg, loader, n_batches),
+                    "floor": hand_loop(cfg, in_memory, n_batches),
+                },
+                settings.rounds,
+            )
+            n = datamodule.hparams.n_train
+            measure = f"train img/s, {data} ({n:,} imgs) model={model}, {n_batches - WARMUP} b."
+            for name, values in results.items():
+                row = Row("train", measure, name, spread(values))
+                if name == "vaelab":
+                    row.ratio = (
+                        f"{ratio(values, results['floor'])} of floor, "
+                        f"{ratio(values, results['loop+DataLoader'])} of loop+DataLoader"
+                    )
+                rows.append(row)
+                print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
+    return rows
+
+
+# --- eval ------------------------------------------------------------------------------
+
+
+def eval_setup(data_dir: str, work: Path, n_images: int) -> tuple[VAE, Tensor]:
+    """An untrained model=mlp VAE in eval mode and the first fallback test images."""
+    cfg = compose_train(
+        *TRAIN_OVERRIDES, "model=mlp", "data=mnist",
+        f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
+    )  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("test")
+    x, _ = datamodule.test_images(n_images)
+    return build_module(cfg, datamodule.image_shape).vae.eval(), x
+
+
+@torch.no_grad()
+def per_image_loop(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
+    """log p(x) ≈ L_K one image at a time, its K samples in one batch: (B,) nats."""
+    return torch.stack(
+        [vae.log_importance_weights(xi[None], num_samples).logsumexp(0)[0] for xi in x]
+    ) - math.log(num_samples)
+
+
+@torch.no_grad()
+def decoder_only(vae: VAE, evaluations: int, chunk: int) -> int:
+    """At least `evaluations` decoder forwards in batches of `chunk` latents: how many."""
+    z = torch.randn(chunk, vae.prior_loc.shape[0])
+    n = -(-evaluations // chunk)
+    for _ in range(n):
+        vae.decoder(z)
+    return n * chunk
+
+
+def eval_contenders(vae: VAE, x: Tensor, num_samples: int, chunk: int) -> dict[str, Callable]:
+    evaluations = num_samples * len(x)
+    return {
+        "iw_log_likelihood": lambda: iw_log_likelihood(vae, x, num_samples),
+        "decoder floor": lambda: decoder_only(vae, evaluations, chunk),
+        "per-image loop": lambda: per_image_loop(vae, x, num_samples),
+    }
+
+
+def timed(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def best_decoder_chunk(vae: VAE, evaluations: int) -> tuple[int, float]:
+    """The chunk size at which the decoder alone is fastest, and its evaluations/s."""
+    rates = {}
+    for chunk in DECODER_CHUNKS:  # each size gets a share of the evaluations, two chunks at least
+        start = time.perf_counter()
+        done = decoder_only(vae, max(2 * chunk, evaluations // len(DECODER_CHUNKS)), chunk)
+        rates[chunk] = done / (time.perf_counter() - start)
+    chunk = max(rates, key=rates.get)
+    return chunk, rates[chunk]
+
+
+def memory_probe(spec: str, settings: Settings, data_dir: str, work: Path) -> None:
+    """In a fresh process: the peak RSS one call of a contender adds, as a JSON line."""
+    name, chunk = spec.rsplit(":", 1)
+    vae, x = eval_setup(data_dir, work, settings.eval_images)
+    run = eval_contenders(vae, x, settings.eval_samples, int(chunk))[name]
+    exact = reset_peak_rss()
+    before = rss_kib() if exact else peak_rss_kib()
+    run()
+    print(json.dumps({"added_kib": peak_rss_kib() - before, "exact": exact}))
+
+
+def eval_section(settings: Settings, data_dir: str, work: Path, threads: int) -> list[Row]:
+    vae, x = eval_setup(data_dir, work, settings.eval_images)
+    evaluations = settings.eval_samples * len(x)
+    chunks: list[int] = []
+
+    def floor() -> float:  # the best chunk size, chosen again each round
+        chunk, rate = best_decoder_chunk(vae, evaluations)
+        chunks.append(chunk)
+        return rate
+
+    contenders = eval_contenders(vae, x, settings.eval_samples, 0)
+    contenders["decoder floor"] = floor
+    rates = alternate(
+        {
+            name: (run if name == "decoder floor" else lambda run=run: evaluations / timed(run))
+            for name, run in contenders.items()
+        },
+        settings.rounds,
+    )
+    chunk = statistics.mode(chunks)
+    measure = f"eval decoder evals/s, K={settings.eval_samples:,}, {len(x)} images, mlp"
+    rows = []
+    for name, values in rates.items():
+        label = f"{name} (chunk {chunk})" if name == "decoder floor" else name
+        row = Row("eval", measure, label, spread(values))
+        if name != "decoder floor":
+            row.ratio = f"{ratio(values, rates['decoder floor'])} of floor"
+        rows.append(row)
+        print(f"  {measure:<62} {label:<24} {spread(values)}", flush=True)
+    measure = "eval peak RSS added by one call (MiB), fresh process"
+    added = {name: [] for name in contenders}
+    for _ in range(settings.probe_rounds):  # the subprocesses alternate too
+        for name in contenders:
+            command = [sys.executable, __file__, "--probe", f"{name}:{chunk}",
+                       "--data-dir", data_dir, "--threads", str(threads)]  # fmt: skip
+            if settings is QUICK:
+                command.append("--quick")
+            out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=work)
+            added[name].append(json.loads(out.stdout.splitlines()[-1])["added_kib"] / 1024)
+    for name, values in added.items():
+        rows.append(Row("eval", measure, name, spread(values, ",.1f")))
+        print(f"  {measure:<62} {name:<24} {spread(values, ',.1f')}", flush=True)
+    return rows
+
+
+# --- startup and memory: the real commands in subprocesses -----------------------------
+
+
+def child_env() -> dict[str, str]:
+    """The environment of the measured commands: probes importable, W&B never online."""
+    env = dict(os.environ, WANDB_MODE="offline")
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(BENCHMARKS), str(ROOT / "src"), env.get("PYTHONPATH")) if p
+    )
+    return env
+
+
+def seconds_to_mark(command: list[str], mark: str, work: Path) -> float:
+    """Launch `command` and stop it when it prints `VAELAB_BENCH <mark> <clock>` (the
+    system-wide monotonic clock): seconds from launch to that moment."""
+    start = time.clock_gettime(time.CLOCK_MONOTONIC)
+    with subprocess.Popen(
+        command, cwd=work, env=child_env(), text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    ) as process:  # fmt: skip
+        for line in process.stderr:
+            if line.startswith(f"{MARK} {mark} "):
+                process.kill()  # what follows is not start-up
+                return float(line.split()[-1]) - start
+    raise RuntimeError(f"{' '.join(command)} exited {process.returncode} without {mark!r}")
+
+
+def seconds_to_exit(command: list[str], work: Path, expected_code: int) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=work, env=child_env(), capture_output=True, text=True)
+    if done.returncode != expected_code:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
+    return time.perf_counter() - start
+
+
+IMPORTS = "import torch, torchvision, lightning, hydra, wandb"
+
+
+def startup_section(settings: Settings, work: Path) -> list[Row]:
+    """Import floor and first step: to the moment they print a clock (the process is then
+    stopped); the config error and the import floor with exit: to the end of the process."""
+    clock = (
+        f"import sys, time; print('{MARK} imported', time.clock_gettime(time.CLOCK_MONOTONIC),"
+        " file=sys.stderr, flush=True)"
+    )
+    train = [sys.executable, str(ROOT / "train.py")]
+    first_step = [*train, "trainer=debug", "logger=none",
+                  "+callbacks.bench_clock._target_=probes.FirstStepClock"]  # fmt: skip
+    contenders = {  # (measure, contender): one round
+        ("import floor (s)", f"python -c '{IMPORTS}'"): lambda: seconds_to_mark(
+            [sys.executable, "-c", f"{IMPORTS}; {clock}"], "imported", work
+        ),
+        ("to the first training step (s)", "python train.py trainer=debug logger=none"): (
+            lambda: seconds_to_mark(first_step, "first_step", work)
+        ),
+        ("import floor, to exit (s)", f"python -c '{IMPORTS}'"): lambda: seconds_to_exit(
+            [sys.executable, "-c", IMPORTS], work, 0
+        ),
+        ("to a config error, to exit (s)", "python train.py latent_dim=0 (exit 2)"): (
+            lambda: seconds_to_exit([*train, "latent_dim=0"], work, 2)
+        ),
+    }
+    results = alternate(contenders, settings.startup_rounds)
+    floors = list(results.values())
+    rows = []
+    for i, ((measure, name), values) in enumerate(results.items()):
+        row = Row("startup", measure, name, spread(values, ".2f"))
+        if i % 2:  # against the import floor measured the same way
+            row.ratio = f"{ratio(values, floors[i - 1])} of import floor"
+        rows.append(row)
+        print(f"  {measure:<32} {name:<62} {spread(values, '.2f')}", flush=True)
+    return rows
+
+
+def memory_section(settings: Settings, work: Path) -> list[Row]:
+    """Peak RSS of the default command by phase (one run: phases are measured apart)."""
+    command = [sys.executable, str(ROOT / "train.py"),
+               "+callbacks.bench_rss._target_=probes.PhasePeakRSS"]  # fmt: skip
+    command += settings.memory_overrides
+    done = subprocess.run(command, cwd=work, env=child_env(), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
+    phases = {}
+    for line in done.stderr.splitlines():
+        if line.startswith(f"{MARK} rss"):
+            _, _, phase, kib, exact = line.split()
+            phases[phase] = int(kib) / 1024
+    name = " ".join(["python train.py", *command[3:]]) + " (fallback, W&B offline)"
+    rows = []
+    for phase, mib in phases.items():
+        rows.append(Row("memory", f"peak RSS, {phase} phase (MiB)", name, f"{mib:,.0f}"))
+    overall = max(phases.values())
+    rows.append(Row("memory", "peak RSS, whole run to end of test (MiB)", name, f"{overall:,.0f}"))
+    if exact == "0":
+        rows.append(
+            Row("memory", "(peak RSS could not be reset: each phase is the peak so far)", name, "")
+        )
+    for row in rows:
+        print(f"  {row.measure:<42} {row.figure}", flush=True)
+    return rows
+
+
+# --- profile ---------------------------------------------------------------------------
+
+
+class ProfileSteps(L.Callback):
+    """cProfile from the end of the warm-up batches to the end of the last training batch."""
+
+    def __init__(self) -> None:
+        self.profiler = cProfile.Profile()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx == WARMUP - 1:
+            self.profiler.enable()
+        elif batch_idx == trainer.num_training_batches - 1:
+            self.profiler.disable()
+
+
+def profile_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
+    """cProfile of vaelab's training steps on Fashion-MNIST: the top functions by own time,
+    and vaelab's, Lightning's, torchmetrics' and the optimizer's functions by total time."""
+    n_batches = WARMUP + settings.batches
+    for model in ("mlp", "conv"):
+        cfg = compose_train(
+            *TRAIN_OVERRIDES, "data=fashion_mnist", f"model={model}",
+            f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
+            f"trainer.limit_train_batches={n_batches}",
+        )  # fmt: skip
+        datamodule = instantiate(cfg.data)
+        steps = ProfileSteps()
+        rate = vaelab_fit(cfg, datamodule, extra_callbacks=[steps])()
+        print(f"\n--- cProfile, model={model}, {settings.batches} steps, {rate:,.0f} img/s")
+        ours = "vaelab|lightning|torchmetrics|optim"
+        for order, restrictions in (("tottime", (20,)), ("cumulative", (ours, 30))):
+            out = io.StringIO()
+            pstats.Stats(steps.profiler, stream=out).sort_stats(order).print_stats(*restrictions)
+            print(f"by {order}:", out.getvalue().strip(), sep="\n")
+    return []
+
+
+# --- the report ------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return model
+
+
+def markdown(rows: list[Row], threads: int, command: str, load: tuple[float, float]) -> str:
+    lines = [
+        f"Machine: {machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{threads} torch threads in every process, "
+        f"{datetime.date.today().isoformat()}; load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end. Command: `{command}`. Figures: median of the rounds "
+        "(min–max).",
+        "",
+        "| section | measure | contender | figure | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.section} | {r.measure} | {r.contender} | {r.figure} | {r.ratio} |" for r in rows
+    ]
+    return "\n".join(lines)
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")  # fallback notices, Lightning's advice
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and batches")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated, of {', '.join(SECTIONS)}, profile")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch threads in every process (default: torch's, as `vaelab train` uses); "
+        "on a machine busy with other work, 1 gives steadier figures",
+    )
+    parser.add_argument("--data-dir", default="data", help="as paths.data_dir")
+    parser.add_argument("--probe", help=argparse.SUPPRESS)  # one memory measurement
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # torch's default in the subprocesses
+    quiet()
+    data_dir = str(Path(args.data_dir).resolve())
+    with tempfile.TemporaryDirectory(prefix="vaelab-bench-") as tmp:
+        work = Path(tmp)
+        if args.probe:
+            memory_probe(args.probe, settings, data_dir, work)
+            return
+        command = "python benchmarks/run.py " + " ".join(sys.argv[1:])
+        load_start = os.getloadavg()[0]
+        mode = "quick" if args.quick else "full"
+        print(f"{args.threads} torch threads; {mode} settings: {settings}")
+        rows: list[Row] = []
+        for section in args.sections.split(","):
+            print(f"\n## {section}", flush=True)
+            if section == "train":
+                rows += train_section(settings, data_dir, work)
+            elif section == "eval":
+                rows += eval_section(settings, data_dir, work, args.threads)
+            elif section == "startup":
+                rows += startup_section(settings, work)
+            elif section == "memory":
+                rows += memory_section(settings, work)
+            elif section == "profile":
+                rows += profile_section(settings, data_dir, work)
+            else:
+                parser.error(f"unknown section {section!r}")
+        print(
+            "\n" + markdown(rows, args.threads, command.strip(), (load_start, os.getloadavg()[0]))
+        )
+
+
+if __name__ == "__main__":
+    main()
