@@ -111,22 +111,7 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> An
     try:
         _validate_job(cfg, command, multirun)
         if train:
-            from vaelab import tracking
-            from vaelab.runs import Run
-
-            sweep_dir = hydra_cfg.sweep.dir if multirun else None
-            run = Run(cfg.paths.output_dir)
-            if not cfg.get("resume") and run.state == "interrupted":
-                # A job requeued by SLURM (submitit) finds its run interrupted: go on with it.
-                log.info("Resuming the interrupted run in %s", run.path)
-                with open_dict(cfg):
-                    cfg.resume = str(run.path)
-            if not cfg.get("resume"):  # a resumed run keeps its name and group
-                tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
-            _share_cores(hydra_cfg.launcher)
-            # Lightning's DDP processes re-run this command: they train this job's config
-            # rather than compose the command line again (which would re-run the sweep).
-            os.environ[DDP_CONFIG_ENV] = str(run.config_file)
+            _prepare_training(cfg, hydra_cfg, multirun)
         return task(cfg)
     except Exception as e:
         _log_to_files(f"vaelab: error: {one_line(e)}")
@@ -143,6 +128,26 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> An
         os.environ.update(environ)
         if train:
             _destroy_process_group()
+
+
+def _prepare_training(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
+    """Name and group the run, share the cores, and tell DDP processes the job's config."""
+    from vaelab import tracking
+    from vaelab.runs import Run
+
+    run = Run(cfg.paths.output_dir)
+    if not cfg.get("resume") and run.state == "interrupted":
+        # A job requeued by SLURM (submitit) finds its run interrupted: go on with it.
+        log.info("Resuming the interrupted run in %s", run.path)
+        with open_dict(cfg):
+            cfg.resume = str(run.path)
+    if not cfg.get("resume"):  # a resumed run keeps its name and group
+        sweep_dir = hydra_cfg.sweep.dir if multirun else None
+        tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+    _share_cores(hydra_cfg.launcher)
+    # Lightning's DDP processes re-run this command: they train this job's config rather
+    # than compose the command line again (which would re-run the sweep).
+    os.environ[DDP_CONFIG_ENV] = str(run.config_file)
 
 
 def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
