@@ -177,7 +177,7 @@ class VAEPictures(L.Callback):
             rank_zero_warn("VAEPictures needs a datamodule with test_images(n); no pictures.")
             return []
         folder = "test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}"
-        out_dir = Path(trainer.default_root_dir) / "pictures" / folder
+        out_dir = Run(trainer.default_root_dir).pictures_dir / folder
         device = pl_module.device
         # Drawing must not change the run: test_images may use the global RNG (binarization).
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

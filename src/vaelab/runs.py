@@ -9,6 +9,7 @@
 ├── eval_metrics.json  # written by `vaelab eval`
 ├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
 ├── pictures/          # epoch_NNN/*.png and test/*.png
+├── samples.png        # written by `vaelab sample`
 └── wandb/             # the W&B run files, with logger=wandb
 ```
 """
@@ -40,20 +41,27 @@ WANDB = "wandb"
 # ModelCheckpoint's filename pattern of the best checkpoint, and Lightning's last one.
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
+SAMPLES = "samples.png"  # `vaelab sample`'s picture, when no `out` is given
 CHECKPOINT_CHOICES = ("best", "last")
-
-STATES = ("running", "finished", "failed", "interrupted", "killed")
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically: a reader never sees half a file, a crash never leaves one."""
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader never sees half a file, a crash never leaves one."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    _write_atomically(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _history_line(row: dict[str, Any]) -> str:
+    return json.dumps({k: _finite_or_none(v) for k, v in row.items()}, sort_keys=True) + "\n"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -108,11 +116,6 @@ class Run:
         return self.path / PICTURES
 
     @property
-    def wandb_dir(self) -> Path:
-        """The folder W&B writes its run folders into (W&B adds `wandb/` to save_dir)."""
-        return self.path / WANDB
-
-    @property
     def log_file(self) -> Path:
         return self.path / LOG
 
@@ -160,10 +163,6 @@ class Run:
             for k, v in metrics.items()
             if "/" in k and (v is None or isinstance(v, int | float))
         }
-
-    def metrics_checkpoint(self) -> dict[str, Any]:
-        """Which checkpoint metrics.json comes from: {"path", "epoch", "step"}."""
-        return _read_json(self.path / METRICS).get("checkpoint") or {}
 
     def history(self) -> list[dict[str, float]]:
         """Epoch-level metrics, one dict per epoch (with "epoch" and "step"), oldest first.
@@ -221,9 +220,7 @@ class Run:
     def start(self, config: dict[str, Any]) -> None:
         """Create the directory, write config.yaml and status `running`."""
         self.path.mkdir(parents=True, exist_ok=True)
-        tmp = self.path / f".{CONFIG}.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, self.path / CONFIG)
+        _write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         self._set_status(
             status="running",
             error=None,
@@ -235,9 +232,7 @@ class Run:
 
     def restart(self, config: dict[str, Any]) -> None:
         """Status `running` again for a resumed run (config.yaml: the config it goes on with)."""
-        tmp = self.path / f".{CONFIG}.tmp"
-        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
-        os.replace(tmp, self.path / CONFIG)
+        _write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         resumed = [*self.status().get("resumed_at", []), _now()]
         self._set_status(
             status="running",
@@ -283,18 +278,12 @@ class Run:
     def truncate_history(self, step: int) -> None:
         """Drop history rows written after `step`: a resumed run writes them again."""
         rows = [row for row in self.history() if row.get("step", 0) <= step]
-        tmp = self.path / f".{HISTORY}.tmp"
-        lines = [
-            json.dumps({k: _finite_or_none(v) for k, v in r.items()}, sort_keys=True) for r in rows
-        ]
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, self.path / HISTORY)
+        _write_atomically(self.path / HISTORY, "".join(map(_history_line, rows)))
 
     def append_history(self, row: dict[str, Any]) -> None:
         """Add one epoch's metrics to history.jsonl."""
-        line = json.dumps({k: _finite_or_none(v) for k, v in row.items()}, sort_keys=True)
         with (self.path / HISTORY).open("a") as f:
-            f.write(line + "\n")
+            f.write(_history_line(row))
             f.flush()
 
     def write_eval_metrics(self, record: dict[str, Any]) -> Path:

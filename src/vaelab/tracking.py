@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
-from vaelab.runs import Run
+from vaelab.runs import HISTORY, Run
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
         log.warning(
             "W&B: an offline run cannot be resumed (a sync of two offline folders of one id "
             "keeps only one), so this part is a new offline W&B run; the whole run is in %s",
-            run.path / "history.jsonl",
+            run.path / HISTORY,
         )
         return {}
     return {"id": recorded["id"], "resume": "allow"}

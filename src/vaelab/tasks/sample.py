@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from vaelab.api import load_run
 from vaelab.errors import VaelabError
 from vaelab.plots import image_grid, save_png
-from vaelab.runs import find_checkpoint, run_dir_of
+from vaelab.runs import SAMPLES, find_checkpoint, run_dir_of
 from vaelab.schema import check
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,6 @@ def run(cfg: DictConfig) -> Path:
     ckpt = find_checkpoint(cfg.run_dir, cfg.checkpoint)
     vae = load_run(ckpt)
     images = vae.sample(cfg.n, generator=torch.Generator().manual_seed(cfg.seed))
-    out = save_png(image_grid(images, nrow=cfg.nrow), cfg.out or run_dir_of(ckpt) / "samples.png")
+    out = save_png(image_grid(images, nrow=cfg.nrow), cfg.out or run_dir_of(ckpt) / SAMPLES)
     log.info("%d samples of %s written to %s", cfg.n, ckpt, out)
     return out
