@@ -11,10 +11,12 @@ range. Sections:
            MNIST fallback: vaelab (the `vaelab train` code path, timed inside the Trainer
            from the end of a warm-up batch to the end of the last batch), the same network
            and loss in a hand-written loop over a torchvision DataLoader, and that loop over
-           batches already binarized in memory (the compute floor).
+           batches already binarized in memory (the compute floor); and vaelab with
+           `trainer.compile=true` (its compilation falls in the warm-up batches).
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
-           against the decoder alone at its best chunk size and a per-image loop; and the
-           peak RSS each adds, in a fresh subprocess.
+           against the decoder alone at its best chunk size, the decoder and the
+           likelihood's log-density of the images at that size (what any estimator must
+           compute), and a per-image loop; and the peak RSS each adds, in a fresh subprocess.
   startup  seconds from launch to the start of the first training step of
            `python train.py trainer=debug logger=none` and to the end of the imports of
            `python -c "import torch, torchvision, lightning, hydra, wandb"` (each prints a
@@ -61,7 +63,7 @@ from torchvision import datasets, transforms
 
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState
-from vaelab.config import config_dir, instantiate
+from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.estimators import iw_log_likelihood
 from vaelab.models.vae import VAE
@@ -181,12 +183,15 @@ def vaelab_fit(
 ) -> Callable[[], float]:
     """One round: a Trainer built as tasks/train.py builds it, fitting `limit_train_batches`."""
     module = build_module(cfg, datamodule.image_shape)
+    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
+    if compile_networks:
+        module.compile_networks()
     Run(cfg.paths.output_dir).start(OmegaConf.to_container(cfg, resolve=True))
 
     def run() -> float:
         clock = StepClock()
         trainer = instantiate(
-            cfg.trainer,
+            trainer_cfg,
             logger=False,
             callbacks=[RunHistory(), RngState(), Preemption(), clock, *extra_callbacks],
             plugins=[AtomicCheckpointIO()],
@@ -199,8 +204,9 @@ def vaelab_fit(
 
 def hand_loop(cfg: DictConfig, batches: Iterable, n_batches: int) -> Callable[[], float]:
     """One round: the same network, optimizer and loss in a plain loop over `batches`."""
-    vae = build_module(cfg, (1, 28, 28)).vae.train()
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr)
+    module = build_module(cfg, (1, 28, 28))
+    vae = module.vae.train()
+    optimizer = module.configure_optimizers()
 
     def run() -> float:
         ends, sizes = [], []
@@ -262,9 +268,15 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 (torch.bernoulli(x.float() / 255), None)
                 for x in images[: n_batches * BATCH].split(BATCH)
             ]
+            compiled = compose_train(
+                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
+                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
+                f"trainer.limit_train_batches={n_batches}", "trainer.compile=true",
+            )  # fmt: skip
             results = alternate(
                 {
                     "vaelab": vaelab_fit(cfg, datamodule),
+                    "vaelab compiled": vaelab_fit(compiled, datamodule),
                     "loop+DataLoader": hand_loop(cfg, loader, n_batches),
                     "floor": hand_loop(cfg, in_memory, n_batches),
                 },
@@ -274,7 +286,7 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
             measure = f"train img/s, {data} ({n:,} imgs) model={model}, {n_batches - WARMUP} b."
             for name, values in results.items():
                 row = Row("train", measure, name, spread(values))
-                if name == "vaelab":
+                if name.startswith("vaelab"):
                     row.ratio = (
                         f"{ratio(values, results['floor'])} of floor, "
                         f"{ratio(values, results['loop+DataLoader'])} of loop+DataLoader"
@@ -318,11 +330,24 @@ def decoder_only(vae: VAE, evaluations: int, chunk: int) -> int:
     return n * chunk
 
 
+@torch.no_grad()
+def decoder_and_density(vae: VAE, x: Tensor, evaluations: int, chunk: int) -> int:
+    """At least `evaluations` decoder forwards and log p(x|z) of the images, in chunks of
+    about `chunk` latents (a whole number of latents per image): how many."""
+    per_image = max(1, chunk // len(x))
+    z = torch.randn(per_image, len(x), vae.prior_loc.shape[0])
+    n = -(-evaluations // (per_image * len(x)))
+    for _ in range(n):
+        vae.observation(z).log_prob(x)
+    return n * per_image * len(x)
+
+
 def eval_contenders(vae: VAE, x: Tensor, num_samples: int, chunk: int) -> dict[str, Callable]:
     evaluations = num_samples * len(x)
     return {
         "iw_log_likelihood": lambda: iw_log_likelihood(vae, x, num_samples),
         "decoder floor": lambda: decoder_only(vae, evaluations, chunk),
+        "decoder+density floor": lambda: decoder_and_density(vae, x, evaluations, chunk),
         "per-image loop": lambda: per_image_loop(vae, x, num_samples),
     }
 
@@ -365,11 +390,16 @@ def eval_section(settings: Settings, data_dir: str, work: Path, threads: int) ->
         chunks.append(chunk)
         return rate
 
+    def density_floor() -> float:  # at the chunk size the decoder floor just chose
+        start = time.perf_counter()
+        done = decoder_and_density(vae, x, evaluations, chunks[-1])
+        return done / (time.perf_counter() - start)
+
     contenders = eval_contenders(vae, x, settings.eval_samples, 0)
-    contenders["decoder floor"] = floor
+    floors = {"decoder floor": floor, "decoder+density floor": density_floor}
     rates = alternate(
         {
-            name: (run if name == "decoder floor" else lambda run=run: evaluations / timed(run))
+            name: floors.get(name, lambda run=run: evaluations / timed(run))
             for name, run in contenders.items()
         },
         settings.rounds,
@@ -378,10 +408,10 @@ def eval_section(settings: Settings, data_dir: str, work: Path, threads: int) ->
     measure = f"eval decoder evals/s, K={settings.eval_samples:,}, {len(x)} images, mlp"
     rows = []
     for name, values in rates.items():
-        label = f"{name} (chunk {chunk})" if name == "decoder floor" else name
+        label = f"{name} (chunk {chunk})" if name in floors else name
         row = Row("eval", measure, label, spread(values))
-        if name != "decoder floor":
-            row.ratio = f"{ratio(values, rates['decoder floor'])} of floor"
+        if name not in floors:
+            row.ratio = ", ".join(f"{ratio(values, rates[f])} of {f}" for f in floors)
         rows.append(row)
         print(f"  {measure:<62} {label:<24} {spread(values)}", flush=True)
     measure = "eval peak RSS added by one call (MiB), fresh process"

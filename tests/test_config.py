@@ -7,7 +7,7 @@ import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from vaelab.config import config_dir, instantiate
+from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
@@ -46,7 +46,9 @@ def test_trainer_options_instantiate(compose, name):
     if name == "gpu":
         assert cfg.trainer.accelerator == "gpu"
         cfg.trainer.accelerator = "cpu"
-    trainer = instantiate(cfg.trainer)
+    args, compile_networks = trainer_args(cfg.trainer)
+    assert compile_networks is False and "compile" in cfg.trainer
+    trainer = instantiate(args)
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     if name == "ddp":

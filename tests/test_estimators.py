@@ -96,7 +96,10 @@ class FixedWeights:
     def __init__(self, log_w: torch.Tensor):
         self.log_w, self.used = log_w, 0
 
-    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def posterior(self, x: torch.Tensor) -> None:
+        return None
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int, qz_x=None) -> torch.Tensor:
         chunk = self.log_w[self.used : self.used + num_samples]
         self.used += num_samples
         return chunk

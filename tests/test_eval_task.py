@@ -106,6 +106,19 @@ def test_eval_bad_input_stops_with_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_eval_compiled_and_in_bf16_keeps_the_float32_estimates(run_dir):
+    def nll(*overrides: str) -> float:
+        cfg = compose_config("eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides)
+        return evaluate.run(cfg)["test/nll_iwae"]
+
+    eager = nll()
+    # Only the networks are compiled: the same seed draws the same samples.
+    assert nll("trainer.compile=true") == pytest.approx(eager, rel=1e-4)
+    # bf16 networks, float32 densities: a sum of 784 bf16 log-probs would be nats off.
+    assert nll("trainer.precision=bf16-mixed") == pytest.approx(eager, abs=1.0)
+
+
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_path_without_wandb(run_dir):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     cfg = compose_config("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)

@@ -1,10 +1,16 @@
-"""LitVAE: hyperparameter checks and the KL warm-up schedule in a real training loop."""
+"""LitVAE: hyperparameter checks, the KL warm-up schedule and what it logs, in real loops."""
+
+import csv
+from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
+from vaelab.estimators import MeansMetric
 from vaelab.lit_module import LitVAE
 
 
@@ -62,3 +68,113 @@ def test_kl_warmup_ramps_beta_linearly_then_holds(mnist_idx_root, tmp_path):
     assert record.betas == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0, 2.0])
     model.eval()
     assert model.kl_weight() == 2.0  # validation and test use the target beta
+
+
+class RecordLosses(L.Callback):
+    """The per-image training losses of every batch, as the step computed them."""
+
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(pl_module.last_values["loss"])
+
+
+def test_batch_means_every_n_steps_and_exact_epoch_means(mnist_idx_root, tmp_path, monkeypatch):
+    # 270 training images in batches of 64: 5 steps per epoch, the last of 14 images.
+    datamodule = VAEDataModule(
+        data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
+    )
+    model = LitVAE(arch="mlp", latent_dim=2, n_importance=0)
+    step = LitVAE._step
+
+    def keep_values(self, batch, stage):
+        values = step(self, batch, stage)
+        self.last_values = {k: v.detach().clone() for k, v in values.items()}
+        return values
+
+    monkeypatch.setattr(LitVAE, "_step", keep_values)
+    record = RecordLosses()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_val_batches=1,
+        log_every_n_steps=3,
+        logger=CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=tmp_path,
+        callbacks=[record],
+    )
+    trainer.fit(model, datamodule=datamodule)
+    with open(Path(trainer.logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    step_rows = [r for r in rows if r["train/loss_step"]]
+    assert [int(r["step"]) for r in step_rows] == [2, 5, 8]  # steps 3, 6 and 9 of 10
+    assert float(step_rows[0]["train/loss_step"]) == pytest.approx(
+        float(record.losses[2].mean()), rel=1e-6
+    )
+    epoch_rows = [r for r in rows if r["train/loss_epoch"]]
+    assert [int(r["epoch"]) for r in epoch_rows] == [0, 1]
+    for epoch, row in enumerate(epoch_rows):
+        # The mean over images, not over batches: the small last batch weighs 14/270.
+        images = torch.cat(record.losses[5 * epoch : 5 * epoch + 5])
+        assert len(images) == 270  # 10% of 300 held out for validation
+        assert float(row["train/loss_epoch"]) == pytest.approx(float(images.mean()), rel=1e-6)
+    assert trainer.callback_metrics["val/elbo"] < 0
+
+
+def test_means_metric_weights_every_example_alike():
+    metric = MeansMetric(2)
+    metric.update(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]))
+    metric.update(torch.tensor([[5.0], [3.0]]))
+    assert metric.compute().tolist() == [2.0, 0.75]  # not the means of batch means (3, 1.5)
+
+
+def _fit_three_steps(model: LitVAE, data_dir: Path, root: Path) -> L.Trainer:
+    L.seed_everything(0)
+    datamodule = VAEDataModule(data_dir=str(data_dir), download=False, allow_fallback=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        default_root_dir=root,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    return trainer
+
+
+@pytest.mark.slow
+def test_compiled_networks_compute_and_train_like_eager_ones(mnist_idx_root, tmp_path):
+    L.seed_everything(0)
+    eager = LitVAE(arch="conv", latent_dim=4, n_importance=0)
+    compiled = LitVAE(arch="conv", latent_dim=4, n_importance=0)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile_networks()
+    x = torch.rand(32, 1, 28, 28).round()
+    grads = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)  # sampling is not compiled: the same seed draws the same z
+        rec, kl = model.vae.elbo_terms(x)
+        (-(rec - kl).mean()).backward()
+        grads.append([p.grad for p in model.parameters()])
+        model.zero_grad()
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    for eager_grad, compiled_grad in zip(*grads, strict=True):
+        assert torch.allclose(compiled_grad, eager_grad, rtol=1e-4, atol=1e-6)
+
+    initial = {name: value.clone() for name, value in compiled.state_dict().items()}
+    trainer = _fit_three_steps(compiled, mnist_idx_root, tmp_path)
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
+    weights = compiled.state_dict()
+    assert weights.keys() == initial.keys()  # checkpoints keep the weights' names
+    assert not all(torch.equal(initial[name], value) for name, value in weights.items())
+    assert all(torch.isfinite(value).all() for value in weights.values())

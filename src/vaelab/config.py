@@ -5,6 +5,7 @@ from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
 
 # The YAML files name their schemas (conf/train.yaml: `schema/train@_here_`): importing
 # vaelab.schema registers them, so whoever finds conf/ through `config_dir` can compose it.
@@ -26,3 +27,11 @@ def instantiate(cfg: Any, **kwargs: Any) -> Any:
         if isinstance(e.__cause__, VaelabError):
             raise e.__cause__ from None
         raise
+
+
+def trainer_args(trainer: DictConfig) -> tuple[DictConfig, bool]:
+    """The Trainer's arguments of a `trainer` node without vaelab's own `compile` key (whether
+    to torch.compile the networks: Lightning's Trainer has no such argument), and its value."""
+    args = OmegaConf.to_container(trainer, resolve=True)
+    compile_networks = bool(args.pop("compile", False))
+    return OmegaConf.create(args), compile_networks

@@ -46,8 +46,8 @@ def iw_log_likelihood(
 
     log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). Samples are drawn in
     chunks so that at most about `max_batch` decoder evaluations are alive at once, and the
-    chunks are combined with a running logsumexp, so memory does not grow with K. Put the
-    model in eval mode first: the encoder runs once per chunk.
+    chunks are combined with a running logsumexp, so memory does not grow with K. The
+    encoder runs once; put the model in eval mode first.
 
     Args:
         vae: the model.
@@ -61,8 +61,9 @@ def iw_log_likelihood(
         ess: (B,) effective sample size 1 / Σ_k w̃_k² of the normalised weights, in [1, K].
     """
     lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
+    qz_x = vae.posterior(x)
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch, x.device):
-        log_w = vae.log_importance_weights(x, k)  # (k, B)
+        log_w = vae.log_importance_weights(x, k, qz_x)  # (k, B)
         lse = torch.logaddexp(lse, log_w.logsumexp(0))
         lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
     # (Σw)² / Σw²; rounding can put it a few ulps outside [1, K].
@@ -149,6 +150,34 @@ class LogLikelihoodMetric(Metric):
         if self.count_ess > 0:
             out["ess"] = self.sum_ess / self.count_ess
         return {f"{key}{self.suffix}": value for key, value in out.items()}
+
+
+class MeansMetric(Metric):
+    """Means over a dataset of several per-example values at once, DDP-correct.
+
+    One update per batch, whatever the number of values: `update` takes them stacked as
+    (T, B); `compute` returns the (T,) means over every example seen. A MeanMetric per value
+    would cost T updates per batch, each checking its input for NaNs with a host sync.
+
+    Args:
+        num_values: T.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+
+    def __init__(self, num_values: int, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("sums", torch.zeros(num_values), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        """values: (T, B), T values for each of B examples."""
+        self.sums += values.detach().float().sum(1)
+        self.count += values.shape[1]
+
+    def compute(self) -> Tensor:
+        return self.sums / self.count
 
 
 class ActiveUnitsMetric(Metric):

@@ -21,12 +21,15 @@ def observation_dist(
     """
     # Densities in float32 even under mixed precision: log-probs sum hundreds of terms.
     params = params.float()
+    # No argument validation: its check that x is in the support is a full pass over x and
+    # a host sync in every log_prob (with K samples, over x expanded K times). The data
+    # module and the config check (`vaelab.schema.check_likelihood`) guarantee the support.
     if name == "bernoulli":
-        base = Bernoulli(logits=params)
+        base = Bernoulli(logits=params, validate_args=False)
     elif name == "continuous_bernoulli":
-        base = ContinuousBernoulli(logits=params)
+        base = ContinuousBernoulli(logits=params, validate_args=False)
     elif name == "gaussian":
-        base = Normal(params, obs_scale)
+        base = Normal(params, obs_scale, validate_args=False)
     else:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
-    return Independent(base, event_dims)
+    return Independent(base, event_dims, validate_args=False)

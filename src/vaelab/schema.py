@@ -193,6 +193,9 @@ def number(minimum: float, above: bool = False, below: float | None = None) -> R
     )
 
 
+BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
+
+
 def one_of(choices: tuple[str, ...]) -> Rule:
     return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
 
@@ -231,6 +234,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "data.binarize": one_of(BINARIZATIONS),
         "data.val_fraction": number(0, below=1),
         "data.seed": SEED,
+        "trainer.compile": BOOLEAN,
         "callbacks.pictures.every_n_epochs": integer(1),
         "callbacks.pictures.n_images": integer(1),
         "callbacks.pictures.n_interpolations": integer(1),
@@ -250,6 +254,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "seed": SEED,
         "wandb_mode": or_null(one_of(WANDB_MODES)),
         "data.eval_batch_size": or_null(integer(1)),
+        "trainer.compile": BOOLEAN,
     },
     "sample": {
         "checkpoint": one_of(CHECKPOINTS),

@@ -38,11 +38,11 @@ class VAE(nn.Module):
     def posterior(self, x: Tensor) -> Distribution:
         """q(z|x): batch shape (B,), event shape (D,)."""
         loc, scale = self.encoder(x)
-        return Independent(Normal(loc.float(), scale.float()), 1)
+        return _diagonal_normal(loc.float(), scale.float())
 
     def prior(self) -> Distribution:
         """p(z) = N(0, I): event shape (D,)."""
-        return Independent(Normal(self.prior_loc, self.prior_scale), 1)
+        return _diagonal_normal(self.prior_loc, self.prior_scale)
 
     def observation(self, z: Tensor) -> Distribution:
         """p(x|z) for z of shape (..., D): batch shape (...), event shape of one x."""
@@ -66,9 +66,14 @@ class VAE(nn.Module):
         kl = kl_divergence(qz_x, self.prior())
         return log_px_z.mean(0), kl
 
-    def log_importance_weights(self, x: Tensor, num_samples: int) -> Tensor:
-        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): (K, B) nats."""
-        qz_x = self.posterior(x)
+    def log_importance_weights(
+        self, x: Tensor, num_samples: int, qz_x: Distribution | None = None
+    ) -> Tensor:
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): (K, B) nats.
+
+        Pass `qz_x` if the caller already computed `posterior(x)`.
+        """
+        qz_x = self.posterior(x) if qz_x is None else qz_x
         z = qz_x.sample((num_samples,))
         return self.observation(z).log_prob(x) + self.prior().log_prob(z) - qz_x.log_prob(z)
 
@@ -96,3 +101,9 @@ class VAE(nn.Module):
     def reconstruct(self, x: Tensor) -> Tensor:
         """decode(encode(x)): (B, C, H, W)."""
         return self.decode(self.encode(x))
+
+
+def _diagonal_normal(loc: Tensor, scale: Tensor) -> Distribution:
+    """N(loc, diag scale^2), event shape (D,). Not validated: the encoder's softplus keeps
+    scale positive, and validation would cost host syncs in every training step."""
+    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from vaelab import tracking
 from vaelab.api import run_datamodule
 from vaelab.checkpoints import verify
-from vaelab.config import instantiate
+from vaelab.config import instantiate, trainer_args
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run, find_checkpoint, run_dir_of
@@ -46,10 +46,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = run_datamodule(run_dir.path, **cfg.data)
     L.seed_everything(cfg.seed)
     model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu", n_importance=cfg.n_importance)
+    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
+    if compile_networks:
+        model.compile_networks()
     logger = tracking.attach(run_dir, cfg.wandb_mode)
     loggers = [logger] if logger else []
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, default_root_dir=run_dir.path
+        trainer_cfg, logger=loggers or False, default_root_dir=run_dir.path
     )
     try:
         (results,) = trainer.test(model, datamodule=datamodule)

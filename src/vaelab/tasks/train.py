@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from vaelab import tracking
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
-from vaelab.config import instantiate
+from vaelab.config import instantiate, trainer_args
 from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
@@ -164,12 +164,15 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
     datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
+    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
+    if compile_networks:
+        model.compile_networks()
     loggers = tracking.build_loggers(cfg)
     preemption = Preemption()
     try:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
         trainer: L.Trainer = instantiate(
-            cfg.trainer,
+            trainer_cfg,
             logger=loggers or False,
             callbacks=[*callbacks, RunHistory(), RngState(), preemption],
             plugins=[AtomicCheckpointIO()],
