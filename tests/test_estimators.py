@@ -8,14 +8,18 @@ from oracles import LinearGaussian
 from torch.distributions import kl_divergence
 
 from vaelab.estimators import (
+    CPU_BUDGET,
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     active_units,
+    default_max_batch,
     evaluate_log_likelihood,
+    evaluation_bytes,
     iw_log_likelihood,
     kl_per_dim,
     naive_log_likelihood,
 )
+from vaelab.lit_module import LitVAE
 
 # The perturbed encoder: means off by half a posterior std, stds 1.5 times too wide, so
 # ELBO is about 1 nat below log p(x) and the weights have a finite variance.
@@ -105,7 +109,7 @@ class FixedWeights:
         return chunk
 
 
-@pytest.mark.parametrize("max_batch", [1, 3 * 4, 7 * 4, 2**15])
+@pytest.mark.parametrize("max_batch", [4, 3 * 4, 7 * 4, 2**15])
 def test_streaming_logsumexp_is_chunk_invariant(max_batch):
     # Widely spread log-weights: a naive exp-sum would overflow or underflow.
     log_w = torch.cat([torch.randn(50, 4) * 300 - 1000, torch.randn(50, 4)])
@@ -128,9 +132,28 @@ def test_chunking_bounds_decoder_batch_and_keeps_statistics(model, x):
     assert max(rows) <= 1000
     whole, whole_ess = iw_log_likelihood(vae, batch, 300, max_batch=300 * len(batch))
     assert max(rows) == 300 * len(batch)
-    for a, b in ((chunked, whole), (chunked_ess, whole_ess)):
+    rows.clear()  # fewer evaluations per chunk than images: groups of 70 images
+    grouped, grouped_ess = iw_log_likelihood(vae, batch, 300, max_batch=70)
+    naive_log_likelihood(vae, batch, 300, max_batch=70)
+    assert max(rows) <= 70 and grouped.shape == grouped_ess.shape == (len(batch),)
+    for a, b in ((chunked, whole), (chunked_ess, whole_ess), (grouped, whole)):
         (mean_a, se_a), (mean_b, se_b) = pooled(a, repeats), pooled(b, repeats)
         assert ((mean_a - mean_b).abs() < 4 * (se_a**2 + se_b**2).sqrt()).all()
+
+
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_default_chunks_keep_decoder_memory_within_the_cpu_budget(arch):
+    vae = LitVAE(arch=arch, latent_dim=8).vae.eval()
+    x = torch.rand(16, 1, 28, 28).round()
+    rows = []
+    vae.decoder.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
+    iw_log_likelihood(vae, x, 1000)
+    per_evaluation = evaluation_bytes(vae)
+    # conv layers hold more per evaluation than the mlp's: it gets smaller chunks
+    assert per_evaluation > (40_000 if arch == "conv" else 6_000)
+    assert max(rows) == default_max_batch(vae, x.device) // len(x) * len(x)
+    assert max(rows) * per_evaluation <= CPU_BUDGET
+    assert sum(rows) == 1000 * len(x)
 
 
 def test_kl_per_dim_sums_to_the_vae_kl(model, x):

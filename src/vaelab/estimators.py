@@ -13,24 +13,48 @@ from torchmetrics import Metric
 
 from vaelab.models.vae import VAE
 
-# Decoder evaluations alive at once. On a CPU, chunks beyond a few thousand evaluations
-# only cost memory: for K=100 on a batch of 512 images, 2^15 evaluations per chunk took
-# the conv decoder's test stage to +2.7 GB of RSS at 8.6k evaluations/s, 2048 to +0.25 GB
-# at 8.2k/s (the mlp decoder: 50k/s and 55k/s). A GPU wants large chunks.
-CPU_MAX_BATCH = 2048
-GPU_MAX_BATCH = 2**15
+# Memory that the decoder evaluations of one chunk may hold at once. On a CPU a chunk
+# that fits in the caches is the fastest: for K=128 on 64 images the conv decoder's
+# estimate ran 14.3k evaluations/s in chunks of 256-512 (about 25-50 MB) and 9.0k/s in
+# chunks of 2,048 (200 MB); the mlp decoder was flat from 512 up. A GPU wants large chunks.
+CPU_BUDGET = 32 * 2**20
+GPU_BUDGET_SHARE = 4  # a quarter of the free memory
+MAX_CHUNK = {"cpu": 4096, "gpu": 2**15}
 
 
-def default_max_batch(device: torch.device) -> int:
-    """Decoder evaluations per chunk when the caller gives none: by the device's kind."""
-    return CPU_MAX_BATCH if device.type == "cpu" else GPU_MAX_BATCH
+def evaluation_bytes(vae: VAE) -> int:
+    """Bytes one decoder evaluation holds: the outputs of the decoder's layers and the
+    log-density's temporaries (about three copies of the likelihood's parameters),
+    measured on one latent."""
+    sizes: list[int] = []
+
+    def record(module: torch.nn.Module, inputs: object, output: Tensor) -> None:
+        sizes.append(output.numel() * output.element_size())
+
+    leaves = [m for m in vae.decoder.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(record) for m in leaves]
+    try:
+        with torch.no_grad():
+            # `forward`, not the call: a compiled decoder would recompile for the hooks.
+            params = vae.decoder.forward(vae.prior_loc[None])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return sum(sizes) + 3 * params.numel() * 4
 
 
-def _chunk_sizes(
-    num_samples: int, batch_size: int, max_batch: int | None, device: torch.device
-) -> Iterator[int]:
+def default_max_batch(vae: VAE, device: torch.device) -> int:
+    """Decoder evaluations per chunk when the caller gives none: the device's memory budget
+    over what one evaluation holds (`evaluation_bytes`)."""
+    if device.type == "cuda":
+        budget, kind = torch.cuda.mem_get_info(device)[0] // GPU_BUDGET_SHARE, "gpu"
+    else:
+        budget, kind = CPU_BUDGET, "cpu"
+    return max(64, min(MAX_CHUNK[kind], budget // evaluation_bytes(vae)))
+
+
+def _chunk_sizes(num_samples: int, batch_size: int, max_batch: int) -> Iterator[int]:
     """Split K samples into chunks of at most max(1, max_batch // B) samples per image."""
-    max_batch = max_batch or default_max_batch(device)
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     chunk = max(1, max_batch // batch_size)
@@ -45,24 +69,31 @@ def iw_log_likelihood(
     """Importance-weighted estimate of log p(x) (the IWAE bound L_K) and its ESS.
 
     log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). Samples are drawn in
-    chunks so that at most about `max_batch` decoder evaluations are alive at once, and the
-    chunks are combined with a running logsumexp, so memory does not grow with K. The
-    encoder runs once; put the model in eval mode first.
+    chunks so that at most `max_batch` decoder evaluations are alive at once (images are
+    taken in groups of `max_batch` if there are more), and the chunks are combined with a
+    running logsumexp, so memory grows neither with K nor with B. The encoder runs once per
+    group; put the model in eval mode first.
 
     Args:
         vae: the model.
         x: a batch of observations (B, ...).
         num_samples: K, importance samples per image.
         max_batch: bound on decoder evaluations per chunk (chunk size × B); None: by
-            the device (`default_max_batch`).
+            the device's memory budget (`default_max_batch`).
 
     Returns:
         log_px: (B,) nats; E[log_px] <= log p(x), non-decreasing in K, = ELBO at K = 1.
         ess: (B,) effective sample size 1 / Σ_k w̃_k² of the normalised weights, in [1, K].
     """
+    max_batch = max_batch or default_max_batch(vae, x.device)
+    if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
+        parts = [
+            iw_log_likelihood(vae, group, num_samples, max_batch) for group in x.split(max_batch)
+        ]
+        return torch.cat([log_px for log_px, _ in parts]), torch.cat([ess for _, ess in parts])
     lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
     qz_x = vae.posterior(x)
-    for k in _chunk_sizes(num_samples, x.shape[0], max_batch, x.device):
+    for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
         log_w = vae.log_importance_weights(x, k, qz_x)  # (k, B)
         lse = torch.logaddexp(lse, log_w.logsumexp(0))
         lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
@@ -83,8 +114,13 @@ def naive_log_likelihood(
     decoder runs K times instead of K·B times. Each image's estimate is the usual one;
     only the errors of different images are correlated. Chunked like `iw_log_likelihood`.
     """
+    max_batch = max_batch or default_max_batch(vae, x.device)
+    if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
+        return torch.cat(
+            [naive_log_likelihood(vae, g, num_samples, max_batch) for g in x.split(max_batch)]
+        )
     lse = torch.full((x.shape[0],), -math.inf, device=x.device)
-    for k in _chunk_sizes(num_samples, x.shape[0], max_batch, x.device):
+    for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
         z = vae.prior().sample((k, 1))  # (k, 1, D), broadcast over the batch
         lse = torch.logaddexp(lse, vae.observation(z).log_prob(x).logsumexp(0))
     return lse - math.log(num_samples)
