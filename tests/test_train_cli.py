@@ -33,7 +33,9 @@ def wandb_run_file(run_dir: Path) -> Path:
 
 @pytest.mark.slow
 def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
-    run_dir = only(train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY).run_dirs)
+    result = train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY)
+    assert "Epoch 0:" in result.output  # the progress bar
+    run_dir = only(result.run_dirs)
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["latent_dim"] == 2 and config["beta"] == 4 and config["model"]["arch"] == "mlp"
@@ -63,8 +65,13 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
 
 
 @pytest.mark.slow
-def test_conv_run_with_csv_logger(train_cli):
-    run_dir = only(train_cli("model=conv", "latent_dim=16", "logger=csv", *TINY).run_dirs)
+def test_conv_run_with_csv_logger_and_no_progress_bar(train_cli):
+    # The default callbacks hold a progress bar, which Lightning refuses with this flag.
+    result = train_cli(
+        "model=conv", "latent_dim=16", "logger=csv", "+trainer.enable_progress_bar=false", *TINY
+    )
+    assert "Epoch 0:" not in result.output
+    run_dir = only(result.run_dirs)
     metrics_of(run_dir)
     header = (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/elbo", "val/kl", "train/loss_step"} <= set(header)

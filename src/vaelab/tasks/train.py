@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -171,6 +172,8 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
     preemption = Preemption()
     try:
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+        if trainer_cfg.get("enable_progress_bar") is False:  # Lightning refuses a bar then
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         trainer: L.Trainer = instantiate(
             trainer_cfg,
             logger=loggers or False,
