@@ -3,13 +3,13 @@
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import wandb
 import wandb_files
 from lightning.pytorch.loggers import WandbLogger
 from PIL import Image
+from tiny import tiny_trainer
 from torch import Tensor, nn
 
 from vaelab.callbacks import VAEPictures
@@ -37,18 +37,13 @@ class RecordingPictures(VAEPictures):
 
 
 def fit_and_test(tmp_path, data_dir, callback, latent_dim=2, max_epochs=2, logger=False):
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = tiny_trainer(
+        tmp_path,
         max_epochs=max_epochs,
         limit_train_batches=2,
         limit_val_batches=1,
         logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         log_every_n_steps=1,
-        default_root_dir=tmp_path,
-        use_distributed_sampler=False,
         callbacks=[callback],
     )
     datamodule = VAEDataModule(

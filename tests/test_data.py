@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from lightning import LightningModule, Trainer
+from lightning import LightningModule
 from lightning.pytorch.loggers import Logger
+from tiny import tiny_trainer
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import datasets
@@ -582,8 +583,8 @@ def test_lightning_trainer_consumes_the_datamodule(mnist_idx_root, tmp_path):
         data_dir=str(mnist_idx_root), batch_size=16, eval_batch_size=32, download=False
     )
     model, logger = _Probe(), _HparamsCapture()
-    trainer = Trainer(
-        accelerator="cpu",
+    trainer = tiny_trainer(
+        tmp_path,
         devices=1,
         max_epochs=2,
         limit_train_batches=2,
@@ -591,11 +592,6 @@ def test_lightning_trainer_consumes_the_datamodule(mnist_idx_root, tmp_path):
         num_sanity_val_steps=0,
         log_every_n_steps=1,
         logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)
     # Lightning reached the sampler's set_epoch, so each epoch had its own order.

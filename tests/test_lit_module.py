@@ -7,6 +7,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
+from tiny import tiny_trainer
 
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
@@ -50,18 +51,8 @@ def test_kl_warmup_ramps_beta_linearly_then_holds(mnist_idx_root, tmp_path):
     )
     model = LitVAE(arch="mlp", latent_dim=2, beta=2.0, kl_warmup_epochs=1, n_importance=0)
     record = RecordBeta()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        limit_train_batches=4,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
-        callbacks=[record],
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[record]
     )
     trainer.fit(model, datamodule=datamodule)
     # One epoch of 4 steps: beta * (1/4, 2/4, 3/4, 1), then beta.
@@ -95,17 +86,12 @@ def test_batch_means_every_n_steps_and_exact_epoch_means(mnist_idx_root, tmp_pat
 
     monkeypatch.setattr(LitVAE, "_step", keep_values)
     record = RecordLosses()
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = tiny_trainer(
+        tmp_path,
         max_epochs=2,
         limit_val_batches=1,
         log_every_n_steps=3,
         logger=CSVLogger(tmp_path),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=tmp_path,
         callbacks=[record],
     )
     trainer.fit(model, datamodule=datamodule)
@@ -136,17 +122,7 @@ def test_means_metric_weights_every_example_alike():
 def _fit_three_steps(model: LitVAE, data_dir: Path, root: Path) -> L.Trainer:
     L.seed_everything(0)
     datamodule = VAEDataModule(data_dir=str(data_dir), download=False, allow_fallback=False)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        default_root_dir=root,
-    )
+    trainer = tiny_trainer(root, max_steps=3, limit_val_batches=0)
     trainer.fit(model, datamodule=datamodule)
     return trainer
 
