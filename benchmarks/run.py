@@ -109,7 +109,7 @@ class Settings:
     memory_overrides: tuple[str, ...]  # added to the default command of the memory section
 
 
-# Quick: one epoch and one test batch (of 512 images, as every test batch) for the memory run.
+# Quick: one epoch and one test batch (of 256 images, as every test batch) for the memory run.
 QUICK = Settings(
     rounds=3,
     batches=5,

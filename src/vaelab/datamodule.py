@@ -123,7 +123,7 @@ class VAEDataModule(LightningDataModule):
         name: str = "mnist",
         data_dir: str = "data",
         batch_size: int = 128,
-        eval_batch_size: int = 512,
+        eval_batch_size: int = 256,
         binarize: str = "dynamic",
         val_fraction: float = 0.1,
         seed: int = 0,
