@@ -512,7 +512,7 @@ def memory_section(settings: Settings, work: Path) -> list[Row]:
     for data in ((), ("data=fashion_mnist", "max_epochs=1")):
         command = [sys.executable, str(ROOT / "train.py"),
                    "+callbacks.bench_rss._target_=probes.PhasePeakRSS"]  # fmt: skip
-        command += [*settings.memory_overrides, *data]
+        command += dict.fromkeys([*settings.memory_overrides, *data])  # each once, in order
         done = subprocess.run(command, cwd=work, env=child_env(), capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr}")
