@@ -1,7 +1,9 @@
+import json
 import os
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,6 +90,28 @@ def _offline_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
     """The environment with W&B offline; `env` entries set to None are removed."""
     full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return {k: v for k, v in full_env.items() if v is not None}
+
+
+def start_train(tmp_path: Path, overrides: tuple[str, ...], name: str) -> subprocess.Popen:
+    """`python train.py ...` in the background, offline; its output in <name>.out and .err."""
+    command = _train_command(tmp_path, overrides)
+    with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
+        return subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stdout=out, stderr=err)
+
+
+def wait_for(proc: subprocess.Popen, root: Path, pattern: str, timeout: float = 300) -> list[Path]:
+    """The files under `root` matching `pattern`, once the running `proc` writes one."""
+    deadline = time.monotonic() + timeout
+    while not (found := sorted(root.glob(pattern))):
+        assert proc.poll() is None, f"the process ended before it wrote {pattern}"
+        assert time.monotonic() < deadline, f"no {pattern} after {timeout} s"
+        time.sleep(0.02)
+    return found
+
+
+def job_pid(run_dir: Path) -> int:
+    """The pid of the process training `run_dir`, as its status.json records it."""
+    return json.loads((run_dir / "status.json").read_text())["pid"]
 
 
 @pytest.fixture

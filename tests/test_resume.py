@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _offline_env, _train_command
+from conftest import _offline_env, _train_command, job_pid, start_train, wait_for
 
 from vaelab.checkpoints import AtomicCheckpointIO
 from vaelab.runs import Run
@@ -29,13 +29,10 @@ RUN = (
 )
 
 
-def start(tmp_path: Path, name: str) -> tuple[subprocess.Popen, Path]:
+def start(tmp_path: Path, name: str, overrides: tuple[str, ...] = RUN):
     """Start a training run in the background; its output goes to <name>.out and .err."""
     run_dir = tmp_path / "outputs" / name
-    command = _train_command(tmp_path, (*RUN, f"hydra.run.dir={run_dir}"))
-    with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stdout=out, stderr=err)
-    return proc, run_dir
+    return start_train(tmp_path, (*overrides, f"hydra.run.dir={run_dir}"), name), run_dir
 
 
 def stderr(tmp_path: Path, name: str) -> str:
@@ -43,12 +40,7 @@ def stderr(tmp_path: Path, name: str) -> str:
 
 
 def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
-    last = run_dir / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists():
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    wait_for(proc, run_dir, "checkpoints/last.ckpt")
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -148,10 +140,7 @@ def test_a_killed_offline_wandb_run_keeps_what_it_logged_and_resume_says_it_star
     import wandb_files
 
     slow = (*RUN, "logger=wandb", "model=conv", "max_epochs=6", "trainer.log_every_n_steps=5")
-    run_dir = tmp_path / "outputs" / "offline"
-    command = _train_command(tmp_path, (*slow, f"hydra.run.dir={run_dir}"))
-    with (tmp_path / "offline.err").open("w") as err:
-        proc = subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stderr=err)
+    proc, run_dir = start(tmp_path, "offline", slow)
     wait_for_checkpoint(run_dir, proc)
     time.sleep(2)  # W&B writes its file every second here, every 15 s by default
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -176,22 +165,12 @@ def test_a_killed_offline_wandb_run_keeps_what_it_logged_and_resume_says_it_star
 @pytest.mark.slow
 def test_a_slurm_job_signalled_before_its_time_limit_checkpoints_requeues_and_resumes(tmp_path):
     """submitit's local executor: real processes, real pickles, the signal SLURM would send."""
-    import json
-
     overrides = ("-m", "hydra/launcher=submitit_local", *RUN, "max_epochs=6")
-    with (tmp_path / "sweep.err").open("w") as err:
-        proc = subprocess.Popen(
-            _train_command(tmp_path, overrides), cwd=tmp_path, env=_offline_env(), stderr=err
-        )
-    deadline = time.monotonic() + 300
-    while not list(tmp_path.glob("outputs/multiruns/*/0/checkpoints/last.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    (run_dir,) = [
-        p.parents[1] for p in tmp_path.glob("outputs/multiruns/*/0/checkpoints/last.ckpt")
-    ]
-    job_pid = json.loads((run_dir / "status.json").read_text())["pid"]
-    os.kill(job_pid, signal.SIGUSR2)  # what SLURM sends signal_delay_s before the time limit
+    proc = start_train(tmp_path, overrides, "sweep")
+    (checkpoint,) = wait_for(proc, tmp_path, "outputs/multiruns/*/0/checkpoints/last.ckpt")
+    run_dir = checkpoint.parents[1]
+    # What SLURM sends signal_delay_s before the time limit.
+    os.kill(job_pid(run_dir), signal.SIGUSR2)
     assert proc.wait(timeout=600) == 0, stderr(tmp_path, "sweep")[-3000:]
 
     run = Run(run_dir)

@@ -260,13 +260,10 @@ def test_slurm_launcher_submits_a_job_array_with_the_local_settings(train_cli, t
 @pytest.mark.slow
 def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tmp_path: Path):
     """Separate processes per job (submitit): one killed job does not take the others."""
-    import json
     import os
     import signal
-    import subprocess
-    import time
 
-    from conftest import _offline_env, _train_command
+    from conftest import job_pid, start_train, wait_for
 
     from vaelab.runs import find_runs
 
@@ -275,18 +272,12 @@ def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tm
         "trainer.limit_train_batches=20", "trainer.detect_anomaly=false",
         "callbacks.step_checkpoint.every_n_train_steps=5", "lr=1e4,1e-3", "latent_dim=0,3,2",
     )  # fmt: skip
-    with (tmp_path / "sweep.err").open("w") as err:
-        proc = subprocess.Popen(
-            _train_command(tmp_path, overrides), cwd=tmp_path, env=_offline_env(), stderr=err
-        )
-    deadline = time.monotonic() + 300
+    proc = start_train(tmp_path, overrides, "sweep")
     # The last job: the launcher collects results in order, and stops at a killed job;
     # on SLURM the jobs are independent, here they are the children of this process.
-    while not list(tmp_path.glob("outputs/multiruns/*/5/checkpoints/last.ckpt")):
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(proc, tmp_path, "outputs/multiruns/*/5/checkpoints/last.ckpt")
     (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
-    os.kill(json.loads((sweep / "5" / "status.json").read_text())["pid"], signal.SIGKILL)
+    os.kill(job_pid(sweep / "5"), signal.SIGKILL)
     assert proc.wait(timeout=600) == 2
     errors = [line for line in (tmp_path / "sweep.err").read_text().splitlines()]
     assert any(line.startswith("vaelab: error: a job of the sweep was killed") for line in errors)
