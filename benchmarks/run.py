@@ -247,10 +247,9 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
     for data in ("fashion_mnist", "mnist"):
         datamodule = None
         for model in ("mlp", "conv"):
-            base = compose_train(
-                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
-                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
-            )  # fmt: skip
+            common = (*TRAIN_OVERRIDES, f"data={data}", f"model={model}",
+                      f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}")  # fmt: skip
+            base = compose_train(*common)
             if datamodule is None:
                 L.seed_everything(base.seed, workers=True)
                 datamodule = instantiate(base.data)
@@ -260,20 +259,14 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 loader = torchvision_loader(datamodule, data, work / data)
             # A round is one epoch cut short: at most the full batches of the training split.
             n_batches = min(WARMUP + settings.batches, len(images) // BATCH)
-            cfg = compose_train(
-                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
-                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
-                f"trainer.limit_train_batches={n_batches}",
-            )  # fmt: skip
+            cfg = compose_train(*common, f"trainer.limit_train_batches={n_batches}")
             in_memory = [
                 (torch.bernoulli(x.float() / 255), None)
                 for x in images[: n_batches * BATCH].split(BATCH)
             ]
             compiled = compose_train(
-                *TRAIN_OVERRIDES, f"data={data}", f"model={model}",
-                f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
-                f"trainer.limit_train_batches={n_batches}", "trainer.compile=true",
-            )  # fmt: skip
+                *common, f"trainer.limit_train_batches={n_batches}", "trainer.compile=true"
+            )
             results = alternate(
                 {
                     "vaelab": vaelab_fit(cfg, datamodule),
