@@ -54,6 +54,10 @@ def uninterrupted(tmp_path_factory) -> Path:
     tmp_path = tmp_path_factory.mktemp("full")
     proc, run_dir = start(tmp_path, "full")
     assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
+    # One "last" file, the newest state: never a last-v1.ckpt beside it.
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names in (["best-epoch000.ckpt", "last.ckpt"], ["best-epoch001.ckpt", "last.ckpt"])
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     return run_dir
 
 
@@ -68,8 +72,10 @@ def assert_same_run(resumed: Path, full: Path) -> None:
     assert Run(resumed).history()[-1]["val/elbo"] == Run(full).history()[-1]["val/elbo"]
 
 
-def resume(tmp_path: Path, run_dir: Path) -> subprocess.CompletedProcess:
-    command = _train_command(tmp_path, (*RUN, f"resume={run_dir}"))
+def resume(
+    tmp_path: Path, run_dir: Path, overrides: tuple[str, ...] = RUN
+) -> subprocess.CompletedProcess:
+    command = _train_command(tmp_path, (*overrides, f"resume={run_dir}"))
     return subprocess.run(
         command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600
     )
@@ -88,6 +94,45 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, uninterrup
     assert Run(run_dir).state == "finished" and len(Run(run_dir).status()["resumed_at"]) == 1
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["killed"]  # same dir
     assert_same_run(run_dir, uninterrupted)
+
+
+def saved_steps(run_dir: Path) -> dict[str, int]:
+    return {
+        p.name: torch.load(p, weights_only=True)["global_step"]
+        for p in (run_dir / "checkpoints").glob("*.ckpt")
+    }
+
+
+@pytest.mark.slow
+def test_a_kill_after_an_epoch_end_and_a_later_step_checkpoint_resumes_from_the_newest(
+    tmp_path, uninterrupted
+):
+    # Epoch 0 ends at step 40 (best and last checkpoints), the step checkpoint comes at 45:
+    # when the two wrote a "last" file each, resume read the epoch end's and lost 5 steps.
+    overrides = (*RUN, "callbacks.step_checkpoint.every_n_train_steps=45")
+    proc, run_dir = start(tmp_path, "late", overrides)
+    (best,) = wait_for(proc, run_dir, "checkpoints/best-*.ckpt")
+    epoch_end = best.stat().st_mtime_ns
+    names = set()
+    while not any(
+        p.stat().st_mtime_ns > epoch_end for p in run_dir.glob("checkpoints/last*.ckpt")
+    ):  # the next write, at step 45
+        names |= {p.name for p in run_dir.glob("checkpoints/*.ckpt")}
+        assert proc.poll() is None, "the run ended before its step checkpoint"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    steps = saved_steps(run_dir)
+    assert names | steps.keys() <= {"best-epoch000.ckpt", "last.ckpt"}, steps
+    resumed_from = torch.load(Run(run_dir).resume_checkpoint(), weights_only=True)
+    assert resumed_from["global_step"] == max(steps.values()) >= 45
+    epoch_0_row = (run_dir / "history.jsonl").read_text()
+
+    result = resume(tmp_path, run_dir, overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(run_dir, uninterrupted)
+    assert (run_dir / "history.jsonl").read_text().startswith(epoch_0_row)  # not re-run
 
 
 @pytest.mark.slow

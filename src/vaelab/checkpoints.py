@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError, one_line
 from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run
+from vaelab.schema import check
 
 
 def verify(path: str | Path) -> Path:
@@ -67,24 +69,67 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def save_last(trainer: L.Trainer) -> None:
+    """Write the run's newest state to checkpoints/last.ckpt, replacing the file whole.
+
+    The one writer of last.ckpt (end of epoch, every N steps, end of training, SIGTERM):
+    Lightning's own `save_last` of two ModelCheckpoints would write last.ckpt and
+    last-v1.ckpt, each callback its own, and leave resume to read the older one. Every
+    process calls it (Lightning writes from global rank 0 only).
+    """
+    trainer.save_checkpoint(Run(trainer.default_root_dir).checkpoint_dir / LAST_CHECKPOINT)
+
+
 class RunCheckpoint(ModelCheckpoint):
-    """The run directory's checkpoints/: the best (by `monitor`) and last.ckpt, each epoch."""
+    """The run directory's checkpoints/: the best (by `monitor`), and last.ckpt after every
+    epoch (after its validation), and when training ends mid-epoch (e.g. `max_steps`)."""
 
     def __init__(self, **kwargs: Any):
-        super().__init__(
-            filename=BEST_CHECKPOINT, auto_insert_metric_name=False, save_last=True, **kwargs
-        )
+        super().__init__(filename=BEST_CHECKPOINT, auto_insert_metric_name=False, **kwargs)
+        self._last_saved_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.dirpath = str(Run(trainer.default_root_dir).checkpoint_dir)
         super().setup(trainer, pl_module, stage)
 
+    def _save_last(self, trainer: L.Trainer) -> None:
+        save_last(trainer)
+        self._last_saved_step = trainer.global_step
 
-class StepCheckpoint(RunCheckpoint):
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)  # the best, first: last.ckpt records it
+        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+            self._save_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # An epoch cut short by max_steps has no validation: no best to choose (Lightning
+        # would warn that the monitored metric is missing).
+        if self.monitor is None or self.monitor in trainer.callback_metrics:
+            super().on_train_epoch_end(trainer, pl_module)
+        if self._last_saved_step != trainer.global_step:  # an epoch without validation
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if self._last_saved_step != trainer.global_step:  # stopped inside an epoch
+            self._save_last(trainer)
+
+
+class StepCheckpoint(L.Callback):
     """last.ckpt every `every_n_train_steps` training steps, so a kill loses at most that many."""
 
     def __init__(self, every_n_train_steps: int = 500):
-        super().__init__(every_n_train_steps=every_n_train_steps, save_top_k=0)
+        check({"every_n_train_steps": every_n_train_steps}, "callbacks.step_checkpoint.")
+        self.every_n_train_steps = every_n_train_steps
+        self._last_saved_step = 0
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any
+    ) -> None:
+        step = trainer.global_step  # unchanged over the batches of an accumulated step
+        if step % self.every_n_train_steps == 0 and step != self._last_saved_step:
+            save_last(trainer)
+            self._last_saved_step = step
 
 
 class RngState(L.Callback):
@@ -171,8 +216,7 @@ class Preemption(L.Callback):
         self._restore()
         if isinstance(exception, SIGTERMException):
             self.signal_name = self.signal_name or "SIGTERM"
-            path = Run(trainer.default_root_dir).checkpoint_dir / LAST_CHECKPOINT
-            trainer.save_checkpoint(path)
+            save_last(trainer)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
