@@ -14,6 +14,8 @@ CASES = {
     "misspelt key": (["latnet_dim=4"], "did you mean latent_dim?"),
     "bernoulli on grey": (["data.binarize=none"], "needs binary pixels"),
     "missing data": (["data.allow_fallback=false"], "data.allow_fallback"),
+    "no validation split": (["data.val_fraction=0"], "data.val_fraction must be a number in (0,"),
+    "an empty validation split": (["data.val_fraction=0.0001"], "holds out no image of the"),
 }
 
 

@@ -102,7 +102,9 @@ def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, overri
         ("model.arch=resnet", "model.arch must be one of mlp, conv, got 'resnet'"),
         ("model.activation=gelu", "model.activation must be one of relu, tanh, got 'gelu'"),
         ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
-        ("data.val_fraction=1.5", "data.val_fraction must be a number in [0, 1), got 1.5"),
+        ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1) (the validation"),
+        ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1) (the validation"),
+        ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint.every_n_"),
         ("data.binarize=maybe", "data.binarize must be one of dynamic, static, none"),
         ("data.name=cifar", "data.name must be one of mnist, fashion_mnist"),
         ("batch_size=0", "batch_size must be a positive integer"),
@@ -127,7 +129,7 @@ def test_out_of_range_values_are_refused_with_the_key_and_what_is_allowed(
 
 def test_a_value_the_rules_allow_passes_and_absent_groups_are_skipped(compose):
     schema.validate(compose("data.binarize=none", "likelihood=gaussian", "callbacks=none"))
-    schema.validate(compose("max_epochs=-1", "data.val_fraction=0", "beta=0"))
+    schema.validate(compose("max_epochs=-1", "data.val_fraction=0.01", "beta=0"))
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,7 @@ CLI_CASES = {
     "beta": ("beta=-1", "beta must be a number >= 0", ""),
     "lr": ("lr=0", "lr must be a number > 0", ""),
     "num_samples": ("num_samples=0", "num_samples must be a positive integer", ""),
-    "val_fraction": ("data.val_fraction=1.5", "data.val_fraction must be a number in [0, 1)", ""),
+    "val_fraction": ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1)", ""),
     "pictures": ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs", ""),
     "likelihood": ("likelihood=poisson", "likelihood must be one of", "gaussian"),
     "binarize": ("data.binarize=maybe", "data.binarize must be one of", "dynamic"),

@@ -167,3 +167,58 @@ def test_runs_write_pictures_with_the_manifold_only_for_a_2d_latent_space(train_
         # W&B keeps a copy of each as media/images/{val,test}/pictures/<name>_<step>_<hash>.png.
         media = run_dir.glob("wandb/offline-run-*/files/media/images/*/pictures/*.png")
         assert {p.name.rsplit("_", 2)[0] for p in media} == names | manifold
+
+
+EVERY_EPOCH = (
+    "model=mlp",
+    "logger=none",
+    "batch_size=32",
+    "trainer.limit_val_batches=3",
+    "trainer.limit_test_batches=2",
+    "callbacks.pictures.every_n_epochs=100",
+)
+
+
+@pytest.mark.slow
+def test_figures_are_the_same_wherever_computed_and_beta_is_each_epochs_own(train_cli):
+    result = train_cli(
+        *EVERY_EPOCH,
+        "max_epochs=3",
+        "kl_warmup_epochs=2",
+        "n_importance=5",
+        "trainer.limit_train_batches=10",
+        "trainer.log_every_n_steps=50",  # more than an epoch's steps
+    )
+    run_dir = only(result.run_dirs)
+    history = Run(run_dir).history()
+    # beta = (step / 20) over the 20 warm-up steps of equal batches: each epoch's mean.
+    assert [row["train/beta"] for row in history] == pytest.approx([0.275, 0.775, 1.0])
+
+    metrics = metrics_of(run_dir)
+    (best,) = [row for row in history if row["epoch"] == metrics["checkpoint"]["epoch"]]
+    assert best["val/elbo"] == metrics["val/elbo"]  # the same weights, the same figure
+
+    from test_eval_task import compose_config
+
+    from vaelab.tasks import evaluate
+
+    # eval.py with the run's K and the default seed (0, as in training) recomputes them.
+    overrides = (f"run_dir={run_dir}", "n_importance=5", "trainer.limit_test_batches=2")
+    again = evaluate.run(compose_config("eval", *overrides))
+    for key in ("test/elbo", "test/nll_iwae", "test/nll_naive", "test/active_units"):
+        assert again[key] == metrics[key], key
+    other_seed = evaluate.run(compose_config("eval", *overrides, "seed=1"))
+    assert other_seed["test/nll_iwae"] != metrics["test/nll_iwae"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_an_epoch_validates_and_tests_its_last_weights(train_cli):
+    result = train_cli(*EVERY_EPOCH, "n_importance=0", "++trainer.max_steps=10")
+    run_dir = only(result.run_dirs)
+    assert Run(run_dir).state == "finished"
+    assert "No validation ran during fit (it stopped at step 10, inside an epoch)" in result.output
+    assert "could not find the monitored key" not in result.output
+    metrics = metrics_of(run_dir)
+    assert metrics["checkpoint"]["path"] is None and metrics["checkpoint"]["step"] == 10
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10  # what was trained is kept, and can be resumed

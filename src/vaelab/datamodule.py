@@ -10,6 +10,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from vaelab.data import DatasetSplits, load_dataset
+from vaelab.errors import DataError
 from vaelab.schema import check
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -163,6 +164,11 @@ class VAEDataModule(LightningDataModule):
         if hp.binarize == "static":
             pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
         n_val = round(hp.val_fraction * len(pool))
+        if n_val == 0:
+            raise DataError(
+                f"data.val_fraction={hp.val_fraction} holds out no image of the {len(pool)} "
+                f"training images: give at least {1 / len(pool):.2g}"
+            )
         perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(hp.seed))
         train_idx, val_idx = perm[n_val:], perm[:n_val]
         val = pool[val_idx]

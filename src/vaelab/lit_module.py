@@ -2,6 +2,7 @@
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import lightning as L
 import torch
@@ -28,11 +29,20 @@ class LitVAE(L.LightningModule):
     Logged per stage: `loss` (what is minimised: -(rec - beta * kl), with warm-up in
     training), `elbo` (the true bound rec - kl), `rec` (E_q log p(x|z)) and `kl`: epoch
     means over images (in training `train/<term>_epoch`), and in training also the batch
-    means `train/<term>_step` with `train/beta`, every `log_every_n_steps` steps. Val and
+    means `train/<term>_step` with `train/beta_step`, every `log_every_n_steps` steps, and
+    `train/beta_epoch`, the epoch's mean KL weight over images. Val and
     test add `active_units` and `kl_dim/<i>` (posterior collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
     `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip).
+
+    Each validation and test epoch draws its random numbers (z, the estimators' samples)
+    from the global generator seeded with `eval_seed` (plus the process rank), and gives
+    training its own generator state back afterwards: the same weights on the same data
+    give the same figures wherever they are computed (history.jsonl, metrics.json,
+    eval.py with the same seed and K), and evaluating does not change the training run.
     """
+
+    eval_seed: int = 0
 
     def __init__(
         self,
@@ -82,6 +92,8 @@ class LitVAE(L.LightningModule):
         num_pixels = math.prod(image_shape)
         self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")
         self.nll_naive = LogLikelihoodMetric(num_pixels, "naive")
+        self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
+        self._rng_fork: AbstractContextManager | None = None
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place: the names of their weights, and so
@@ -106,10 +118,13 @@ class LitVAE(L.LightningModule):
         self.means[f"{stage}_means"].update(torch.stack(list(values.values())))
         if stage != "train":
             self.latent_stats[stage].update(qz_x.base_dist.loc, qz_x.base_dist.scale)
-        elif self._trainer and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            return values
+        self._beta_sum += beta * len(x)
+        self._beta_images += len(x)
+        if self._trainer and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # The steps Lightning sends to the loggers (its own rule, for one optimizer).
             batch_means = {f"train/{term}_step": value.mean() for term, value in values.items()}
-            self.log_dict({**batch_means, "train/beta": beta}, on_step=True, on_epoch=False)
+            self.log_dict({**batch_means, "train/beta_step": beta}, on_step=True, on_epoch=False)
         return values
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -134,6 +149,27 @@ class LitVAE(L.LightningModule):
         trainer = self.trainer
         if trainer.is_last_batch or 0 < trainer.max_steps <= self.global_step:
             self._log_means("train", suffix="_epoch")
+            if self._beta_images:
+                beta = self._beta_sum / self._beta_images
+                self.log("train/beta_epoch", beta, on_step=False, on_epoch=True)
+            self._beta_sum = self._beta_images = 0.0
+
+    def _seed_evaluation(self) -> None:
+        devices = [self.device] if self.device.type == "cuda" else []
+        self._rng_fork = torch.random.fork_rng(devices=devices)
+        self._rng_fork.__enter__()
+        torch.manual_seed(self.eval_seed + self.global_rank)
+
+    def _restore_training_rng(self) -> None:
+        if self._rng_fork is not None:
+            self._rng_fork.__exit__(None, None, None)
+            self._rng_fork = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._seed_evaluation()
+
+    def on_test_epoch_start(self) -> None:
+        self._seed_evaluation()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -148,11 +184,13 @@ class LitVAE(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", prog_bar=["elbo"])
         self._log_epoch_metrics("val", [self.latent_stats["val"]])
+        self._restore_training_rng()
 
     def on_test_epoch_end(self) -> None:
         self._log_means("test")
         estimators = [self.nll_iwae, self.nll_naive] if self.hparams.n_importance > 0 else []
         self._log_epoch_metrics("test", [self.latent_stats["test"], *estimators])
+        self._restore_training_rng()
 
     def _log_means(self, stage: str, suffix: str = "", prog_bar: Sequence[str] = ()) -> None:
         """Log the epoch means of TERMS (reduced across processes by compute) and reset."""

@@ -182,15 +182,13 @@ def integer(minimum: int, maximum: int | None = None) -> Rule:
 
 def number(minimum: float, above: bool = False, below: float | None = None) -> Rule:
     """A finite number >= minimum (> minimum if `above`), and < below if given."""
+    low = (lambda v: v > minimum) if above else (lambda v: v >= minimum)
     if below is not None:
         return Rule(
-            f"a number in [{minimum}, {below})",
-            lambda v: _is_number(v) and minimum <= v < below,
+            f"a number in {'(' if above else '['}{minimum}, {below})",
+            lambda v: _is_number(v) and low(v) and v < below,
         )
-    return Rule(
-        f"a number {'>' if above else '>='} {minimum}",
-        lambda v: _is_number(v) and (v > minimum if above else v >= minimum),
-    )
+    return Rule(f"a number {'>' if above else '>='} {minimum}", lambda v: _is_number(v) and low(v))
 
 
 BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
@@ -232,9 +230,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "data.batch_size": integer(1),
         "data.eval_batch_size": integer(1),
         "data.binarize": one_of(BINARIZATIONS),
-        "data.val_fraction": number(0, below=1),
+        "data.val_fraction": noted(
+            number(0, above=True, below=1),
+            "the validation split picks the best checkpoint and catches divergence",
+        ),
         "data.seed": SEED,
         "trainer.compile": BOOLEAN,
+        "callbacks.step_checkpoint.every_n_train_steps": integer(1),
         "callbacks.pictures.every_n_epochs": integer(1),
         "callbacks.pictures.n_images": integer(1),
         "callbacks.pictures.n_interpolations": integer(1),

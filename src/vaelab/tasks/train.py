@@ -77,20 +77,26 @@ def _fit_and_test(
 ) -> dict[str, object]:
     """Fit, then validate and test the best checkpoint (the last weights without one)."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    elbo = float(trainer.callback_metrics.get("val/elbo", math.nan))
-    if not math.isfinite(elbo):
+    elbo = trainer.callback_metrics.get("val/elbo")
+    if elbo is not None and not math.isfinite(float(elbo)):
         raise TrainingError(
-            f"val/elbo is {elbo} after epoch {trainer.current_epoch}: training diverged; "
+            f"val/elbo is {float(elbo)} after epoch {trainer.current_epoch}: training diverged; "
             "lower lr or set trainer.gradient_clip_val"
         )
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
+    if elbo is None:
+        log.info(
+            "No validation ran during fit (it stopped at step %d, inside an epoch): validating "
+            "and testing the last weights",
+            trainer.global_step,
+        )
     eval_ckpt = "best" if best else None
     metrics: dict[str, object] = {}
     for results in (
         trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
         trainer.test(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
     ):
-        metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     if trainer.is_global_zero:
         log.info("Final metrics (nats per image):\n%s", headline_table(metrics))
     metrics["checkpoint"] = _checkpoint_info(trainer, best or None, run)
