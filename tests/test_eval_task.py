@@ -18,7 +18,8 @@ from PIL import Image
 
 from vaelab.config import config_dir
 from vaelab.errors import VaelabError
-from vaelab.tasks import evaluate, sample
+from vaelab.runs import Run
+from vaelab.tasks import compare, evaluate, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 # One test batch of 100 images keeps K = 200 importance samples fast on a CPU.
@@ -60,7 +61,7 @@ def test_eval_writes_metrics_and_logs_them_to_the_training_wandb_run(run_dir, tm
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert not list((tmp_path / "cwd").iterdir()), "Hydra must not write into the cwd"
-    metrics = json.loads((run_dir / "eval_metrics.json").read_text())
+    (metrics,) = Run(run_dir).evaluations()
     assert metrics["n_importance"] == 200 and metrics["seed"] == 0
     assert metrics["ckpt_path"].startswith("checkpoints/best-epoch")
     nll, elbo = metrics["test/nll_iwae"], metrics["test/elbo"]
@@ -84,6 +85,35 @@ def test_eval_writes_metrics_and_logs_them_to_the_training_wandb_run(run_dir, tm
     # Training ran with n_importance=0: the estimate comes from the evaluation alone.
     training_history = wandb_files.history(records[training_folder])
     assert not any("test/nll_iwae" in step for step in training_history)
+
+
+@pytest.mark.slow
+def test_every_evaluation_is_kept_and_compare_shows_the_largest_k_of_the_best(run_dir, tmp_path):
+    def evaluate_run(*overrides: str) -> dict[str, float]:
+        cfg = compose_config("eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides)
+        return evaluate.run(cfg)
+
+    def kept() -> list[tuple[str, int, int]]:
+        return [(e["ckpt_path"], e["n_importance"], e["seed"]) for e in Run(run_dir).evaluations()]
+
+    best = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]["path"]
+    k50 = evaluate_run("n_importance=50")
+    evaluate_run("n_importance=10")
+    evaluate_run("n_importance=100", "checkpoint=last")  # a larger K, of another checkpoint
+    assert kept() == [(best, 50, 0), (best, 10, 0), ("checkpoints/last.ckpt", 100, 0)]
+    assert Run(run_dir).metrics()["test/nll_iwae"] == k50["test/nll_iwae"]
+
+    again = evaluate_run("n_importance=10", "seed=1")  # replaces the K = 10 record alone
+    assert kept() == [(best, 50, 0), ("checkpoints/last.ckpt", 100, 0), (best, 10, 1)]
+    (record,) = [e for e in Run(run_dir).evaluations() if e["n_importance"] == 10]
+    assert record["test/nll_iwae"] == again["test/nll_iwae"]
+
+    shown = compare.run([run_dir], out_dir=tmp_path / "compare")
+    (row,) = shown.rows
+    assert row.mean["test/nll_iwae"] == k50["test/nll_iwae"] and row.n_importance == [50]
+    header, _, line = shown.markdown.splitlines()
+    cells = dict(zip(header.split("|"), line.split("|"), strict=True))
+    assert [v.strip() for k, v in cells.items() if k.strip() == "K"] == ["50"]
 
 
 @pytest.mark.slow
@@ -124,7 +154,7 @@ def test_eval_of_a_checkpoint_path_without_wandb(run_dir):
     cfg = compose_config("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)
     metrics = evaluate.run(cfg)
     assert math.isfinite(metrics["test/nll_iwae"])
-    written = json.loads((run_dir / "eval_metrics.json").read_text())
+    (written,) = Run(run_dir).evaluations()
     assert written["ckpt_path"] == "checkpoints/last.ckpt" and written["n_importance"] == 200
     assert len(list(run_dir.glob("wandb/*run-*"))) == 1, "wandb_mode=disabled logs nothing"
 
