@@ -125,6 +125,7 @@ def test_the_columns_are_the_swept_keys(sweep, tmp_path):
         "seed",
         "n",
         "status",
+        "K",
         "val/elbo",
         "test/elbo",
         "test/rec",
@@ -353,9 +354,11 @@ def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp
     assert len(table) == 2 + 4  # header, rule, one row per (latent_dim, beta)
     assert [cell.strip() for cell in table[0].split("|")[1:4]] == ["latent_dim", "beta", "seed"]
     assert all("| 0, 1 |" in row and "±" in row and "finished" in row for row in table[2:])
+    assert f"\nK: {compare.K_NOTE}\n" in shown.stdout  # what the K column counts
     with (sweep / "compare" / "compare.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [int(row["n"]) for row in rows] == [2, 2, 2, 2]
+    assert [row["K"] for row in rows] == ["10"] * 4  # training's n_importance, not evaluated
     # test/nll_iwae is in metrics.json; the learning curves fall back to val/elbo.
     assert {p.name for p in (sweep / "compare").glob("*.png")} == {
         "test_nll_iwae_vs_latent_dim.png",

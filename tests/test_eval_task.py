@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 import wandb_files
+import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from PIL import Image
 
 from vaelab.config import config_dir
 from vaelab.errors import VaelabError
-from vaelab.tasks import evaluate, sample
+from vaelab.runs import Run
+from vaelab.tasks import compare, evaluate, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 # One test batch of 100 images keeps K = 200 importance samples fast on a CPU.
@@ -51,18 +53,26 @@ def wandb_files_by_folder(run_dir: Path) -> dict[str, list]:
     }
 
 
+def wandb_run_record(records: list):
+    return next(r.run for r in records if r.HasField("run"))
+
+
 @pytest.mark.slow
-def test_eval_writes_metrics_and_logs_them_to_the_training_wandb_run(run_dir, tmp_path):
+def test_each_offline_eval_is_a_wandb_run_of_its_own_beside_the_training_run(run_dir, tmp_path):
     (training_folder,) = wandb_files_by_folder(run_dir)
     run_id = training_folder.rsplit("-", 1)[1]
+    name = yaml.safe_load((run_dir / "config.yaml").read_text())["run_name"]
 
-    result = cli("eval.py", f"run_dir={run_dir}", *FAST, cwd=tmp_path / "cwd")
-
-    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    for k in (200, 20):  # (a later override of a key wins)
+        args = (f"run_dir={run_dir}", *FAST, f"n_importance={k}")
+        result = cli("eval.py", *args, cwd=tmp_path / "cwd")
+        assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     assert not list((tmp_path / "cwd").iterdir()), "Hydra must not write into the cwd"
-    metrics = json.loads((run_dir / "eval_metrics.json").read_text())
-    assert metrics["n_importance"] == 200 and metrics["seed"] == 0
-    assert metrics["ckpt_path"].startswith("checkpoints/best-epoch")
+
+    evaluations = json.loads((run_dir / "eval_metrics.json").read_text())["evaluations"]
+    assert [e["n_importance"] for e in evaluations] == [200, 20]
+    metrics = evaluations[0]
+    assert metrics["seed"] == 0 and metrics["ckpt_path"].startswith("checkpoints/best-epoch")
     nll, elbo = metrics["test/nll_iwae"], metrics["test/elbo"]
     assert math.isfinite(nll) and math.isfinite(elbo)
     assert nll <= -elbo + 1.0  # the importance-weighted bound is the tighter one
@@ -70,20 +80,68 @@ def test_eval_writes_metrics_and_logs_them_to_the_training_wandb_run(run_dir, tm
     assert 1 <= metrics["test/ess_iwae"] <= 200
     assert "test/nll_naive" in metrics
 
-    # wandb 0.31 cannot resume offline: resume="allow" with the same id starts a second
-    # offline-run-<time>-<id> folder, which `wandb sync` uploads after training's, to that id.
+    # W&B cannot resume an offline run, and a sync of offline folders of one id keeps only
+    # one: `wandb sync` must find three runs of three ids, all of them kept.
+    folders = sorted(run_dir.glob("wandb/offline-run-*"))
+    synced = subprocess.run(
+        [sys.executable, "-m", "wandb", "sync", "--dry-run", *map(str, folders)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert synced.returncode == 0, synced.stderr
+    ids = re.findall(r"/run-(\w+)\.wandb$", synced.stdout + synced.stderr, re.MULTILINE)
+    eval_ids = [e["wandb"]["id"] for e in evaluations]
+    assert sorted(ids) == sorted([run_id, *eval_ids]) and len(set(ids)) == 3
+    assert all(e["wandb"]["mode"] == "offline" for e in evaluations)
+
     records = wandb_files_by_folder(run_dir)
-    assert len(records) == 2 and training_folder in records
-    (eval_folder,) = set(records) - {training_folder}
-    assert eval_folder.startswith("offline-run-") and eval_folder.endswith(f"-{run_id}")
-    run_record = next(r.run for r in records[eval_folder] if r.HasField("run"))
-    assert run_record.run_id == run_id
-    logged = [step for step in wandb_files.history(records[eval_folder]) if "test/nll_iwae" in step]
-    assert len(logged) == 1 and json.loads(logged[0]["test/nll_iwae"]) == pytest.approx(nll)
-    assert json.loads(wandb_files.config(records[eval_folder])["n_importance"]) == 200
-    # Training ran with n_importance=0: the estimate comes from the evaluation alone.
+    for evaluation in evaluations:
+        (folder,) = [f for f in records if f.endswith(f"-{evaluation['wandb']['id']}")]
+        run = wandb_run_record(records[folder])
+        assert run.job_type == "eval" and run.display_name == f"eval of {name}"
+        assert run.run_group == run_id  # the training run has no group: one named by its id
+        evaluated = json.loads(wandb_files.config(records[folder])["evaluated"])
+        assert evaluated["wandb_id"] == run_id
+        assert evaluated["n_importance"] == evaluation["n_importance"]
+        assert evaluated["ckpt_path"] == evaluation["ckpt_path"]
+        logged = [step for step in wandb_files.history(records[folder]) if "test/nll_iwae" in step]
+        assert len(logged) == 1
+        assert json.loads(logged[0]["test/nll_iwae"]) == pytest.approx(evaluation["test/nll_iwae"])
+    # Training ran with n_importance=0, and its run is left as it was.
+    assert wandb_run_record(records[training_folder]).job_type == ""
     training_history = wandb_files.history(records[training_folder])
     assert not any("test/nll_iwae" in step for step in training_history)
+
+
+@pytest.mark.slow
+def test_every_evaluation_is_kept_and_compare_shows_the_largest_k_of_the_best(run_dir, tmp_path):
+    def evaluate_run(*overrides: str) -> dict[str, float]:
+        cfg = compose_config("eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides)
+        return evaluate.run(cfg)
+
+    def kept() -> list[tuple[str, int, int]]:
+        return [(e["ckpt_path"], e["n_importance"], e["seed"]) for e in Run(run_dir).evaluations()]
+
+    best = json.loads((run_dir / "metrics.json").read_text())["checkpoint"]["path"]
+    k50 = evaluate_run("n_importance=50")
+    evaluate_run("n_importance=10")
+    evaluate_run("n_importance=100", "checkpoint=last")  # a larger K, of another checkpoint
+    assert kept() == [(best, 50, 0), (best, 10, 0), ("checkpoints/last.ckpt", 100, 0)]
+    assert Run(run_dir).metrics()["test/nll_iwae"] == k50["test/nll_iwae"]
+
+    again = evaluate_run("n_importance=10", "seed=1")  # replaces the K = 10 record alone
+    assert kept() == [(best, 50, 0), ("checkpoints/last.ckpt", 100, 0), (best, 10, 1)]
+    (record,) = [e for e in Run(run_dir).evaluations() if e["n_importance"] == 10]
+    assert record["test/nll_iwae"] == again["test/nll_iwae"]
+
+    shown = compare.run([run_dir], out_dir=tmp_path / "compare")
+    (row,) = shown.rows
+    assert row.mean["test/nll_iwae"] == k50["test/nll_iwae"] and row.n_importance == [50]
+    header, _, line = shown.markdown.splitlines()
+    cells = dict(zip(header.split("|"), line.split("|"), strict=True))
+    assert [v.strip() for k, v in cells.items() if k.strip() == "K"] == ["50"]
 
 
 @pytest.mark.slow
@@ -124,8 +182,9 @@ def test_eval_of_a_checkpoint_path_without_wandb(run_dir):
     cfg = compose_config("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)
     metrics = evaluate.run(cfg)
     assert math.isfinite(metrics["test/nll_iwae"])
-    written = json.loads((run_dir / "eval_metrics.json").read_text())
+    (written,) = Run(run_dir).evaluations()
     assert written["ckpt_path"] == "checkpoints/last.ckpt" and written["n_importance"] == 200
+    assert written["wandb"] is None
     assert len(list(run_dir.glob("wandb/*run-*"))) == 1, "wandb_mode=disabled logs nothing"
 
 

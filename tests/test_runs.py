@@ -44,12 +44,44 @@ def test_a_run_whose_process_died_is_shown_as_killed(tmp_path):
     assert run.status()["status"] == "running" and run.state == "killed"
 
 
-def test_eval_metrics_update_the_final_metrics(tmp_path):
+def evaluation(ckpt: str, k: int, nll: float, at: str = "2026-01-01T00:00:00+00:00") -> dict:
+    return {"test/nll_iwae": nll, "n_importance": k, "ckpt_path": ckpt, "evaluated_at": at}
+
+
+BEST, LAST = "checkpoints/best-epoch003.ckpt", "checkpoints/last.ckpt"
+
+
+def test_eval_metrics_update_the_final_metrics_by_the_largest_k_of_the_best_checkpoint(tmp_path):
     run = Run(tmp_path / "run")
     run.start({})
-    run.finish({"test/nll_iwae": 100.0, "val/elbo": -110.0})
-    run.write_eval_metrics({"test/nll_iwae": 95.0, "n_importance": 5000})
+    run.finish({"test/nll_iwae": 100.0, "val/elbo": -110.0, "checkpoint": {"path": BEST}})
+    assert run.evaluation() is None and run.metrics()["test/nll_iwae"] == 100.0
+    run.add_evaluation(evaluation(LAST, 5000, 90.0))
+    assert run.metrics() == {"test/nll_iwae": 90.0, "val/elbo": -110.0}  # the only one
+    run.add_evaluation(evaluation(BEST, 5000, 95.0))
+    run.add_evaluation(evaluation(BEST, 100, 97.0))
     assert run.metrics() == {"test/nll_iwae": 95.0, "val/elbo": -110.0}
+    later = evaluation(LAST, 20, 93.0, at="2026-01-02T00:00:00+00:00")
+    run.add_evaluation(later)
+    assert run.evaluation()["test/nll_iwae"] == 95.0  # not the newest: the best's largest K
+    assert [(e["ckpt_path"], e["n_importance"]) for e in run.evaluations()] == [
+        (LAST, 5000),
+        (BEST, 5000),
+        (BEST, 100),
+        (LAST, 20),
+    ]
+
+
+def test_a_one_record_eval_metrics_file_of_earlier_versions_still_reads(tmp_path):
+    run = Run(tmp_path / "run")
+    run.start({})
+    run.finish({"test/nll_iwae": 100.0, "checkpoint": {"path": BEST}})
+    legacy = {**evaluation(BEST, 5000, 95.0), "seed": 0}
+    (run.path / "eval_metrics.json").write_text(json.dumps(legacy))
+    assert run.evaluations() == [legacy] and run.metrics()["test/nll_iwae"] == 95.0
+    run.add_evaluation(evaluation(BEST, 10, 99.0))
+    assert run.evaluations() == [legacy, evaluation(BEST, 10, 99.0)]
+    assert run.metrics()["test/nll_iwae"] == 95.0
 
 
 def make_multirun(root: Path, n: int) -> Path:

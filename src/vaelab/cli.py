@@ -248,6 +248,8 @@ def _compare(args: Sequence[str]) -> None:
     opts = parser.parse_args(args)
     result = compare.run(opts.paths, metric=opts.metric, param=opts.param, out_dir=opts.out)
     print(result.markdown)
+    if "test/nll_iwae" in result.metrics:
+        print(f"K: {compare.K_NOTE}")
     for path in [result.csv_path, *result.plot_paths]:
         print(f"wrote {path}")
 

@@ -6,7 +6,7 @@
 ├── config.yaml        # the fully resolved config of the run
 ├── history.jsonl      # one JSON object of epoch-level metrics per epoch
 ├── metrics.json       # final val/* and test/* metrics
-├── eval_metrics.json  # written by `vaelab eval`
+├── eval_metrics.json  # `vaelab eval`'s evaluations, one per checkpoint and K
 ├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
 ├── pictures/          # epoch_NNN/*.png and test/*.png
 ├── samples.png        # written by `vaelab sample`
@@ -155,14 +155,36 @@ class Run:
         return self.status().get("error")
 
     def metrics(self) -> dict[str, float]:
-        """Final metrics: metrics.json, updated by eval_metrics.json where evaluated."""
+        """Final metrics: metrics.json, updated by the evaluation `evaluation()` picks."""
         metrics = _read_json(self.path / METRICS)
-        metrics.update(_read_json(self.path / EVAL_METRICS))
+        metrics.update(self.evaluation() or {})
         return {
             k: (math.nan if v is None else v)
             for k, v in metrics.items()
             if "/" in k and (v is None or isinstance(v, int | float))
         }
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        """The records of `vaelab eval` (metrics, n_importance, ckpt_path, ...), oldest first.
+
+        eval_metrics.json holds one per checkpoint and K; a file of the single record that
+        earlier versions wrote reads as a list of one.
+        """
+        data = _read_json(self.path / EVAL_METRICS)
+        return data.get("evaluations", [data] if data else [])
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """The evaluation `metrics()` shows (None without one): of the checkpoint that
+        metrics.json was tested on (the best), the largest K, the newest among equals;
+        an evaluation of another checkpoint only when that one has none."""
+        tested = (_read_json(self.path / METRICS).get("checkpoint") or {}).get("path")
+
+        def rank(e: dict[str, Any]) -> tuple[bool, int, str]:
+            k, when = e.get("n_importance") or 0, e.get("evaluated_at") or ""
+            return e.get("ckpt_path") == tested, k, when
+
+        # Reversed: of equal ranks, max() keeps the first it meets, here the last written.
+        return max(reversed(self.evaluations()), key=rank, default=None)
 
     def history(self) -> list[dict[str, float]]:
         """Epoch-level metrics, one dict per epoch (with "epoch" and "step"), oldest first.
@@ -286,9 +308,14 @@ class Run:
             f.write(_history_line(row))
             f.flush()
 
-    def write_eval_metrics(self, record: dict[str, Any]) -> Path:
+    def add_evaluation(self, record: dict[str, Any]) -> Path:
+        """Add an evaluation to eval_metrics.json; it replaces the one of the same checkpoint
+        and K (`ckpt_path`, `n_importance`), the others are kept."""
+        key = (record["ckpt_path"], record["n_importance"])
+        kept = [e for e in self.evaluations() if (e.get("ckpt_path"), e.get("n_importance")) != key]
+        record = {k: _finite_or_none(v) for k, v in record.items()}
         path = self.path / EVAL_METRICS
-        _write_json(path, {k: _finite_or_none(v) for k, v in record.items()})
+        _write_json(path, {"evaluations": [*kept, record]})
         return path
 
     def _set_status(self, **fields: Any) -> None:

@@ -97,19 +97,27 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-def record(run: Run, loggers: list[Logger]) -> None:
-    """Write the W&B run's id, mode and url into the run directory (global rank 0)."""
+def describe(loggers: list[Logger]) -> dict[str, Any] | None:
+    """The W&B run of `loggers`: {"id", "mode", "project", "entity", "url"} (None without one)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             experiment = logger.experiment
             offline = experiment.offline
-            run.record_wandb(
-                id=experiment.id,
-                mode="offline" if offline else "online",
-                project=experiment.project,
-                entity=None if offline else experiment.entity,
-                url=None if offline else experiment.url,
-            )
+            return {
+                "id": experiment.id,
+                "mode": "offline" if offline else "online",
+                "project": experiment.project,
+                "entity": None if offline else experiment.entity,
+                "url": None if offline else experiment.url,
+            }
+    return None
+
+
+def record(run: Run, loggers: list[Logger]) -> None:
+    """Write the W&B run's id, mode and url into the run directory (global rank 0)."""
+    wandb_run = describe(loggers)
+    if wandb_run:
+        run.record_wandb(**wandb_run)
 
 
 def finish(loggers: list[Logger]) -> None:
@@ -118,18 +126,26 @@ def finish(loggers: list[Logger]) -> None:
         wandb.finish()
 
 
-def attach(run: Run, mode: str | None) -> WandbLogger | None:
-    """A logger that continues the run's own W&B run (the id its run directory records).
+def attach(run: Run, mode: str | None, evaluation: dict[str, Any]) -> WandbLogger | None:
+    """A logger for the metrics of `vaelab eval`, in the run's W&B project.
+
+    Online, it continues the run's own W&B run (the id its run directory records), next
+    to its training curves. Offline, W&B cannot resume a run (a sync of two offline folders
+    of one id keeps only one), so each evaluation is an offline W&B run of its own:
+    job_type "eval", named after the run, in the run's group (without one, a group named
+    by the run's W&B id), with what it evaluates in its config.
 
     Args:
         run: the run directory.
         mode: online, offline or disabled; None: the mode the run was logged in.
+        evaluation: what is evaluated (checkpoint, K, seed), for the offline run's config.
     """
     recorded = run.wandb()
     if mode == "disabled":
         return None
+    config = run.config()
     if not recorded.get("id"):
-        if (run.config().get("logger") or {}).get("wandb"):
+        if (config.get("logger") or {}).get("wandb"):
             log.warning("W&B: %s records no W&B run, so these metrics are not logged", run.path)
         return None
     logger_cfg = OmegaConf.create(
@@ -139,6 +155,18 @@ def attach(run: Run, mode: str | None) -> WandbLogger | None:
         # Offline runs stay offline: the evaluation's run folder is synced along with training's.
         mode = "offline" if recorded.get("mode") == "offline" else None
         mode = mode or _offline_without_credentials(logger_cfg, run.path)
+    if (mode or os.environ.get("WANDB_MODE")) != "offline":
+        return instantiate(
+            logger_cfg, id=recorded["id"], resume="allow", save_dir=str(run.path), mode=mode
+        )
+    evaluated = {"wandb_id": recorded["id"], "run_dir": str(run.path), **evaluation}
+    # wandb.init's `config` goes in the logger's config: instantiate() has an argument so named.
+    logger_cfg.config = {"evaluated": evaluated}
     return instantiate(
-        logger_cfg, id=recorded["id"], resume="allow", save_dir=str(run.path), mode=mode
+        logger_cfg,
+        save_dir=str(run.path),
+        mode=mode,
+        job_type="eval",
+        group=config.get("group") or recorded["id"],
+        name=f"eval of {config.get('run_name') or run.name}",
     )

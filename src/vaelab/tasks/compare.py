@@ -1,9 +1,11 @@
 """`vaelab compare PATH...`: what differs between runs, their final metrics, and two plots.
 
 One row per configuration: the config keys that differ between the runs, the final
-metrics as mean ± std over seeds, the status, and where each run is (its W&B url, or its
-directory). Runs that did not finish are never averaged in: each has its own row. The
-table is returned as Markdown and written to compare.csv; the plots are a metric against
+metrics as mean ± std over seeds, the status, the K of test/nll_iwae, and where each run
+is (its W&B url, or its directory). A run's final metrics are its metrics.json updated by
+one evaluation of `vaelab eval` (`Run.evaluation`: of the best checkpoint, the largest
+K). Runs that did not finish are never averaged in: each has its own row. The table is
+returned as Markdown and written to compare.csv; the plots are a metric against
 a swept parameter and the learning curves. Everything is read from the run directories.
 """
 
@@ -48,6 +50,10 @@ HEADLINE_METRICS = (
 )
 DEFAULT_METRICS = ("test/nll_iwae", "val/elbo")  # the first one the runs report is plotted
 CSV_FILE = "compare.csv"
+K_NOTE = (
+    "the importance samples per image of test/nll_iwae: of the eval.py evaluation shown "
+    "(the best checkpoint's with the largest K), else of training's test"
+)
 ERROR_WIDTH = 60
 FINISHED = "finished"
 
@@ -57,7 +63,8 @@ class Row:
     """One row of the table: the finished runs of one configuration, or one other run.
 
     `config` holds the differing keys other than seeds; `mean` and `std` the final metrics
-    over the runs that report them (std is NaN below two values).
+    over the runs that report them (std is NaN below two values); `n_importance` the K
+    behind their test/nll_iwae, each K once.
     """
 
     config: dict[str, Any]
@@ -67,6 +74,7 @@ class Row:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    n_importance: list[int] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -188,6 +196,17 @@ def _mean_std(runs: list[Run]) -> tuple[dict[str, float], dict[str, float]]:
     return mean, std
 
 
+def _n_importance(runs: list[Run]) -> list[int]:
+    """The K of the runs' test/nll_iwae: of the evaluation shown, else of training's test."""
+    found = set()
+    for run in runs:
+        evaluation = run.evaluation()
+        k = (evaluation or {}).get("n_importance") or run.config().get("n_importance")
+        if "test/nll_iwae" in run.metrics() and isinstance(k, int):
+            found.add(k)
+    return sorted(found)
+
+
 def group_rows(
     runs: Sequence[Run],
     flat: Sequence[dict[str, Any]],
@@ -222,6 +241,7 @@ def group_rows(
                 mean=mean,
                 std=std,
                 error=None if state == FINISHED else members[0].error,
+                n_importance=_n_importance(members) if state == FINISHED else [],
             )
         )
     status_order = {FINISHED: 0}
@@ -300,18 +320,28 @@ def _config_cells(row: Row, keys: Sequence[str], seed_keys: Sequence[str]) -> li
 
 
 def _columns(
-    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str]
+    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metrics: Sequence[str]
 ) -> tuple[list[str], bool]:
-    """The config and bookkeeping column names, and whether an error column is needed."""
+    """The config and bookkeeping column names, and whether an error column is needed.
+
+    With test/nll_iwae, a "K" column says how many importance samples it used.
+    """
     seed_column = ["/".join(seed_keys)] if seed_keys else []
-    return [*keys, *seed_column, "n", "status"], any(r.error for r in rows)
+    k_column = ["K"] if "test/nll_iwae" in metrics else []
+    return [*keys, *seed_column, "n", "status", *k_column], any(r.error for r in rows)
+
+
+def _bookkeeping_cells(row: Row, head: Sequence[str]) -> list[str]:
+    """n, status and, when `head` has the column, K."""
+    k_cell = [", ".join(map(str, row.n_importance))] if head[-1] == "K" else []
+    return [str(row.n), row.status, *k_cell]
 
 
 def markdown_table(
     rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metrics: Sequence[str]
 ) -> str:
     """The rows as a padded Markdown table, metrics as `mean ± std`."""
-    head, with_error = _columns(rows, keys, seed_keys)
+    head, with_error = _columns(rows, keys, seed_keys, metrics)
     header = [*head, *metrics, *(["error"] if with_error else []), "wandb"]
     cells = []
     for row in rows:
@@ -320,8 +350,10 @@ def markdown_table(
         for name in metrics:
             values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
         error = [_short(row.error)] if with_error else []
-        cells.append([*config, str(row.n), row.status, *values, *error, _wandb_cell(row.runs)])
-    right = {len(head) - 2, *range(len(head), len(head) + len(metrics))}  # n and metrics
+        book = _bookkeeping_cells(row, head)
+        cells.append([*config, *book, *values, *error, _wandb_cell(row.runs)])
+    n_at = len(keys) + bool(seed_keys)
+    right = {n_at, *range(n_at + 2, len(head) + len(metrics))}  # n, K and metrics
     cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
     widths = [max(3, *(len(line[i]) for line in cells)) for i in range(len(header))]
 
@@ -343,7 +375,7 @@ def write_csv(
     path: Path,
 ) -> Path:
     """The table with exact numbers: `<metric>` (mean) and `<metric>_std` columns."""
-    head, _ = _columns(rows, keys, seed_keys)
+    head, _ = _columns(rows, keys, seed_keys, metrics)
     metric_columns = [c for name in metrics for c in (name, f"{name}_std")]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
@@ -356,9 +388,8 @@ def write_csv(
                 for stat in (row.mean, row.std):
                     value = stat.get(name, math.nan)
                     values.append("" if math.isnan(value) else repr(value))
-            writer.writerow(
-                [*config, row.n, row.status, *values, row.error or "", _wandb_cell(row.runs)]
-            )
+            book = _bookkeeping_cells(row, head)
+            writer.writerow([*config, *book, *values, row.error or "", _wandb_cell(row.runs)])
     return path
 
 

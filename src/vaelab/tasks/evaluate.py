@@ -1,8 +1,9 @@
 """`vaelab eval run_dir=outputs/runs/<run> n_importance=5000`: test a trained run again.
 
 Rebuilds the test data from the run's config.yaml, tests the checkpoint with K importance
-samples per image, writes the run's eval_metrics.json and logs the metrics to the run's own
-W&B run (the id its run directory records), next to its training curves.
+samples per image, adds the record to the run's eval_metrics.json (one per checkpoint and
+K) and logs the metrics to W&B: online into the run's own W&B run (the id its run
+directory records), next to its training curves; offline into a W&B run of its own.
 """
 
 import logging
@@ -41,7 +42,7 @@ def _checkpoint_and_run(cfg: DictConfig) -> tuple[Path, Run]:
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Test a run's checkpoint; returns the test metrics, also written to eval_metrics.json."""
+    """Test a run's checkpoint; returns the test metrics, also added to eval_metrics.json."""
     ckpt, run_dir = _checkpoint_and_run(cfg)
     datamodule = run_datamodule(run_dir.path, **cfg.data)
     L.seed_everything(cfg.seed)
@@ -50,23 +51,28 @@ def run(cfg: DictConfig) -> dict[str, float]:
     trainer_cfg, compile_networks = trainer_args(cfg.trainer)
     if compile_networks:
         model.compile_networks()
-    logger = tracking.attach(run_dir, cfg.wandb_mode)
+    evaluation: dict[str, Any] = {
+        "n_importance": cfg.n_importance,
+        "seed": cfg.seed,
+        "ckpt_path": ckpt.relative_to(run_dir.path).as_posix(),
+    }
+    logger = tracking.attach(run_dir, cfg.wandb_mode, evaluation)
     loggers = [logger] if logger else []
     trainer: L.Trainer = instantiate(
         trainer_cfg, logger=loggers or False, default_root_dir=run_dir.path
     )
     try:
         (results,) = trainer.test(model, datamodule=datamodule)
+        wandb_run = tracking.describe(loggers)
     finally:
         tracking.finish(loggers)
     metrics = {key: float(value) for key, value in results.items()}
     record: dict[str, Any] = {
         **metrics,
-        "n_importance": cfg.n_importance,
-        "seed": cfg.seed,
-        "ckpt_path": ckpt.relative_to(run_dir.path).as_posix(),
+        **evaluation,
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wandb": wandb_run,
     }
-    out = run_dir.write_eval_metrics(record)
+    out = run_dir.add_evaluation(record)
     log.info("Metrics written to %s", out)
     return metrics
