@@ -87,7 +87,8 @@ class LinearGaussian:
         with torch.no_grad():
             decoder.weight.copy_(self.W)
             decoder.bias.copy_(self.b)
-        return VAE(encoder, decoder, self.latent_dim, "gaussian", self.obs_scale)
+        # value_range=None: x lives on the whole real line, not in [0, 1] like an image.
+        return VAE(encoder, decoder, self.latent_dim, "gaussian", self.obs_scale, None)
 
     @torch.no_grad()
     def elbo(self, vae: VAE, x: Tensor) -> Tensor:

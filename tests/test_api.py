@@ -1,20 +1,28 @@
-"""vaelab.load_run: a trained run back as a VAE, from its directory or one of its checkpoints."""
+"""vaelab.load_run and vaelab.model_batches: a trained run back as a VAE, from its
+directory or one of its checkpoints, and its data as the model sees them."""
 
+import math
+import re
 import subprocess
 import sys
+from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
+from tiny import tiny_trainer
 
 import vaelab
-from vaelab.api import load_run
+from vaelab.api import load_run, model_batches, run_datamodule
 from vaelab.config import instantiate
-from vaelab.errors import VaelabError
-from vaelab.estimators import iw_log_likelihood
+from vaelab.datamodule import VAEDataModule
+from vaelab.errors import InputError, VaelabError
+from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood
 from vaelab.lit_module import LitVAE
 from vaelab.models.vae import VAE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -22,12 +30,13 @@ def best_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def test_import_vaelab_is_light_and_exports_load_run():
+def test_import_vaelab_is_light_and_exports_load_run_and_model_batches():
     # `import vaelab` loads neither torch nor Lightning: vaelab.load_run imports them lazily.
     code = "import sys, vaelab; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     assert vaelab.load_run is load_run
+    assert vaelab.model_batches is model_batches
 
 
 @pytest.mark.slow
@@ -112,3 +121,89 @@ def test_load_run_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "config.yaml").touch()
     with pytest.raises(VaelabError, match=r"not a \.ckpt file"):
         vaelab.load_run(tmp_path / "config.yaml")
+
+
+# --- model-ready batches ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("binarize", ["dynamic", "static", "none"])
+def test_model_batches_are_the_batches_a_trainer_hands_the_model(mnist_idx_root, binarize):
+    dm = VAEDataModule(
+        data_dir=str(mnist_idx_root),
+        download=False,
+        allow_fallback=False,
+        binarize=binarize,
+        batch_size=100,
+        eval_batch_size=64,
+    )
+    test = dm.model_batches("test")  # sets the data up itself
+    raw = list(dm.test_dataloader())  # the stored uint8 images, for a Trainer to convert
+
+    assert len(test) == len(raw) == 2  # 100 test images, 64 a batch
+    for (x, y), (images, labels) in zip(test, raw, strict=True):
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
+        assert torch.equal(x, dm.on_after_batch_transfer((images, labels), 0)[0])
+        assert torch.equal(y, labels)
+        if binarize != "none":
+            assert set(x.unique().tolist()) == {0.0, 1.0}
+        else:
+            assert ((x > 0) & (x < 1)).any()
+    again = next(iter(test))[0]  # a DataLoader: it iterates again, with the same test draws
+    assert torch.equal(again, next(iter(test))[0])
+    assert [len(x) for x, _ in dm.model_batches("train")] == [100, 100, 70]
+    with pytest.raises(VaelabError, match="no split 'valid': choose one of train, val, test"):
+        dm.model_batches("valid")
+
+
+@pytest.mark.slow
+def test_the_datamodules_raw_batches_are_refused_with_what_to_do(trained_run):
+    vae = vaelab.load_run(trained_run)
+    datamodule = run_datamodule(trained_run)
+    datamodule.setup("test")
+    images, _ = next(iter(datamodule.test_dataloader()))
+
+    with pytest.raises(InputError, match=r"uint8 values 0\.\.255: use model-ready batches"):
+        iw_log_likelihood(vae, images, 10)
+    # Before, this returned about -270,000 nats without a word.
+    with pytest.raises(InputError, match=r"values in \[0, 255\].*vaelab\.model_batches"):
+        iw_log_likelihood(vae, images.float(), 10)
+
+
+@pytest.mark.slow
+def test_model_batches_give_the_log_likelihood_that_testing_reports(trained_run, tmp_path):
+    num_samples, batches = 100, 2  # 200 of the 1,000 test images
+    torch.manual_seed(0)
+    model = LitVAE.load_from_checkpoint(
+        best_checkpoint(trained_run), map_location="cpu", n_importance=num_samples
+    )
+    trainer = tiny_trainer(tmp_path, limit_test_batches=batches)
+    (tested,) = trainer.test(model, datamodule=run_datamodule(trained_run, eval_batch_size=100))
+    vae = vaelab.load_run(trained_run)
+    test = list(islice(vaelab.model_batches(trained_run, "test", eval_batch_size=100), batches))
+
+    ours = evaluate_log_likelihood(vae, test, num_samples)
+    # The Monte Carlo error of a mean over these images, from two more estimates of each.
+    first, second = (
+        torch.cat([iw_log_likelihood(vae, x, num_samples)[0] for x, _ in test]) for _ in range(2)
+    )
+    tolerance = 4 * float((first - second).std()) / math.sqrt(len(first))
+    assert len(first) == 200 and math.isfinite(ours["nll_iwae"]) and ours["nll_iwae"] > 0
+    assert abs(ours["nll_iwae"] - tested["test/nll_iwae"]) < tolerance + 1e-3
+    assert ours["elbo"] < -ours["nll_iwae"]
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(trained_run):
+    section = (ROOT / "README.md").read_text().split("## Evaluate a trained run")[1]
+    (code,) = re.findall(r"From Python:\n\n```python\n(.*?)```", section, re.DOTALL)
+    # The example's run, and fewer importance samples than its 5,000 to keep the test short.
+    code = code.replace('"outputs/runs/<run>"', repr(str(trained_run))).replace("5000", "20")
+    names: dict = {}
+    exec(code, names)
+
+    x, log_px = names["x"], names["log_px"]
+    assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
+    assert names["z"].shape == (len(x), 2) and names["x_rec"].shape == x.shape
+    assert log_px.shape == (len(x),) and torch.isfinite(log_px).all() and (log_px < 0).all()
+    assert set(names["metrics"]) >= {"nll_iwae", "elbo"}
+    assert all(math.isfinite(value) for value in names["metrics"].values())

@@ -1,12 +1,17 @@
-"""The maths of `VAE`: KL, reparameterization, the ELBO against an exact log p(x), shapes."""
+"""The maths of `VAE`: KL, reparameterization, the ELBO against an exact log p(x), shapes;
+the check of the data its public methods and the estimators are given."""
 
 import math
 
 import pytest
 import torch
 from oracles import LinearGaussian
+from tiny import tiny_trainer
 from torch.distributions import kl_divergence
+from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.errors import InputError
+from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.lit_module import LitVAE
 from vaelab.models import ARCHS
@@ -113,3 +118,83 @@ def test_shapes_and_signs(arch, likelihood):
     assert (kl >= 0).all()
     assert log_w.shape == (5, 3)
     assert torch.isfinite(log_w).all()
+
+
+# --- the data check of the public entry points ------------------------------------------
+
+ENTRY_POINTS = {
+    "encode": lambda vae, x: vae.encode(x),
+    "reconstruct": lambda vae, x: vae.reconstruct(x),
+    "iw_log_likelihood": lambda vae, x: iw_log_likelihood(vae, x, 10),
+    "naive_log_likelihood": lambda vae, x: naive_log_likelihood(vae, x, 10),
+    "evaluate_log_likelihood": lambda vae, x: evaluate_log_likelihood(vae, [(x, None)], 10),
+}
+GREY = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+BAD_INPUTS = {
+    # (likelihood, x, what the error says): the mistakes the API made silently before.
+    "uint8": ("bernoulli", (GREY * 255).to(torch.uint8), r"uint8 values 0\.\.255: .*/ 255"),
+    "0..255 floats": ("bernoulli", (GREY * 255).round(), r"values in \[0, 255\].*x / 255"),
+    "0..255 floats, gaussian": ("gaussian", (GREY * 255).round(), r"\[0, 1\].*x / 255"),
+    "grey levels, bernoulli": (
+        "bernoulli",
+        GREY,
+        r"likelihood=bernoulli needs binary pixels \(0 or 1\).*torch\.bernoulli\(x\)",
+    ),
+    "below 0": ("continuous_bernoulli", GREY - 0.5, r"values in \[-0\.\d+, 0\.\d+\]"),
+    "int64": ("gaussian", GREY.round().long(), r"dtype torch\.int64, not floating point"),
+    "NaN": ("gaussian", GREY.masked_fill(GREY > 0.9, math.nan), "NaN or infinite"),
+    "flattened": ("bernoulli", GREY.round().flatten(1), r"shape \(3, 784\), .*\(B, 1, 28, 28\)"),
+    "no batch dimension": ("bernoulli", GREY[0].round(), r"\(B, 1, 28, 28\): add .*x\[None\]"),
+    "other image size": ("gaussian", torch.rand(3, 1, 32, 32), r"shape \(3, 1, 32, 32\)"),
+}
+
+
+@pytest.mark.parametrize("entry_point", ENTRY_POINTS)
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_data_is_refused_with_one_line_saying_what_to_do(case, entry_point):
+    likelihood, x, message = BAD_INPUTS[case]
+    vae = small_vae(likelihood=likelihood).vae.eval()
+    with pytest.raises(InputError, match=message) as info:
+        ENTRY_POINTS[entry_point](vae, x)
+    assert isinstance(info.value, ValueError)
+    assert "\n" not in str(info.value)
+    if "dimension" not in case and "NaN" not in case:
+        assert "vaelab.model_batches(run_dir, split)" in str(info.value)
+
+
+@pytest.mark.parametrize("likelihood", LIKELIHOODS)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_model_ready_data_passes_the_check(arch, likelihood):
+    vae = small_vae(arch, likelihood).vae.eval()
+    assert vae.data_shape == (1, 28, 28)
+    for x in (images(likelihood), torch.zeros(2, 1, 28, 28), torch.ones(1, 1, 28, 28)):
+        assert vae.encode(x).shape == (len(x), 4)
+        log_px, _ = iw_log_likelihood(vae, x, 10)
+        assert torch.isfinite(log_px).all()
+
+
+def test_the_estimators_check_once_per_call_and_batch_not_per_chunk(monkeypatch):
+    vae = small_vae().vae.eval()
+    calls = []
+    monkeypatch.setattr(vae, "check_data", lambda x: calls.append(len(x)))
+    x = images("bernoulli", batch_size=8)
+    iw_log_likelihood(vae, x, 10, max_batch=4)  # groups of 4 images, chunks of 1 sample
+    naive_log_likelihood(vae, x, 10, max_batch=4)
+    assert calls == [8, 8]
+    evaluate_log_likelihood(vae, [x[:5], x[5:]], 10, max_batch=4)
+    assert calls == [8, 8, 5, 3]
+
+
+def test_training_validation_and_test_steps_do_not_check_their_batches(tmp_path):
+    # Data the check refuses (values outside [0, 1]) that a Gaussian likelihood still
+    # scores: a check anywhere in the steps would stop this run.
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 28, 28) * 3 - 1
+    model = LitVAE(arch="mlp", latent_dim=2, hidden_dim=32, likelihood="gaussian", n_importance=5)
+    with pytest.raises(InputError, match="values in"):
+        model.vae.check_data(x)
+    loader = DataLoader(TensorDataset(x, torch.zeros(64)), batch_size=32)
+    trainer = tiny_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    (results,) = trainer.test(model, dataloaders=loader)
+    assert math.isfinite(results["test/nll_iwae"])

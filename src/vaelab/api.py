@@ -1,9 +1,18 @@
-"""Load a trained model from a run directory, without Hydra: `vae = vaelab.load_run(path)`."""
+"""A trained run from Python, without Hydra: its model and its data.
+
+    vae = vaelab.load_run(run_dir)
+    for x, y in vaelab.model_batches(run_dir, "test"):  # float32, binarized as in training
+        log_px, ess = vaelab.estimators.iw_log_likelihood(vae, x, 5000)
+
+The VAE's methods and the estimators check that x is such a batch (`VAE.check_data`):
+the raw uint8 images of the datamodule's dataloaders are refused with a clear error.
+"""
 
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from vaelab.checkpoints import verify
 from vaelab.config import instantiate
@@ -34,6 +43,9 @@ def load_run(
 def run_datamodule(run_dir: str | Path, **overrides: object) -> VAEDataModule:
     """The datamodule a run was trained with, from its config.yaml.
 
+    Its dataloaders yield the stored uint8 images, for a Trainer to convert; its
+    `model_batches(split)` (or `model_batches` here) gives the batches a model takes.
+
     Args:
         run_dir: a run directory written by `vaelab train`.
         overrides: entries that replace the run's `data.*` (e.g. data_dir); None keeps it.
@@ -43,3 +55,18 @@ def run_datamodule(run_dir: str | Path, **overrides: object) -> VAEDataModule:
         raise VaelabError(f"no config.yaml in {run_dir}: give a run directory of `vaelab train`")
     chosen = {key: value for key, value in overrides.items() if value is not None}
     return instantiate(OmegaConf.merge(data_cfg, chosen))
+
+
+def model_batches(run_dir: str | Path, split: str = "test", **overrides: object) -> DataLoader:
+    """A split of a run's data as its model sees them: (x, y) batches, x (B, 1, 28, 28)
+    float32 in [0, 1], binarized as the run was, y (B,) int64 labels, on the CPU.
+
+    Args:
+        run_dir: a run directory written by `vaelab train`.
+        split: "train", "val" or "test" (val and test are the same images every time).
+        overrides: entries that replace the run's `data.*`, e.g. eval_batch_size=64.
+
+    Raises:
+        VaelabError: no config.yaml in run_dir, an unknown split, or data not found.
+    """
+    return run_datamodule(run_dir, **overrides).model_batches(split)

@@ -1,6 +1,7 @@
 """LightningDataModule: splits, binarization and on-device batching by index."""
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -10,10 +11,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from vaelab.data import DatasetSplits, load_dataset
-from vaelab.errors import DataError
+from vaelab.errors import DataError, VaelabError
 from vaelab.schema import check
 
 BINARIZATIONS = ("dynamic", "static", "none")
+SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
 # metrics are comparable across epochs and test metrics across runs.
 _EVAL_BINARIZATION_SEED = 0
@@ -104,7 +106,9 @@ class VAEDataModule(LightningDataModule):
     """MNIST-like images held as whole uint8 tensors on the training device.
 
     Batches are `(x, y)`: x (B, 1, 28, 28) float32 in [0, 1], y (B,) int64 labels. The
-    last training batch of an epoch may be smaller: no example is dropped.
+    last training batch of an epoch may be smaller: no example is dropped. The dataloaders
+    yield the stored uint8 images, which a Trainer converts on its device
+    (`on_after_batch_transfer`); outside a Trainer, `model_batches` gives converted ones.
 
     Args:
         name: "mnist" or "fashion_mnist".
@@ -221,6 +225,27 @@ class VAEDataModule(LightningDataModule):
             x = (torch.rand_like(x) < x).float()
         return x, labels
 
+    def model_batches(self, split: str = "test") -> DataLoader:
+        """The batches (x, y) of a split as a model sees them, for use outside a Trainer.
+
+        x is (B, 1, 28, 28) float32 in [0, 1], binarized as in training (val and test the
+        same every time; train redrawn with the global RNG if `binarize=dynamic`), y (B,)
+        int64 labels; in the stored order, `eval_batch_size` images a batch (`batch_size`
+        for train), on the CPU unless a Trainer set the data up. Loads and splits the data
+        first if needed. A DataLoader: it can be iterated again, and has a length.
+
+        Args:
+            split: "train", "val" or "test".
+        """
+        if split not in SPLITS:
+            raise VaelabError(f"no split {split!r}: choose one of {', '.join(SPLITS)}")
+        self.setup()
+        hp = self.hparams
+        batch_size = hp.batch_size if split == "train" else hp.eval_batch_size
+        # The conversion a Trainer does after moving a batch to its device.
+        convert = partial(self.on_after_batch_transfer, dataloader_idx=0)
+        return self._loader(split, batch_size, shuffle=False, collate_fn=convert)
+
     def test_images(self, n: int) -> tuple[Tensor, Tensor]:
         """The first `n` test images, converted as evaluation batches are.
 
@@ -234,7 +259,9 @@ class VAEDataModule(LightningDataModule):
         hp = self.hparams
         return load_dataset(hp.name, hp.data_dir, hp.download, hp.allow_fallback)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(
+        self, split: str, batch_size: int, shuffle: bool, collate_fn: Callable | None = None
+    ) -> DataLoader:
         dataset = self._splits[split]
         # Under DDP, padding repeats a few examples so all ranks get equal batch counts;
         # in val/test this slightly reweights those examples, which we accept.
@@ -245,8 +272,11 @@ class VAEDataModule(LightningDataModule):
             len(dataset), batch_size, shuffle, self.hparams.seed, replicas, rank
         )
         # batch_size=None: each sampler item is a whole batch of indices, gathered from the
-        # on-device tensors in one indexing op instead of collating single items.
-        return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        # on-device tensors in one indexing op instead of collating single items (collate_fn
+        # then gets the whole batch).
+        return DataLoader(
+            dataset, sampler=sampler, batch_size=None, num_workers=0, collate_fn=collate_fn
+        )
 
 
 def _binarize(images: Tensor, seed: int) -> Tensor:

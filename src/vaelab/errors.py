@@ -15,6 +15,10 @@ class DataError(VaelabError):
     """A dataset that cannot be found or loaded."""
 
 
+class InputError(VaelabError, ValueError):
+    """Data handed to a model that it cannot score: wrong dtype, shape or values."""
+
+
 class TrainingError(VaelabError):
     """Training went wrong in a way the user can fix, e.g. a diverging loss."""
 

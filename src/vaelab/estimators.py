@@ -64,7 +64,7 @@ def _chunk_sizes(num_samples: int, batch_size: int, max_batch: int) -> Iterator[
 
 @torch.no_grad()
 def iw_log_likelihood(
-    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None
+    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None, *, check: bool = True
 ) -> tuple[Tensor, Tensor]:
     """Importance-weighted estimate of log p(x) (the IWAE bound L_K) and its ESS.
 
@@ -76,19 +76,27 @@ def iw_log_likelihood(
 
     Args:
         vae: the model.
-        x: a batch of observations (B, ...).
+        x: a batch of observations (B, ...), model-ready (`VAE.check_data`).
         num_samples: K, importance samples per image.
         max_batch: bound on decoder evaluations per chunk (chunk size × B); None: by
             the device's memory budget (`default_max_batch`).
+        check: check x first with `vae.check_data`, once per call; False skips it, for
+            callers whose batches are model-ready by construction (LitVAE's test step).
 
     Returns:
         log_px: (B,) nats; E[log_px] <= log p(x), non-decreasing in K, = ELBO at K = 1.
         ess: (B,) effective sample size 1 / Σ_k w̃_k² of the normalised weights, in [1, K].
+
+    Raises:
+        InputError: x is not model-ready (uint8, grey levels for a Bernoulli, wrong shape).
     """
+    if check:
+        vae.check_data(x)
     max_batch = max_batch or default_max_batch(vae, x.device)
     if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
         parts = [
-            iw_log_likelihood(vae, group, num_samples, max_batch) for group in x.split(max_batch)
+            iw_log_likelihood(vae, group, num_samples, max_batch, check=False)
+            for group in x.split(max_batch)
         ]
         return torch.cat([log_px for log_px, _ in parts]), torch.cat([ess for _, ess in parts])
     lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
@@ -104,7 +112,7 @@ def iw_log_likelihood(
 
 @torch.no_grad()
 def naive_log_likelihood(
-    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None
+    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None, *, check: bool = True
 ) -> Tensor:
     """Naive Monte Carlo estimate log (1/K) Σ_k p(x|z_k), z_k ~ p(z): (B,) nats.
 
@@ -112,12 +120,18 @@ def naive_log_likelihood(
     sample misses it: at equal K it is far below the importance-weighted estimate. The
     prior draws do not depend on x, so one set of K draws serves the whole batch: the
     decoder runs K times instead of K·B times. Each image's estimate is the usual one;
-    only the errors of different images are correlated. Chunked like `iw_log_likelihood`.
+    only the errors of different images are correlated. Chunked, and x checked, like
+    `iw_log_likelihood`.
     """
+    if check:
+        vae.check_data(x)
     max_batch = max_batch or default_max_batch(vae, x.device)
     if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
         return torch.cat(
-            [naive_log_likelihood(vae, g, num_samples, max_batch) for g in x.split(max_batch)]
+            [
+                naive_log_likelihood(vae, group, num_samples, max_batch, check=False)
+                for group in x.split(max_batch)
+            ]
         )
     lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
@@ -275,13 +289,17 @@ def evaluate_log_likelihood(
 
     Args:
         vae: the model.
-        batches: images (B, ...), or tuples whose first entry is the images (a DataLoader).
+        batches: model-ready images (B, ...), or tuples whose first entry is the images:
+            e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once.
         num_samples: K for both estimators.
         max_batch: bound on decoder evaluations per chunk; None: by the device.
 
     Returns:
         Per-image means: nll_iwae, bpd_iwae, ess_iwae, nll_naive, bpd_naive (positive nats
         and bits per pixel) and elbo (nats, one sample per image).
+
+    Raises:
+        InputError: a batch is not model-ready (see `VAE.check_data`).
     """
     device = vae.prior_loc.device
     iwae = naive = None
@@ -291,11 +309,12 @@ def evaluate_log_likelihood(
     try:
         for batch in batches:
             x = (batch[0] if isinstance(batch, tuple | list) else batch).to(device)
+            vae.check_data(x)
             if iwae is None:
                 iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
                 naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
-            iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch))
-            naive.update(naive_log_likelihood(vae, x, num_samples, max_batch))
+            iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch, check=False))
+            naive.update(naive_log_likelihood(vae, x, num_samples, max_batch, check=False))
             rec, kl = vae.elbo_terms(x)
             sum_elbo += float((rec - kl).sum())
             count += x.shape[0]

@@ -178,8 +178,9 @@ class LitVAE(L.LightningModule):
         self._step(batch, "test")
         if self.hparams.n_importance > 0:
             x, _ = batch
-            self.nll_iwae.update(*iw_log_likelihood(self.vae, x, self.hparams.n_importance))
-            self.nll_naive.update(naive_log_likelihood(self.vae, x, self.hparams.n_importance))
+            k = self.hparams.n_importance  # check=False: the datamodule's batches are model-ready
+            self.nll_iwae.update(*iw_log_likelihood(self.vae, x, k, check=False))
+            self.nll_naive.update(naive_log_likelihood(self.vae, x, k, check=False))
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", prog_bar=["elbo"])

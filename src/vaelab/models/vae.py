@@ -1,10 +1,20 @@
 """The one place latent distributions are built: posterior q(z|x), prior p(z), ELBO terms."""
 
+import math
+from functools import cached_property
+
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
-from vaelab.likelihoods import observation_dist
+from vaelab.errors import InputError
+from vaelab.likelihoods import BINARY_LIKELIHOODS, observation_dist
+
+# Where a user gets batches that `VAE.check_data` accepts; the check's errors point there.
+MODEL_READY = (
+    "use model-ready batches (vaelab.model_batches(run_dir, split), or a VAEDataModule's "
+    "model_batches(split))"
+)
 
 
 class VAE(nn.Module):
@@ -16,6 +26,8 @@ class VAE(nn.Module):
         latent_dim: D.
         likelihood: name of the observation model, see `vaelab.likelihoods`.
         obs_scale: standard deviation of the Gaussian likelihood.
+        value_range: the interval the values of x lie in, which `check_data` enforces:
+            (0, 1), the intensities of vaelab's images; None for data on the real line.
     """
 
     def __init__(
@@ -25,12 +37,14 @@ class VAE(nn.Module):
         latent_dim: int,
         likelihood: str,
         obs_scale: float = 0.1,
+        value_range: tuple[float, float] | None = (0.0, 1.0),
     ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.likelihood = likelihood
         self.obs_scale = obs_scale
+        self.value_range = value_range
         # Buffers so that the prior follows the module across devices.
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
@@ -77,11 +91,57 @@ class VAE(nn.Module):
         z = qz_x.sample((num_samples,))
         return self.observation(z).log_prob(x) + self.prior().log_prob(z) - qz_x.log_prob(z)
 
-    # The user-facing API (see `vaelab.load_run`): no gradients, means rather than draws.
+    # The user-facing API (see `vaelab.load_run`): no gradients, means rather than draws;
+    # the methods that take x check it first.
+
+    @cached_property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one x, (C, H, W) for images: the decoder's output for one latent."""
+        with torch.no_grad():
+            # `forward`, not the call: a compiled decoder would recompile for batch size 1.
+            return tuple(self.decoder.forward(self.prior_loc[None]).shape[1:])
+
+    @torch.no_grad()
+    def check_data(self, x: Tensor) -> None:
+        """Raise InputError unless x is a batch this VAE can score: floating point, shaped
+        (B, *data_shape), its values finite, within `value_range` and, for a Bernoulli
+        likelihood, 0 or 1. Two reductions over x and one host sync, once per call of the
+        public methods; the training steps, whose batches the datamodule makes, skip it."""
+        if x.dtype == torch.uint8:
+            raise InputError(f"x holds uint8 values 0..255: {MODEL_READY}, or x.float() / 255")
+        if not x.is_floating_point():
+            raise InputError(f"x has dtype {x.dtype}, not floating point: {MODEL_READY}")
+        if x.shape[1:] != self.data_shape:
+            wanted = ", ".join(["B", *map(str, self.data_shape)])
+            fix = "add the batch dimension, x[None]" if x.shape == self.data_shape else MODEL_READY
+            raise InputError(f"x has shape {tuple(x.shape)}, this VAE takes ({wanted}): {fix}")
+        if x.numel() == 0:
+            return
+        binary = self.likelihood in BINARY_LIKELIHOODS
+        lo, hi = torch.aminmax(x)
+        # x (1 - x) is 0 only at 0 and 1.
+        grey = (x * (1 - x)).ne(0).any().to(x.dtype) if binary else torch.zeros_like(lo)
+        lo, hi, grey = torch.stack([lo, hi, grey]).tolist()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError(f"x holds NaN or infinite values (min {lo}, max {hi})")
+        if self.value_range is not None:
+            low, high = self.value_range
+            if lo < low or hi > high:
+                fix = ", or x / 255" if 1 < hi <= 255 and lo >= 0 else ""
+                raise InputError(
+                    f"x holds values in [{lo:g}, {hi:g}], this VAE takes values in "
+                    f"[{low:g}, {high:g}]: {MODEL_READY}{fix}"
+                )
+        if grey:
+            raise InputError(
+                f"likelihood={self.likelihood} needs binary pixels (0 or 1), got other values "
+                f"in [{lo:g}, {hi:g}]: binarize, e.g. torch.bernoulli(x), or {MODEL_READY}"
+            )
 
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Posterior means E_q[z|x]: (B, D)."""
+        """Posterior means E_q[z|x]: (B, D), for x as `check_data` describes."""
+        self.check_data(x)
         return self.posterior(x).mean
 
     @torch.no_grad()
