@@ -233,3 +233,34 @@ def test_learning_curves_one_line_per_run_coloured_by_group():
     assert len({line.get_color() for line in default}) == 3  # without groups: one colour each
     with pytest.raises(ValueError, match="2 group names for 3 curves"):
         plots.learning_curves(curves, metric="val/elbo", groups=["a", "b"])
+
+
+def test_latent_scatter_of_one_dimension_is_a_strip_per_label():
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    z = (labels.float() * 4 + torch.randn(300))[:, None]  # (N, 1)
+    fig = plots.latent_scatter(z, labels, title="epoch 3")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("z1", "label", "epoch 3")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    xy = scatter_points(fig).get_offsets()
+    assert np.array_equal(xy[:, 0], z[:, 0].numpy())  # the codes themselves, along z1
+    # Each point lies in its label's strip: jittered around the label, never at a made-up 0.
+    assert np.all(np.abs(xy[:, 1] - labels.numpy()) <= 0.3)
+    assert len(np.unique(xy[:, 1])) == 300
+    for label in range(3):  # the strips show each label's spread of codes
+        codes = xy[labels.numpy() == label, 0]
+        assert codes.mean() == pytest.approx(4 * label, abs=0.3) and codes.std() > 0.8
+
+
+@pytest.mark.slow
+def test_a_run_with_one_latent_dimension_draws_a_strip_per_label(train_cli):
+    result = train_cli("model=mlp", "latent_dim=1", "trainer=debug", "logger=none")
+    (run_dir,) = result.run_dirs
+    with Image.open(run_dir / "pictures" / "test" / "latent_scatter.png") as image:
+        rgb = np.asarray(image.convert("RGB")).astype(int)
+    # The coloured points, left of where a legend would be: spread over the heights of the
+    # ten strips, where a made-up z2 = 0 put them all on one line a few pixels high.
+    plot = rgb[:, : rgb.shape[1] * 3 // 4]
+    coloured_rows = ((plot.max(-1) - plot.min(-1)) > 60).any(1)
+    assert coloured_rows.sum() > rgb.shape[0] / 4

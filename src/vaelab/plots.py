@@ -110,14 +110,28 @@ def project_2d(z: Tensor) -> Tensor:
 
 
 def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
-    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9."""
-    xy = project_2d(z).numpy()
+    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9.
+
+    With D == 1 there is no second coordinate to draw: each label gets a strip of its
+    codes along z1 instead, the points jittered within the strip so that they overlap less.
+    """
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    points = ax.scatter(
-        xy[:, 0], xy[:, 1], c=labels.detach().cpu().numpy(), cmap="tab10",
-        vmin=-0.5, vmax=9.5, s=4, alpha=0.8, linewidths=0,
-    )  # fmt: skip
+    colours = labels.detach().cpu().numpy()
+    style = {"c": colours, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5, "s": 4, "alpha": 0.8}
+    if z.shape[1] == 1:
+        # A fixed generator: the same codes give the same picture at every epoch.
+        jitter = torch.rand(len(colours), generator=torch.Generator().manual_seed(0)) - 0.5
+        x = z[:, 0].detach().float().cpu().numpy()
+        ax.scatter(x, colours + 0.6 * jitter.numpy(), linewidths=0, **style)
+        shown = sorted(set(colours.tolist()))
+        ax.set_yticks(shown, [str(label) for label in shown])
+        ax.set_xlabel("z1")
+        ax.set_ylabel("label")
+        ax.set_title(title)
+        return fig
+    xy = project_2d(z).numpy()
+    points = ax.scatter(xy[:, 0], xy[:, 1], linewidths=0, **style)
     handles, names = points.legend_elements(prop="colors", alpha=1.0)
     ax.legend(handles, names, title="label", loc="center left", bbox_to_anchor=(1.0, 0.5))
     prefix = "z" if z.shape[1] <= 2 else "PC"
