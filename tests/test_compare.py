@@ -2,10 +2,21 @@
 
 import csv
 import math
+import random
 import statistics
+import warnings
 from pathlib import Path
 
 import pytest
+from figures import (
+    drawn,
+    inside_figure,
+    legend_texts,
+    overlapping,
+    significant_digits,
+    texts,
+    x_tick_labels,
+)
 from PIL import Image
 
 from vaelab.errors import VaelabError
@@ -225,9 +236,13 @@ def test_csv_holds_the_same_rows_with_exact_numbers(sweep, tmp_path):
 
 def test_plots_are_valid_pngs(sweep, tmp_path):
     result = compare.run([sweep], out_dir=tmp_path / "out")
-    assert (result.metric, result.param) == ("test/nll_iwae", "latent_dim")
+    assert (result.metric, result.params) == ("test/nll_iwae", ["latent_dim", "beta"])
     names = [p.name for p in result.plot_paths]
-    assert names == ["test_nll_iwae_vs_latent_dim.png", "curves_val_elbo.png"]
+    assert names == [
+        "test_nll_iwae_vs_latent_dim.png",
+        "test_nll_iwae_vs_beta.png",
+        "curves_val_elbo.png",
+    ]
     for path in result.plot_paths:
         assert path.parent == tmp_path / "out"
         with Image.open(path) as image:
@@ -240,7 +255,9 @@ def test_metric_plot_has_one_series_per_beta_with_the_seed_means(sweep, tmp_path
     fig = compare.metric_figure(result.rows, result.keys, "test/nll_iwae", "latent_dim", True)
     ax = fig.axes[0]
     assert len(ax.containers) == 2  # one errorbar series per beta
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["beta=1.0", "beta=4.0"]
+    assert legend_texts(fig) == ["beta=1.0", "beta=4.0"]
+    assert ax.get_title() == "mean ± std over seeds"  # beta is all that varies besides
+    assert {c.lines[0].get_linestyle() for c in ax.containers} == {"-"}  # so lines join
     for container, beta in zip(ax.containers, BETAS, strict=True):
         x, y = container.lines[0].get_data()
         assert list(x) == list(LATENT_DIMS)
@@ -269,7 +286,7 @@ def test_learning_curves_overlay_every_run_with_a_history(sweep, tmp_path):
 
 def test_chosen_metric_and_param(sweep, tmp_path):
     result = compare.run([sweep], metric="test/bpd_iwae", param="model.beta", out_dir=tmp_path)
-    assert (result.metric, result.param) == ("test/bpd_iwae", "beta")  # the echo's knob
+    assert (result.metric, result.params) == ("test/bpd_iwae", ["beta"])  # the echo's knob
     assert result.metrics[-1] == "test/bpd_iwae"  # a column besides the headline ones
     # Three significant digits below 1.
     assert table_row(result.markdown, 2, 1.0)["test/bpd_iwae"] == "0.125 ± 0.007"
@@ -284,9 +301,9 @@ def test_without_test_nll_the_default_metric_is_val_elbo_and_linear_x(tmp_path):
         run = make_run(tmp_path / "runs" / str(beta), 2, beta, 0)
         run.finish({k: v for k, v in metrics(2, beta, 0).items() if k != "test/nll_iwae"})
     result = compare.run([tmp_path / "runs"])
-    assert (result.metric, result.param, result.seed_keys) == ("val/elbo", "beta", [])
+    assert (result.metric, result.params, result.seed_keys) == ("val/elbo", ["beta"], [])
     fig = compare.metric_figure(result.rows, result.keys, "val/elbo", "beta", False)
-    assert fig.axes[0].get_xscale() == "linear" and fig.axes[0].get_legend() is None
+    assert fig.axes[0].get_xscale() == "linear" and not fig.legends
     assert "test/nll_iwae" not in result.metrics
 
 
@@ -299,7 +316,7 @@ def test_default_output_folder(sweep, tmp_path, monkeypatch):
     assert result.keys == ["beta"]
     assert "offline" not in result.markdown  # both online
     single = compare.run([sweep / "0"])  # one run: nothing differs, nothing to plot against
-    assert (single.keys, single.seed_keys, single.param, len(single.rows)) == ([], [], None, 1)
+    assert (single.keys, single.seed_keys, single.params, len(single.rows)) == ([], [], [], 1)
     assert [p.name for p in single.plot_paths] == ["curves_val_elbo.png"]
     assert single.csv_path == Path("compare") / "compare.csv"
 
@@ -322,6 +339,89 @@ def test_user_errors_say_what_to_do(sweep, tmp_path):
     for param, reason in cases.items():
         with pytest.raises(VaelabError, match=f"{reason}.*latent_dim, beta"):
             compare.run([sweep], param=param, out_dir=tmp_path)
+
+
+def search(root: Path, trials: int = 24) -> Path:
+    """An Optuna-like search: lr, beta and latent_dim drawn anew for each trial, and a
+    choice of model whose options have settings of their own (model.hidden, .channels)."""
+    rng = random.Random(0)
+    for trial in range(trials):
+        lr, beta = 10 ** rng.uniform(-4, -2), rng.uniform(0.25, 4.0)
+        latent_dim, arch = rng.randint(2, 64), rng.choice(["mlp", "conv"])
+        own = {"hidden": 512} if arch == "mlp" else {"channels": 32}
+        run = Run(root / str(trial))
+        model = {"arch": arch, "latent_dim": latent_dim, **own}
+        run.start({"seed": 0, "lr": lr, "beta": beta, "latent_dim": latent_dim, "model": model})
+        nll = 100 + 2 * beta + 50 / latent_dim + 1e3 * abs(lr - 1e-3) + 3 * (arch == "mlp")
+        for epoch in range(3):
+            run.append_history({"epoch": epoch, "step": epoch, "val/elbo": -nll - 10 / (1 + epoch)})
+        run.finish({"val/elbo": -nll, "test/nll_iwae": nll - 3})
+    return root
+
+
+def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
+    root = search(tmp_path / "search")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
+        result = compare.run([root], out_dir=tmp_path / "out")
+    assert result.keys[:4] == ["lr", "beta", "latent_dim", "model.arch"]
+    assert set(result.keys[4:]) == {"model.hidden", "model.channels"}  # one model's each
+    assert result.params == ["lr", "beta", "latent_dim"]  # model.hidden is 512 or null
+    assert [p.name for p in result.plot_paths] == [
+        "test_nll_iwae_vs_lr.png",
+        "test_nll_iwae_vs_beta.png",
+        "test_nll_iwae_vs_latent_dim.png",
+        "curves_val_elbo.png",
+    ]
+    for param in result.params:
+        fig = compare.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False)
+        drawn(fig)
+        ax = fig.axes[0]
+        assert len(ax.containers) == 2  # a colour per model, not a legend line per trial
+        # model.hidden and model.channels follow from model.arch: not in the legend.
+        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]
+        assert inside_figure(fig, fig.legends[0])
+        # The points of a model differ in the other knobs too: no line joins them.
+        assert {c.lines[0].get_linestyle() for c in ax.containers} == {"None"}
+        others = [k for k in ("lr", "beta", "latent_dim") if k != param]
+        assert ax.get_title() == f"also varying: {', '.join(others)}"
+        assert not overlapping(x_tick_labels(fig))
+        assert max(map(significant_digits, texts(fig))) <= 4, texts(fig)
+
+    curves = drawn(compare.curves_figure(result.rows, result.keys, [], "val/elbo"))
+    assert len(curves.axes[0].get_lines()) == 24
+    assert curves.axes[0].get_title() == "24 runs, a colour per model.arch"
+    assert sorted(legend_texts(curves)) == ["model.arch=conv", "model.arch=mlp"]
+    assert inside_figure(curves, curves.legends[0])
+
+
+def test_in_a_small_search_a_key_with_a_value_per_trial_colours_nothing(tmp_path):
+    result = compare.run([search(tmp_path / "search", trials=8)], out_dir=tmp_path / "out")
+    for param in result.params:
+        fig = drawn(compare.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False))
+        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]  # not lr=...
+    curves = drawn(compare.curves_figure(result.rows, result.keys, [], "val/elbo"))
+    assert len(legend_texts(curves)) == 8  # few enough runs to name each
+    assert inside_figure(curves, curves.legends[0])
+    assert max(map(significant_digits, texts(curves))) <= 4, texts(curves)
+
+
+def test_the_table_rounds_swept_floats_and_the_csv_keeps_them(tmp_path):
+    lrs = [0.0001163978155052948, 0.002887733776975062, 1e-3, 1.00001e-3]
+    betas = [3.929874026868289, 0.6276295302563717, 2.0, 1.0]
+    for i, (lr, beta) in enumerate(zip(lrs, betas, strict=True)):
+        run = Run(tmp_path / "runs" / str(i))
+        run.start({"seed": 0, "lr": lr, "beta": beta})
+        run.finish({"val/elbo": -100.0 - i})
+    result = compare.run([tmp_path / "runs"], out_dir=tmp_path / "out")
+    shown = table(result.markdown)
+    assert {line["beta"] for line in shown} == {"3.93", "0.6276", "2.0", "1.0"}
+    # Four significant digits would show 1e-3 and 1.00001e-3 alike: the column gets six.
+    assert {line["lr"] for line in shown} == {"0.000116398", "0.00288773", "0.001", "0.00100001"}
+    with result.csv_path.open(newline="") as f:
+        exact = list(csv.DictReader(f))
+    assert {float(r["lr"]) for r in exact} == set(lrs)
+    assert {float(r["beta"]) for r in exact} == set(betas)
 
 
 @pytest.mark.slow
@@ -362,5 +462,6 @@ def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp
     # test/nll_iwae is in metrics.json; the learning curves fall back to val/elbo.
     assert {p.name for p in (sweep / "compare").glob("*.png")} == {
         "test_nll_iwae_vs_latent_dim.png",
+        "test_nll_iwae_vs_beta.png",
         "curves_val_elbo.png",
     }

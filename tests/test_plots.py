@@ -4,6 +4,14 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from figures import (
+    drawn,
+    inside_figure,
+    legend_texts,
+    overlapping,
+    significant_digits,
+    x_tick_labels,
+)
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 from PIL import Image
@@ -189,7 +197,7 @@ def test_metric_vs_param_one_errorbar_series_per_label_on_a_log_axis():
     ]
     assert ax.get_xscale() == "log"  # 2 to 64: positive and more than 10x
     assert list(ax.get_xticks()) == [2, 16, 64]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["beta=1", "beta=4"]
+    assert legend_texts(fig) == ["beta=1", "beta=4"]
     assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
         "latent_dim",
         "test/nll_iwae",
@@ -203,7 +211,7 @@ def test_metric_vs_param_one_errorbar_series_per_label_on_a_log_axis():
 def test_metric_vs_param_log_axis_only_for_positive_values_spanning_10x(xs, scale):
     fig = plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in xs]}, param="beta", metric="m")
     assert fig.axes[0].get_xscale() == scale
-    assert fig.axes[0].get_legend() is None  # one unlabelled series
+    assert not fig.legends  # one unlabelled series
 
 
 def test_metric_vs_param_non_numeric_values_are_categories():
@@ -228,8 +236,89 @@ def test_learning_curves_one_line_per_run_coloured_by_group():
     assert lines[0].get_linestyle() != lines[1].get_linestyle()
     assert lines[2].get_marker() == "."  # a one-epoch run is a visible point
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "val/elbo")
-    assert len(ax.get_legend().get_texts()) == 3
+    assert len(legend_texts(fig)) == 3
     default = plots.learning_curves(curves, metric="val/elbo").axes[0].get_lines()
     assert len({line.get_color() for line in default}) == 3  # without groups: one colour each
     with pytest.raises(ValueError, match="2 group names for 3 curves"):
         plots.learning_curves(curves, metric="val/elbo", groups=["a", "b"])
+
+
+def test_long_legend_labels_fit_in_the_widened_figure():
+    label = "lr=0.0001164, beta=3.93, latent_dim=18, model.arch=conv, model.channels=32"
+    series = {f"{label}, n={i}": [(1.0, 100.0 + i, 1.0), (4.0, 99.0 + i, 1.0)] for i in range(10)}
+    fig = drawn(plots.metric_vs_param(series, param="beta", metric="test/nll_iwae"))
+    (legend,) = fig.legends
+    assert inside_figure(fig, legend)
+    # The figure is widened for the legend, so the axes are not squeezed to a strip.
+    assert fig.axes[0].get_position().width * fig.get_figwidth() > 4  # inches
+
+
+@pytest.mark.parametrize("n", [24, 7])
+def test_many_numeric_values_get_round_ticks_whose_labels_do_not_overlap(n):
+    lrs = [10 ** (-4 + 2 * i / (n - 1)) + 1.234567e-9 for i in range(n)]  # 17-digit floats
+    fig = drawn(plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in lrs]}, "lr", "m"))
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"
+    labels = x_tick_labels(fig)
+    assert not overlapping(labels)
+    texts = [t.get_text() for t in labels if t.get_text()]
+    assert texts and all(significant_digits(t) <= plots.SIGNIFICANT_DIGITS for t in texts), texts
+
+
+def test_a_few_values_close_together_are_not_each_ticked():
+    fig = drawn(plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in (1.0, 1.1, 9.0)]}, "b", "m"))
+    ax = fig.axes[0]
+    assert list(ax.get_xticks()) != [1.0, 1.1, 9.0]
+    assert not overlapping(ax.get_xticklabels())
+
+
+def test_unjoined_points_when_series_differ_in_more_than_the_param():
+    fig = plots.metric_vs_param({"": [(1, 2.0, 0.1), (2, 1.0, 0.1)]}, "b", "m", connect=False)
+    (line,) = fig.axes[0].containers[0].lines[:1]
+    assert line.get_linestyle() == "None" and line.get_marker() == "o"
+
+
+def test_learning_curves_of_many_runs_name_their_groups_or_nothing():
+    curves = {f"lr={i}, seed={s}": ([0, 1], [-100.0 - i, -99.0]) for i in range(6) for s in (0, 1)}
+    fig = drawn(plots.learning_curves(curves, "val/elbo", groups=[k[:4] for k in curves]))
+    assert legend_texts(fig) == [f"lr={i}" for i in range(6)]  # 12 runs: a line per group
+    assert inside_figure(fig, fig.legends[0])
+    assert fig.axes[0].get_title() == "12 runs, a colour per configuration"
+    assert {line.get_linestyle() for line in fig.axes[0].get_lines()} == {"-"}
+
+    curves = {f"trial {i}": ([0, 1, 2], [-100.0, -90.0 + i, -85.0]) for i in range(24)}
+    fig = drawn(plots.learning_curves(curves, "val/elbo"))
+    assert not fig.legends
+    assert fig.axes[0].get_title() == "24 runs, too many to name"
+    assert len(fig.axes[0].get_lines()) == 24
+
+
+def test_latent_scatter_of_one_dimension_is_a_strip_per_label():
+    torch.manual_seed(0)
+    labels = torch.arange(300) % 3
+    z = (labels.float() * 4 + torch.randn(300))[:, None]  # (N, 1)
+    fig = plots.latent_scatter(z, labels, title="epoch 3")
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("z1", "label", "epoch 3")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "1", "2"]
+    xy = scatter_points(fig).get_offsets()
+    assert np.array_equal(xy[:, 0], z[:, 0].numpy())  # the codes themselves, along z1
+    # Each point lies in its label's strip: jittered around the label, never at a made-up 0.
+    assert np.all(np.abs(xy[:, 1] - labels.numpy()) <= 0.3)
+    assert len(np.unique(xy[:, 1])) == 300
+    for label in range(3):  # the strips show each label's spread of codes
+        codes = xy[labels.numpy() == label, 0]
+        assert codes.mean() == pytest.approx(4 * label, abs=0.3) and codes.std() > 0.8
+
+
+@pytest.mark.slow
+def test_a_run_with_one_latent_dimension_draws_a_strip_per_label(train_cli):
+    result = train_cli("model=mlp", "latent_dim=1", "trainer=debug", "logger=none")
+    (run_dir,) = result.run_dirs
+    with Image.open(run_dir / "pictures" / "test" / "latent_scatter.png") as image:
+        rgb = np.asarray(image.convert("RGB")).astype(int)
+    # The coloured points, left of where a legend would be: spread over the heights of the
+    # ten strips, where a made-up z2 = 0 put them all on one line a few pixels high.
+    plot = rgb[:, : rgb.shape[1] * 3 // 4]
+    coloured_rows = ((plot.max(-1) - plot.min(-1)) > 60).any(1)
+    assert coloured_rows.sum() > rgb.shape[0] / 4

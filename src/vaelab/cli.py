@@ -243,7 +243,7 @@ def _compare(args: Sequence[str]) -> None:
     )
     parser.add_argument("paths", nargs="+", help="multirun directories, run directories or parents")
     parser.add_argument("--metric", help="metric to plot (default test/nll_iwae, else val/elbo)")
-    parser.add_argument("--param", help="config key on the x axis (default: the swept one)")
+    parser.add_argument("--param", help="config key on the x axis (default: each swept number)")
     parser.add_argument("--out", help="folder for compare.csv and the plots")
     opts = parser.parse_args(args)
     result = compare.run(opts.paths, metric=opts.metric, param=opts.param, out_dir=opts.out)

@@ -6,6 +6,7 @@ are float (N, C, H, W) in [0, 1]; grids are (3, H', W') as returned by
 `torchvision.utils.make_grid`.
 """
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator, NullLocator
 from torch import Tensor
 from torch.distributions import Normal
 from torchvision.utils import make_grid, save_image
@@ -110,14 +111,28 @@ def project_2d(z: Tensor) -> Tensor:
 
 
 def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
-    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9."""
-    xy = project_2d(z).numpy()
+    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9.
+
+    With D == 1 there is no second coordinate to draw: each label gets a strip of its
+    codes along z1 instead, the points jittered within the strip so that they overlap less.
+    """
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    points = ax.scatter(
-        xy[:, 0], xy[:, 1], c=labels.detach().cpu().numpy(), cmap="tab10",
-        vmin=-0.5, vmax=9.5, s=4, alpha=0.8, linewidths=0,
-    )  # fmt: skip
+    colours = labels.detach().cpu().numpy()
+    style = {"c": colours, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5, "s": 4, "alpha": 0.8}
+    if z.shape[1] == 1:
+        # A fixed generator: the same codes give the same picture at every epoch.
+        jitter = torch.rand(len(colours), generator=torch.Generator().manual_seed(0)) - 0.5
+        x = z[:, 0].detach().float().cpu().numpy()
+        ax.scatter(x, colours + 0.6 * jitter.numpy(), linewidths=0, **style)
+        shown = sorted(set(colours.tolist()))
+        ax.set_yticks(shown, [str(label) for label in shown])
+        ax.set_xlabel("z1")
+        ax.set_ylabel("label")
+        ax.set_title(title)
+        return fig
+    xy = project_2d(z).numpy()
+    points = ax.scatter(xy[:, 0], xy[:, 1], linewidths=0, **style)
     handles, names = points.legend_elements(prop="colors", alpha=1.0)
     ax.legend(handles, names, title="label", loc="center left", bbox_to_anchor=(1.0, 0.5))
     prefix = "z" if z.shape[1] <= 2 else "PC"
@@ -128,8 +143,57 @@ def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
     return fig
 
 
+# A legend longer than this is not read; the plots name fewer things, or nothing, instead.
+MAX_LEGEND = 10
+# Numbers in labels: enough digits to tell swept values apart, not a float's 17.
+SIGNIFICANT_DIGITS = 4
+# Numeric x values are ticked where they are when there are at most this many.
+MAX_VALUE_TICKS = 8
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number_text(value: float) -> str:
+    """`value` to SIGNIFICANT_DIGITS significant digits: 0.0001164, 3.93, 64."""
+    return f"{value:.{SIGNIFICANT_DIGITS}g}"
+
+
+def _legend_beside(fig: Figure, handles: Sequence[Any], labels: Sequence[str]) -> None:
+    """A legend right of the axes; the figure is widened by the legend's width, so that
+    the axes keep their size and the constrained layout has room for both."""
+    legend = fig.legend(handles, labels, loc="outside right center", fontsize="small")
+    fig.set_figwidth(fig.get_figwidth() + legend.get_window_extent().width / fig.dpi)
+
+
+def _crowded(labels: Sequence[Any]) -> bool:
+    """Whether neighbouring tick labels (of a drawn axis) touch or overlap."""
+    boxes = [t.get_window_extent() for t in labels if t.get_visible() and t.get_text()]
+    # Half a line's height apart at least, so that two labels do not read as one.
+    return any(a.x1 + a.height / 2 > b.x0 for a, b in itertools.pairwise(boxes))
+
+
+def _numeric_x_axis(ax: Any, xs: Sequence[float]) -> None:
+    """Log scale when the values are positive and span 10x or more. Each value gets a
+    tick when there are few and their labels lie apart, else round numbers do. Called
+    last: it draws the figure to see the labels where the layout puts them."""
+    values = sorted(set(xs))
+    if values[0] > 0 and values[-1] >= 10 * values[0]:
+        ax.set_xscale("log")
+    if len(values) <= MAX_VALUE_TICKS:
+        ax.set_xticks(values, [_number_text(v) for v in values])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.figure.draw_without_rendering()
+        if not _crowded(ax.get_xticklabels()):
+            return
+        ax.set_xscale(ax.get_xscale())  # back to the scale's own ticks
+    if ax.get_xscale() == "linear":
+        integer = all(float(v).is_integer() for v in values)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=integer))
+    elif values[0] >= 1:  # 20, 60 rather than 2×10¹, 6×10¹ for sizes such as latent_dim
+        ax.xaxis.set_major_formatter(LogFormatter())
+        ax.xaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
 def metric_vs_param(
@@ -137,16 +201,19 @@ def metric_vs_param(
     param: str,
     metric: str,
     title: str = "",
+    connect: bool = True,
 ) -> Figure:
-    """`metric` against `param` with error bars, one line per series.
+    """`metric` against `param` with error bars, a colour per series.
 
     Args:
         series: label -> points (x, mean, std); a NaN std draws no error bar. A single
-            series labelled "" gets no legend.
-        param: the x axis label. Numeric x values are ticked where they are, on a log
-            axis when all are positive and span a factor of 10 or more; other values
-            are categories.
+            series labelled "" gets no legend; others a legend beside the axes.
+        param: the x axis label. Numeric x values are on a log axis when all are positive
+            and span a factor of 10 or more, ticked where they are when there are few and
+            they lie apart, else at round numbers; other values are categories.
         metric: the y axis label.
+        connect: join the points of a series by a line; False when they differ in more
+            than `param`, so that a line would suggest a trend that is not there.
     """
     fig = Figure(figsize=(6, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -157,19 +224,16 @@ def metric_vs_param(
         x = [p[0] if numeric else str(p[0]) for p in points]
         mean = [p[1] for p in points]
         std = [p[2] for p in points]
-        ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label or None)
-    if numeric and xs:
-        if min(xs) > 0 and max(xs) >= 10 * min(xs):
-            ax.set_xscale("log")
-        ticks = sorted(set(xs))
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.xaxis.set_minor_locator(NullLocator())
-    if any(series):
-        ax.legend()
+        ls = "-" if connect else "none"
+        ax.errorbar(x, mean, yerr=std, marker="o", ls=ls, capsize=3, label=label or None)
     ax.set_xlabel(param)
     ax.set_ylabel(metric)
-    ax.set_title(title)
+    ax.set_title(title, fontsize="medium")
     ax.grid(alpha=0.3)
+    if any(series):
+        _legend_beside(fig, *ax.get_legend_handles_labels())
+    if numeric and xs:
+        _numeric_x_axis(ax, xs)
     return fig
 
 
@@ -181,34 +245,50 @@ def learning_curves(
     metric: str,
     title: str = "",
     groups: Sequence[str] | None = None,
+    group_kind: str = "configuration",
 ) -> Figure:
     """`metric` against the epoch, one line per run.
+
+    Up to MAX_LEGEND curves are named in a legend beside the axes. More are named by
+    their groups when there are at most MAX_LEGEND of these, else not at all; the title
+    says which.
 
     Args:
         curves: label -> (epochs, values).
         groups: one name per curve, in order: the curves of a group (e.g. the seeds of a
             configuration) share a colour and differ in line style. Default: a colour each.
+        group_kind: what a group is, for the title ("a colour per configuration").
     """
     fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
     groups = list(curves) if groups is None else list(groups)
     if len(groups) != len(curves):
         raise ValueError(f"{len(groups)} group names for {len(curves)} curves")
+    named = len(curves) <= MAX_LEGEND
     colours: dict[str, int] = {}
     seen: dict[str, int] = {}
+    lines = {}
     for (label, (epochs, values)), group in zip(curves.items(), groups, strict=True):
         colour = colours.setdefault(group, len(colours))
-        style = LINE_STYLES[seen.get(group, 0) % len(LINE_STYLES)]
+        # Line styles tell the runs of a group apart only where the legend names them.
+        style = LINE_STYLES[seen.get(group, 0) % len(LINE_STYLES)] if named else "-"
         seen[group] = seen.get(group, 0) + 1
         # Markers, so that a run with a single epoch shows too.
-        ax.plot(epochs, values, f"C{colour % 10}", ls=style, marker=".", label=label)
-    if curves:
-        ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small")
+        (line,) = ax.plot(epochs, values, f"C{colour % 10}", ls=style, marker=".", label=label)
+        lines.setdefault(group, line)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(title)
     ax.grid(alpha=0.3)
+    note = ""
+    if named and curves:
+        _legend_beside(fig, *ax.get_legend_handles_labels())
+    elif not named and 1 < len(lines) <= MAX_LEGEND:
+        _legend_beside(fig, list(lines.values()), list(lines))
+        note = f"{len(curves)} runs, a colour per {group_kind}"
+    elif not named:
+        note = f"{len(curves)} runs, too many to name"
+    ax.set_title("; ".join(t for t in (title, note) if t), fontsize="medium")
     return fig
 
 

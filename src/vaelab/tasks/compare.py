@@ -5,8 +5,8 @@ metrics as mean ± std over seeds, the status, the K of test/nll_iwae, and where
 is (its W&B url, or its directory). A run's final metrics are its metrics.json updated by
 one evaluation of `vaelab eval` (`Run.evaluation`: of the best checkpoint, the largest
 K). Runs that did not finish are never averaged in: each has its own row. The table is
-returned as Markdown and written to compare.csv; the plots are a metric against
-a swept parameter and the learning curves. Everything is read from the run directories.
+returned as Markdown and written to compare.csv; the plots are a metric against each
+swept numeric parameter and the learning curves. Everything is read from the run directories.
 """
 
 import csv
@@ -14,7 +14,8 @@ import json
 import math
 import os
 import statistics
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class Comparison:
         csv_path: the same table in CSV, with means and stds in separate columns.
         plot_paths: the PNG plots written (none when there is nothing to plot).
         metric: the metric plotted (None when the runs report none).
-        param: the config key on the x axis of the metric plot (None without one).
+        params: the config keys on the x axes of the metric plots, one plot each.
     """
 
     rows: list[Row]
@@ -106,7 +107,7 @@ class Comparison:
     csv_path: Path
     plot_paths: list[Path]
     metric: str | None
-    param: str | None
+    params: list[str]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -308,15 +309,36 @@ def _short(error: str | None) -> str:
     return error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, digits: int | None = None) -> str:
+    """A config value as text; a float rounded to `digits` significant digits if given."""
+    if isinstance(value, float) and digits is not None and math.isfinite(value):
+        value = float(f"{value:.{digits}g}")  # then printed as Python does: 1.0, 0.0001164
     if isinstance(value, list | dict):
         return json.dumps(value, default=str)
     return "null" if value is None else str(value)
 
 
-def _config_cells(row: Row, keys: Sequence[str], seed_keys: Sequence[str]) -> list[str]:
+def _digits(values: Iterable[Any]) -> int:
+    """The significant digits to show these config values with: plots.SIGNIFICANT_DIGITS,
+    or more where fewer would show two different floats the same."""
+    floats = {v for v in values if isinstance(v, float) and math.isfinite(v)}
+    return next(
+        d
+        for d in range(plots.SIGNIFICANT_DIGITS, 18)  # 17 digits tell any two floats apart
+        if len({f"{v:.{d}g}" for v in floats}) == len(floats)
+    )
+
+
+def _column_digits(rows: Sequence[Row], keys: Sequence[str]) -> dict[str, int]:
+    return {k: _digits(r.config[k] for r in rows) for k in keys}
+
+
+def _config_cells(
+    row: Row, keys: Sequence[str], seed_keys: Sequence[str], digits: dict[str, int] | None = None
+) -> list[str]:
+    """The row's config values and seeds; floats rounded to `digits` (per key) if given."""
     seeds = [", ".join(_value(s) for s in row.seeds)] if seed_keys else []
-    return [*(_value(row.config[k]) for k in keys), *seeds]
+    return [*(_value(row.config[k], (digits or {}).get(k)) for k in keys), *seeds]
 
 
 def _columns(
@@ -340,12 +362,14 @@ def _bookkeeping_cells(row: Row, head: Sequence[str]) -> list[str]:
 def markdown_table(
     rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metrics: Sequence[str]
 ) -> str:
-    """The rows as a padded Markdown table, metrics as `mean ± std`."""
+    """The rows as a padded Markdown table, metrics as `mean ± std`, config floats to
+    about four significant digits (`_digits`)."""
     head, with_error = _columns(rows, keys, seed_keys, metrics)
     header = [*head, *metrics, *(["error"] if with_error else []), "wandb"]
+    digits = _column_digits(rows, keys)
     cells = []
     for row in rows:
-        config = _config_cells(row, keys, seed_keys)
+        config = _config_cells(row, keys, seed_keys, digits)
         values = []
         for name in metrics:
             values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
@@ -420,20 +444,25 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _choose_param(
+def _choose_params(
     param: str | None,
     flat: Sequence[dict[str, Any]],
     keys: Sequence[str],
     seed_keys: Sequence[str],
     echoes: dict[str, str],
-) -> str | None:
-    """The key on the metric plot's x axis: `param`, else the first numeric differing key."""
+) -> list[str]:
+    """The keys on the metric plots' x axes: `param`, else every differing key with two
+    or more numeric values (and no other values but null)."""
     if param is None:
-        numeric = (k for k in keys if all(_is_number(f[k]) for f in flat if f.get(k) is not None))
-        return next(numeric, None)
+        return [
+            k
+            for k in keys
+            if all(_is_number(f[k]) for f in flat if f.get(k) is not None)
+            and len({_same(f.get(k)) for f in flat} - {None}) > 1
+        ]
     param = echoes.get(param, param)
     if param in keys:
-        return param
+        return [param]
     choices = ", ".join(keys) if keys else "none, the runs differ only in their seeds"
     if param in seed_keys:
         reason = "is averaged over (mean ± std)"
@@ -446,33 +475,75 @@ def _choose_param(
     raise VaelabError(f"--param {param} {reason}: choose a key that differs ({choices})")
 
 
-def _label(config: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={_value(config[k])}" for k in keys)
+def _label(config: dict[str, Any], keys: Sequence[str], digits: dict[str, int]) -> str:
+    return ", ".join(f"{k}={_value(config[k], digits.get(k))}" for k in keys)
+
+
+def _combinations(rows: Sequence[Row], keys: Sequence[str]) -> int:
+    """How many different combinations of values `keys` take over `rows`."""
+    return len({tuple(_same(r.config[k]) for k in keys) for r in rows})
+
+
+def _colour_keys(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
+    """The keys to colour `rows` by: in order, each key that splits them further while
+    their combinations stay few, at most plots.MAX_LEGEND for a legend that can be read
+    and half the rows, so that a colour groups rows rather than names one. So a key that
+    follows from those taken (model.hidden beside model.arch) is left out, and so is one
+    with a value per trial, as in a random or Optuna search."""
+    most = min(plots.MAX_LEGEND, len(rows) // 2)
+    chosen: list[str] = []
+    for key in keys:
+        if _combinations(rows, chosen) < _combinations(rows, [*chosen, key]) <= most:
+            chosen.append(key)
+    return chosen
 
 
 def metric_figure(
     rows: Sequence[Row], keys: Sequence[str], metric: str, param: str, averaged: bool
 ) -> Figure | None:
-    """`metric` against `param` over the finished rows, one line per value of the other
-    differing keys; None when no finished row reports `metric`."""
-    others = [k for k in keys if k != param]
-    series: dict[str, list[tuple[Any, float, float]]] = {}
-    for row in rows:
-        if row.status == FINISHED and metric in row.mean and row.config[param] is not None:
-            point = (row.config[param], row.mean[metric], row.std[metric])
-            series.setdefault(_label(row.config, others), []).append(point)
-    if not series:
+    """`metric` against `param` over the finished rows; None when no finished row reports
+    `metric`.
+
+    The other differing keys colour the points as far as a legend can name them
+    (`_colour_keys`). When those keys are all that varies, each colour is a line;
+    otherwise its points differ in more than `param`, stay unjoined, and the title names
+    the keys that also vary (each has its own plot when numeric).
+    """
+    shown = [
+        r for r in rows if r.status == FINISHED and metric in r.mean and r.config[param] is not None
+    ]
+    if not shown:
         return None
-    title = "mean ± std over seeds" if averaged else ""
-    return plots.metric_vs_param(series, param=param, metric=metric, title=title)
+    others = [k for k in keys if k != param]
+    colours = _colour_keys(shown, others)
+    digits = _column_digits(shown, colours)
+    series: dict[str, list[tuple[Any, float, float]]] = {}
+    for row in shown:
+        point = (row.config[param], row.mean[metric], row.std[metric])
+        series.setdefault(_label(row.config, colours, digits), []).append(point)
+    taken = _combinations(shown, colours)
+    varying = [k for k in others if _combinations(shown, [*colours, k]) > taken]
+    notes = [
+        "mean ± std over seeds" if averaged else "",
+        f"also varying: {', '.join(varying)}" if varying else "",
+    ]
+    title = textwrap.fill("; ".join(n for n in notes if n), width=60)
+    return plots.metric_vs_param(
+        series, param=param, metric=metric, title=title, connect=not varying
+    )
 
 
 def curves_figure(
     rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metric: str
 ) -> Figure | None:
     """The learning curves of every run whose history has `metric` (None without one),
-    labelled by its differing config values and, unless finished, its status."""
-    curves, groups = {}, []
+    labelled by its differing config values and, unless finished, its status.
+
+    A configuration's runs share a colour; with more configurations than a legend can
+    name, the colours are by the keys that it can (`_colour_keys`), if any.
+    """
+    digits = _column_digits(rows, keys)
+    curves, drawn = {}, []
     for row in rows:
         for run, seed in zip(row.runs, row.seeds or [()] * len(row.runs), strict=True):
             history = [r for r in run.history() if metric in r and "epoch" in r]
@@ -480,14 +551,21 @@ def curves_figure(
                 continue
             seeds = seed if len(seed_keys) > 1 else (seed,) * len(seed_keys)
             config = {**row.config, **dict(zip(seed_keys, seeds, strict=True))}
-            label = _label(config, [*keys, *seed_keys]) or run.name
+            label = _label(config, [*keys, *seed_keys], digits) or run.name
             if row.status != FINISHED:
                 label = f"{label} ({row.status})"
             if label in curves:  # the same config and seed twice, e.g. in two sweeps
                 label = f"{label} [{_shown_path(run.path)}]"
             curves[label] = ([r["epoch"] for r in history], [r[metric] for r in history])
-            groups.append(_label(row.config, keys))
-    return plots.learning_curves(curves, metric=metric, groups=groups) if curves else None
+            drawn.append(row)
+    if not curves:
+        return None
+    colours = list(keys)
+    if _combinations(drawn, keys) > plots.MAX_LEGEND:
+        colours = _colour_keys(drawn, keys) or colours
+    groups = [_label(row.config, colours, digits) for row in drawn]
+    kind = "configuration" if colours == list(keys) else ", ".join(colours)
+    return plots.learning_curves(curves, metric=metric, groups=groups, group_kind=kind)
 
 
 def _slug(name: str) -> str:
@@ -513,8 +591,9 @@ def run(
         paths: a multirun directory, a parent of runs, or run directories.
         metric: the metric to plot; default test/nll_iwae when the runs report it, else
             val/elbo. The learning curves show it when the histories have it, else val/elbo.
-        param: the config key on the x axis; default the first numeric key that differs
-            (seeds aside). The other differing keys make one line per value.
+        param: the config key on the x axis; default a plot for each numeric key that
+            differs (seeds aside). The other differing keys colour the points while they
+            take few values (`metric_figure`).
         out_dir: where compare.csv and the PNGs go; default PATH/compare for a single PATH
             that is not itself a run directory, else ./compare.
 
@@ -534,7 +613,7 @@ def run(
     rows = group_rows(runs, flat, keys, seed_keys)
     final, history = _reported(runs)
     metric = _choose_metric(metric, final, history)
-    param = _choose_param(param, flat, keys, seed_keys, echoes)
+    params = _choose_params(param, flat, keys, seed_keys, echoes)
     metrics = [m for m in HEADLINE_METRICS if m in final]
     if metric in final and metric not in metrics:
         metrics.append(metric)
@@ -542,10 +621,10 @@ def run(
     out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
     csv_path = write_csv(rows, keys, seed_keys, metrics, out / CSV_FILE)
     plot_paths = []
-    if metric in final and param is not None:
-        fig = metric_figure(rows, keys, metric, param, averaged=bool(seed_keys))
+    for x_key in params if metric in final else []:
+        fig = metric_figure(rows, keys, metric, x_key, averaged=bool(seed_keys))
         if fig is not None:
-            plot_paths.append(plots.save_png(fig, out / f"{_slug(metric)}_vs_{param}.png"))
+            plot_paths.append(plots.save_png(fig, out / f"{_slug(metric)}_vs_{x_key}.png"))
     curve_metric = metric if metric in history else "val/elbo"
     if curve_metric in history:
         fig = curves_figure(rows, keys, seed_keys, curve_metric)
@@ -560,5 +639,5 @@ def run(
         csv_path=csv_path,
         plot_paths=plot_paths,
         metric=metric,
-        param=param,
+        params=params,
     )
