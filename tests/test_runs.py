@@ -106,3 +106,28 @@ def test_find_runs_says_what_to_give(tmp_path):
         find_runs([tmp_path / "missing"])
     with pytest.raises(VaelabError, match="no runs under"):
         find_runs([tmp_path])
+
+
+def _add_evaluations(run_dir: str, ks: range) -> None:
+    for k in ks:
+        Run(run_dir).add_evaluation({"ckpt_path": "checkpoints/last.ckpt", "n_importance": k})
+
+
+def test_two_commands_adding_evaluations_at_once_lose_none(tmp_path):
+    """Two `eval.py` on one run, as two processes: each read-modify-write holds the lock."""
+    import multiprocessing
+
+    Run(tmp_path).start({"latent_dim": 2})
+    context = multiprocessing.get_context("spawn")
+    workers = [
+        context.Process(target=_add_evaluations, args=(str(tmp_path), range(i, 200, 2)))
+        for i in (0, 1)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    ks = sorted(e["n_importance"] for e in Run(tmp_path).evaluations())
+    assert ks == list(range(200))
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind

@@ -14,12 +14,14 @@
 ```
 """
 
+import fcntl
 import json
 import math
 import os
 import re
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,10 +52,27 @@ def _now() -> str:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """A reader never sees half a file, a crash never leaves one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """A reader never sees half a file, a crash never leaves one. The temporary name is the
+    process's own, so that two writers never write into one temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold `path`'s lock file (flock) for a read-modify-write of `path`: two commands on
+    one run directory (two `eval.py`, training and an `eval.py`) never drop each other's
+    update. The kernel releases the lock of a killed process."""
+    with path.with_name(f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -312,17 +331,21 @@ class Run:
         """Add an evaluation to eval_metrics.json; it replaces the one of the same checkpoint
         and K (`ckpt_path`, `n_importance`), the others are kept."""
         key = (record["ckpt_path"], record["n_importance"])
-        kept = [e for e in self.evaluations() if (e.get("ckpt_path"), e.get("n_importance")) != key]
         record = {k: _finite_or_none(v) for k, v in record.items()}
         path = self.path / EVAL_METRICS
-        _write_json(path, {"evaluations": [*kept, record]})
+        with _locked(path):
+            kept = [
+                e for e in self.evaluations() if (e.get("ckpt_path"), e.get("n_importance")) != key
+            ]
+            _write_json(path, {"evaluations": [*kept, record]})
         return path
 
     def _set_status(self, **fields: Any) -> None:
-        status = self.status()
-        status.update(fields)
-        status["updated_at"] = _now()
-        _write_json(self.path / STATUS, status)
+        with _locked(self.path / STATUS):
+            status = self.status()
+            status.update(fields)
+            status["updated_at"] = _now()
+            _write_json(self.path / STATUS, status)
 
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:
