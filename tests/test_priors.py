@@ -1,0 +1,158 @@
+"""The maths of the priors against direct computations, and shapes for every prior × posterior."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Distribution, Independent, Normal
+
+from vaelab.models.encoders import MLPEncoder
+from vaelab.models.posteriors import GaussianPosterior, IAFPosterior, Posterior, kl_term
+from vaelab.models.priors import (
+    PSEUDO_INPUTS_MEAN,
+    PSEUDO_INPUTS_STD,
+    MixturePrior,
+    Prior,
+    StandardPrior,
+    VampPrior,
+)
+
+B, D, S = 4, 3, 6
+IMAGE_SHAPE = (1, 4, 4)
+PRIORS = ("standard", "mixture", "vamp")
+POSTERIORS = ("gaussian", "iaf")
+
+
+class Encoder(nn.Module):
+    """Images -> q(z|x): a real MLP encoder for (loc, scale), a linear map for the flow's
+    context h, and a posterior; counts its calls."""
+
+    def __init__(self, posterior: Posterior):
+        super().__init__()
+        self.body = MLPEncoder(IMAGE_SHAPE, D, hidden_dim=8)
+        self.context = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(IMAGE_SHAPE), 5))
+        self.posterior = posterior
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> Distribution:
+        self.calls += 1
+        loc, scale = self.body(x)
+        if isinstance(self.posterior, IAFPosterior):
+            return self.posterior(loc, scale, self.context(x))
+        return self.posterior(loc, scale)
+
+
+def make_posterior(name: str) -> Posterior:
+    if name == "gaussian":
+        return GaussianPosterior(D)
+    posterior = IAFPosterior(D, steps=2, context_dim=5, hidden_dim=8)
+    with torch.no_grad():  # a flow that is not the identity
+        for made in posterior.mades:
+            made.output.weight.normal_(0, 0.5)
+    return posterior
+
+
+def make_prior(name: str, components: int = 5) -> Prior:
+    if name == "standard":
+        return StandardPrior(D)
+    if name == "mixture":
+        prior = MixturePrior(D, components)
+        with torch.no_grad():
+            prior.log_scale.normal_(0, 0.5)
+        return prior
+    return VampPrior(D, components, IMAGE_SHAPE)
+
+
+def images(batch_size: int = B) -> torch.Tensor:
+    return torch.rand(batch_size, *IMAGE_SHAPE, generator=torch.Generator().manual_seed(1))
+
+
+def test_one_component_mixture_is_its_gaussian():
+    torch.manual_seed(0)
+    prior = make_prior("mixture", components=1)
+    gaussian = Independent(Normal(prior.loc[0], prior.log_scale[0].exp()), 1)
+    z = 2 * torch.randn(S, B, D)
+    assert torch.allclose(prior.distribution().log_prob(z), gaussian.log_prob(z), atol=1e-6)
+
+
+def test_mixture_log_prob_is_the_log_sum_exp_over_components():
+    torch.manual_seed(0)
+    prior = make_prior("mixture", components=5)
+    z = 2 * torch.randn(S, B, D, dtype=torch.float64)
+    loc, scale = prior.loc.double(), prior.log_scale.double().exp()  # (K, D)
+    # log N(z; μ_k, σ_k²) by hand, (S, B, K), then log (1/K) Σ_k exp(...).
+    sq = ((z[..., None, :] - loc) / scale).square()
+    log_normal = (-0.5 * sq - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
+    expected = torch.logsumexp(log_normal, dim=-1) - math.log(5)
+    log_pz = prior.distribution().log_prob(z.float())
+    assert torch.allclose(log_pz.double(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS)
+def test_vampprior_with_one_pseudo_input_is_the_posterior_of_that_input(posterior):
+    torch.manual_seed(0)
+    prior, encode = VampPrior(D, 1, IMAGE_SHAPE), Encoder(make_posterior(posterior))
+    z = 2 * torch.randn(S, B, D)
+    qz_u = encode(prior.pseudo_inputs())  # batch shape (1,)
+    assert torch.allclose(prior.distribution(encode).log_prob(z), qz_u.log_prob(z), atol=1e-5)
+
+
+def test_vampprior_encodes_its_pseudo_inputs_once_per_distribution_call():
+    torch.manual_seed(0)
+    prior, encode = VampPrior(D, 7, IMAGE_SHAPE), Encoder(GaussianPosterior(D))
+    pz = prior.distribution(encode)
+    pz.log_prob(torch.randn(S, B, D))
+    pz.log_prob(torch.randn(2 * S, D))
+    pz.sample((S,))
+    assert encode.calls == 1
+    prior.distribution(encode)
+    assert encode.calls == 2
+
+
+def test_vampprior_pseudo_inputs_start_as_in_tomczak_and_welling():
+    torch.manual_seed(0)
+    prior = VampPrior(D, 500, (1, 28, 28))
+    assert prior.pseudo_inputs().shape == (500, 1, 28, 28)
+    assert prior.pseudo_inputs().min() > 0 and prior.pseudo_inputs().max() < 1
+    assert abs(prior.pseudo_logits.mean() - PSEUDO_INPUTS_MEAN) < 1e-3
+    assert abs(prior.pseudo_logits.std() - PSEUDO_INPUTS_STD) < 1e-3
+
+
+def test_vampprior_refuses_an_encoder_whose_batch_is_not_its_pseudo_inputs():
+    prior = VampPrior(D, 7, IMAGE_SHAPE)
+    with pytest.raises(ValueError, match="expected"):
+        prior.distribution(lambda u: GaussianPosterior(D)(torch.zeros(1, D), torch.ones(1, D)))
+
+
+@pytest.mark.parametrize("name", ["mixture", "vamp"])
+def test_gradients_reach_the_prior_parameters(name):
+    torch.manual_seed(0)
+    prior, encode = make_prior(name), Encoder(GaussianPosterior(D))
+    prior.distribution(encode).log_prob(torch.randn(S, B, D)).sum().backward()
+    trained = list(prior.named_parameters())
+    if name == "vamp":  # the VampPrior's components are the encoder's posteriors
+        trained += list(encode.body.named_parameters())
+    assert trained
+    for param_name, param in trained:
+        assert param.grad is not None and param.grad.abs().sum() > 0, param_name
+
+
+@pytest.mark.parametrize("posterior", POSTERIORS)
+@pytest.mark.parametrize("prior", PRIORS)
+def test_shapes_and_kl_kind_for_every_prior_and_posterior(prior, posterior):
+    torch.manual_seed(0)
+    pz_module, encode = make_prior(prior), Encoder(make_posterior(posterior))
+    qz_x = encode(images())
+    pz = pz_module.distribution(encode)
+    z = qz_x.rsample((S,))
+    assert (qz_x.batch_shape, qz_x.event_shape) == ((B,), (D,))
+    assert (pz.batch_shape, pz.event_shape) == ((), (D,))
+    assert z.shape == (S, B, D)
+    assert qz_x.log_prob(z).shape == (S, B)
+    assert pz.log_prob(z).shape == (S, B)
+    assert pz.sample((S,)).shape == (S, D)
+    kl, kind = kl_term(qz_x, pz, z)
+    assert kl.shape == (B,) and torch.isfinite(kl).all()
+    closed = prior == "standard" and posterior == "gaussian"
+    assert kind == ("closed_form" if closed else "monte_carlo")
