@@ -14,7 +14,15 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import (
+    Categorical,
+    Distribution,
+    Independent,
+    MixtureSameFamily,
+    MultivariateNormal,
+    Normal,
+    kl_divergence,
+)
 
 from vaelab.models.vae import VAE
 
@@ -104,3 +112,21 @@ class LinearGaussian:
         qz_x = Independent(Normal(loc, scale), 1)
         pz = Independent(Normal(torch.zeros_like(loc), torch.ones_like(scale)), 1)
         return rec - kl_divergence(qz_x, pz)
+
+
+class MixtureOfOnePriorVAE(VAE):
+    """The same model with p(z) = N(0, I) written as a mixture of one component.
+
+    The density is unchanged, so every closed form above still holds, but torch.distributions
+    registers no KL for a MixtureSameFamily: objectives take their Monte Carlo KL branch.
+    """
+
+    def prior(self) -> Distribution:
+        component = Independent(Normal(self.prior_loc[None], self.prior_scale[None]), 1)
+        return MixtureSameFamily(Categorical(logits=self.prior_loc.new_zeros(1)), component)
+
+
+def with_monte_carlo_kl(vae: VAE) -> MixtureOfOnePriorVAE:
+    """`vae`'s encoder and decoder (shared, not copied) under the mixture-of-one prior."""
+    latent_dim = vae.prior_loc.shape[0]
+    return MixtureOfOnePriorVAE(vae.encoder, vae.decoder, latent_dim, vae.likelihood, vae.obs_scale)
