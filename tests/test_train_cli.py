@@ -68,7 +68,7 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
 def test_conv_run_with_csv_logger_and_no_progress_bar(train_cli):
     # The default callbacks hold a progress bar, which Lightning refuses with this flag.
     result = train_cli(
-        "model=conv", "latent_dim=16", "logger=csv", "+trainer.enable_progress_bar=false", *TINY
+        "model=conv", "latent_dim=16", "logger=csv", "trainer.enable_progress_bar=false", *TINY
     )
     assert "Epoch 0:" not in result.output
     run_dir = only(result.run_dirs)
