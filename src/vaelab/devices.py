@@ -1,5 +1,6 @@
 """The devices of a run: refused before anything is made when this machine lacks what
-`trainer.accelerator` and `trainer.devices` ask for.
+`trainer.accelerator` and `trainer.devices` ask for; DDP processes on CPU cores said in
+one line where the config does not say so.
 
 Importing this module imports neither torch nor Lightning; the check imports them only
 for an accelerator other than cpu and auto.
@@ -78,3 +79,25 @@ class CheckDevicesBeforeRun(Callback):
             check_available(config.get("trainer") or {})
         except ConfigError as e:
             raise ConfigRejected(e) from e
+
+
+def warn_about_cpu_processes(trainer: Any, requested: Mapping[str, Any]) -> None:
+    """Warn, one line each, where the Trainer Lightning built from a `trainer` node runs
+    DDP processes on CPU cores without the node saying so (`auto` on a machine without a
+    GPU), and where they are more than the cores."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    processes = trainer.num_devices
+    if not isinstance(trainer.accelerator, CPUAccelerator) or processes < 2:
+        return
+    if requested.get("accelerator") != "cpu":
+        log.warning("no GPU: DDP runs %d processes on the CPU (gloo)", processes)
+    cores = os.cpu_count() or 1
+    if processes > cores:
+        log.warning(
+            "DDP runs %d processes on %d CPU cores: they oversubscribe the cores "
+            "(trainer.devices=%d gives each process a core of its own)",
+            processes,
+            cores,
+            cores,
+        )

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaelab import tracking
+from vaelab import devices, tracking
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
@@ -182,6 +182,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
         )
         if trainer.is_global_zero:
             tracking.record(run, loggers)
+            devices.warn_about_cpu_processes(trainer, cfg.trainer)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         return _fit_and_test(trainer, model, datamodule, ckpt_path, run)
