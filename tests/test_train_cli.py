@@ -173,6 +173,26 @@ def test_bf16_mixed_precision_gives_finite_metrics_of_the_same_magnitude(train_c
 
 
 @pytest.mark.slow
+def test_the_precision_that_ran_is_recorded_where_lightning_ran_another(train_cli, trained_run):
+    from vaelab.tasks import compare
+
+    # The overrides of `trained_run` (32-true), but fp16 AMP: on a CPU Lightning runs bf16.
+    overrides = ("model=mlp", "latent_dim=2", "trainer=debug", "batch_size=32", "n_importance=0")
+    result = train_cli(*overrides, "trainer.precision=16-mixed")
+    assert "trainer.precision=16-mixed runs as bf16-mixed here" in result.output
+    run = Run(only(result.run_dirs))
+    assert run.config()["trainer"]["precision"] == "bf16-mixed"
+    assert run.status()["requested"] == {"trainer.precision": "16-mixed"}
+    metrics_of(run.path)
+    shown = compare.run([trained_run, run.path], out_dir=result.tmp_path / "compare")
+    assert sorted(row.config["trainer.precision"] for row in shown.rows) == [
+        "32-true",
+        "bf16-mixed",
+    ]
+    assert "bf16-mixed" in shown.markdown
+
+
+@pytest.mark.slow
 def test_runs_write_pictures_with_the_manifold_only_for_a_2d_latent_space(train_cli):
     from PIL import Image
 
