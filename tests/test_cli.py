@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from vaelab.runs import find_runs
@@ -29,6 +30,31 @@ def test_a_recipe_knob_cannot_be_set_in_the_model_group(train_cli):
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith("vaelab: error: Could not override 'model.beta'")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_run_without_a_gpu_stops_in_one_line_before_anything_is_made(train_cli):
+    no_gpu = "vaelab: error: trainer.accelerator=gpu but no GPU is available ("
+    result = train_cli("model=mlp", "trainer=gpu", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(no_gpu) and "use trainer=cpu" in line
+    assert not (result.tmp_path / "outputs").exists(), "no run directory, no W&B run"
+
+    # A sweep's jobs may run on other machines: each job checks, and records its failure.
+    result = train_cli("-m", "model=mlp", "trainer=gpu", "latent_dim=2,3", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.output
+    (sweep,) = (result.tmp_path / "outputs" / "multiruns").iterdir()
+    runs = find_runs([sweep])
+    assert [run.state for run in runs] == ["failed", "failed"]
+    assert all(run.error.startswith(no_gpu.removeprefix("vaelab: error: ")) for run in runs)
+    assert not list(sweep.rglob("wandb")) and not list(sweep.rglob("*.ckpt"))
+
+    result = vaelab("eval", "trainer.accelerator=gpu", cwd=result.tmp_path)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(no_gpu)
 
 
 def test_runs_are_named_by_their_overrides_and_grouped_by_sweep(monkeypatch):

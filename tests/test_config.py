@@ -56,6 +56,17 @@ def test_trainer_options_instantiate(compose, name):
         assert type(trainer.strategy).__name__ == "DDPStrategy"
 
 
+def test_any_argument_of_lightnings_trainer_reaches_it(compose):
+    cfg = compose(
+        "trainer.max_steps=10",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.num_sanity_val_steps=0",
+    )
+    trainer = instantiate(trainer_args(cfg.trainer)[0], logger=False)
+    assert trainer.max_steps == 10 and trainer.accumulate_grad_batches == 2
+    assert trainer.num_sanity_val_steps == 0
+
+
 @pytest.mark.parametrize(
     ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [CSVLogger]), ("none", [])]
 )

@@ -17,3 +17,44 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_quick_start_trains_the_default_model():
     readme = (ROOT / "README.md").read_text()
     assert "pip install -e . && python train.py model=conv latent_dim=16" in readme
+
+
+# `group=option` in a command or a sentence, e.g. `hydra/launcher=joblib`, `model=mlp,conv`.
+OPTION = re.compile(r"(?<![\w.+~/-])([a-z_]+(?:/[a-z_]+)*)=(\w+(?:,\w+)*)")
+SHOWN_REFUSED = {("model", "resnet")}  # README's Errors section shows the error it gives
+
+
+def test_every_config_option_the_docs_and_conf_comments_name_exists():
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from vaelab.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+
+        def groups(parent: str = ""):
+            for name in loader.list_groups(parent):
+                group = f"{parent}/{name}" if parent else name
+                yield group
+                yield from groups(group)
+
+        options = {group: loader.get_group_options(group) for group in groups()}  # with plugins'
+    files = [
+        ROOT / "README.md",
+        *ROOT.glob("experiments/*/README.md"),
+        *ROOT.glob("conf/**/*.yaml"),
+    ]
+    named = {
+        (path.relative_to(ROOT).as_posix(), group, option)
+        for path in files
+        for group, choices in OPTION.findall(path.read_text())
+        if group in options
+        for option in choices.split(",")
+        if (group, option) not in SHOWN_REFUSED
+    }
+    assert {group for _, group, _ in named} >= {"model", "trainer", "hydra/launcher"}
+    missing = sorted(
+        (path, f"{group}={option}") for path, group, option in named if option not in options[group]
+    )
+    assert missing == []

@@ -1,10 +1,14 @@
 """The config schema: types refused at composition, values by `validate`, one line from the
 command before torch is imported, and every config option valid."""
 
+import dataclasses
+import inspect
 import json
 import re
 import subprocess
 import sys
+import types
+import typing
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,49 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
         assert OmegaConf.select(cfg, key, default="absent") != "absent", key
 
 
+# Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.
+BUILT_BY_VAELAB = ("logger", "callbacks", "plugins")
+VAELAB_TRAINER_KEYS = ("_target_", "compile")
+
+
+def _types(annotation: object) -> set:
+    """The types an annotation allows; a Literal's by the types of its values."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {type(value) for value in typing.get_args(annotation)}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*map(_types, typing.get_args(annotation)))
+    return {origin or annotation}
+
+
+def test_the_trainer_node_takes_every_argument_of_lightnings_trainer_with_its_default():
+    # A Lightning upgrade that adds, drops or changes an argument fails here.
+    from lightning.pytorch import Trainer
+
+    lightning = {
+        name: parameter
+        for name, parameter in inspect.signature(Trainer).parameters.items()
+        if name not in BUILT_BY_VAELAB
+    }
+    fields = {
+        field.name: field
+        for field in dataclasses.fields(schema.TrainerConfig)
+        if field.name not in VAELAB_TRAINER_KEYS
+    }
+    assert {name: field.default for name, field in fields.items()} == {
+        name: parameter.default for name, parameter in lightning.items()
+    }
+    for name, field in fields.items():  # a type OmegaConf checks is one Lightning takes
+        if field.type is not typing.Any:
+            assert _types(field.type) <= _types(lightning[name].annotation), name
+
+
+def test_the_eval_trainer_node_is_part_of_the_trainer_node(compose):
+    train_keys = set(compose().trainer)
+    eval_trainer = compose_command("eval").trainer
+    assert set(eval_trainer) == set(schema.EVAL_TRAINER_KEYS) < train_keys
+
+
 def test_the_allowed_names_are_those_the_builders_know():
     from vaelab import data, datamodule, likelihoods, models, runs
 
@@ -78,6 +125,9 @@ def test_the_allowed_names_are_those_the_builders_know():
         ("model.hidden_dim=null", "model.hidden_dim", "not Optional"),
         ("latnet_dim=4", "latnet_dim", "not in 'TrainConfig'"),
         ("data.batchsize=4", "data.batchsize", "not in 'DataConfig'"),
+        ("trainer.max_step=10", "trainer.max_step", "not in 'TrainerConfig'"),
+        ("trainer.max_steps=abc", "trainer.max_steps", "Integer"),
+        ("trainer.limit_val_batches=all", "trainer.limit_val_batches", "Union[int, float]"),
     ],
 )
 def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, override, key, expected):
@@ -85,6 +135,12 @@ def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, overri
         compose(override)
     cause = info.value.__cause__
     assert cause.full_key == key and expected in str(cause)
+
+
+def test_eval_refuses_a_trainer_argument_of_training_only():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_command("eval", "trainer.max_epochs=3")
+    assert "not in 'EvalTrainerConfig'" in str(info.value.__cause__)
 
 
 @pytest.mark.parametrize(
@@ -114,6 +170,10 @@ def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, overri
         ("data.binarize=none", "likelihood=bernoulli needs binary pixels but data.binarize=none"),
         ("+latnet_dim=4", "latnet_dim is not a key of the config; did you mean latent_dim?"),
         ("+model.depth=3", "model.depth is not a key of model; its keys: arch, hidden_dim, "),
+        (
+            "+trainer.max_stepz=3",
+            "trainer.max_stepz is not a key of trainer; did you mean trainer.max_steps?",
+        ),
         ("batch_size=${oops}", "batch_size: Interpolation key 'oops' not found"),
     ],
 )
@@ -161,6 +221,11 @@ def test_pictures_built_from_python_use_the_same_rules():
 
 CLI_CASES = {
     "misspelt key": ("latnet_dim=4", "Could not override 'latnet_dim'", "did you mean latent_dim?"),
+    "misspelt trainer key": (
+        "trainer.max_step=10",
+        "Could not override 'trainer.max_step'",
+        "did you mean trainer.max_steps?",
+    ),
     "not an integer": ("latent_dim=abc", "Error merging override latent_dim=abc", "to Integer"),
     "a float for an int": ("latent_dim=2.5", "Error merging override latent_dim=2.5", "Integer"),
     "not a bool": ("data.download=maybe", "Error merging override data.down", "not a valid bool"),

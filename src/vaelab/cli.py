@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
+from vaelab.devices import check_available
 from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, one_line
 from vaelab.schema import ConfigRejected, validate
 
@@ -85,12 +86,15 @@ def _destroy_process_group() -> None:
 
 
 def _validate_job(cfg: DictConfig, command: str, multirun: bool) -> None:
-    """Check the job's own config: in a multirun a swept value (latent_dim=2,0) is only there.
+    """Check the job's own config: in a multirun a swept value (latent_dim=2,0) is only there,
+    and only the job's machine tells whether it has the devices `trainer` asks for.
 
     A training job of a multirun records the failure in its run directory, as a failed run.
     """
     try:
         validate(cfg, command)
+        if "trainer" in cfg:
+            check_available(cfg.trainer)
     except ConfigError as e:
         if multirun and command == "train":
             from vaelab.runs import Run
@@ -165,6 +169,7 @@ def _train_job(cfg: DictConfig) -> float | None:
 
         if cfg.get("resume"):
             cfg = train.resumed_config(cfg, HydraConfig.get().overrides.task)
+            check_available(cfg.trainer)  # the run's own trainer node, not the command line's
         return train.run(cfg).get("val/elbo")
 
     return _job(task, cfg, "train")

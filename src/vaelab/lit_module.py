@@ -21,6 +21,12 @@ from vaelab.schema import check
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
+# How the epoch metrics are logged. Their values come from a torchmetrics compute(), which
+# has already reduced them across DDP processes: they are equal on every process. Lightning
+# cannot know that of a tensor and warns, unless sync_dist=True, that it should reduce them;
+# its reduction by max returns equal values exactly (a mean could round them), one small
+# all-reduce per key and epoch, and none without DDP.
+REDUCED = {"sync_dist": True, "reduce_fx": "max"}
 
 
 class LitVAE(L.LightningModule):
@@ -205,6 +211,7 @@ class LitVAE(L.LightningModule):
                 on_step=False,
                 on_epoch=True,
                 prog_bar=term in prog_bar,
+                **REDUCED,
             )
         metric.reset()
 
@@ -215,10 +222,10 @@ class LitVAE(L.LightningModule):
                 if name == "variance":
                     continue
                 if value.dim() == 0:
-                    self.log(f"{stage}/{name}", value.float())
+                    self.log(f"{stage}/{name}", value.float(), **REDUCED)
                 else:  # per latent dimension
                     for i, v in enumerate(value):
-                        self.log(f"{stage}/{name.removesuffix('_per_dim')}_dim/{i}", v)
+                        self.log(f"{stage}/{name.removesuffix('_per_dim')}_dim/{i}", v, **REDUCED)
             metric.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:

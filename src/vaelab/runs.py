@@ -302,6 +302,12 @@ class Run:
             )
         return last
 
+    def record_config(self, config: dict[str, Any], requested: dict[str, Any]) -> None:
+        """config.yaml becomes `config`, which holds values that ran in place of those asked
+        for (e.g. the precision Lightning chose); status.json keeps those asked for, by key."""
+        _write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
+        self._set_status(requested={**self.status().get("requested", {}), **requested})
+
     def record_wandb(self, **wandb: Any) -> None:
         """Remember the run's W&B run (id, mode, project, entity, url)."""
         self._set_status(wandb=wandb)

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaelab import tracking
+from vaelab import devices, tracking
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
@@ -166,6 +166,24 @@ def _interrupted(preemption: Preemption, trainer: L.Trainer, run: Run) -> Interr
     )
 
 
+def _record_precision(cfg: DictConfig, ran: str, run: Run) -> None:
+    """config.yaml and the loggers record the precision that runs, where Lightning runs another
+    than `trainer.precision` (16-mixed on a CPU runs bf16-mixed); status.json keeps the one
+    asked for. Before fit: DDP processes read config.yaml when they start."""
+    asked = cfg.trainer.precision
+    if str(asked) == ran:
+        return
+    if asked is not None:  # null: Lightning's default, nothing to say
+        log.warning(
+            "trainer.precision=%s runs as %s here (Lightning's choice): config.yaml records %s",
+            asked,
+            ran,
+            ran,
+        )
+    cfg.trainer.precision = ran
+    run.record_config(OmegaConf.to_container(cfg, resolve=True), {"trainer.precision": asked})
+
+
 def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -188,6 +206,8 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
         )
         if trainer.is_global_zero:
             tracking.record(run, loggers)
+            devices.warn_about_cpu_processes(trainer, cfg.trainer)
+            _record_precision(cfg, trainer.precision, run)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         return _fit_and_test(trainer, model, datamodule, ckpt_path, run)
