@@ -317,7 +317,7 @@ def per_image_loop(vae: VAE, x: Tensor, num_samples: int) -> Tensor:
 @torch.no_grad()
 def decoder_only(vae: VAE, evaluations: int, chunk: int) -> int:
     """At least `evaluations` decoder forwards in batches of `chunk` latents: how many."""
-    z = torch.randn(chunk, vae.prior_loc.shape[0])
+    z = torch.randn(chunk, vae.latent_dim)
     n = -(-evaluations // chunk)
     for _ in range(n):
         vae.decoder(z)
@@ -329,7 +329,7 @@ def decoder_and_density(vae: VAE, x: Tensor, evaluations: int, chunk: int) -> in
     """At least `evaluations` decoder forwards and log p(x|z) of the images, in chunks of
     about `chunk` latents (a whole number of latents per image): how many."""
     per_image = max(1, chunk // len(x))
-    z = torch.randn(per_image, len(x), vae.prior_loc.shape[0])
+    z = torch.randn(per_image, len(x), vae.latent_dim)
     n = -(-evaluations // (per_image * len(x)))
     for _ in range(n):
         vae.observation(z).log_prob(x)

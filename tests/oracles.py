@@ -122,11 +122,13 @@ class MixtureOfOnePriorVAE(VAE):
     """
 
     def prior(self) -> Distribution:
-        component = Independent(Normal(self.prior_loc[None], self.prior_scale[None]), 1)
-        return MixtureSameFamily(Categorical(logits=self.prior_loc.new_zeros(1)), component)
+        loc, scale = self.prior_model.loc, self.prior_model.scale
+        component = Independent(Normal(loc[None], scale[None]), 1)
+        return MixtureSameFamily(Categorical(logits=loc.new_zeros(1)), component)
 
 
 def with_monte_carlo_kl(vae: VAE) -> MixtureOfOnePriorVAE:
     """`vae`'s encoder and decoder (shared, not copied) under the mixture-of-one prior."""
-    latent_dim = vae.prior_loc.shape[0]
-    return MixtureOfOnePriorVAE(vae.encoder, vae.decoder, latent_dim, vae.likelihood, vae.obs_scale)
+    return MixtureOfOnePriorVAE(
+        vae.encoder, vae.decoder, vae.latent_dim, vae.likelihood, vae.obs_scale
+    )

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 from oracles import LinearGaussian
-from torch.distributions import kl_divergence
+from torch.distributions import Independent, Normal, kl_divergence
 
 from vaelab.estimators import (
     CPU_BUDGET,
@@ -103,7 +103,12 @@ class FixedWeights:
     def posterior(self, x: torch.Tensor) -> None:
         return None
 
-    def log_importance_weights(self, x: torch.Tensor, num_samples: int, qz_x=None) -> torch.Tensor:
+    def prior(self) -> None:
+        return None
+
+    def log_importance_weights(
+        self, x: torch.Tensor, num_samples: int, qz_x=None, pz=None
+    ) -> torch.Tensor:
         chunk = self.log_w[self.used : self.used + num_samples]
         self.used += num_samples
         return chunk
@@ -160,13 +165,25 @@ def test_default_chunks_keep_decoder_memory_within_the_cpu_budget(arch):
 def test_kl_per_dim_sums_to_the_vae_kl(model, x):
     vae = model.vae(**PERTURBATION)
     with torch.no_grad():
-        loc, scale = vae.encoder(x)
-        per_dim = kl_per_dim(loc, scale)
-        kl = kl_divergence(vae.posterior(x), vae.prior())
+        qz_x, pz = vae.posterior(x), vae.prior()
+        per_dim = kl_per_dim(qz_x, pz)
+        kl = kl_divergence(qz_x, pz)
     assert per_dim.shape == (len(x), model.latent_dim)
     assert (per_dim >= 0).all()
     assert torch.allclose(per_dim.sum(-1), kl)
-    assert torch.equal(kl_per_dim(torch.zeros(2, 3), torch.ones(2, 3)), torch.zeros(2, 3))
+    standard = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
+    assert torch.equal(kl_per_dim(standard, pz), torch.zeros(2, 3))
+
+
+def test_kl_per_dim_is_undefined_for_a_mixture_prior_or_a_flow_posterior():
+    from vaelab.models.posteriors import IAFPosterior
+    from vaelab.models.priors import MixturePrior
+
+    q = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
+    assert kl_per_dim(q, MixturePrior(3, 4).distribution()) is None
+    flow = IAFPosterior(3, steps=1, context_dim=2, hidden_dim=4)
+    qf = flow(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 2))
+    assert kl_per_dim(qf, Independent(Normal(torch.zeros(3), torch.ones(3)), 1)) is None
 
 
 def test_active_units_counts_the_dims_that_vary():
@@ -178,13 +195,18 @@ def test_active_units_counts_the_dims_that_vary():
     assert torch.allclose(variances, stds.square(), rtol=0.15)
 
     scales = torch.rand(1000, 6, generator=g) + 0.1
+    q = Independent(Normal(means, scales), 1)
+    kl_dims = kl_per_dim(q, Independent(Normal(torch.zeros(6), torch.ones(6)), 1))
     metric = ActiveUnitsMetric(latent_dim=6)
-    metric.update(means[:300], scales[:300])
-    metric.update(means[300:], scales[300:])
+    metric.update(means[:300], kl_dims[:300])
+    metric.update(means[300:], kl_dims[300:])
     out = metric.compute()
     assert int(out["active_units"]) == 3
     assert torch.allclose(out["variance"], variances, atol=1e-4)
-    assert torch.allclose(out["kl_per_dim"], kl_per_dim(means, scales).mean(0))
+    assert torch.allclose(out["kl_per_dim"], kl_dims.mean(0))
+    without_kl = ActiveUnitsMetric(latent_dim=6)  # a flow posterior or a mixture prior
+    without_kl.update(means)
+    assert "kl_per_dim" not in without_kl.compute()  # undefined: not logged, never faked
 
 
 def test_log_likelihood_metric_weights_batches_by_size():

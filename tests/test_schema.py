@@ -54,9 +54,16 @@ def test_eval_and_sample_configs_compose_and_validate(command):
 
 @pytest.mark.parametrize("command", ["train", "eval", "sample"])
 def test_every_rule_names_a_key_of_the_config(compose, command):
-    cfg = compose() if command == "train" else compose_command(command)
+    if command == "train":  # a model part's keys are in one of its options
+        cfgs = [compose(), *(compose(option) for option in PART_OPTIONS)]
+    else:
+        cfgs = [compose_command(command)]
     for key in schema.RULES[command]:
-        assert OmegaConf.select(cfg, key, default="absent") != "absent", key
+        assert any(OmegaConf.select(cfg, key, default="absent") != "absent" for cfg in cfgs), key
+
+
+PART_OPTIONS = ("prior=mog", "posterior=iaf", "objective=iwae", "objective=betatc",
+                "beta_schedule=cyclical")  # fmt: skip
 
 
 # Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.

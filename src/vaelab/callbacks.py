@@ -13,7 +13,8 @@ from torch import Tensor
 
 from vaelab import plots
 from vaelab.estimators import kl_per_dim
-from vaelab.models.vae import VAE
+from vaelab.models.priors import StandardPrior
+from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run
 from vaelab.schema import check
 
@@ -23,6 +24,8 @@ PICTURES = (
 # Posterior means for the scatter are computed in chunks of this many images: the conv
 # encoder holds about 75 MB for 1,024, which set the test stage's peak memory.
 _ENCODE_CHUNK = 256
+# Draws of a prior other than N(0, I) whose marginal quantiles place the 2-D manifold grid.
+_PRIOR_DRAWS = 10_000
 
 
 class RunHistory(L.Callback):
@@ -140,9 +143,8 @@ class VAEPictures(L.Callback):
             {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2.
         """
         x = x[: self.n_test_images]
-        posteriors = [vae.posterior(chunk) for chunk in x.split(_ENCODE_CHUNK)]
-        loc = torch.cat([qz_x.mean for qz_x in posteriors])  # (n, D)
-        scale = torch.cat([qz_x.stddev for qz_x in posteriors])
+        chunks = x.split(_ENCODE_CHUNK)
+        loc = torch.cat([posterior_mean(vae.posterior(chunk)) for chunk in chunks])  # (n, D)
         shown, shown_loc = x[: self.n_images], loc[: self.n_images]
         generator = torch.Generator().manual_seed(self.seed)
         pictures: dict[str, Tensor | Figure] = {
@@ -156,14 +158,20 @@ class VAEPictures(L.Callback):
             z = plots.interpolation_latents(ends[:, 0], ends[:, 1], self.interpolation_steps)
             pictures["interpolations"] = plots.image_grid(vae.decode(z), self.interpolation_steps)
 
-        kl = kl_per_dim(shown_loc, scale[: self.n_images])  # (n_images, D) nats
-        dims = plots.most_informative_dims(kl, self.n_traversal_dims)
+        # The most informative dims: by KL where it splits into dims, else by how much the
+        # posterior means vary across the images (active units' statistic).
+        pz = vae.prior() if vae.prior_model.factorised else None
+        kl = kl_per_dim(vae.posterior(shown), pz) if pz is not None else None
+        spread = kl if kl is not None else loc.var(0, correction=0)
+        dims = plots.most_informative_dims(spread, self.n_traversal_dims)
         values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_values)
         z = plots.traversal_latents(loc[0], dims, values)
         pictures["traversals"] = plots.image_grid(vae.decode(z), self.traversal_values)
 
         if loc.shape[1] == 2:
-            z = plots.manifold_latents(self.manifold_size).to(loc)
+            standard = isinstance(vae.prior_model, StandardPrior)
+            draws = None if standard else vae.prior().sample((_PRIOR_DRAWS,))
+            z = plots.manifold_latents(self.manifold_size, prior_draws=draws).to(loc)
             pictures["manifold"] = plots.image_grid(vae.decode(z), self.manifold_size)
 
         pictures["latent_scatter"] = plots.latent_scatter(

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor
-from torch.distributions import Normal, kl_divergence
+from torch.distributions import Distribution, Independent, kl_divergence
 from torchmetrics import Metric
 
 from vaelab.models.vae import VAE
@@ -36,7 +36,7 @@ def evaluation_bytes(vae: VAE) -> int:
     try:
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for the hooks.
-            params = vae.decoder.forward(vae.prior_loc[None])
+            params = vae.decoder.forward(torch.zeros(1, vae.latent_dim, device=vae.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -100,9 +100,9 @@ def iw_log_likelihood(
         ]
         return torch.cat([log_px for log_px, _ in parts]), torch.cat([ess for _, ess in parts])
     lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
-    qz_x = vae.posterior(x)
+    qz_x, pz = vae.posterior(x), vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        log_w = vae.log_importance_weights(x, k, qz_x)  # (k, B)
+        log_w = vae.log_importance_weights(x, k, qz_x, pz)  # (k, B)
         lse = torch.logaddexp(lse, log_w.logsumexp(0))
         lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
     # (Σw)² / Σw²; rounding can put it a few ulps outside [1, K].
@@ -134,16 +134,24 @@ def naive_log_likelihood(
             ]
         )
     lse = torch.full((x.shape[0],), -math.inf, device=x.device)
+    pz = vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        z = vae.prior().sample((k, 1))  # (k, 1, D), broadcast over the batch
+        z = pz.sample((k, 1))  # (k, 1, D), broadcast over the batch
         lse = torch.logaddexp(lse, vae.observation(z).log_prob(x).logsumexp(0))
     return lse - math.log(num_samples)
 
 
-def kl_per_dim(qz_x_loc: Tensor, qz_x_scale: Tensor) -> Tensor:
-    """KL(N(loc, scale²) || N(0, 1)) per latent dimension: (B, D) nats; sums to the KL."""
-    pz = Normal(torch.zeros_like(qz_x_loc), torch.ones_like(qz_x_scale))
-    return kl_divergence(Normal(qz_x_loc, qz_x_scale), pz)
+def kl_per_dim(qz_x: Distribution, pz: Distribution) -> Tensor | None:
+    """KL(q(z_d|x) || p(z_d)) per latent dimension: (B, D) nats that sum to the KL, where
+    both are factorised with a closed form per dimension (diagonal Gaussians); else None:
+    the KL of a flow posterior or a mixture prior does not split into dimensions."""
+    if not (isinstance(qz_x, Independent) and isinstance(pz, Independent)):
+        return None
+    try:
+        kl = kl_divergence(qz_x.base_dist, pz.base_dist)
+    except NotImplementedError:
+        return None
+    return kl.expand(qz_x.batch_shape + qz_x.event_shape)
 
 
 def active_units(posterior_means: Tensor, threshold: float = 1e-2) -> tuple[int, Tensor]:
@@ -233,14 +241,14 @@ class MeansMetric(Metric):
 class ActiveUnitsMetric(Metric):
     """Active units and per-dimension mean KL of q(z|x) over a dataset, DDP-correct.
 
-    Keeps Σ loc, Σ loc², Σ KL per dimension and a count: all sum-reducible, so nothing is
-    gathered across processes. Float32 sums suffice: the variance is compared with 1e-2 and
-    the KL term keeps the aggregate posterior mean near 0, so Σ loc² is not dominated by
-    the squared mean (float64 states would break on MPS).
+    Keeps Σ E_q[z|x], Σ E_q[z|x]², Σ KL per dimension and a count: all sum-reducible, so
+    nothing is gathered across processes. Float32 sums suffice: the variance is compared
+    with 1e-2 and the KL term keeps the aggregate posterior mean near 0, so the sum of
+    squares is not dominated by the squared mean (float64 states would break on MPS).
 
     `compute` returns {"active_units": () count, "variance": (D,) Cov_x of the posterior
-    means, "kl_per_dim": (D,) mean nats per image}; log the entries e.g. as
-    `val/active_units` and `val/kl_dim/{i}`.
+    means} and, when every update had it, "kl_per_dim": (D,) mean nats per image; log the
+    entries e.g. as `val/active_units` and `val/kl_dim/{i}`.
 
     Args:
         latent_dim: D.
@@ -257,23 +265,25 @@ class ActiveUnitsMetric(Metric):
         self.add_state("sum_loc_sq", torch.zeros(latent_dim), dist_reduce_fx="sum")
         self.add_state("sum_kl", torch.zeros(latent_dim), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("count_kl", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, qz_x_loc: Tensor, qz_x_scale: Tensor) -> None:
-        """qz_x_loc, qz_x_scale: (B, D) parameters of q(z|x)."""
-        loc, scale = qz_x_loc.detach().float(), qz_x_scale.detach().float()
+    def update(self, posterior_means: Tensor, kl_dims: Tensor | None = None) -> None:
+        """posterior_means: (B, D) E_q[z|x]; kl_dims: (B, D) nats, or None where undefined."""
+        loc = posterior_means.detach().float()
         self.sum_loc += loc.sum(0)
         self.sum_loc_sq += loc.square().sum(0)
-        self.sum_kl += kl_per_dim(loc, scale).sum(0)
         self.count += loc.shape[0]
+        if kl_dims is not None:
+            self.sum_kl += kl_dims.detach().float().sum(0)
+            self.count_kl += loc.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
         mean = self.sum_loc / self.count
         variance = (self.sum_loc_sq / self.count - mean.square()).clamp(min=0)
-        return {
-            "active_units": (variance > self.threshold).sum(),
-            "variance": variance,
-            "kl_per_dim": self.sum_kl / self.count,
-        }
+        out = {"active_units": (variance > self.threshold).sum(), "variance": variance}
+        if 0 < self.count_kl == self.count:
+            out["kl_per_dim"] = self.sum_kl / self.count
+        return out
 
 
 @torch.no_grad()
@@ -301,7 +311,7 @@ def evaluate_log_likelihood(
     Raises:
         InputError: a batch is not model-ready (see `VAE.check_data`).
     """
-    device = vae.prior_loc.device
+    device = vae.device
     iwae = naive = None
     sum_elbo, count = 0.0, 0
     was_training = vae.training

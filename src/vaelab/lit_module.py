@@ -14,9 +14,21 @@ from vaelab.estimators import (
     LogLikelihoodMetric,
     MeansMetric,
     iw_log_likelihood,
+    kl_per_dim,
     naive_log_likelihood,
 )
-from vaelab.models import VAE, build_decoder, build_encoder
+from vaelab.models import (
+    VAE,
+    build_decoder,
+    build_encoder,
+    build_objective,
+    build_part_class,
+    build_posterior,
+    build_prior,
+)
+from vaelab.models.objectives import ElboObjective, Objective
+from vaelab.models.schedules import Cyclical, LinearWarmup
+from vaelab.models.vae import posterior_mean
 from vaelab.schema import check
 
 STAGES = ("train", "val", "test")
@@ -64,6 +76,10 @@ class LitVAE(L.LightningModule):
         lr: float = 1e-3,
         n_importance: int = 100,
         image_shape: tuple[int, int, int] = (1, 28, 28),
+        prior: dict | None = None,
+        posterior: dict | None = None,
+        objective: dict | None = None,
+        beta_schedule: dict | None = None,
     ):
         super().__init__()
         check({"arch": arch, "hidden_dim": hidden_dim, "activation": activation}, "model.")
@@ -87,11 +103,17 @@ class LitVAE(L.LightningModule):
             latent_dim,
             likelihood,
             obs_scale,
+            prior=build_prior(prior, latent_dim, image_shape),
+            posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
         )
-        # Epoch means of TERMS. One metric per stage, updated with every batch and logged
+        self._objective: Objective | None = None
+        # The objective's class, for its extras: built in `setup`, with the data's size.
+        extras = build_part_class(objective, ElboObjective).extras
+        self.terms = (*TERMS, *extras)
+        # Epoch means of the terms. One metric per stage, updated with every batch and logged
         # once per epoch: a `self.log` per term and step cost more than a small step's maths.
         # Keyed "<stage>_means": a ModuleDict may not have a key named "train".
-        self.means = nn.ModuleDict({f"{s}_means": MeansMetric(len(TERMS)) for s in STAGES})
+        self.means = nn.ModuleDict({f"{s}_means": MeansMetric(len(self.terms)) for s in STAGES})
         self.latent_stats = nn.ModuleDict(
             {s: ActiveUnitsMetric(latent_dim) for s in ("val", "test")}
         )
@@ -107,29 +129,63 @@ class LitVAE(L.LightningModule):
         self.vae.encoder.compile()
         self.vae.decoder.compile()
 
+    @property
+    def objective(self) -> Objective:
+        """What training minimises (`vaelab.models.objectives`), built on first use: the
+        objectives that need the training set's size (beta-TCVAE) read it from the data."""
+        if self._objective is None:
+            datamodule = self._trainer and self.trainer.datamodule
+            size = datamodule.hparams.get("n_train") if datamodule is not None else None
+            self._objective = build_objective(
+                self.hparams.objective, self.hparams.num_samples, size
+            )
+        return self._objective
+
+    @property
+    def kl_kind(self) -> str | None:
+        """How the KL is computed: "closed_form" or "monte_carlo" (None before a step)."""
+        return self.objective.kl_kind
+
+    def schedule_weight(self) -> float:
+        """The fraction of beta that `beta_schedule` gives this training step, in [0, 1]:
+        1 (constant), the linear warm-up over `kl_warmup_epochs` (0: constant), or cyclical
+        (`vaelab.models.schedules`); 1 outside training."""
+        schedule = dict(self.hparams.beta_schedule or {})
+        kind = schedule.pop("kind", "linear")
+        if not self.training:
+            return 1.0
+        if kind == "cyclical":
+            total = self.trainer.estimated_stepping_batches
+            return Cyclical(1.0, **schedule).weight(self.global_step, total)
+        if kind == "linear" and self.hparams.kl_warmup_epochs > 0:
+            steps = self.hparams.kl_warmup_epochs * self.trainer.num_training_batches
+            return LinearWarmup(1.0, steps).weight(self.global_step)
+        return 1.0
+
     def kl_weight(self) -> float:
-        """beta, ramped up linearly over the first `kl_warmup_epochs` of training."""
-        if not self.training or self.hparams.kl_warmup_epochs <= 0:
-            return self.hparams.beta
-        warmup_steps = self.hparams.kl_warmup_epochs * self.trainer.num_training_batches
-        return self.hparams.beta * min(1.0, (self.global_step + 1) / warmup_steps)
+        """beta times the schedule's fraction: the KL weight of this step."""
+        return self.hparams.beta * self.schedule_weight()
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, _ = batch
         qz_x = self.vae.posterior(x)
-        rec, kl = self.vae.elbo_terms(x, self.hparams.num_samples, qz_x=qz_x)
         beta = self.kl_weight()
-        values = {"loss": -(rec - beta * kl), "elbo": rec - kl, "rec": rec, "kl": kl}
+        weight = self.schedule_weight() if self.objective.own_beta else beta
+        values = self.objective(self.vae, x, weight, qz_x=qz_x)
         # Per-image values (B,) each: the epoch means are exact across batches and processes.
-        self.means[f"{stage}_means"].update(torch.stack(list(values.values())))
+        self.means[f"{stage}_means"].update(
+            torch.stack([values[term].detach() for term in self.terms])
+        )
         if stage != "train":
-            self.latent_stats[stage].update(qz_x.base_dist.loc, qz_x.base_dist.scale)
+            pz = self.vae.prior() if self.vae.prior_model.factorised else None
+            kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
+            self.latent_stats[stage].update(posterior_mean(qz_x), kl_dims)
             return values
         self._beta_sum += beta * len(x)
         self._beta_images += len(x)
         if self._trainer and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # The steps Lightning sends to the loggers (its own rule, for one optimizer).
-            batch_means = {f"train/{term}_step": value.mean() for term, value in values.items()}
+            batch_means = {f"train/{t}_step": values[t].detach().mean() for t in self.terms}
             self.log_dict({**batch_means, "train/beta_step": beta}, on_step=True, on_epoch=False)
         return values
 
@@ -200,11 +256,11 @@ class LitVAE(L.LightningModule):
         self._restore_training_rng()
 
     def _log_means(self, stage: str, suffix: str = "", prog_bar: Sequence[str] = ()) -> None:
-        """Log the epoch means of TERMS (reduced across processes by compute) and reset."""
+        """Log the epoch means of the terms (reduced across processes by compute), reset."""
         metric = self.means[f"{stage}_means"]
         if not metric.update_called:  # e.g. limit_val_batches=0
             return
-        for term, value in zip(TERMS, metric.compute(), strict=True):
+        for term, value in zip(self.terms, metric.compute(), strict=True):
             self.log(
                 f"{stage}/{term}{suffix}",
                 value,

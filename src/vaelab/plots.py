@@ -77,20 +77,22 @@ def most_informative_dims(kl_per_dim: Tensor, k: int) -> list[int]:
     return torch.sort(kl, descending=True, stable=True).indices[:k].tolist()
 
 
-def manifold_latents(n: int, quantile: float = 0.05) -> Tensor:
-    """(n*n, 2) codes on the Normal quantile grid of Kingma & Welling's 2-D manifold figure.
+def manifold_latents(n: int, quantile: float = 0.05, prior_draws: Tensor | None = None) -> Tensor:
+    """(n*n, 2) codes on the quantile grid of Kingma & Welling's 2-D manifold figure.
 
-    Coordinates are `Normal(0, 1).icdf(linspace(quantile, 1 - quantile, n))`. Row-major from
-    the top: `image_grid(decode(z), nrow=n)` has z1 increasing left to right and z2 increasing
-    bottom to top.
+    Coordinates are the prior's marginal quantiles at `linspace(quantile, 1 - quantile, n)`:
+    `Normal(0, 1).icdf` for N(0, I), or, for another prior, the empirical quantiles of
+    `prior_draws` (N, 2). Row-major from the top: `image_grid(decode(z), nrow=n)` has z1
+    increasing left to right and z2 increasing bottom to top.
     """
     if not 0 < quantile < 0.5:
         raise ValueError(f"quantile must be in (0, 0.5), got {quantile}")
     p = torch.linspace(quantile, 1 - quantile, n, dtype=torch.float64)
-    grid = Normal(0.0, 1.0).icdf(p).float()
-    z1 = grid.repeat(n)
-    z2 = grid.flip(0).repeat_interleave(n)
-    return torch.stack([z1, z2], dim=1)
+    if prior_draws is None:
+        z1 = z2 = Normal(0.0, 1.0).icdf(p).float()
+    else:
+        z1, z2 = torch.quantile(prior_draws.detach().double().cpu(), p, dim=0).float().T
+    return torch.stack([z1.repeat(n), z2.flip(0).repeat_interleave(n)], dim=1)
 
 
 def project_2d(z: Tensor) -> Tensor:

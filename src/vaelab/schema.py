@@ -36,6 +36,8 @@ DATASETS = ("mnist", "fashion_mnist")
 BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
+GRADIENTS = ("standard", "dreg")  # of objective=iwae
+BETA_SCHEDULES = ("constant", "linear", "cyclical")
 
 # --- types: the schemas of the YAML files; their values come from the YAML files ------
 
@@ -191,6 +193,12 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     # A default, not MISSING: OmegaConf 2.3 fails to fill a MISSING node holding Unions.
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    # The model parts (conf/prior, posterior, objective, beta_schedule): a `_target_` class
+    # and its arguments, whose values RULES checks and whose combinations `check_parts` does.
+    prior: dict[str, Any] = MISSING
+    posterior: dict[str, Any] = MISSING
+    objective: dict[str, Any] = MISSING
+    beta_schedule: dict[str, Any] = MISSING
     # Passed to Lightning as they are: Lightning checks them.
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = MISSING
@@ -319,6 +327,19 @@ RULES: dict[str, dict[str, Rule]] = {
         ),
         "data.seed": SEED,
         "trainer.compile": BOOLEAN,
+        "prior.components": noted(integer(1), "mixture components or pseudo-inputs"),
+        "posterior.steps": noted(integer(1), "flow steps; posterior=gaussian has none"),
+        "posterior.hidden_dim": integer(1),
+        "objective.num_samples": integer(1),
+        "objective.free_bits": noted(number(0), "nats per latent dimension, 0: off"),
+        "objective.k": noted(integer(1), "importance samples per image"),
+        "objective.gradient": one_of(GRADIENTS),
+        "objective.alpha": number(0),
+        "objective.beta": number(0),
+        "objective.gamma": number(0),
+        "beta_schedule.kind": one_of(BETA_SCHEDULES),
+        "beta_schedule.cycles": integer(1),
+        "beta_schedule.ratio": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
         "callbacks.step_checkpoint.every_n_train_steps": integer(1),
         "callbacks.pictures.every_n_epochs": integer(1),
         "callbacks.pictures.n_images": integer(1),
@@ -399,6 +420,48 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     values = {key: _select(cfg, key) for key in RULES[command]}
     check({key: value for key, value in values.items() if value is not _ABSENT}, command=command)
     check_likelihood(values.get("likelihood"), values.get("data.binarize"))
+    if command == "train":
+        check_parts(cfg)
+
+
+def _part(cfg: DictConfig, group: str) -> str:
+    """The class name of a model part's `_target_` ("" without one)."""
+    return str(OmegaConf.select(cfg, f"{group}._target_", default="") or "").rsplit(".", 1)[-1]
+
+
+def check_parts(cfg: DictConfig) -> None:
+    """Refuse the combinations of model parts that are not defined, each with why.
+
+    Raises:
+        ConfigError: e.g. objective=betatc with a flow posterior.
+    """
+    flow = _part(cfg, "posterior") == "IAFPosterior"
+    objective = _part(cfg, "objective")
+    if flow and objective == "BetaTCObjective":
+        raise ConfigError(
+            "objective=betatc estimates the total correlation from the per-dimension densities "
+            "of a diagonal Gaussian q(z|x), which posterior=iaf does not have: use "
+            "posterior=gaussian"
+        )
+    if flow and OmegaConf.select(cfg, "objective.gradient") == "dreg":
+        raise ConfigError(
+            "objective.gradient=dreg evaluates q(z|x) with its parameters cut from the graph, "
+            "which a flow's steps do not expose: use posterior=gaussian or "
+            "objective.gradient=standard"
+        )
+    free_bits = OmegaConf.select(cfg, "objective.free_bits", default=0) or 0
+    if free_bits > 0 and (flow or _part(cfg, "prior") not in ("", "StandardPrior")):
+        raise ConfigError(
+            f"objective.free_bits={free_bits} needs the KL of each latent dimension, which only "
+            "posterior=gaussian with prior=standard has: set objective.free_bits=0"
+        )
+    kind = OmegaConf.select(cfg, "beta_schedule.kind", default="linear")
+    warmup = OmegaConf.select(cfg, "kl_warmup_epochs", default=0) or 0
+    if warmup > 0 and kind != "linear":
+        raise ConfigError(
+            f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear, not of "
+            f"beta_schedule={kind}: set kl_warmup_epochs=0"
+        )
 
 
 def check_likelihood(likelihood: str | None, binarize: str | None) -> None:

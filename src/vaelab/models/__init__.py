@@ -1,7 +1,63 @@
+"""The model parts and their builders: a VAE is an encoder, a decoder, a prior and a
+posterior, trained by an objective; each part is named by a `_target_` in its config group
+(conf/prior, conf/posterior, conf/objective) and built from typed primitives."""
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from hydra.utils import get_class
+
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder
+from vaelab.models.objectives import ElboObjective, Objective
+from vaelab.models.posteriors import GaussianPosterior, Posterior
+from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
 
 ARCHS = ("mlp", "conv")
 
-__all__ = ["ACTIVATIONS", "ARCHS", "VAE", "build_decoder", "build_encoder"]
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHS",
+    "VAE",
+    "build_decoder",
+    "build_encoder",
+    "build_objective",
+    "build_part",
+    "build_part_class",
+    "build_posterior",
+    "build_prior",
+]
+
+
+def build_part(cfg: Mapping[str, Any] | None, default: type, **context: Any) -> Any:
+    """The part a config node names (`_target_` and its arguments), or `default` without
+    one; `context` (latent_dim, image_shape, ...) fills the arguments the class takes."""
+    cls = build_part_class(cfg, default)
+    cfg = {k: v for k, v in (cfg or {}).items() if k != "_target_"}
+    accepted = inspect.signature(cls).parameters
+    return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
+
+
+def build_part_class(cfg: Mapping[str, Any] | None, default: type) -> type:
+    """The class a config node names, `default` without a `_target_`."""
+    return get_class(cfg["_target_"]) if cfg and "_target_" in cfg else default
+
+
+def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
+    return build_part(cfg, StandardPrior, latent_dim=latent_dim, image_shape=image_shape)
+
+
+def build_posterior(cfg: Mapping[str, Any] | None, latent_dim: int, context_dim: int) -> Posterior:
+    return build_part(cfg, GaussianPosterior, latent_dim=latent_dim, context_dim=context_dim)
+
+
+def build_objective(
+    cfg: Mapping[str, Any] | None, num_samples: int, dataset_size: int | None
+) -> Objective:
+    """The objective of `cfg`, the beta-ELBO with `num_samples` draws without one;
+    `dataset_size` is given to the objectives that take it (beta-TCVAE)."""
+    if not cfg:
+        return ElboObjective(num_samples=num_samples)
+    return build_part(cfg, ElboObjective, dataset_size=dataset_size)

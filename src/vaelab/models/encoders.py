@@ -1,4 +1,8 @@
-"""Encoders map images (B, C, H, W) to the parameters (loc, scale) of q(z|x), each (B, D)."""
+"""Encoders map images (B, C, H, W) to the parameters (loc, scale) of q(z|x), each (B, D).
+
+With `with_context=True` they also give their last hidden features h (B, hidden_dim), the
+context a flow posterior conditions on (`vaelab.models.posteriors.IAFPosterior`).
+"""
 
 import math
 
@@ -44,8 +48,9 @@ class MLPEncoder(nn.Module):
         )
         self.head = GaussianHead(hidden_dim, latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.body(x))
+    def forward(self, x: Tensor, with_context: bool = False) -> tuple[Tensor, ...]:
+        h = self.body(x)
+        return (*self.head(h), h) if with_context else self.head(h)
 
 
 class ConvEncoder(nn.Module):
@@ -72,8 +77,9 @@ class ConvEncoder(nn.Module):
         )
         self.head = GaussianHead(hidden_dim, latent_dim)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.body(x))
+    def forward(self, x: Tensor, with_context: bool = False) -> tuple[Tensor, ...]:
+        h = self.body(x)
+        return (*self.head(h), h) if with_context else self.head(h)
 
 
 ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}

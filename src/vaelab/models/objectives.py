@@ -20,9 +20,9 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaelab.errors import ConfigError
+from vaelab.schema import GRADIENTS
 
 KL_KINDS = ("closed_form", "monte_carlo")
-GRADIENTS = ("standard", "dreg")
 
 
 class LatentModel(Protocol):
@@ -36,9 +36,14 @@ class LatentModel(Protocol):
 
 
 class Objective:
-    """The interface; `kl_kind` is None until the first call."""
+    """The interface; `kl_kind` is None until the first call; `extras` names the values it
+    returns besides loss, elbo, rec and kl."""
 
     kl_kind: str | None = None
+    extras: tuple[str, ...] = ()
+    # True when the objective holds its own beta (beta-TC's weight of the total correlation):
+    # a call's `beta` is then the schedule's fraction in [0, 1], not beta times it.
+    own_beta = False
 
     def __call__(
         self, vae: LatentModel, x: Tensor, beta: float = 1.0, qz_x: Distribution | None = None
@@ -111,6 +116,8 @@ class IwaeObjective(Objective):
         gradient: "standard" (the IWAE gradient) or "dreg".
     """
 
+    extras = ("iwae",)
+
     def __init__(self, k: int = 5, gradient: str = "standard"):
         _check_count("k", k)
         if gradient not in GRADIENTS:
@@ -170,6 +177,9 @@ class BetaTCObjective(Objective):
         gamma: weight of the dimension-wise KL.
         dataset_size: N, the number of training images.
     """
+
+    extras = ("mi", "tc", "dwkl")
+    own_beta = True
 
     def __init__(
         self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int

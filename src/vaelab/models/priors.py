@@ -21,7 +21,10 @@ PSEUDO_INPUTS_STD = 0.01
 
 
 class Prior(nn.Module):
-    """p(z) over D latent dimensions."""
+    """p(z) over D latent dimensions; `factorised`: an Independent over the D dimensions,
+    so that the KL of a factorised posterior splits into dimensions."""
+
+    factorised = False
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -34,6 +37,8 @@ class Prior(nn.Module):
 
 class StandardPrior(Prior):
     """p(z) = N(0, I)."""
+
+    factorised = True
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)

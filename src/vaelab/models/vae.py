@@ -1,33 +1,43 @@
-"""The one place latent distributions are built: posterior q(z|x), prior p(z), ELBO terms."""
+"""The one place latent distributions are built: posterior q(z|x), prior p(z), p(x|z)."""
 
+import itertools
 import math
 from functools import cached_property
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, Independent, Normal, kl_divergence
+from torch.distributions import Distribution
 
 from vaelab.errors import InputError
 from vaelab.likelihoods import BINARY_LIKELIHOODS, observation_dist
+from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
+from vaelab.models.priors import Prior, StandardPrior
 
 # Where a user gets batches that `VAE.check_data` accepts; the check's errors point there.
 MODEL_READY = (
     "use model-ready batches (vaelab.model_batches(run_dir, split), or a VAEDataModule's "
     "model_batches(split))"
 )
+# Draws of z that estimate E_q[z|x] where q has no closed-form mean (a flow posterior).
+MEAN_SAMPLES = 64
 
 
 class VAE(nn.Module):
-    """p(z) = N(0, I), q(z|x) = N(loc(x), diag scale(x)^2), p(x|z) from the decoder.
+    """A prior p(z), a posterior q(z|x) from the encoder, and p(x|z) from the decoder.
 
     Args:
-        encoder: maps x (B, ...) to (loc, scale), each (B, D).
+        encoder: maps x (B, ...) to (loc, scale), each (B, D); with a posterior that needs
+            a context (`posterior.context_dim > 0`), `encoder(x, with_context=True)` gives
+            (loc, scale, h).
         decoder: maps z (B, D) to likelihood parameters shaped like one batch of x.
         latent_dim: D.
         likelihood: name of the observation model, see `vaelab.likelihoods`.
         obs_scale: standard deviation of the Gaussian likelihood.
         value_range: the interval the values of x lie in, which `check_data` enforces:
             (0, 1), the intensities of vaelab's images; None for data on the real line.
+        prior: p(z), see `vaelab.models.priors` (default N(0, I)).
+        posterior: q(z|x) from the encoder's features, see `vaelab.models.posteriors`
+            (default the diagonal Gaussian N(loc, diag scale²)).
     """
 
     def __init__(
@@ -38,25 +48,39 @@ class VAE(nn.Module):
         likelihood: str,
         obs_scale: float = 0.1,
         value_range: tuple[float, float] | None = (0.0, 1.0),
+        prior: Prior | None = None,
+        posterior: Posterior | None = None,
     ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.latent_dim = latent_dim
         self.likelihood = likelihood
         self.obs_scale = obs_scale
         self.value_range = value_range
-        # Buffers so that the prior follows the module across devices.
-        self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
-        self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
+        self.prior_model = prior or StandardPrior(latent_dim)
+        self.posterior_model = posterior or GaussianPosterior(latent_dim)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights (or, without any, its buffers) are."""
+        return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
 
     def posterior(self, x: Tensor) -> Distribution:
         """q(z|x): batch shape (B,), event shape (D,)."""
-        loc, scale = self.encoder(x)
-        return _diagonal_normal(loc.float(), scale.float())
+        if self.posterior_model.context_dim:
+            return self.posterior_model(*self.encoder(x, with_context=True))
+        return self.posterior_model(*self.encoder(x))
 
     def prior(self) -> Distribution:
-        """p(z) = N(0, I): event shape (D,)."""
-        return _diagonal_normal(self.prior_loc, self.prior_scale)
+        """p(z): event shape (D,). Build it once per batch: the VampPrior encodes its
+        pseudo-inputs each time (into the Gaussians N(loc, diag scale²) of the encoder, also
+        under a flow posterior, whose inverse the prior's density would need K times)."""
+        return self.prior_model.distribution(self._encode_gaussian)
+
+    def _encode_gaussian(self, u: Tensor) -> Distribution:
+        loc, scale = self.encoder(u)[:2]
+        return GaussianPosterior(self.latent_dim)(loc, scale)
 
     def observation(self, z: Tensor) -> Distribution:
         """p(x|z) for z of shape (..., D): batch shape (...), event shape of one x."""
@@ -70,26 +94,32 @@ class VAE(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """Reconstruction term and KL of the ELBO, each (B,) nats.
 
-        rec = E_q[log p(x|z)], averaged over `num_samples` reparameterized draws
-        z = loc + scale * eps; kl = KL(q(z|x) || p(z)) in closed form.
-        ELBO = rec - kl. Pass `qz_x` if the caller already computed `posterior(x)`.
+        rec = E_q[log p(x|z)], averaged over `num_samples` reparameterized draws; kl =
+        KL(q(z|x) || p(z)) in closed form where torch.distributions has it, else the Monte
+        Carlo estimate at the same draws. ELBO = rec - kl. Pass `qz_x` if the caller already
+        computed `posterior(x)`.
         """
         qz_x = self.posterior(x) if qz_x is None else qz_x
         z = qz_x.rsample((num_samples,))  # (S, B, D)
         log_px_z = self.observation(z).log_prob(x)  # (S, B)
-        kl = kl_divergence(qz_x, self.prior())
+        kl, _ = kl_term(qz_x, self.prior(), z)
         return log_px_z.mean(0), kl
 
     def log_importance_weights(
-        self, x: Tensor, num_samples: int, qz_x: Distribution | None = None
+        self,
+        x: Tensor,
+        num_samples: int,
+        qz_x: Distribution | None = None,
+        pz: Distribution | None = None,
     ) -> Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): (K, B) nats.
 
-        Pass `qz_x` if the caller already computed `posterior(x)`.
+        Pass `qz_x` and `pz` if the caller already computed `posterior(x)` and `prior()`.
         """
         qz_x = self.posterior(x) if qz_x is None else qz_x
+        pz = self.prior() if pz is None else pz
         z = qz_x.sample((num_samples,))
-        return self.observation(z).log_prob(x) + self.prior().log_prob(z) - qz_x.log_prob(z)
+        return self.observation(z).log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)
 
     # The user-facing API (see `vaelab.load_run`): no gradients, means rather than draws;
     # the methods that take x check it first.
@@ -99,7 +129,8 @@ class VAE(nn.Module):
         """Shape of one x, (C, H, W) for images: the decoder's output for one latent."""
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for batch size 1.
-            return tuple(self.decoder.forward(self.prior_loc[None]).shape[1:])
+            z = torch.zeros(1, self.latent_dim, device=self.device)
+            return tuple(self.decoder.forward(z).shape[1:])
 
     @torch.no_grad()
     def check_data(self, x: Tensor) -> None:
@@ -142,7 +173,7 @@ class VAE(nn.Module):
     def encode(self, x: Tensor) -> Tensor:
         """Posterior means E_q[z|x]: (B, D), for x as `check_data` describes."""
         self.check_data(x)
-        return self.posterior(x).mean
+        return posterior_mean(self.posterior(x))
 
     @torch.no_grad()
     def decode(self, z: Tensor) -> Tensor:
@@ -155,15 +186,24 @@ class VAE(nn.Module):
 
         `generator` (a CPU generator) fixes the draws, e.g. to compare epochs.
         """
-        z = torch.randn(n, self.prior_loc.shape[0], generator=generator)
-        return self.decode(z.to(self.prior_loc.device))
+        device = self.device
+        if isinstance(self.prior_model, StandardPrior):  # the draws of earlier versions
+            z = torch.randn(n, self.latent_dim, generator=generator)
+            return self.decode(z.to(device))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            if generator is not None:
+                torch.manual_seed(generator.initial_seed())
+            return self.decode(self.prior().sample((n,)))
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """decode(encode(x)): (B, C, H, W)."""
         return self.decode(self.encode(x))
 
 
-def _diagonal_normal(loc: Tensor, scale: Tensor) -> Distribution:
-    """N(loc, diag scale^2), event shape (D,). Not validated: the encoder's softplus keeps
-    scale positive, and validation would cost host syncs in every training step."""
-    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+def posterior_mean(qz_x: Distribution) -> Tensor:
+    """E_q[z|x]: (B, D); for a posterior without a closed-form mean (a flow), the mean of
+    `MEAN_SAMPLES` draws."""
+    try:
+        return qz_x.mean
+    except NotImplementedError:
+        return qz_x.sample((MEAN_SAMPLES,)).mean(0)

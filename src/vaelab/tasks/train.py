@@ -35,16 +35,20 @@ RECIPE = (
     "lr",
     "n_importance",
 )
+# The model parts' config groups (conf/prior, posterior, objective, beta_schedule); a run
+# made before they existed has none of them, and gets each part's default.
+PARTS = ("prior", "posterior", "objective", "beta_schedule")
 
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     """The LitVAE of `cfg`: architecture from `cfg.model`, recipe from the top level."""
     recipe = {key: cfg[key] for key in RECIPE}
-    return LitVAE(**cfg.model, **recipe, image_shape=image_shape)
+    parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in PARTS if key in cfg}
+    return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
 
 
 # The metrics the console shows at the end; every metric is in metrics.json.
-HEADLINE = ("elbo", "rec", "kl", "nll_iwae", "ess_iwae", "active_units")
+HEADLINE = ("elbo", "iwae", "rec", "kl", "nll_iwae", "ess_iwae", "active_units")
 
 
 def headline_table(metrics: dict[str, float]) -> str:
@@ -101,6 +105,7 @@ def _fit_and_test(
         log.info("Final metrics (nats per image):\n%s", headline_table(metrics))
     metrics["checkpoint"] = _checkpoint_info(trainer, best or None, run)
     metrics["data_source"] = datamodule.hparams.get("source")
+    metrics["kl_kind"] = model.kl_kind
     return metrics
 
 
