@@ -17,12 +17,19 @@ TINY = (
 )  # fmt: skip
 
 
+def parts_of(run: Run) -> tuple[str, ...]:
+    """The class names of a run's prior, posterior and objective."""
+    config = run.config()
+    return tuple(
+        config[g]["_target_"].rsplit(".", 1)[1] for g in ("prior", "posterior", "objective")
+    )
+
+
 @pytest.mark.slow
 def test_every_combination_of_parts_trains_tests_and_reloads(train_cli):
     result = train_cli("-m", *PARTS, *TINY, check=False)
     assert result.returncode == 2, result.output[-3000:]  # the one refused job
-    runs = {tuple(Run(d).config()[g]["_target_"].rsplit(".", 1)[1] for g in
-                  ("prior", "posterior", "objective")): Run(d) for d in result.run_dirs}  # fmt: skip
+    runs = {parts_of(Run(d)): Run(d) for d in result.run_dirs}
     assert len(runs) == 18
     failed = {parts: run for parts, run in runs.items() if run.state != "finished"}
     assert len(failed) == 3, {parts: run.error for parts, run in failed.items()}
