@@ -13,6 +13,10 @@ range. Sections:
            and loss in a hand-written loop over a torchvision DataLoader, and that loop over
            batches already binarized in memory (the compute floor); and vaelab with
            `trainer.compile=true` (its compilation falls in the warm-up batches).
+  parts    training images/s of the model parts, model=mlp on the MNIST fallback:
+           `objective=iwae objective.k=5`, `prior=vamp` (500 pseudo-inputs, encoded once per
+           step) and `posterior=iaf`, each through the `vaelab train` code path against the
+           same maths written out in a plain loop over batches in memory (the floor).
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
            against the decoder alone at its best chunk size, the decoder and the
            likelihood's log-density of the images at that size (what any estimator must
@@ -73,7 +77,7 @@ from vaelab.tasks.train import build_module
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
-SECTIONS = ("train", "eval", "startup", "memory")
+SECTIONS = ("train", "parts", "eval", "startup", "memory")
 BATCH = 128
 WARMUP = 2  # training batches left out of the timing: first-call allocations, caches
 TRAIN_OVERRIDES = (
@@ -287,6 +291,76 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                     )
                 rows.append(row)
                 print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
+    return rows
+
+
+# --- parts -----------------------------------------------------------------------------
+
+PARTS = {
+    "objective=iwae k=5": ("objective=iwae", "objective.k=5"),
+    "prior=vamp": ("prior=vamp",),
+    "posterior=iaf": ("posterior=iaf",),
+}
+
+
+def parts_floor_loss(vae: VAE, x: Tensor, part: str) -> Tensor:
+    """The training loss of `part` written out: the 5-sample bound, or the ELBO with the
+    Monte Carlo KL (no closed form for a VampPrior or a flow), one p(z) per batch."""
+    qz_x, pz = vae.posterior(x), vae.prior()
+    if part.startswith("objective=iwae"):
+        z = qz_x.rsample((5,))
+        log_w = vae.observation(z).log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)
+        return -(log_w.logsumexp(0) - math.log(5)).mean()
+    z = qz_x.rsample()
+    return -(vae.observation(z).log_prob(x) - qz_x.log_prob(z) + pz.log_prob(z)).mean()
+
+
+def parts_floor(cfg: DictConfig, batches: list, part: str) -> Callable[[], float]:
+    module = build_module(cfg, (1, 28, 28))
+    vae = module.vae.train()
+    optimizer = module.configure_optimizers()
+
+    def run() -> float:
+        ends, sizes = [], []
+        for x, _ in batches:
+            loss = parts_floor_loss(vae, x, part)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            ends.append(time.perf_counter())
+            sizes.append(len(x))
+        return images_per_second(ends, sizes)
+
+    return run
+
+
+def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
+    rows = []
+    common = (*TRAIN_OVERRIDES, "data=mnist", "model=mlp", f"paths.data_dir={data_dir}",
+              f"paths.output_dir={work / 'run'}")  # fmt: skip
+    base = compose_train(*common)
+    L.seed_everything(base.seed, workers=True)
+    datamodule = instantiate(base.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    images = datamodule.train_dataloader().dataset.tensors[0]
+    n_batches = min(WARMUP + settings.batches, len(images) // BATCH)
+    in_memory = [
+        (torch.bernoulli(x.float() / 255), None) for x in images[: n_batches * BATCH].split(BATCH)
+    ]
+    for part, overrides in PARTS.items():
+        cfg = compose_train(*common, *overrides, f"trainer.limit_train_batches={n_batches}")
+        results = alternate(
+            {"vaelab": vaelab_fit(cfg, datamodule), "floor": parts_floor(cfg, in_memory, part)},
+            settings.rounds,
+        )
+        measure = f"train img/s, mnist fallback, model=mlp {part}, {n_batches - WARMUP} b."
+        for name, values in results.items():
+            row = Row("parts", measure, name, spread(values))
+            if name == "vaelab":
+                row.ratio = f"{ratio(values, results['floor'])} of floor"
+            rows.append(row)
+            print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
     return rows
 
 
@@ -650,6 +724,8 @@ def main() -> None:
             print(f"\n## {section}", flush=True)
             if section == "train":
                 rows += train_section(settings, data_dir, work)
+            elif section == "parts":
+                rows += parts_section(settings, data_dir, work)
             elif section == "eval":
                 rows += eval_section(settings, data_dir, work, args.threads)
             elif section == "startup":
