@@ -207,3 +207,24 @@ def test_the_readme_python_example_runs(trained_run):
     assert log_px.shape == (len(x),) and torch.isfinite(log_px).all() and (log_px < 0).all()
     assert set(names["metrics"]) >= {"nll_iwae", "elbo"}
     assert all(math.isfinite(value) for value in names["metrics"].values())
+
+
+def test_a_checkpoint_from_before_the_model_parts_loads_as_the_plain_vae(trained_run, tmp_path):
+    """Runs trained before prior/posterior/objective existed have none of them in their
+    hyperparameters: they load as N(0, I), the diagonal Gaussian and the ELBO."""
+    from vaelab.models.objectives import ElboObjective
+    from vaelab.models.posteriors import GaussianPosterior
+    from vaelab.models.priors import StandardPrior
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("prior", "posterior", "objective", "beta_schedule"):
+        del checkpoint["hyper_parameters"][key]
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = LitVAE.load_from_checkpoint(old, map_location="cpu")
+    assert isinstance(model.vae.prior_model, StandardPrior)
+    assert isinstance(model.vae.posterior_model, GaussianPosterior)
+    assert isinstance(model.objective, ElboObjective)
+    new = load_run(trained_run, checkpoint="last")
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.2))
+    assert torch.equal(model.vae.encode(x), new.encode(x))

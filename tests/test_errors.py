@@ -4,6 +4,8 @@ import pytest
 
 CASES = {
     "unknown model": (["model=resnet"], "Available options in 'model'"),
+    "unknown prior": (["prior=flow"], "Available options in 'prior'"),
+    "no such combination": (["posterior=iaf", "objective=betatc"], "use posterior=gaussian"),
     "unknown data": (["data=cifar"], "Available options in 'data'"),
     "unknown logger": (["logger=tensorboard"], "Available options in 'logger'"),
     "latent_dim": (["latent_dim=0"], "latent_dim must be a positive integer"),

@@ -61,6 +61,55 @@ def test_kl_warmup_ramps_beta_linearly_then_holds(mnist_idx_root, tmp_path):
     assert model.kl_weight() == 2.0  # validation and test use the target beta
 
 
+def test_cyclical_schedule_restarts_beta_every_cycle(mnist_idx_root, tmp_path):
+    datamodule = VAEDataModule(
+        data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
+    )
+    schedule = {"kind": "cyclical", "cycles": 2, "ratio": 0.5}
+    model = LitVAE(arch="mlp", latent_dim=2, beta=2.0, n_importance=0, beta_schedule=schedule)
+    record = RecordBeta()
+    trainer = tiny_trainer(
+        tmp_path, max_epochs=2, limit_train_batches=4, limit_val_batches=1, callbacks=[record]
+    )
+    trainer.fit(model, datamodule=datamodule)
+    # 8 steps in 2 cycles of 4: beta rises over the first half of each (Fu et al. 2019).
+    assert record.betas == pytest.approx([0.0, 1.0, 2.0, 2.0, 0.0, 1.0, 2.0, 2.0])
+
+
+class RecordingObjective:
+    """Wraps an objective and records the beta of every call."""
+
+    def __init__(self, objective):
+        self.objective, self.betas = objective, []
+        self.own_beta, self.extras = objective.own_beta, objective.extras
+
+    @property
+    def kl_kind(self):
+        return self.objective.kl_kind
+
+    def __call__(self, vae, x, beta, qz_x=None):
+        self.betas.append(beta)
+        return self.objective(vae, x, beta, qz_x)
+
+
+def test_beta_tc_gets_the_schedules_fraction_and_keeps_its_own_beta(mnist_idx_root, tmp_path):
+    datamodule = VAEDataModule(
+        data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
+    )
+    objective = {"_target_": "vaelab.models.objectives.BetaTCObjective", "beta": 6.0}
+    model = LitVAE(
+        arch="mlp", latent_dim=2, beta=6.0, n_importance=0, kl_warmup_epochs=1, objective=objective
+    )
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=1)
+    trainer.fit(model, datamodule=datamodule)  # builds the objective with the data's size
+    assert model.objective.dataset_size == datamodule.hparams.n_train == 270
+    recording = model._objective = RecordingObjective(model.objective)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=4, limit_val_batches=0)
+    trainer.fit(model, datamodule=datamodule)
+    # The warm-up's fraction (1/4 ... 4/4), not 6 times it: beta-TC holds its beta of 6.
+    assert recording.betas == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
 class RecordLosses(L.Callback):
     """The per-image training losses of every batch, as the step computed them."""
 

@@ -175,6 +175,24 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs must be a"),
         ("callbacks.pictures.traversal_range=0", "callbacks.pictures.traversal_range must be"),
         ("data.binarize=none", "likelihood=bernoulli needs binary pixels but data.binarize=none"),
+        ("objective=iwae objective.k=0", "objective.k must be a positive integer (importance"),
+        ("prior=vamp prior.components=0", "prior.components must be a positive integer (mixture"),
+        ("posterior=iaf posterior.steps=-1", "posterior.steps must be a positive integer (flow"),
+        (
+            "objective=iwae objective.gradient=reinforce",
+            "objective.gradient must be one of standard",
+        ),
+        ("beta_schedule=cyclical beta_schedule.ratio=0", "beta_schedule.ratio must be a number in"),
+        ("posterior=iaf objective=betatc", "objective=betatc estimates the total correlation"),
+        (
+            "posterior=iaf objective=iwae objective.gradient=dreg",
+            "objective.gradient=dreg evaluates",
+        ),
+        (
+            "prior=mog objective.free_bits=0.5",
+            "objective.free_bits=0.5 needs the KL of each latent",
+        ),
+        ("kl_warmup_epochs=2 beta_schedule=cyclical", "kl_warmup_epochs=2 is the length of beta_"),
         ("+latnet_dim=4", "latnet_dim is not a key of the config; did you mean latent_dim?"),
         ("+model.depth=3", "model.depth is not a key of model; its keys: arch, hidden_dim, "),
         (
@@ -187,7 +205,7 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
 def test_out_of_range_values_are_refused_with_the_key_and_what_is_allowed(
     compose, override, message
 ):
-    cfg = compose(override)
+    cfg = compose(*override.split())
     with pytest.raises(ConfigError) as info:
         schema.validate(cfg)
     assert str(info.value).startswith(message)
