@@ -56,3 +56,14 @@ def test_every_combination_of_parts_trains_tests_and_reloads(train_cli):
         x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
         assert vae.encode(x).shape == (2, 3) and vae.sample(4).shape == (4, 1, 28, 28)
         assert (run.path / "pictures" / "test" / "samples.png").is_file()
+
+
+@pytest.mark.slow
+def test_an_iwae_run_can_pick_its_checkpoint_by_its_own_bound(train_cli):
+    result = train_cli(*TINY, "objective=iwae", "monitor=val/iwae", "max_epochs=2")
+    (run_dir,) = result.run_dirs
+    best = torch.load(next((run_dir / "checkpoints").glob("best-*.ckpt")), weights_only=True)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("RunCheckpoint")]
+    assert state["monitor"] == "val/iwae"
+    history = Run(run_dir).history()
+    assert state["best_model_score"] == pytest.approx(max(row["val/iwae"] for row in history))

@@ -192,6 +192,8 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
             "prior=mog objective.free_bits=0.5",
             "objective.free_bits=0.5 needs the KL of each latent",
         ),
+        ("monitor=val/iwae", "monitor=val/iwae is logged by objective=iwae only"),
+        ("monitor=val/loss", "monitor must be one of val/elbo, val/iwae"),
         ("kl_warmup_epochs=2 beta_schedule=cyclical", "kl_warmup_epochs=2 is the length of beta_"),
         ("+latnet_dim=4", "latnet_dim is not a key of the config; did you mean latent_dim?"),
         ("+model.depth=3", "model.depth is not a key of model; its keys: arch, hidden_dim, "),

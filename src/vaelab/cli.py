@@ -170,7 +170,7 @@ def _train_job(cfg: DictConfig) -> float | None:
         if cfg.get("resume"):
             cfg = train.resumed_config(cfg, HydraConfig.get().overrides.task)
             check_available(cfg.trainer)  # the run's own trainer node, not the command line's
-        return train.run(cfg).get("val/elbo")
+        return train.run(cfg).get(train.monitored(cfg))
 
     return _job(task, cfg, "train")
 

@@ -37,6 +37,9 @@ BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
 GRADIENTS = ("standard", "dreg")  # of objective=iwae
+# The validation bound that picks the best checkpoint, that a multirun's job returns to its
+# sweeper and whose NaN means divergence (higher is better); runs older than the knob: the first.
+MONITORS = ("val/elbo", "val/iwae")
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
 
 # --- types: the schemas of the YAML files; their values come from the YAML files ------
@@ -182,6 +185,7 @@ class TrainConfig:
     n_importance: int = MISSING
     batch_size: int = MISSING
     max_epochs: int = MISSING
+    monitor: str = MISSING
     project: str = MISSING
     group: str | None = MISSING
     tags: list[str] = MISSING
@@ -327,6 +331,7 @@ RULES: dict[str, dict[str, Rule]] = {
         ),
         "data.seed": SEED,
         "trainer.compile": BOOLEAN,
+        "monitor": one_of(MONITORS),
         "prior.components": noted(integer(1), "mixture components or pseudo-inputs"),
         "posterior.steps": noted(integer(1), "flow steps; posterior=gaussian has none"),
         "posterior.hidden_dim": integer(1),
@@ -455,6 +460,8 @@ def check_parts(cfg: DictConfig) -> None:
             f"objective.free_bits={free_bits} needs the KL of each latent dimension, which only "
             "posterior=gaussian with prior=standard has: set objective.free_bits=0"
         )
+    if OmegaConf.select(cfg, "monitor") == "val/iwae" and objective != "IwaeObjective":
+        raise ConfigError("monitor=val/iwae is logged by objective=iwae only: use monitor=val/elbo")
     kind = OmegaConf.select(cfg, "beta_schedule.kind", default="linear")
     warmup = OmegaConf.select(cfg, "kl_warmup_epochs", default=0) or 0
     if warmup > 0 and kind != "linear":

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
 from vaelab.runs import HISTORY, Run
+from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
 
 
 def build_loggers(cfg: DictConfig) -> list[Logger]:
-    """The loggers of `cfg.logger`; W&B summarises `val/elbo` by its best value."""
+    """The loggers of `cfg.logger`; W&B summarises the monitored bound by its best value."""
     loggers = []
     for logger_cfg in (cfg.get("logger") or {}).values():
         overrides: dict[str, Any] = {}
@@ -93,7 +94,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             # Dashboards compare runs by their best validation bound, not the last one.
-            logger.experiment.define_metric("val/elbo", summary="max")
+            logger.experiment.define_metric(cfg.get("monitor") or MONITORS[0], summary="max")
     return loggers
 
 

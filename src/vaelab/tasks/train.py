@@ -20,7 +20,7 @@ from vaelab.config import instantiate, trainer_args
 from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
-from vaelab.schema import check_likelihood
+from vaelab.schema import MONITORS, check_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,13 @@ def _checkpoint_info(trainer: L.Trainer, path: str | None, run: Run) -> dict[str
     return {"path": relative, "epoch": checkpoint["epoch"], "step": checkpoint["global_step"]}
 
 
+def monitored(cfg: DictConfig) -> str:
+    """The metric a run watches (`monitor`): val/elbo for a run made before the knob."""
+    return cfg.get("monitor") or MONITORS[0]
+
+
 def _fit_and_test(
+    monitor: str,
     trainer: L.Trainer,
     model: LitVAE,
     datamodule: L.LightningDataModule,
@@ -81,14 +87,14 @@ def _fit_and_test(
 ) -> dict[str, object]:
     """Fit, then validate and test the best checkpoint (the last weights without one)."""
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    elbo = trainer.callback_metrics.get("val/elbo")
-    if elbo is not None and not math.isfinite(float(elbo)):
+    bound = trainer.callback_metrics.get(monitor)
+    if bound is not None and not math.isfinite(float(bound)):
         raise TrainingError(
-            f"val/elbo is {float(elbo)} after epoch {trainer.current_epoch}: training diverged; "
-            "lower lr or set trainer.gradient_clip_val"
+            f"{monitor} is {float(bound)} after epoch {trainer.current_epoch}: training "
+            "diverged; lower lr or set trainer.gradient_clip_val"
         )
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-    if elbo is None:
+    if bound is None:
         log.info(
             "No validation ran during fit (it stopped at step %d, inside an epoch): validating "
             "and testing the last weights",
@@ -215,7 +221,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
             _record_precision(cfg, trainer.precision, run)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        return _fit_and_test(trainer, model, datamodule, ckpt_path, run)
+        return _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
     except SIGTERMException:
         raise _interrupted(preemption, trainer, run) from None
     except MisconfigurationException as e:  # Lightning's word for a user error
