@@ -15,11 +15,11 @@ import lightning as L
 from omegaconf import DictConfig
 
 from vaelab import tracking
-from vaelab.api import run_datamodule
 from vaelab.checkpoints import verify
 from vaelab.config import instantiate, trainer_args
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
+from vaelab.loading import run_datamodule
 from vaelab.runs import Run, find_checkpoint, run_dir_of
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from vaelab.api import load_run
 from vaelab.errors import VaelabError
+from vaelab.loading import load_run
 from vaelab.plots import image_grid, save_png
 from vaelab.runs import SAMPLES, find_checkpoint, run_dir_of
 from vaelab.schema import check
