@@ -66,14 +66,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from vaelab.callbacks import RunHistory
-from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState
-from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.checkpoints import Preemption
+from vaelab.config import config_dir, instantiate
 from vaelab.datamodule import VAEDataModule
 from vaelab.estimators import iw_log_likelihood
 from vaelab.models.vae import VAE
 from vaelab.runs import Run
-from vaelab.tasks.train import build_module
+from vaelab.tasks.train import build_module, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
@@ -186,25 +185,27 @@ def images_per_second(ends: list[float], sizes: list[int]) -> float:
 def vaelab_fit(
     cfg: DictConfig, datamodule: VAEDataModule, extra_callbacks: Iterable[L.Callback] = ()
 ) -> Callable[[], float]:
-    """One round: a Trainer built as tasks/train.py builds it, fitting `limit_train_batches`."""
+    """One round: the Trainer of tasks/train.py (`build_trainer`), fitting `limit_train_batches`."""
     module = build_module(cfg, datamodule.image_shape)
-    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
-    if compile_networks:
-        module.compile_networks()
     Run(cfg.paths.output_dir).start(OmegaConf.to_container(cfg, resolve=True))
+    compiled = False
 
     def run() -> float:
+        nonlocal compiled
         clock = StepClock()
-        trainer = instantiate(
-            trainer_cfg,
-            logger=False,
-            callbacks=[RunHistory(), RngState(), Preemption(), clock, *extra_callbacks],
-            plugins=[AtomicCheckpointIO()],
-        )
+        trainer_cfg = cfg if not compiled else _without_compile(cfg)  # compile once
+        trainer = build_trainer(trainer_cfg, module, [], [Preemption(), clock, *extra_callbacks])
+        compiled = True
         trainer.fit(module, datamodule=datamodule)
         return images_per_second(clock.ends, clock.sizes)
 
     return run
+
+
+def _without_compile(cfg: DictConfig) -> DictConfig:
+    cfg = cfg.copy()
+    cfg.trainer.compile = False
+    return cfg
 
 
 def hand_loop(cfg: DictConfig, batches: Iterable, n_batches: int) -> Callable[[], float]:

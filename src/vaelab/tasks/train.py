@@ -195,26 +195,36 @@ def _record_precision(cfg: DictConfig, ran: str, run: Run) -> None:
     run.record_config(OmegaConf.to_container(cfg, resolve=True), {"trainer.precision": asked})
 
 
+def build_trainer(
+    cfg: DictConfig, model: LitVAE, loggers: list, extra_callbacks: Sequence[L.Callback] = ()
+) -> L.Trainer:
+    """The Trainer of `cfg.trainer` with the run's callbacks (those of `cfg.callbacks`, the
+    history, the random generators' state, `extra_callbacks`) and atomic checkpoints;
+    compiles `model`'s networks first if `trainer.compile` asks. benchmarks/run.py times
+    this same Trainer."""
+    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
+    if compile_networks:
+        model.compile_networks()
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    if trainer_cfg.get("enable_progress_bar") is False:  # Lightning refuses a bar then
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return instantiate(
+        trainer_cfg,
+        logger=loggers or False,
+        callbacks=[*callbacks, RunHistory(), RngState(), *extra_callbacks],
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
 def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
-    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
-    if compile_networks:
-        model.compile_networks()
     loggers = tracking.build_loggers(cfg)
     preemption = Preemption()
     try:
-        callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
-        if trainer_cfg.get("enable_progress_bar") is False:  # Lightning refuses a bar then
-            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        trainer: L.Trainer = instantiate(
-            trainer_cfg,
-            logger=loggers or False,
-            callbacks=[*callbacks, RunHistory(), RngState(), preemption],
-            plugins=[AtomicCheckpointIO()],
-        )
+        trainer = build_trainer(cfg, model, loggers, [preemption])
         if trainer.is_global_zero:
             tracking.record(run, loggers)
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
