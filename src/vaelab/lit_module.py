@@ -213,7 +213,7 @@ class LitVAE(L.LightningModule):
             self._log_means("train", suffix="_epoch")
             if self._beta_images:
                 beta = self._beta_sum / self._beta_images
-                self.log("train/beta_epoch", beta, on_step=False, on_epoch=True)
+                self.log("train/beta_epoch", beta, on_step=False, on_epoch=True, **REDUCED)
             self._beta_sum = self._beta_images = 0.0
 
     def _seed_evaluation(self) -> None:
