@@ -53,6 +53,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -208,7 +209,17 @@ def _without_compile(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def hand_loop(cfg: DictConfig, batches: Iterable, n_batches: int) -> Callable[[], float]:
+def elbo_loss(vae: VAE, x: Tensor) -> Tensor:
+    rec, kl = vae.elbo_terms(x)
+    return -(rec - kl).mean()
+
+
+def hand_loop(
+    cfg: DictConfig,
+    batches: Iterable,
+    n_batches: int,
+    loss_of: Callable[[VAE, Tensor], Tensor] = elbo_loss,
+) -> Callable[[], float]:
     """One round: the same network, optimizer and loss in a plain loop over `batches`."""
     module = build_module(cfg, (1, 28, 28))
     vae = module.vae.train()
@@ -217,8 +228,7 @@ def hand_loop(cfg: DictConfig, batches: Iterable, n_batches: int) -> Callable[[]
     def run() -> float:
         ends, sizes = [], []
         for x, _ in batches:
-            rec, kl = vae.elbo_terms(x)
-            loss = -(rec - kl).mean()
+            loss = loss_of(vae, x)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -316,25 +326,6 @@ def parts_floor_loss(vae: VAE, x: Tensor, part: str) -> Tensor:
     return -(vae.observation(z).log_prob(x) - qz_x.log_prob(z) + pz.log_prob(z)).mean()
 
 
-def parts_floor(cfg: DictConfig, batches: list, part: str) -> Callable[[], float]:
-    module = build_module(cfg, (1, 28, 28))
-    vae = module.vae.train()
-    optimizer = module.configure_optimizers()
-
-    def run() -> float:
-        ends, sizes = [], []
-        for x, _ in batches:
-            loss = parts_floor_loss(vae, x, part)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            ends.append(time.perf_counter())
-            sizes.append(len(x))
-        return images_per_second(ends, sizes)
-
-    return run
-
-
 def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
     rows = []
     common = (*TRAIN_OVERRIDES, "data=mnist", "model=mlp", f"paths.data_dir={data_dir}",
@@ -352,7 +343,10 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
     for part, overrides in PARTS.items():
         cfg = compose_train(*common, *overrides, f"trainer.limit_train_batches={n_batches}")
         results = alternate(
-            {"vaelab": vaelab_fit(cfg, datamodule), "floor": parts_floor(cfg, in_memory, part)},
+            {
+                "vaelab": vaelab_fit(cfg, datamodule),
+                "floor": hand_loop(cfg, in_memory, n_batches, partial(parts_floor_loss, part=part)),
+            },
             settings.rounds,
         )
         measure = f"train img/s, mnist fallback, model=mlp {part}, {n_batches - WARMUP} b."
