@@ -1,6 +1,9 @@
 """The errors a user can cause: each is printed as one line by the command line, exit code 2."""
 
+import sys
 from collections.abc import Callable
+
+EXIT_USER_ERROR = 2
 
 
 class VaelabError(Exception):
@@ -45,3 +48,9 @@ def one_line(error: BaseException) -> str:
         return "interrupted"
     message = " ".join(str(error).split()) or type(error).__name__
     return message if isinstance(error, VaelabError) else f"{type(error).__name__}: {message}"
+
+
+def exit_with(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
+    """Print `vaelab: error: <message>` and exit: the form of every user error."""
+    print(f"vaelab: error: {message}", file=sys.stderr)
+    sys.exit(exit_code)

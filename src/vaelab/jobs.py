@@ -1,0 +1,230 @@
+"""The Hydra and DDP job runtime of `vaelab train|eval|sample`: one Hydra job per run.
+
+Each job is validated (vaelab.schema) before torch is imported; a training job is named
+and grouped, shares the cores with the jobs beside it (joblib), resumes an interrupted
+run it finds (a SLURM requeue) and tells the DDP processes Lightning starts which
+resolved config to train. Inside a multirun a failed job is recorded as failed in its
+run directory and raised to Hydra's sweeper, which goes on with the other jobs; a
+preemption stops the sweep with its signal's exit code. `vaelab.cli` turns what comes out
+into one line.
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vaelab.config import config_dir
+from vaelab.devices import check_available
+from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, exit_with, one_line
+from vaelab.schema import validate
+
+log = logging.getLogger(__name__)
+
+# Set by a training job for the DDP processes Lightning starts: the job's resolved config.
+DDP_CONFIG_ENV = "VAELAB_DDP_CONFIG"
+
+
+def _share_cores(launcher: DictConfig) -> None:
+    """With jobs in parallel on one machine, divide the cores among them (no oversubscription)."""
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or cores
+    n_jobs = cores if n_jobs < 1 else min(n_jobs, cores)
+    threads = max(1, cores // n_jobs)
+    torch.set_num_threads(threads)
+    log.info("%d parallel jobs on %d cores: %d torch threads per job", n_jobs, cores, threads)
+
+
+class _NoAdverts(logging.Filter):
+    """Drops Lightning's tips that advertise its cloud products."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def _quiet_third_parties() -> None:
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    logging.captureWarnings(True)  # warnings reach the console and the run's train.log
+    if "lightning" in sys.modules:  # its own console handler would print each line twice
+        logging.getLogger("lightning").handlers.clear()
+
+
+def _log_to_files(message: str) -> None:
+    """Write an error into the run's train.log only (the console gets it once, from `_fail`)."""
+    record = logging.LogRecord(__name__, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _destroy_process_group() -> None:
+    """End a DDP job's process group, so that the next job of a multirun starts its own."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _validate_job(cfg: DictConfig, command: str, multirun: bool) -> None:
+    """Check the job's own config: in a multirun a swept value (latent_dim=2,0) is only there,
+    and only the job's machine tells whether it has the devices `trainer` asks for.
+
+    A training job of a multirun records the failure in its run directory, as a failed run.
+    """
+    try:
+        validate(cfg, command)
+        if "trainer" in cfg:
+            check_available(cfg.trainer)
+    except ConfigError as e:
+        if multirun and command == "train":
+            from vaelab.runs import Run
+
+            run = Run(cfg.paths.output_dir)
+            run.start(OmegaConf.to_container(cfg, resolve=True))
+            run.fail(str(e))
+        raise
+
+
+def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> Any:
+    """Run one Hydra job; in a multirun a failure is raised as `JobFailed` for the sweeper."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    train = command == "train"
+    environ = dict(os.environ)
+    _quiet_third_parties()
+    try:
+        _validate_job(cfg, command, multirun)
+        if train:
+            _prepare_training(cfg, hydra_cfg, multirun)
+        return task(cfg)
+    except Exception as e:
+        _log_to_files(f"vaelab: error: {one_line(e)}")
+        if isinstance(e, Interrupted):
+            exit_with(str(e), e.exit_code)  # a preempted sweep stops too
+        if multirun:
+            _raise_job_failed(hydra_cfg, e)
+        if isinstance(e, VaelabError):
+            exit_with(str(e))  # a single job: exiting here ends nothing else
+        raise
+    finally:
+        # Lightning leaves the DDP environment (LOCAL_RANK, MASTER_PORT, ...) in os.environ.
+        os.environ.clear()
+        os.environ.update(environ)
+        if train:
+            _destroy_process_group()
+
+
+def _prepare_training(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
+    """Name and group the run, share the cores, and tell DDP processes the job's config."""
+    from vaelab import tracking
+    from vaelab.runs import Run
+
+    run = Run(cfg.paths.output_dir)
+    if not cfg.get("resume") and run.state == "interrupted":
+        # A job requeued by SLURM (submitit) finds its run interrupted: go on with it.
+        log.info("Resuming the interrupted run in %s", run.path)
+        with open_dict(cfg):
+            cfg.resume = str(run.path)
+    if not cfg.get("resume"):  # a resumed run keeps its name and group
+        sweep_dir = hydra_cfg.sweep.dir if multirun else None
+        tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+    _share_cores(hydra_cfg.launcher)
+    # Lightning's DDP processes re-run this command: they train this job's config rather
+    # than compose the command line again (which would re-run the sweep).
+    os.environ[DDP_CONFIG_ENV] = str(run.config_file)
+
+
+def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
+    """Raise a job's failure to the sweeper, which records it and goes on with the others."""
+    message = f"job {hydra_cfg.job.num} ({hydra_cfg.runtime.output_dir}) failed: {one_line(e)}"
+    log.error("vaelab: %s", message)
+    raise JobFailed(
+        f"{message}; the other jobs ran: `vaelab compare {hydra_cfg.sweep.dir}` shows them"
+    ) from e
+
+
+def _train_job(cfg: DictConfig) -> float | None:
+    def task(cfg: DictConfig) -> float | None:
+        from vaelab.tasks import train  # after `_job` has validated the config
+
+        if cfg.get("resume"):
+            cfg = train.resumed_config(cfg, HydraConfig.get().overrides.task)
+            check_available(cfg.trainer)  # the run's own trainer node, not the command line's
+        return train.run(cfg).get(train.monitored(cfg))
+
+    return _job(task, cfg, "train")
+
+
+def _eval_job(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> None:
+        from vaelab.tasks import evaluate
+
+        evaluate.run(cfg)
+
+    _job(task, cfg, "eval")
+
+
+def _sample_job(cfg: DictConfig) -> None:
+    def task(cfg: DictConfig) -> None:
+        from vaelab.tasks import sample
+
+        sample.run(cfg)
+
+    _job(task, cfg, "sample")
+
+
+HYDRA_JOBS = {"train": _train_job, "eval": _eval_job, "sample": _sample_job}
+
+
+def _resume_args(args: Sequence[str]) -> list[str]:
+    """`resume=<run dir>|last`: run in that run's directory, keeping its Hydra record."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if value in (None, "null"):
+        return list(args)
+    if {"-m", "--multirun"} & set(args):
+        raise VaelabError("resume= continues one run: give it without -m")
+    from vaelab.runs import Run, newest_run
+
+    if value == "last":
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("train", [a for a in args if not a.startswith("resume=")])
+        run = newest_run(cfg.paths.log_dir)
+    else:
+        run = Run(value)
+    run.resume_checkpoint()
+    others = [a for a in args if not a.startswith("resume=")]
+    return [
+        *others,
+        f"resume={run.path.resolve()}",
+        f"hydra.run.dir={run.path.resolve()}",
+        "hydra.output_subdir=null",
+    ]
+
+
+def run_hydra(command: str, args: Sequence[str]) -> None:
+    """Run a Hydra application with `args` as its command line."""
+    if command == "train":
+        args = _resume_args(args)
+    sys.argv = [sys.argv[0], *args]
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # errors reach `main` instead of being printed
+    entry = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command)
+    entry(HYDRA_JOBS[command])()
+
+
+def ddp_child(config_file: str) -> None:
+    """A DDP process started by Lightning: train the job's resolved config, no Hydra."""
+    from vaelab.tasks import train
+
+    train.run(OmegaConf.load(config_file))
