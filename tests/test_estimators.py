@@ -245,3 +245,23 @@ def test_evaluate_log_likelihood(model):
 def test_num_samples_must_be_positive(model, x):
     with pytest.raises(ValueError, match="num_samples"):
         iw_log_likelihood(model.vae(), x, 0)
+
+
+def test_active_units_of_a_flow_posterior_do_not_count_monte_carlo_noise():
+    """A flow's E_q[z|x] is a mean of draws: its noise (Var_q / S, here 1/64 > 0.01) would
+    make every dimension of an encoder that ignores x look active."""
+    from vaelab.models.posteriors import IAFPosterior
+    from vaelab.models.vae import posterior_mean_and_noise
+
+    torch.manual_seed(0)
+    flow = IAFPosterior(4, steps=1, context_dim=2, hidden_dim=8)  # starts as its base
+    loc = torch.zeros(2000, 4)
+    loc[:, 0] = torch.randn(2000)  # only dimension 0 varies with x
+    qz_x = flow(loc, torch.ones(2000, 4), torch.zeros(2000, 2))
+    means, noise = posterior_mean_and_noise(qz_x)
+    assert means[:, 1:].var(0).min() > 1e-2  # the raw Monte Carlo means would count them
+    metric = ActiveUnitsMetric(latent_dim=4)
+    metric.update(means, None, noise)
+    out = metric.compute()
+    assert int(out["active_units"]) == 1
+    assert out["variance"][1:].max() < 5e-3 and out["variance"][0] > 0.9

@@ -266,20 +266,31 @@ class ActiveUnitsMetric(Metric):
         self.add_state("sum_kl", torch.zeros(latent_dim), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("count_kl", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("sum_noise", torch.zeros(latent_dim), dist_reduce_fx="sum")
 
-    def update(self, posterior_means: Tensor, kl_dims: Tensor | None = None) -> None:
-        """posterior_means: (B, D) E_q[z|x]; kl_dims: (B, D) nats, or None where undefined."""
+    def update(
+        self,
+        posterior_means: Tensor,
+        kl_dims: Tensor | None = None,
+        mean_noise: Tensor | None = None,
+    ) -> None:
+        """posterior_means: (B, D) E_q[z|x]; kl_dims: (B, D) nats, or None where undefined;
+        mean_noise: (B, D) the variance of Monte Carlo means (a flow posterior's), which
+        would otherwise count as variation across the data: subtracted from the variance."""
         loc = posterior_means.detach().float()
         self.sum_loc += loc.sum(0)
         self.sum_loc_sq += loc.square().sum(0)
         self.count += loc.shape[0]
+        if mean_noise is not None:
+            self.sum_noise += mean_noise.detach().float().sum(0)
         if kl_dims is not None:
             self.sum_kl += kl_dims.detach().float().sum(0)
             self.count_kl += loc.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
         mean = self.sum_loc / self.count
-        variance = (self.sum_loc_sq / self.count - mean.square()).clamp(min=0)
+        spread = self.sum_loc_sq / self.count - mean.square() - self.sum_noise / self.count
+        variance = spread.clamp(min=0)
         out = {"active_units": (variance > self.threshold).sum(), "variance": variance}
         if 0 < self.count_kl == self.count:
             out["kl_per_dim"] = self.sum_kl / self.count

@@ -28,7 +28,7 @@ from vaelab.models import (
 )
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import Cyclical, LinearWarmup
-from vaelab.models.vae import posterior_mean
+from vaelab.models.vae import posterior_mean_and_noise
 from vaelab.schema import check
 
 STAGES = ("train", "val", "test")
@@ -179,7 +179,8 @@ class LitVAE(L.LightningModule):
         if stage != "train":
             pz = self.vae.prior() if self.vae.prior_model.factorised else None
             kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
-            self.latent_stats[stage].update(posterior_mean(qz_x), kl_dims)
+            means, noise = posterior_mean_and_noise(qz_x)
+            self.latent_stats[stage].update(means, kl_dims, noise)
             return values
         self._beta_sum += beta * len(x)
         self._beta_images += len(x)

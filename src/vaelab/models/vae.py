@@ -202,8 +202,15 @@ class VAE(nn.Module):
 
 def posterior_mean(qz_x: Distribution) -> Tensor:
     """E_q[z|x]: (B, D); for a posterior without a closed-form mean (a flow), the mean of
-    `MEAN_SAMPLES` draws."""
+    `MEAN_SAMPLES` draws (see `posterior_mean_and_noise` for its Monte Carlo variance)."""
+    return posterior_mean_and_noise(qz_x)[0]
+
+
+def posterior_mean_and_noise(qz_x: Distribution) -> tuple[Tensor, Tensor | None]:
+    """E_q[z|x] (B, D) and, where it is a Monte Carlo mean, its estimated variance (B, D)
+    (Var_q[z|x] / `MEAN_SAMPLES`); None for a closed-form mean."""
     try:
-        return qz_x.mean
+        return qz_x.mean, None
     except NotImplementedError:
-        return qz_x.sample((MEAN_SAMPLES,)).mean(0)
+        z = qz_x.sample((MEAN_SAMPLES,))
+        return z.mean(0), z.var(0) / MEAN_SAMPLES
