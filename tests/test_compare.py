@@ -465,3 +465,17 @@ def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp
         "test_nll_iwae_vs_beta.png",
         "curves_val_elbo.png",
     }
+
+
+def test_the_table_names_a_model_part_by_its_class_and_the_csv_keeps_its_target(tmp_path):
+    from vaelab.tasks import compare
+
+    for i, prior in enumerate(("StandardPrior", "VampPrior")):
+        run = Run(tmp_path / str(i))
+        run.start({"prior": {"_target_": f"vaelab.models.priors.{prior}"}, "seed": 0})
+        run.finish({"val/elbo": -100.0 - i})
+    result = compare.run([tmp_path], out_dir=tmp_path / "out")
+    header, _, *lines = result.markdown.splitlines()
+    assert header.split("|")[1].strip() == "prior"
+    assert [line.split("|")[1].strip() for line in lines] == ["StandardPrior", "VampPrior"]
+    assert "vaelab.models.priors.VampPrior" in result.csv_path.read_text()

@@ -309,6 +309,9 @@ def _short(error: str | None) -> str:
     return error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
 
 
+TARGET = "._target_"  # a model part's class, e.g. prior._target_
+
+
 def _value(value: Any, digits: int | None = None) -> str:
     """A config value as text; a float rounded to `digits` significant digits if given."""
     if isinstance(value, float) and digits is not None and math.isfinite(value):
@@ -336,9 +339,17 @@ def _column_digits(rows: Sequence[Row], keys: Sequence[str]) -> dict[str, int]:
 def _config_cells(
     row: Row, keys: Sequence[str], seed_keys: Sequence[str], digits: dict[str, int] | None = None
 ) -> list[str]:
-    """The row's config values and seeds; floats rounded to `digits` (per key) if given."""
+    """The row's config values and seeds; floats rounded to `digits` (per key) and a model
+    part's `_target_` shown by its class name (VampPrior), if `digits` is given."""
     seeds = [", ".join(_value(s) for s in row.seeds)] if seed_keys else []
-    return [*(_value(row.config[k], (digits or {}).get(k)) for k in keys), *seeds]
+    cells = [_value(row.config[k], (digits or {}).get(k)) for k in keys]
+    if digits is not None:
+        short = [
+            c.rsplit(".", 1)[-1] if k.endswith(TARGET) else c
+            for k, c in zip(keys, cells, strict=True)
+        ]
+        cells = short
+    return [*cells, *seeds]
 
 
 def _columns(
@@ -365,6 +376,7 @@ def markdown_table(
     """The rows as a padded Markdown table, metrics as `mean ± std`, config floats to
     about four significant digits (`_digits`)."""
     head, with_error = _columns(rows, keys, seed_keys, metrics)
+    head = [h.removesuffix(TARGET) for h in head]  # prior._target_: the prior
     header = [*head, *metrics, *(["error"] if with_error else []), "wandb"]
     digits = _column_digits(rows, keys)
     cells = []
