@@ -488,7 +488,17 @@ def _choose_params(
 
 
 def _label(config: dict[str, Any], keys: Sequence[str], digits: dict[str, int]) -> str:
-    return ", ".join(f"{k}={_value(config[k], digits.get(k))}" for k in keys)
+    """`key=value, ...` of the keys a run has (null ones left out), a model part as
+    `prior=VampPrior`."""
+    items = []
+    for k in keys:
+        if config[k] is None:
+            continue
+        value = _value(config[k], digits.get(k))
+        if k.endswith(TARGET):
+            k, value = k.removesuffix(TARGET), value.rsplit(".", 1)[-1]
+        items.append(f"{k}={value}")
+    return ", ".join(items)
 
 
 def _combinations(rows: Sequence[Row], keys: Sequence[str]) -> int:
