@@ -19,8 +19,11 @@ def test_readme_quick_start_trains_the_default_model():
     assert "pip install -e . && python train.py model=conv latent_dim=16" in readme
 
 
-# `group=option` in a command or a sentence, e.g. `hydra/launcher=joblib`, `model=mlp,conv`.
-OPTION = re.compile(r"(?<![\w.+~/-])([a-z_]+(?:/[a-z_]+)*)=(\w+(?:,\w+)*)")
+# `group=option` in a command or a sentence, e.g. `hydra/launcher=joblib`, `model=mlp,conv`,
+# `experiment=models/vamp` (an option in a subfolder of the group).
+OPTION = re.compile(
+    r"(?<![\w.+~/-])([a-z_]+(?:/[a-z_]+)*)=((?:\w+/)*\w+(?:,(?:\w+/)*\w+)*)(?![\w/])"
+)  # not followed by a slash: `experiment=models/<variant>` names no option
 SHOWN_REFUSED = {("model", "resnet")}  # README's Errors section shows the error it gives
 
 
@@ -54,7 +57,12 @@ def test_every_config_option_the_docs_and_conf_comments_name_exists():
         if (group, option) not in SHOWN_REFUSED
     }
     assert {group for _, group, _ in named} >= {"model", "trainer", "hydra/launcher"}
+
+    def exists(group: str, option: str) -> bool:
+        folder, _, leaf = option.rpartition("/")
+        return leaf in options.get(f"{group}/{folder}" if folder else group, [])
+
     missing = sorted(
-        (path, f"{group}={option}") for path, group, option in named if option not in options[group]
+        (path, f"{group}={option}") for path, group, option in named if not exists(group, option)
     )
     assert missing == []
