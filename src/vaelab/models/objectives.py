@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaelab.errors import ConfigError
+from vaelab.models.posteriors import kl_term
 from vaelab.schema import GRADIENTS
 
 KL_KINDS = ("closed_form", "monte_carlo")
@@ -82,7 +83,7 @@ class ElboObjective(Objective):
         pz = vae.prior()
         z = qz_x.rsample((self.num_samples,))  # (S, B, D)
         rec = vae.observation(z).log_prob(x).mean(0)
-        kl, self.kl_kind = _kl(qz_x, pz, z)
+        kl, self.kl_kind = kl_term(qz_x, pz, z)
         kl_loss = kl if self.free_bits == 0 else self._free_bits_kl(qz_x, pz, z)
         return {"loss": -(rec - beta * kl_loss), "elbo": rec - kl, "rec": rec, "kl": kl}
 
@@ -140,7 +141,7 @@ class IwaeObjective(Objective):
         log_w = log_px_z - beta * log_ratio
         bound = iwae if beta == 1 else _log_mean_exp(log_w)
         rec = log_px_z.mean(0)
-        kl, self.kl_kind = _kl(qz_x, pz, z, log_ratio)
+        kl, self.kl_kind = kl_term(qz_x, pz, z, log_ratio)
         values = {"elbo": rec - kl, "rec": rec, "kl": kl, "iwae": iwae}
         if not dreg:
             return {"loss": -bound, **values}
@@ -205,7 +206,7 @@ class BetaTCObjective(Objective):
         mi = log_qz_x - log_qz
         tc = log_qz - log_prod_qzj
         dwkl = log_prod_qzj - log_pz
-        kl, self.kl_kind = _kl(qz_x, pz, z[None], (log_qz_x - log_pz)[None])
+        kl, self.kl_kind = kl_term(qz_x, pz, z[None], (log_qz_x - log_pz)[None])
         penalty = self.alpha * mi + self.beta * tc + self.gamma * dwkl
         return {
             "loss": -(rec - beta * penalty),
@@ -256,22 +257,6 @@ def minibatch_log_qz(qz_x: Distribution, z: Tensor, dataset_size: int) -> tuple[
     log_qz = torch.logsumexp(log_weights + log_qzj_xk.sum(-1), dim=1)
     log_prod_qzj = torch.logsumexp(log_weights.unsqueeze(-1) + log_qzj_xk, dim=1).sum(-1)
     return log_qz, log_prod_qzj
-
-
-def _kl(
-    qz_x: Distribution, pz: Distribution, z: Tensor, log_ratio: Tensor | None = None
-) -> tuple[Tensor, str]:
-    """KL(q(z|x) || p(z)): (B,) nats, and "closed_form" or "monte_carlo".
-
-    The Monte Carlo estimate is mean_s [log q(z_s|x) - log p(z_s)] at the draws z (S, B, D)
-    of the reconstruction term; pass `log_ratio` (S, B) if the caller has it.
-    """
-    try:
-        return kl_divergence(qz_x, pz), "closed_form"
-    except NotImplementedError:
-        if log_ratio is None:
-            log_ratio = qz_x.log_prob(z) - pz.log_prob(z)
-        return log_ratio.mean(0), "monte_carlo"
 
 
 def _kl_per_dim(qz_x: Distribution, pz: Distribution, z: Tensor) -> Tensor:

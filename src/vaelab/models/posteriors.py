@@ -162,17 +162,22 @@ class IAFStep(Transform):
         return log_scale.sum(-1)
 
 
-def kl_term(qz_x: Distribution, pz: Distribution, z: Tensor) -> tuple[Tensor, str]:
+def kl_term(
+    qz_x: Distribution, pz: Distribution, z: Tensor, log_ratio: Tensor | None = None
+) -> tuple[Tensor, str]:
     """KL(q(z|x) || p(z)): (B,) nats, and how it was computed.
 
     In closed form where torch.distributions registers one ("closed_form"); otherwise the
     Monte Carlo estimate mean_s [log q(z_s|x) - log p(z_s)] over the given draws z (S, B, D)
-    ("monte_carlo"): pass the draws of the reconstruction term, so the ELBO uses one set.
+    ("monte_carlo"): pass the draws of the reconstruction term, so the ELBO uses one set,
+    and `log_ratio` (S, B) if the caller already has log q(z_s|x) - log p(z_s).
     """
     try:
         return kl_divergence(qz_x, pz), "closed_form"
     except NotImplementedError:
-        return (qz_x.log_prob(z) - pz.log_prob(z)).mean(0), "monte_carlo"
+        if log_ratio is None:
+            log_ratio = qz_x.log_prob(z) - pz.log_prob(z)
+        return log_ratio.mean(0), "monte_carlo"
 
 
 def _diagonal_normal(loc: Tensor, scale: Tensor) -> Distribution:
