@@ -5,13 +5,14 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
 from vaelab.models.encoders import MLPEncoder
 from vaelab.models.posteriors import GaussianPosterior, IAFPosterior, Posterior, kl_term
 from vaelab.models.priors import (
     PSEUDO_INPUTS_MEAN,
     PSEUDO_INPUTS_STD,
+    DiagonalNormalMixture,
     MixturePrior,
     Prior,
     StandardPrior,
@@ -87,6 +88,37 @@ def test_mixture_log_prob_is_the_log_sum_exp_over_components():
     expected = torch.logsumexp(log_normal, dim=-1) - math.log(5)
     log_pz = prior.distribution().log_prob(z.float())
     assert torch.allclose(log_pz.double(), expected, rtol=0, atol=1e-5)
+
+
+def test_the_matrix_product_mixture_density_is_the_broadcast_one_in_value_and_gradient():
+    """Small and large scales, z far from every mean: the expanded square in float64 against
+    MixtureSameFamily's broadcast form in float64; and under bf16 autocast the same value."""
+    torch.manual_seed(0)
+    K, dim = 50, 16
+    loc = (3 * torch.randn(K, dim)).double().requires_grad_()
+    log_scale = torch.empty(K, dim).uniform_(math.log(0.01), math.log(3)).double().requires_grad_()
+    logits = torch.randn(K).double()
+    z = torch.cat([loc.detach()[:8] + 0.01 * torch.randn(8, dim), 10 * torch.randn(8, dim)])
+    z = z.float().double().requires_grad_()  # values a float32 caller can give
+    broadcast = MixtureSameFamily(
+        Categorical(logits=logits), Independent(Normal(loc, log_scale.exp()), 1)
+    )
+    fast = DiagonalNormalMixture(logits, loc, log_scale.exp())
+    expected, got = broadcast.log_prob(z), fast.log_prob(z)
+    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-8)
+    for g_expected, g_got in zip(
+        torch.autograd.grad(expected.sum(), (loc, log_scale, z)),
+        torch.autograd.grad(got.sum(), (loc, log_scale, z)),
+        strict=True,
+    ):
+        assert torch.allclose(g_got, g_expected, rtol=1e-8, atol=1e-8)
+    fast32 = DiagonalNormalMixture(
+        logits.float(), loc.detach().float(), log_scale.detach().exp().float()
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got32 = fast32.log_prob(z.detach().float())
+    assert got32.dtype == torch.float32
+    assert torch.allclose(got32.double(), expected.detach(), rtol=1e-6, atol=1e-3)
 
 
 @pytest.mark.parametrize("posterior", POSTERIORS)

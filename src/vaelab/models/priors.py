@@ -5,6 +5,7 @@ VampPrior uses it. Call `distribution` once per training step and reuse the resu
 every image of the batch: the VampPrior encodes all its pseudo-inputs in that one call.
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -118,9 +119,56 @@ class VampPrior(Prior):
         return _uniform_mixture(self.logits, components)
 
 
+class DiagonalNormalMixture(MixtureSameFamily):
+    """A mixture of K diagonal Gaussians whose `log_prob` never forms the (..., K, D) tensor.
+
+    `MixtureSameFamily.log_prob` broadcasts every z against every component: for the
+    VampPrior's 500 components in a K = 1,000 importance-sampled test batch that is 5·10⁹
+    numbers per step. Expanding the square instead,
+
+        Σ_d (z_d − μ_kd)² / σ_kd² = z² · (1/σ_k²) − 2 z · (μ_k/σ_k²) + Σ_d μ_kd²/σ_kd²,
+
+    gives every component's log-density from two matrix products of (..., D) by (D, K).
+    The expansion subtracts large numbers when σ is small, so it is computed in float64
+    (and outside autocast): it agrees with the broadcast form to float32's rounding.
+    Sampling, the mean and the rest are `MixtureSameFamily`'s own.
+    """
+
+    def __init__(self, logits: Tensor, loc: Tensor, scale: Tensor):
+        if loc.dim() != 2 or loc.shape != scale.shape or logits.shape != loc.shape[:1]:
+            raise ValueError(
+                f"expected logits (K,), loc and scale (K, D); got {tuple(logits.shape)}, "
+                f"{tuple(loc.shape)} and {tuple(scale.shape)}"
+            )
+        # Not validated, like every density here: validation costs host syncs in each step.
+        super().__init__(
+            Categorical(logits=logits, validate_args=False),
+            _diagonal_normal(loc, scale),
+            validate_args=False,
+        )
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        normal = self.component_distribution.base_dist
+        with torch.autocast(value.device.type, enabled=False):
+            loc, scale, z = normal.loc.double(), normal.scale.double(), value.double()
+            precision = scale.pow(-2)
+            squares = (
+                z.pow(2) @ precision.T
+                - 2 * (z @ (loc * precision).T)
+                + (loc.pow(2) * precision).sum(-1)
+            )
+            log_norm = scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+            log_weights = self.mixture_distribution.logits.double()  # normalised
+            log_p = torch.logsumexp(log_weights - log_norm - 0.5 * squares.clamp(min=0), -1)
+        return log_p.to(value.dtype)
+
+
 def _uniform_mixture(logits: Tensor, components: Distribution) -> Distribution:
-    """Mixture of the K components (batch shape (K,)) with weights softmax(logits)."""
-    # Not validated, like every density here: validation costs host syncs in each step.
+    """Mixture of the K components (batch shape (K,), event shape (D,)) with weights
+    softmax(logits): a `DiagonalNormalMixture` where they are diagonal Gaussians."""
+    if isinstance(components, Independent) and type(components.base_dist) is Normal:
+        normal = components.base_dist
+        return DiagonalNormalMixture(logits, normal.loc, normal.scale)
     weights = Categorical(logits=logits, validate_args=False)
     return MixtureSameFamily(weights, components, validate_args=False)
 
