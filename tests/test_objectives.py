@@ -368,12 +368,12 @@ def test_beta_tc_refuses_a_dataset_smaller_than_the_batch(vae, x):
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: ElboObjective(num_samples=0), "num_samples must be an integer >= 1"),
-        (lambda: ElboObjective(num_samples=1.5), "num_samples must be an integer >= 1"),
-        (lambda: ElboObjective(free_bits=-0.1), "free_bits must be >= 0"),
-        (lambda: IwaeObjective(k=0), "k must be an integer >= 1"),
-        (lambda: IwaeObjective(gradient="sticking_the_landing"), "gradient must be one of"),
-        (lambda: BetaTCObjective(beta=-1.0, dataset_size=10), "weight beta must be >= 0"),
+        (lambda: ElboObjective(num_samples=0), "objective.num_samples must be a positive integer"),
+        (lambda: ElboObjective(num_samples=1.5), "objective.num_samples must be a positive integer"),
+        (lambda: ElboObjective(free_bits=-0.1), "objective.free_bits must be a number >= 0"),
+        (lambda: IwaeObjective(k=0), "objective.k must be a positive integer"),
+        (lambda: IwaeObjective(gradient="sticking_the_landing"), "objective.gradient must be one of"),
+        (lambda: BetaTCObjective(beta=-1.0, dataset_size=10), "objective.beta must be a number >= 0"),
         (lambda: BetaTCObjective(dataset_size=0), "dataset_size must be an integer >= 1"),
     ],
 )

@@ -56,12 +56,12 @@ def test_schedules_by_config_name():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: Constant(-1.0), "beta must be >= 0"),
+        (lambda: Constant(-1.0), "beta must be a number >= 0"),
         (lambda: LinearWarmup(1.0, -3), "warmup_steps must be >= 0"),
-        (lambda: Cyclical(1.0, cycles=0), "cycles must be an integer >= 1"),
-        (lambda: Cyclical(1.0, cycles=2.5), "cycles must be an integer >= 1"),
-        (lambda: Cyclical(1.0, ratio=0.0), r"ratio must be in \(0, 1\]"),
-        (lambda: Cyclical(1.0, ratio=1.5), r"ratio must be in \(0, 1\]"),
+        (lambda: Cyclical(1.0, cycles=0), "beta_schedule.cycles must be a positive integer"),
+        (lambda: Cyclical(1.0, cycles=2.5), "beta_schedule.cycles must be a positive integer"),
+        (lambda: Cyclical(1.0, ratio=0.0), r"beta_schedule.ratio must be a number in \(0, 1\]"),
+        (lambda: Cyclical(1.0, ratio=1.5), r"beta_schedule.ratio must be a number in \(0, 1\]"),
         (lambda: Cyclical(1.0).weight(0, 0), "needs the number of training steps"),
     ],
 )

@@ -109,16 +109,22 @@ def test_the_eval_trainer_node_is_part_of_the_trainer_node(compose):
     assert set(eval_trainer) == set(schema.EVAL_TRAINER_KEYS) < train_keys
 
 
-def test_the_allowed_names_are_those_the_builders_know():
-    from vaelab import data, datamodule, likelihoods, models, runs
+def test_the_builders_know_every_name_the_schema_allows_and_no_other():
+    """The schema's lists are the only lists; where a builder maps names to code, the map's
+    names are the list's, and every name builds."""
+    import torch
 
-    assert schema.ARCHS == models.ARCHS
+    from vaelab import data, likelihoods, models
+
     assert tuple(models.ACTIVATIONS) == schema.ACTIVATIONS  # a dict of nn.Module classes
-    assert schema.LIKELIHOODS == likelihoods.LIKELIHOODS
-    assert schema.BINARY_LIKELIHOODS == likelihoods.BINARY_LIKELIHOODS
-    assert schema.DATASETS == data.DATASETS
-    assert schema.BINARIZATIONS == datamodule.BINARIZATIONS
-    assert schema.CHECKPOINTS == runs.CHECKPOINT_CHOICES
+    assert tuple(data._TORCHVISION) == schema.DATASETS  # a dict of torchvision classes
+    for arch in schema.ARCHS:
+        assert models.build_encoder(arch, (1, 28, 28), 2, 8, "relu") is not None
+    params = torch.zeros(2, 1, 4, 4)
+    for name in schema.LIKELIHOODS:
+        assert likelihoods.observation_dist(name, params, 3).log_prob(params).shape == (2,)
+    with pytest.raises(ValueError, match="unknown likelihood"):
+        likelihoods.observation_dist("poisson", params, 3)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from vaelab.estimators import kl_per_dim
 from vaelab.models.priors import StandardPrior
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run
-from vaelab.schema import check
+from vaelab.schema import checked
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
@@ -75,6 +75,7 @@ class VAEPictures(L.Callback):
         png_scale: integer upscaling (nearest neighbour) of image grids in the PNG files.
     """
 
+    @checked("callbacks.pictures.")
     def __init__(
         self,
         every_n_epochs: int = 5,
@@ -91,23 +92,6 @@ class VAEPictures(L.Callback):
         png_scale: int = 2,
     ):
         super().__init__()
-        check(
-            {
-                "every_n_epochs": every_n_epochs,
-                "n_images": n_images,
-                "n_interpolations": n_interpolations,
-                "interpolation_steps": interpolation_steps,
-                "n_traversal_dims": n_traversal_dims,
-                "traversal_values": traversal_values,
-                "traversal_range": traversal_range,
-                "manifold_size": manifold_size,
-                "n_scatter": n_scatter,
-                "seed": seed,
-                "nrow": nrow,
-                "png_scale": png_scale,
-            },
-            "callbacks.pictures.",
-        )
         self.every_n_epochs = every_n_epochs
         self.n_images = n_images
         self.n_interpolations = n_interpolations

@@ -21,7 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError, one_line
 from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run
-from vaelab.schema import check
+from vaelab.schema import checked
 
 
 def verify(path: str | Path) -> Path:
@@ -118,8 +118,8 @@ class RunCheckpoint(ModelCheckpoint):
 class StepCheckpoint(L.Callback):
     """last.ckpt every `every_n_train_steps` training steps, so a kill loses at most that many."""
 
+    @checked("callbacks.step_checkpoint.")
     def __init__(self, every_n_train_steps: int = 500):
-        check({"every_n_train_steps": every_n_train_steps}, "callbacks.step_checkpoint.")
         self.every_n_train_steps = every_n_train_steps
         self._last_saved_step = 0
 

@@ -19,11 +19,11 @@ from torch import Tensor
 from torchvision import datasets
 
 from vaelab.errors import ConfigError, DataError
+from vaelab.schema import DATASETS
 
 log = logging.getLogger(__name__)
 
-_TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}
-DATASETS = tuple(_TORCHVISION)
+_TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}  # of DATASETS
 
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = (

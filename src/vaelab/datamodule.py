@@ -12,9 +12,8 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import DataError, VaelabError
-from vaelab.schema import check
+from vaelab.schema import checked
 
-BINARIZATIONS = ("dynamic", "static", "none")
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
 # metrics are comparable across epochs and test metrics across runs.
@@ -123,6 +122,7 @@ class VAEDataModule(LightningDataModule):
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
     """
 
+    @checked("data.")
     def __init__(
         self,
         name: str = "mnist",
@@ -136,8 +136,6 @@ class VAEDataModule(LightningDataModule):
         allow_fallback: bool = True,
     ) -> None:
         super().__init__()
-        values = {"name": name, "binarize": binarize, "val_fraction": val_fraction}
-        check({**values, "batch_size": batch_size, "eval_batch_size": eval_batch_size}, "data.")
         self.save_hyperparameters()
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}

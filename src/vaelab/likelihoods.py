@@ -3,9 +3,10 @@
 from torch import Tensor
 from torch.distributions import Bernoulli, ContinuousBernoulli, Distribution, Independent, Normal
 
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
-# Likelihoods whose support is {0, 1}: they need binarized data.
-BINARY_LIKELIHOODS = ("bernoulli",)
+# The names, and those whose support is {0, 1} (they need binarized data): the schema's.
+from vaelab.schema import BINARY_LIKELIHOODS, LIKELIHOODS
+
+__all__ = ["BINARY_LIKELIHOODS", "LIKELIHOODS", "observation_dist"]
 
 
 def observation_dist(

@@ -29,7 +29,7 @@ from vaelab.models import (
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import Cyclical, LinearWarmup
 from vaelab.models.vae import posterior_mean_and_noise
-from vaelab.schema import check
+from vaelab.schema import checked
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
@@ -62,6 +62,7 @@ class LitVAE(L.LightningModule):
 
     eval_seed: int = 0
 
+    @checked("", "model.")
     def __init__(
         self,
         arch: str = "conv",
@@ -82,19 +83,6 @@ class LitVAE(L.LightningModule):
         beta_schedule: dict | None = None,
     ):
         super().__init__()
-        check({"arch": arch, "hidden_dim": hidden_dim, "activation": activation}, "model.")
-        check(
-            {
-                "latent_dim": latent_dim,
-                "likelihood": likelihood,
-                "obs_scale": obs_scale,
-                "beta": beta,
-                "num_samples": num_samples,
-                "kl_warmup_epochs": kl_warmup_epochs,
-                "lr": lr,
-                "n_importance": n_importance,
-            }
-        )
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = VAE(

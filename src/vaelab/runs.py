@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from vaelab.errors import VaelabError
+from vaelab.schema import CHECKPOINTS as CHECKPOINT_CHOICES
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -44,7 +45,6 @@ WANDB = "wandb"
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
 SAMPLES = "samples.png"  # `vaelab sample`'s picture, when no `out` is given
-CHECKPOINT_CHOICES = ("best", "last")
 
 
 def _now() -> str:

@@ -1,19 +1,24 @@
 """The config schema: the type of every knob, and the values each one allows.
 
 Types are Hydra structured configs, so OmegaConf refuses `latent_dim=abc` (or a
-misspelt key) while Hydra composes. Values are checked by `validate`, with the rules of
-`RULES`: the `vaelab` command calls it right after composition, before torch is imported,
-and LitVAE and VAEPictures call `check` with the same rules when built from Python.
+misspelt key) while Hydra composes. A value's rule is in its field (`knob`): `validate`
+checks a composed config with the rules (`RULES`, read from the fields) right after
+composition, before torch is imported, and the classes built from Python (LitVAE, the
+data module, the callbacks, the model parts) check their arguments with the same rules
+(`@checked`). The lists of choices (ARCHS, LIKELIHOODS, DATASETS, ...) are here, once.
 
 conf/train.yaml, eval.yaml and sample.yaml start their defaults list with their schema
 (`schema/train@_here_`, ...), conf/callbacks/default.yaml with `/schema/pictures@pictures`;
-a new knob is added to its YAML file and to its dataclass here (the `trainer` node's
-knobs are Lightning's Trainer arguments, with Lightning's defaults). This module imports
-neither torch nor Lightning nor W&B: a bad value is reported in about a second.
+a new knob is added to its YAML file and to its dataclass here, with its rule (the
+`trainer` node's knobs are Lightning's Trainer arguments, with Lightning's defaults).
+This module imports neither torch nor Lightning nor W&B: a bad value is reported in about
+a second.
 """
 
 import dataclasses
 import difflib
+import functools
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,8 +31,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.errors import ConfigError
 
-# The names the builders accept (vaelab.models.ARCHS, ACTIVATIONS, vaelab.likelihoods,
-# vaelab.data.DATASETS, vaelab.datamodule.BINARIZATIONS); tests/test_schema.py keeps them equal.
+# The names of every choice: the one list of each, which the builders import. Where a
+# builder maps names to code (ACTIVATIONS to nn.Module classes, DATASETS to torchvision
+# classes), tests/test_schema.py checks that the map has exactly these names.
 ARCHS = ("mlp", "conv")
 ACTIVATIONS = ("relu", "tanh")
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
@@ -42,26 +48,100 @@ GRADIENTS = ("standard", "dreg")  # of objective=iwae
 MONITORS = ("val/elbo", "val/iwae")
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
 
-# --- types: the schemas of the YAML files; their values come from the YAML files ------
+# --- rules: what a value may be -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check of one value, and what it allows in words (for the error message)."""
+
+    allowed: str
+    ok: Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def integer(minimum: int, maximum: int | None = None) -> Rule:
+    allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    if maximum is not None:
+        allowed = f"an integer in [{minimum}, {maximum}]"
+    return Rule(
+        allowed,
+        lambda v: _is_int(v) and v >= minimum and (maximum is None or v <= maximum),
+    )
+
+
+def number(minimum: float, above: bool = False, below: float | None = None) -> Rule:
+    """A finite number >= minimum (> minimum if `above`), and < below if given."""
+    low = (lambda v: v > minimum) if above else (lambda v: v >= minimum)
+    if below is not None:
+        return Rule(
+            f"a number in {'(' if above else '['}{minimum}, {below})",
+            lambda v: _is_number(v) and low(v) and v < below,
+        )
+    return Rule(f"a number {'>' if above else '>='} {minimum}", lambda v: _is_number(v) and low(v))
+
+
+BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
+
+
+def one_of(choices: tuple[str, ...]) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
+
+
+def noted(rule: Rule, note: str) -> Rule:
+    return Rule(f"{rule.allowed} ({note})", rule.ok)
+
+
+def or_null(rule: Rule) -> Rule:
+    return Rule(f"{rule.allowed}, or null", lambda v: v is None or rule.ok(v))
+
+
+SEED = integer(0, 2**32 - 1)  # what numpy, and so Lightning's seed_everything, accepts
+
+
+def knob(rule: Rule | None = None, default: Any = MISSING, nodes: dict | None = None) -> Any:
+    """A schema field whose value `rule` checks: its type is the field's annotation, its
+    value (or the default) comes from the YAML files. `nodes`, for a `dict` field: name ->
+    an untyped dataclass holding the rules of that sub-node's keys ("args": of the node's
+    own keys), for the model parts' arguments and the callbacks', which differ by option."""
+    metadata = {"rule": rule} if rule else {}
+    return dataclasses.field(default=default, metadata={**metadata, "nodes": nodes or {}})
+
+
+# --- types and rules: the schemas of the YAML files, whose values come from the YAML files
+# A field's rule (`knob`) is the one statement of what its value may be: `validate` checks
+# composed configs with it, and `checked` the arguments of the classes built from Python.
 
 
 @dataclass
 class ModelConfig:
-    arch: str = MISSING
-    hidden_dim: int = MISSING
-    activation: str = MISSING
+    arch: str = knob(one_of(ARCHS))
+    hidden_dim: int = knob(integer(1))
+    activation: str = knob(one_of(ACTIVATIONS))
 
 
 @dataclass
 class DataConfig:
     _target_: str = MISSING
-    name: str = MISSING
+    name: str = knob(one_of(DATASETS))
     data_dir: str = MISSING
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    binarize: str = MISSING
-    val_fraction: float = MISSING
-    seed: int = MISSING
+    batch_size: int = knob(integer(1))
+    eval_batch_size: int = knob(integer(1))
+    binarize: str = knob(one_of(BINARIZATIONS))
+    val_fraction: float = knob(
+        noted(
+            number(0, above=True, below=1),
+            "the validation split picks the best checkpoint and catches divergence",
+        )
+    )
+    seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
 
@@ -77,18 +157,61 @@ class PathsConfig:
 @dataclass
 class PicturesConfig:
     _target_: str = MISSING
-    every_n_epochs: int = MISSING
-    n_images: int = MISSING
-    n_interpolations: int = MISSING
-    interpolation_steps: int = MISSING
-    n_traversal_dims: int = MISSING
-    traversal_values: int = MISSING
-    traversal_range: float = MISSING
-    manifold_size: int = MISSING
-    n_scatter: int = MISSING
-    seed: int = MISSING
-    nrow: int = MISSING
-    png_scale: int = MISSING
+    every_n_epochs: int = knob(integer(1))
+    n_images: int = knob(integer(1))
+    n_interpolations: int = knob(integer(1))
+    interpolation_steps: int = knob(integer(2))  # both ends included
+    n_traversal_dims: int = knob(integer(1))
+    traversal_values: int = knob(integer(2))
+    traversal_range: float = knob(number(0, above=True))
+    manifold_size: int = knob(integer(1))
+    n_scatter: int = knob(integer(1))
+    seed: int = knob(SEED)
+    nrow: int = knob(integer(1))
+    png_scale: int = knob(integer(1))
+
+
+@dataclass
+class StepCheckpointConfig:
+    every_n_train_steps: int = knob(integer(1))
+
+
+# The arguments of the model parts, by config group: which of them an option takes is its
+# class's signature (the YAML gives the values); the rules hold for every option.
+
+
+@dataclass
+class PriorArgs:
+    components: int = knob(noted(integer(1), "mixture components or pseudo-inputs"))
+
+
+@dataclass
+class PosteriorArgs:
+    steps: int = knob(noted(integer(1), "flow steps; posterior=gaussian has none"))
+    hidden_dim: int = knob(integer(1))
+
+
+@dataclass
+class ObjectiveArgs:
+    num_samples: int = knob(noted(integer(1), "z samples per image in the ELBO"))
+    free_bits: float = knob(noted(number(0), "nats per latent dimension, 0: off"))
+    k: int = knob(noted(integer(1), "importance samples per image"))
+    gradient: str = knob(one_of(GRADIENTS))
+    alpha: float = knob(number(0))
+    beta: float = knob(number(0))
+    gamma: float = knob(number(0))
+
+
+@dataclass
+class BetaScheduleArgs:
+    kind: str = knob(one_of(BETA_SCHEDULES))
+    cycles: int = knob(integer(1))
+    ratio: float = knob(
+        Rule(
+            "a number in (0, 1] (the fraction of each cycle during which beta rises)",
+            lambda v: _is_number(v) and 0 < v <= 1,
+        )
+    )
 
 
 @dataclass
@@ -103,7 +226,8 @@ class TrainerConfig:
     """
 
     _target_: str = "lightning.pytorch.Trainer"
-    compile: bool = False  # torch.compile the encoder and decoder: vaelab's, not Lightning's
+    # torch.compile the encoder and decoder: vaelab's, not Lightning's
+    compile: bool = knob(BOOLEAN, False)
     accelerator: str = "auto"
     strategy: str = "auto"
     devices: Any = "auto"  # int, list of ints, or str
@@ -164,7 +288,7 @@ EVAL_TRAINER_KEYS = (
 EvalTrainerConfig = dataclasses.make_dataclass(
     "EvalTrainerConfig",
     [
-        (f.name, f.type, dataclasses.field(default=f.default))
+        (f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata))
         for f in dataclasses.fields(TrainerConfig)
         if f.name in EVAL_TRAINER_KEYS
     ],
@@ -174,18 +298,21 @@ EvalTrainerConfig.__module__ = __name__  # found by name when a pickled config i
 
 @dataclass
 class TrainConfig:
-    seed: int = MISSING
-    latent_dim: int = MISSING
-    beta: float = MISSING
-    likelihood: str = MISSING
-    obs_scale: float = MISSING
-    num_samples: int = MISSING
-    kl_warmup_epochs: int | float = MISSING  # a number of epochs, kept as typed
-    lr: float = MISSING
-    n_importance: int = MISSING
-    batch_size: int = MISSING
-    max_epochs: int = MISSING
-    monitor: str = MISSING
+    seed: int = knob(SEED)
+    latent_dim: int = knob(integer(1))
+    beta: float = knob(noted(number(0), "1: the ELBO itself"))
+    likelihood: str = knob(one_of(LIKELIHOODS))
+    obs_scale: float = knob(number(0, above=True))
+    num_samples: int = knob(noted(integer(1), "z samples per image in the ELBO"))
+    # a number of epochs, kept as typed
+    kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
+    lr: float = knob(number(0, above=True))
+    n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
+    batch_size: int = knob(integer(1))
+    max_epochs: int = knob(
+        Rule("a positive integer, or -1 (no limit)", lambda v: _is_int(v) and (v >= 1 or v == -1))
+    )
+    monitor: str = knob(one_of(MONITORS))
     project: str = MISSING
     group: str | None = MISSING
     tags: list[str] = MISSING
@@ -198,14 +325,16 @@ class TrainConfig:
     # A default, not MISSING: OmegaConf 2.3 fails to fill a MISSING node holding Unions.
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     # The model parts (conf/prior, posterior, objective, beta_schedule): a `_target_` class
-    # and its arguments, whose values RULES checks and whose combinations `check_parts` does.
-    prior: dict[str, Any] = MISSING
-    posterior: dict[str, Any] = MISSING
-    objective: dict[str, Any] = MISSING
-    beta_schedule: dict[str, Any] = MISSING
-    # Passed to Lightning as they are: Lightning checks them.
+    # and its arguments, whose combinations `check_parts` checks.
+    prior: dict[str, Any] = knob(nodes={"args": PriorArgs})
+    posterior: dict[str, Any] = knob(nodes={"args": PosteriorArgs})
+    objective: dict[str, Any] = knob(nodes={"args": ObjectiveArgs})
+    beta_schedule: dict[str, Any] = knob(nodes={"args": BetaScheduleArgs})
+    # Passed to Lightning as they are (Lightning checks them), but for vaelab's own.
     logger: dict[str, Any] = MISSING
-    callbacks: dict[str, Any] = MISSING
+    callbacks: dict[str, Any] = knob(
+        nodes={"pictures": PicturesConfig, "step_checkpoint": StepCheckpointConfig}
+    )
     # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).
     slurm: dict[str, Any] | None = None
 
@@ -214,17 +343,17 @@ class TrainConfig:
 class EvalDataConfig:
     data_dir: str | None = MISSING
     download: bool | None = MISSING
-    eval_batch_size: int | None = MISSING
+    eval_batch_size: int | None = knob(or_null(integer(1)))
 
 
 @dataclass
 class EvalConfig:
     run_dir: str | None = MISSING
     ckpt_path: str | None = MISSING
-    checkpoint: str = MISSING
-    n_importance: int = MISSING
-    seed: int = MISSING
-    wandb_mode: str | None = MISSING
+    checkpoint: str = knob(one_of(CHECKPOINTS))
+    n_importance: int = knob(integer(1))
+    seed: int = knob(SEED)
+    wandb_mode: str | None = knob(or_null(one_of(WANDB_MODES)))
     data: EvalDataConfig = MISSING
     trainer: EvalTrainerConfig = dataclasses.field(default_factory=EvalTrainerConfig)
 
@@ -232,10 +361,10 @@ class EvalConfig:
 @dataclass
 class SampleConfig:
     run_dir: str | None = MISSING
-    checkpoint: str = MISSING
-    n: int = MISSING
-    nrow: int = MISSING
-    seed: int = MISSING
+    checkpoint: str = knob(one_of(CHECKPOINTS))
+    n: int = knob(integer(1))
+    nrow: int = knob(integer(1))
+    seed: int = knob(SEED)
     out: str | None = MISSING
 
 
@@ -246,134 +375,24 @@ for _name, _node in SCHEMAS.items():
     _store.store(group="schema", name=_name, node=_node)
 _store.store(group="schema", name="pictures", node=PicturesConfig)
 
-# --- values: key -> what it allows ----------------------------------------------------
+
+def rules(schema: type, prefix: str = "") -> dict[str, Rule]:
+    """Key -> rule for every field of `schema` with one, into its typed sub-nodes and the
+    `nodes` of its dict fields (the model parts' arguments under their group's key)."""
+    found: dict[str, Rule] = {}
+    for field in dataclasses.fields(schema):
+        key = prefix + field.name
+        if field.metadata.get("rule"):
+            found[key] = field.metadata["rule"]
+        for name, node in field.metadata.get("nodes", {}).items():
+            found.update(rules(node, f"{key}." if name == "args" else f"{key}.{name}."))
+        if dataclasses.is_dataclass(field.type):
+            found.update(rules(field.type, f"{key}."))
+    return found
 
 
-@dataclass(frozen=True)
-class Rule:
-    """A check of one value, and what it allows in words (for the error message)."""
-
-    allowed: str
-    ok: Callable[[Any], bool]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
-
-
-def integer(minimum: int, maximum: int | None = None) -> Rule:
-    allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-    if maximum is not None:
-        allowed = f"an integer in [{minimum}, {maximum}]"
-    return Rule(
-        allowed,
-        lambda v: _is_int(v) and v >= minimum and (maximum is None or v <= maximum),
-    )
-
-
-def number(minimum: float, above: bool = False, below: float | None = None) -> Rule:
-    """A finite number >= minimum (> minimum if `above`), and < below if given."""
-    low = (lambda v: v > minimum) if above else (lambda v: v >= minimum)
-    if below is not None:
-        return Rule(
-            f"a number in {'(' if above else '['}{minimum}, {below})",
-            lambda v: _is_number(v) and low(v) and v < below,
-        )
-    return Rule(f"a number {'>' if above else '>='} {minimum}", lambda v: _is_number(v) and low(v))
-
-
-BOOLEAN = Rule("true or false", lambda v: isinstance(v, bool))
-
-
-def one_of(choices: tuple[str, ...]) -> Rule:
-    return Rule(f"one of {', '.join(choices)}", lambda v: v in choices)
-
-
-def noted(rule: Rule, note: str) -> Rule:
-    return Rule(f"{rule.allowed} ({note})", rule.ok)
-
-
-def or_null(rule: Rule) -> Rule:
-    return Rule(f"{rule.allowed}, or null", lambda v: v is None or rule.ok(v))
-
-
-SEED = integer(0, 2**32 - 1)  # what numpy, and so Lightning's seed_everything, accepts
-
-RULES: dict[str, dict[str, Rule]] = {
-    "train": {
-        "seed": SEED,
-        "latent_dim": integer(1),
-        "beta": noted(number(0), "1: the ELBO itself"),
-        "likelihood": one_of(LIKELIHOODS),
-        "obs_scale": number(0, above=True),
-        "num_samples": noted(integer(1), "z samples per image in the ELBO"),
-        "kl_warmup_epochs": noted(number(0), "0: no warm-up"),
-        "lr": number(0, above=True),
-        "n_importance": noted(integer(0), "0: no test log-likelihood"),
-        "batch_size": integer(1),
-        "max_epochs": Rule(
-            "a positive integer, or -1 (no limit)", lambda v: _is_int(v) and (v >= 1 or v == -1)
-        ),
-        "model.arch": one_of(ARCHS),
-        "model.hidden_dim": integer(1),
-        "model.activation": one_of(ACTIVATIONS),
-        "data.name": one_of(DATASETS),
-        "data.batch_size": integer(1),
-        "data.eval_batch_size": integer(1),
-        "data.binarize": one_of(BINARIZATIONS),
-        "data.val_fraction": noted(
-            number(0, above=True, below=1),
-            "the validation split picks the best checkpoint and catches divergence",
-        ),
-        "data.seed": SEED,
-        "trainer.compile": BOOLEAN,
-        "monitor": one_of(MONITORS),
-        "prior.components": noted(integer(1), "mixture components or pseudo-inputs"),
-        "posterior.steps": noted(integer(1), "flow steps; posterior=gaussian has none"),
-        "posterior.hidden_dim": integer(1),
-        "objective.num_samples": integer(1),
-        "objective.free_bits": noted(number(0), "nats per latent dimension, 0: off"),
-        "objective.k": noted(integer(1), "importance samples per image"),
-        "objective.gradient": one_of(GRADIENTS),
-        "objective.alpha": number(0),
-        "objective.beta": number(0),
-        "objective.gamma": number(0),
-        "beta_schedule.kind": one_of(BETA_SCHEDULES),
-        "beta_schedule.cycles": integer(1),
-        "beta_schedule.ratio": Rule("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1),
-        "callbacks.step_checkpoint.every_n_train_steps": integer(1),
-        "callbacks.pictures.every_n_epochs": integer(1),
-        "callbacks.pictures.n_images": integer(1),
-        "callbacks.pictures.n_interpolations": integer(1),
-        "callbacks.pictures.interpolation_steps": integer(2),  # both ends included
-        "callbacks.pictures.n_traversal_dims": integer(1),
-        "callbacks.pictures.traversal_values": integer(2),
-        "callbacks.pictures.traversal_range": number(0, above=True),
-        "callbacks.pictures.manifold_size": integer(1),
-        "callbacks.pictures.n_scatter": integer(1),
-        "callbacks.pictures.seed": SEED,
-        "callbacks.pictures.nrow": integer(1),
-        "callbacks.pictures.png_scale": integer(1),
-    },
-    "eval": {
-        "checkpoint": one_of(CHECKPOINTS),
-        "n_importance": integer(1),
-        "seed": SEED,
-        "wandb_mode": or_null(one_of(WANDB_MODES)),
-        "data.eval_batch_size": or_null(integer(1)),
-        "trainer.compile": BOOLEAN,
-    },
-    "sample": {
-        "checkpoint": one_of(CHECKPOINTS),
-        "n": integer(1),
-        "nrow": integer(1),
-        "seed": SEED,
-    },
-}
+# Per command, key -> rule: read from the schemas' fields, never written here.
+RULES: dict[str, dict[str, Rule]] = {command: rules(node) for command, node in SCHEMAS.items()}
 
 
 def check(values: Mapping[str, Any], prefix: str = "", command: str = "train") -> None:
@@ -387,6 +406,36 @@ def check(values: Mapping[str, Any], prefix: str = "", command: str = "train") -
         key = prefix + name
         if not rules[key].ok(value):
             raise ConfigError(f"{key} must be {rules[key].allowed}, got {value!r}")
+
+
+def check_fields(values: Mapping[str, Any], *prefixes: str, command: str = "train") -> None:
+    """Check each value whose key `prefix + name`, for the first of `prefixes` that gives a
+    key with a rule, has one; values without a rule are left alone."""
+    rules = RULES[command]
+    for name, value in values.items():
+        key = next((p + name for p in prefixes if p + name in rules), None)
+        if key is not None:
+            check({key: value}, command=command)
+
+
+def checked(*prefixes: str, command: str = "train") -> Callable:
+    """Decorates an `__init__` so that its arguments are checked, before its body runs, by the
+    rules of their config keys (`check_fields`): the Python API refuses what the config does,
+    with the same words, from the same rules."""
+
+    def decorate(init: Callable) -> Callable:
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            check_fields(bound.arguments, *prefixes, command=command)
+            return init(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 _ABSENT = object()

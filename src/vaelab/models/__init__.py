@@ -14,8 +14,7 @@ from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
-
-ARCHS = ("mlp", "conv")
+from vaelab.schema import ARCHS
 
 __all__ = [
     "ACTIVATIONS",

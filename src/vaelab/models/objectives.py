@@ -21,7 +21,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaelab.errors import ConfigError
 from vaelab.models.posteriors import kl_term
-from vaelab.schema import GRADIENTS
+from vaelab.schema import checked
 
 KL_KINDS = ("closed_form", "monte_carlo")
 
@@ -69,10 +69,8 @@ class ElboObjective(Objective):
         free_bits: the KL floor per latent dimension, nats (0: off).
     """
 
+    @checked("objective.")
     def __init__(self, num_samples: int = 1, free_bits: float = 0.0):
-        _check_count("num_samples", num_samples)
-        if not free_bits >= 0:
-            raise ConfigError(f"free_bits must be >= 0 nats, got {free_bits}; 0 turns it off")
         self.num_samples = num_samples
         self.free_bits = free_bits
 
@@ -119,10 +117,8 @@ class IwaeObjective(Objective):
 
     extras = ("iwae",)
 
+    @checked("objective.")
     def __init__(self, k: int = 5, gradient: str = "standard"):
-        _check_count("k", k)
-        if gradient not in GRADIENTS:
-            raise ConfigError(f"gradient must be one of {', '.join(GRADIENTS)}, got {gradient!r}")
         self.k = k
         self.gradient = gradient
 
@@ -182,13 +178,12 @@ class BetaTCObjective(Objective):
     extras = ("mi", "tc", "dwkl")
     own_beta = True
 
+    @checked("objective.")
     def __init__(
         self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int
     ):
-        for name, weight in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
-            if not weight >= 0:
-                raise ConfigError(f"the beta-TC weight {name} must be >= 0, got {weight}")
-        _check_count("dataset_size", dataset_size)
+        if not (isinstance(dataset_size, int) and dataset_size >= 1):  # the data's, not a knob
+            raise ConfigError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.dataset_size = dataset_size
 
@@ -301,11 +296,6 @@ def _detached(qz_x: Distribution) -> Distribution:
 def _log_mean_exp(values: Tensor) -> Tensor:
     """log (1/k) sum_i exp(values_i) over the first dimension."""
     return torch.logsumexp(values, 0) - math.log(values.shape[0])
-
-
-def _check_count(name: str, value: int) -> None:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
-        raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 # Config name -> class; each constructor's arguments are its config keys.

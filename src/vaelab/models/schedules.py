@@ -9,11 +9,12 @@ import math
 from dataclasses import dataclass
 
 from vaelab.errors import ConfigError
+from vaelab.schema import check_fields
 
 
-def _check_beta(beta: float) -> None:
-    if not beta >= 0:  # also refuses NaN
-        raise ConfigError(f"beta must be >= 0, got {beta}; set beta to the KL weight, e.g. 1.0")
+def _check(schedule: object) -> None:
+    """The fields that are knobs (beta, and beta_schedule's), by their rules in the schema."""
+    check_fields(vars(schedule), "beta_schedule.", "")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Constant:
     beta: float = 1.0
 
     def __post_init__(self):
-        _check_beta(self.beta)
+        _check(self)
 
     def weight(self, step: int, total_steps: int = 0) -> float:
         return self.beta
@@ -41,8 +42,8 @@ class LinearWarmup:
     warmup_steps: float = 0.0
 
     def __post_init__(self):
-        _check_beta(self.beta)
-        if not self.warmup_steps >= 0:
+        _check(self)
+        if not self.warmup_steps >= 0:  # epochs times batches: not a knob
             raise ConfigError(
                 f"warmup_steps must be >= 0, got {self.warmup_steps}; 0 turns the warm-up off"
             )
@@ -68,14 +69,7 @@ class Cyclical:
     ratio: float = 0.5
 
     def __post_init__(self):
-        _check_beta(self.beta)
-        if not (isinstance(self.cycles, int) and self.cycles >= 1):
-            raise ConfigError(f"cycles must be an integer >= 1, got {self.cycles!r}")
-        if not 0 < self.ratio <= 1:
-            raise ConfigError(
-                f"ratio must be in (0, 1], got {self.ratio}: the fraction of each cycle "
-                "during which beta rises (0.5 in Fu et al. 2019)"
-            )
+        _check(self)
 
     def weight(self, step: int, total_steps: int) -> float:
         if total_steps <= 0:
