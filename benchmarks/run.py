@@ -16,7 +16,9 @@ range. Sections:
   parts    training images/s of the model parts, model=mlp on the MNIST fallback:
            `objective=iwae objective.k=5`, `prior=vamp` (500 pseudo-inputs, encoded once per
            step) and `posterior=iaf`, each through the `vaelab train` code path against the
-           same maths written out in a plain loop over batches in memory (the floor).
+           same maths written out in a plain loop over batches in memory (the floor); and
+           the mixture density log p(z) of 500 components (vaelab's matrix form against
+           torch's MixtureSameFamily).
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
            against the decoder alone at its best chunk size, the decoder and the
            likelihood's log-density of the images at that size (what any estimator must
@@ -356,6 +358,44 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 row.ratio = f"{ratio(values, results['floor'])} of floor"
             rows.append(row)
             print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
+    rows += mixture_density_rows(settings)
+    return rows
+
+
+def mixture_density_rows(settings: Settings) -> list[Row]:
+    """log p(z) of a 500-component diagonal Gaussian mixture (the VampPrior's, z of 40) for
+    one chunk of a K = 1,000 test (25,600 latents): vaelab's `DiagonalNormalMixture` (two
+    matrix products, float64) against torch's `MixtureSameFamily` (the (N, K, D) broadcast)."""
+    from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
+
+    from vaelab.models.priors import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(0)
+    k, d, n = 500, 40, 25_600 if settings is FULL else 6_400
+    loc, scale = torch.randn(k, d, generator=g), 0.05 + torch.rand(k, d, generator=g)
+    z = torch.randn(n, d, generator=g)
+    logits = torch.zeros(k)
+    broadcast = MixtureSameFamily(Categorical(logits=logits), Independent(Normal(loc, scale), 1))
+    matrix = DiagonalNormalMixture(logits, loc, scale)
+
+    def timed(density: Any) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            with torch.no_grad():
+                density.log_prob(z)
+            return n / (time.perf_counter() - start)
+
+        return run
+
+    results = alternate({"vaelab": timed(matrix), "MixtureSameFamily": timed(broadcast)}, 3)
+    measure = f"log p(z)/s, 500-component mixture, D=40, {n:,} latents"
+    rows = []
+    for name, values in results.items():
+        row = Row("parts", measure, name, spread(values))
+        if name == "vaelab":
+            row.ratio = f"{ratio(values, results['MixtureSameFamily'])} of MixtureSameFamily"
+        rows.append(row)
+        print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
     return rows
 
 
