@@ -67,3 +67,52 @@ def test_an_iwae_run_can_pick_its_checkpoint_by_its_own_bound(train_cli):
     assert state["monitor"] == "val/iwae"
     history = Run(run_dir).history()
     assert state["best_model_score"] == pytest.approx(max(row["val/iwae"] for row in history))
+
+
+HVAE = ("model=hvae", "model.hidden_dim=16", "model.top_dim=2")
+
+
+@pytest.mark.slow
+def test_the_two_level_model_trains_tests_evaluates_and_reloads_with_every_prior(train_cli):
+    """model=hvae under each prior, trained by IWAE (which logs the ELBO too; the ELBO
+    objective trains it in test_resume.py; its posterior is its own, and betatc and DReG are
+    refused at composition): every downstream figure, per-layer active units, eval.py
+    recomputing the test figures exactly, and load_run without Hydra."""
+    result = train_cli("-m", "prior=standard,mog,vamp", "objective=iwae", *TINY, *HVAE)
+    assert len(result.run_dirs) == 3
+    for run_dir in result.run_dirs:
+        run = Run(run_dir)
+        parts = parts_of(run)
+        assert run.state == "finished", (parts, run.error)
+        metrics = json.loads((run.path / "metrics.json").read_text())
+        for key in ("val/elbo", "test/elbo", "test/nll_iwae", "test/nll_naive", "test/ess_iwae"):
+            assert math.isfinite(metrics[key]), (parts, key)
+        assert metrics["kl_kind"] == "monte_carlo"  # no closed form between two levels
+        assert "test/kl_dim/0" not in metrics  # the KL does not split into dimensions
+        # Active units of z = (z1 of 3, z2 of 2), and of each layer.
+        assert metrics["test/active_units"] == (
+            metrics["test/active_units_z1"] + metrics["test/active_units_z2"]
+        )
+        assert (
+            0 <= metrics["test/active_units_z1"] <= 3 and 0 <= metrics["test/active_units_z2"] <= 2
+        )
+        assert metrics["val/iwae"] >= metrics["val/elbo"] - 1e-3, parts
+        vae = vaelab.load_run(run.path)
+        assert type(vae).__name__ == "HierarchicalVAE" and vae.layers == (("z1", 3), ("z2", 2))
+        assert type(vae.prior_model).__name__ == parts[0]
+        x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
+        assert vae.encode(x).shape == (2, 5) and vae.sample(4).shape == (4, 1, 28, 28)
+        assert (run.path / "pictures" / "test" / "samples.png").is_file()
+
+    from test_eval_task import compose_config
+
+    from vaelab.tasks import evaluate
+
+    vamp_iwae = [
+        d for d in result.run_dirs if parts_of(Run(d))[::2] == ("VampPrior", "IwaeObjective")
+    ]
+    metrics = json.loads((vamp_iwae[0] / "metrics.json").read_text())
+    overrides = (f"run_dir={vamp_iwae[0]}", "n_importance=4", "trainer.limit_test_batches=2")
+    again = evaluate.run(compose_config("eval", *overrides))
+    for key in ("test/elbo", "test/nll_iwae", "test/nll_naive", "test/active_units_z2"):
+        assert again[key] == metrics[key], key

@@ -369,11 +369,20 @@ def test_beta_tc_refuses_a_dataset_smaller_than_the_batch(vae, x):
     ("build", "message"),
     [
         (lambda: ElboObjective(num_samples=0), "objective.num_samples must be a positive integer"),
-        (lambda: ElboObjective(num_samples=1.5), "objective.num_samples must be a positive integer"),
+        (
+            lambda: ElboObjective(num_samples=1.5),
+            "objective.num_samples must be a positive integer",
+        ),
         (lambda: ElboObjective(free_bits=-0.1), "objective.free_bits must be a number >= 0"),
         (lambda: IwaeObjective(k=0), "objective.k must be a positive integer"),
-        (lambda: IwaeObjective(gradient="sticking_the_landing"), "objective.gradient must be one of"),
-        (lambda: BetaTCObjective(beta=-1.0, dataset_size=10), "objective.beta must be a number >= 0"),
+        (
+            lambda: IwaeObjective(gradient="sticking_the_landing"),
+            "objective.gradient must be one of",
+        ),
+        (
+            lambda: BetaTCObjective(beta=-1.0, dataset_size=10),
+            "objective.beta must be a number >= 0",
+        ),
         (lambda: BetaTCObjective(dataset_size=0), "dataset_size must be an integer >= 1"),
     ],
 )

@@ -96,6 +96,24 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, uninterrup
     assert_same_run(run_dir, uninterrupted)
 
 
+# The same run with the two-level model (model=hvae), small.
+HVAE_RUN = (*RUN, "model=hvae", "model.hidden_dim=32", "latent_dim=4", "model.top_dim=3")
+
+
+@pytest.mark.slow
+def test_a_two_level_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
+    proc, full = start(tmp_path, "full", HVAE_RUN)
+    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
+    proc, run_dir = start(tmp_path, "killed", HVAE_RUN)
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = resume(tmp_path, run_dir, HVAE_RUN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "vae.encoder.bottom_joint.0.linear.weight" in weights(run_dir)  # the two-level nets
+    assert_same_run(run_dir, full)
+
+
 def saved_steps(run_dir: Path) -> dict[str, int]:
     return {
         p.name: torch.load(p, weights_only=True)["global_step"]

@@ -115,11 +115,16 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
     import torch
 
     from vaelab import data, likelihoods, models
+    from vaelab.models.encoders import GATED
 
-    assert tuple(models.ACTIVATIONS) == schema.ACTIVATIONS  # a dict of nn.Module classes
+    # A dict of nn.Module classes, and the gated layer.
+    assert (*models.ACTIVATIONS, GATED) == schema.ACTIVATIONS
     assert tuple(data._TORCHVISION) == schema.DATASETS  # a dict of torchvision classes
     for arch in schema.ARCHS:
-        assert models.build_encoder(arch, (1, 28, 28), 2, 8, "relu") is not None
+        for activation in schema.ACTIVATIONS:
+            if (arch, activation) != ("conv", GATED):  # refused by validate
+                vae = models.build_vae(arch, (1, 28, 28), 2, 8, activation, "bernoulli", 0.1)
+                assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
     params = torch.zeros(2, 1, 4, 4)
     for name in schema.LIKELIHOODS:
         assert likelihoods.observation_dist(name, params, 3).log_prob(params).shape == (2,)
@@ -168,8 +173,16 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("max_epochs=0", "max_epochs must be a positive integer, or -1 (no limit), got 0"),
         ("seed=-1", "seed must be an integer in [0, 4294967295]"),
         ("likelihood=poisson", "likelihood must be one of bernoulli, continuous_bernoulli, "),
-        ("model.arch=resnet", "model.arch must be one of mlp, conv, got 'resnet'"),
-        ("model.activation=gelu", "model.activation must be one of relu, tanh, got 'gelu'"),
+        ("model.arch=resnet", "model.arch must be one of mlp, conv, hvae, got 'resnet'"),
+        ("model.activation=gelu", "model.activation must be one of relu, tanh, gated, got 'ge"),
+        ("model=conv model.activation=gated", "model.activation=gated makes each dense layer"),
+        ("model=hvae model.top_dim=0", "model.top_dim must be a positive integer, or null"),
+        ("model=hvae posterior=iaf", "model=hvae has its own posterior, q(z2|x) q(z1|x, z2)"),
+        ("model=hvae objective=betatc", "objective=betatc needs a diagonal Gaussian q(z|x), and"),
+        (
+            "model=hvae objective=iwae objective.gradient=dreg",
+            "objective.gradient=dreg needs a diagonal Gaussian q(z|x)",
+        ),
         ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
         ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1) (the validation"),
         ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1) (the validation"),

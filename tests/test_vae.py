@@ -168,7 +168,7 @@ def test_model_ready_data_passes_the_check(arch, likelihood):
     vae = small_vae(arch, likelihood).vae.eval()
     assert vae.data_shape == (1, 28, 28)
     for x in (images(likelihood), torch.zeros(2, 1, 28, 28), torch.ones(1, 1, 28, 28)):
-        assert vae.encode(x).shape == (len(x), 4)
+        assert vae.encode(x).shape == (len(x), vae.latent_dim)  # hvae: z1 and z2 of 4
         log_px, _ = iw_log_likelihood(vae, x, 10)
         assert torch.isfinite(log_px).all()
 

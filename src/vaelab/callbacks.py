@@ -13,7 +13,6 @@ from torch import Tensor
 
 from vaelab import plots
 from vaelab.estimators import kl_per_dim
-from vaelab.models.priors import StandardPrior
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run
 from vaelab.schema import checked
@@ -153,8 +152,7 @@ class VAEPictures(L.Callback):
         pictures["traversals"] = plots.image_grid(vae.decode(z), self.traversal_values)
 
         if loc.shape[1] == 2:
-            standard = isinstance(vae.prior_model, StandardPrior)
-            draws = None if standard else vae.prior().sample((_PRIOR_DRAWS,))
+            draws = None if vae.standard_normal_prior else vae.prior().sample((_PRIOR_DRAWS,))
             z = plots.manifold_latents(self.manifold_size, prior_draws=draws).to(loc)
             pictures["manifold"] = plots.image_grid(vae.decode(z), self.manifold_size)
 

@@ -4,7 +4,7 @@ All log-likelihoods are nats per image; anything named `nll` is positive nats.
 """
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -252,14 +252,25 @@ class ActiveUnitsMetric(Metric):
 
     Args:
         latent_dim: D.
+        layers: the stochastic layers' (name, size), in the order of z's dimensions; with
+            more than one, `compute` also gives "active_units_<name>" per layer.
         threshold: variance above which a unit counts as active (Burda et al. 2015: 1e-2).
     """
 
     full_state_update = False
     is_differentiable = False
 
-    def __init__(self, latent_dim: int, threshold: float = 1e-2, **kwargs):
+    def __init__(
+        self,
+        latent_dim: int,
+        layers: Sequence[tuple[str, int]] = (),
+        threshold: float = 1e-2,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        if layers and sum(size for _, size in layers) != latent_dim:
+            raise ValueError(f"the layers {layers} do not add up to latent_dim={latent_dim}")
+        self.layers = tuple(layers)
         self.threshold = threshold
         self.add_state("sum_loc", torch.zeros(latent_dim), dist_reduce_fx="sum")
         self.add_state("sum_loc_sq", torch.zeros(latent_dim), dist_reduce_fx="sum")
@@ -291,7 +302,12 @@ class ActiveUnitsMetric(Metric):
         mean = self.sum_loc / self.count
         spread = self.sum_loc_sq / self.count - mean.square() - self.sum_noise / self.count
         variance = spread.clamp(min=0)
-        out = {"active_units": (variance > self.threshold).sum(), "variance": variance}
+        active = variance > self.threshold
+        out = {"active_units": active.sum(), "variance": variance}
+        if len(self.layers) > 1:
+            per_layer = active.split([size for _, size in self.layers])
+            for (name, _), layer in zip(self.layers, per_layer, strict=True):
+                out[f"active_units_{name}"] = layer.sum()
         if 0 < self.count_kl == self.count:
             out["kl_per_dim"] = self.sum_kl / self.count
         return out

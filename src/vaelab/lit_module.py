@@ -17,15 +17,7 @@ from vaelab.estimators import (
     kl_per_dim,
     naive_log_likelihood,
 )
-from vaelab.models import (
-    VAE,
-    build_decoder,
-    build_encoder,
-    build_objective,
-    build_part_class,
-    build_posterior,
-    build_prior,
-)
+from vaelab.models import build_objective, build_part_class, build_vae
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import Cyclical, LinearWarmup
 from vaelab.models.vae import posterior_mean_and_noise
@@ -49,7 +41,8 @@ class LitVAE(L.LightningModule):
     means over images (in training `train/<term>_epoch`), and in training also the batch
     means `train/<term>_step` with `train/beta_step`, every `log_every_n_steps` steps, and
     `train/beta_epoch`, the epoch's mean KL weight over images. Val and
-    test add `active_units` and `kl_dim/<i>` (posterior collapse diagnostics); test adds
+    test add `active_units` (and, for a model of several stochastic layers, per layer:
+    `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
     `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip).
 
@@ -58,6 +51,9 @@ class LitVAE(L.LightningModule):
     training its own generator state back afterwards: the same weights on the same data
     give the same figures wherever they are computed (history.jsonl, metrics.json,
     eval.py with the same seed and K), and evaluating does not change the training run.
+
+    The model is `vaelab.models.build_vae`'s: `arch` (mlp, conv, or hvae, with z₁ of
+    `latent_dim` and z₂ of `top_dim`), the prior and posterior configs.
     """
 
     eval_seed: int = 0
@@ -81,19 +77,15 @@ class LitVAE(L.LightningModule):
         posterior: dict | None = None,
         objective: dict | None = None,
         beta_schedule: dict | None = None,
+        top_dim: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
-        self.vae = VAE(
-            build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
-            build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
-            latent_dim,
-            likelihood,
-            obs_scale,
-            prior=build_prior(prior, latent_dim, image_shape),
-            posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
-        )
+        self.vae = build_vae(
+            arch, image_shape, latent_dim, hidden_dim, activation, likelihood, obs_scale,
+            prior, posterior, top_dim,
+        )  # fmt: skip
         self._objective: Objective | None = None
         # The objective's class, for its extras: built in `setup`, with the data's size.
         extras = build_part_class(objective, ElboObjective).extras
@@ -103,7 +95,7 @@ class LitVAE(L.LightningModule):
         # Keyed "<stage>_means": a ModuleDict may not have a key named "train".
         self.means = nn.ModuleDict({f"{s}_means": MeansMetric(len(self.terms)) for s in STAGES})
         self.latent_stats = nn.ModuleDict(
-            {s: ActiveUnitsMetric(latent_dim) for s in ("val", "test")}
+            {s: ActiveUnitsMetric(self.vae.latent_dim, self.vae.layers) for s in ("val", "test")}
         )
         num_pixels = math.prod(image_shape)
         self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")

@@ -34,8 +34,8 @@ from vaelab.errors import ConfigError
 # The names of every choice: the one list of each, which the builders import. Where a
 # builder maps names to code (ACTIVATIONS to nn.Module classes, DATASETS to torchvision
 # classes), tests/test_schema.py checks that the map has exactly these names.
-ARCHS = ("mlp", "conv")
-ACTIVATIONS = ("relu", "tanh")
+ARCHS = ("mlp", "conv", "hvae")
+ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 BINARY_LIKELIHOODS = ("bernoulli",)
 DATASETS = ("mnist", "fashion_mnist")
@@ -125,6 +125,8 @@ class ModelConfig:
     arch: str = knob(one_of(ARCHS))
     hidden_dim: int = knob(integer(1))
     activation: str = knob(one_of(ACTIVATIONS))
+    # model=hvae: the size of z₂, the top layer (z₁'s is latent_dim); null: latent_dim.
+    top_dim: int | None = knob(or_null(integer(1)), default=None)
 
 
 @dataclass
@@ -491,6 +493,32 @@ def check_parts(cfg: DictConfig) -> None:
     """
     flow = _part(cfg, "posterior") == "IAFPosterior"
     objective = _part(cfg, "objective")
+    arch, activation = (
+        OmegaConf.select(cfg, "model.arch"),
+        OmegaConf.select(cfg, "model.activation"),
+    )
+    if activation == "gated" and arch == "conv":
+        raise ConfigError(
+            "model.activation=gated makes each dense layer a gated one, and model=conv is "
+            "convolutions: use model=mlp or model=hvae, or model.activation=relu"
+        )
+    if arch == "hvae" and flow:
+        raise ConfigError(
+            "model=hvae has its own posterior, q(z2|x) q(z1|x, z2) of diagonal Gaussians: "
+            "use posterior=gaussian (or posterior=iaf with model=mlp or conv)"
+        )
+    if arch == "hvae":
+        refused = {
+            "objective=betatc": objective == "BetaTCObjective",
+            "objective.gradient=dreg": OmegaConf.select(cfg, "objective.gradient") == "dreg",
+            "objective.free_bits": (OmegaConf.select(cfg, "objective.free_bits") or 0) > 0,
+        }
+        for option, given in refused.items():
+            if given:
+                raise ConfigError(
+                    f"{option} needs a diagonal Gaussian q(z|x), and model=hvae's is "
+                    f"q(z2|x) q(z1|x, z2): use model=mlp or conv, or leave out {option}"
+                )
     if flow and objective == "BetaTCObjective":
         raise ConfigError(
             "objective=betatc estimates the total correlation from the per-dimension densities "

@@ -1,6 +1,7 @@
 """The model parts and their builders: a VAE is an encoder, a decoder, a prior and a
 posterior, trained by an objective; each part is named by a `_target_` in its config group
-(conf/prior, conf/posterior, conf/objective) and built from typed primitives."""
+(conf/prior, conf/posterior, conf/objective) and built from typed primitives. `build_vae`
+wires them for an architecture (`model.arch`): mlp and conv, or hvae, the two-level VAE."""
 
 import inspect
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from hydra.utils import get_class
 
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder
+from vaelab.models.hvae import HierarchicalVAE
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
@@ -27,7 +29,46 @@ __all__ = [
     "build_part_class",
     "build_posterior",
     "build_prior",
+    "build_vae",
 ]
+
+
+def build_vae(
+    arch: str,
+    image_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden_dim: int,
+    activation: str,
+    likelihood: str,
+    obs_scale: float,
+    prior: Mapping[str, Any] | None = None,
+    posterior: Mapping[str, Any] | None = None,
+    top_dim: int | None = None,
+) -> VAE:
+    """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
+    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over."""
+    image_shape = tuple(image_shape)
+    if arch == "hvae":
+        top_dim = top_dim or latent_dim
+        return HierarchicalVAE(
+            image_shape,
+            latent_dim,
+            top_dim,
+            hidden_dim,
+            activation,
+            likelihood,
+            obs_scale,
+            prior=build_prior(prior, top_dim, image_shape),
+        )
+    return VAE(
+        build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
+        build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
+        latent_dim,
+        likelihood,
+        obs_scale,
+        prior=build_prior(prior, latent_dim, image_shape),
+        posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
+    )
 
 
 def build_part(cfg: Mapping[str, Any] | None, default: type, **context: Any) -> Any:

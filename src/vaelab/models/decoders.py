@@ -7,7 +7,7 @@ import math
 
 from torch import Tensor, nn
 
-from vaelab.models.encoders import ACTIVATIONS
+from vaelab.models.encoders import ACTIVATIONS, dense_layers
 
 
 class MLPDecoder(nn.Module):
@@ -21,12 +21,8 @@ class MLPDecoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        act = ACTIVATIONS[activation]
         self.net = nn.Sequential(
-            nn.Linear(latent_dim, hidden_dim),
-            act(),
-            nn.Linear(hidden_dim, hidden_dim),
-            act(),
+            *dense_layers([latent_dim, hidden_dim, hidden_dim], activation),
             nn.Linear(hidden_dim, math.prod(image_shape)),
             nn.Unflatten(-1, image_shape),
         )

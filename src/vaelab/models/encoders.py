@@ -4,15 +4,44 @@ With `with_context=True` they also give their last hidden features h (B, hidden_
 context a flow posterior conditions on (`vaelab.models.posteriors.IAFPosterior`).
 """
 
+import itertools
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 # Keeps posterior scales away from 0 so log q(z|x) stays finite in low precision.
 MIN_SCALE = 1e-4
-# Hidden-layer nonlinearities (Burda et al. 2015 use tanh).
+# Hidden-layer nonlinearities (Burda et al. 2015 use tanh); `model.activation=gated` makes
+# each dense layer a `GatedDense` instead (a layer, not a nonlinearity after one).
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+GATED = "gated"
+
+
+class GatedDense(nn.Module):
+    """h = (W₁x + b₁) ⊙ σ(W₂x + b₂) (Dauphin et al. 2017), the dense layer of Tomczak &
+    Welling (2018) and Norouzi et al. (2020): both products in one matrix multiply."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, gate = self.linear(x).chunk(2, dim=-1)
+        return h * torch.sigmoid(gate)
+
+
+def dense_layers(sizes: list[int], activation: str) -> list[nn.Module]:
+    """Dense layers sizes[0] -> sizes[1] -> ..., each followed by the activation (or gated):
+    a flat list, so that the weights of the relu/tanh networks keep their checkpoint names."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in itertools.pairwise(sizes):
+        if activation == GATED:
+            layers.append(GatedDense(n_in, n_out))
+        else:
+            layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    return layers
 
 
 class GaussianHead(nn.Module):
@@ -38,14 +67,8 @@ class MLPEncoder(nn.Module):
         activation: str = "relu",
     ):
         super().__init__()
-        act = ACTIVATIONS[activation]
-        self.body = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(math.prod(image_shape), hidden_dim),
-            act(),
-            nn.Linear(hidden_dim, hidden_dim),
-            act(),
-        )
+        sizes = [math.prod(image_shape), hidden_dim, hidden_dim]
+        self.body = nn.Sequential(nn.Flatten(), *dense_layers(sizes, activation))
         self.head = GaussianHead(hidden_dim, latent_dim)
 
     def forward(self, x: Tensor, with_context: bool = False) -> tuple[Tensor, ...]:

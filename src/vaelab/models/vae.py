@@ -62,6 +62,19 @@ class VAE(nn.Module):
         self.posterior_model = posterior or GaussianPosterior(latent_dim)
 
     @property
+    def layers(self) -> tuple[tuple[str, int], ...]:
+        """The stochastic layers' names and sizes, in the order of z's dimensions."""
+        return (("z", self.latent_dim),)
+
+    @property
+    def standard_normal_prior(self) -> bool:
+        """p(z) is N(0, I) over the whole of z (not only over the top layer of a hierarchy)."""
+        return (
+            isinstance(self.prior_model, StandardPrior)
+            and self.prior_model.latent_dim == self.latent_dim
+        )
+
+    @property
     def device(self) -> torch.device:
         """Where the model's weights (or, without any, its buffers) are."""
         return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
@@ -187,7 +200,7 @@ class VAE(nn.Module):
         `generator` (a CPU generator) fixes the draws, e.g. to compare epochs.
         """
         device = self.device
-        if isinstance(self.prior_model, StandardPrior):  # the draws of earlier versions
+        if self.standard_normal_prior:  # the draws of earlier versions
             z = torch.randn(n, self.latent_dim, generator=generator)
             return self.decode(z.to(device))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
