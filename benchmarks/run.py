@@ -13,10 +13,11 @@ range. Sections:
            and loss in a hand-written loop over a torchvision DataLoader, and that loop over
            batches already binarized in memory (the compute floor); and vaelab with
            `trainer.compile=true` (its compilation falls in the warm-up batches).
-  parts    training images/s of the model parts, model=mlp on the MNIST fallback:
+  parts    training images/s of the model parts on the MNIST fallback, model=mlp with
            `objective=iwae objective.k=5`, `prior=vamp` (500 pseudo-inputs, encoded once per
-           step) and `posterior=iaf`, each through the `vaelab train` code path against the
-           same maths written out in a plain loop over batches in memory (the floor); and
+           step) or `posterior=iaf`, and `model=hvae` (two stochastic layers), each
+           through the `vaelab train` code path against the same maths written out in a
+           plain loop over batches in memory (the floor); and
            the mixture density log p(z) of 500 components (vaelab's matrix form against
            torch's MixtureSameFamily).
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
@@ -310,9 +311,10 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
 # --- parts -----------------------------------------------------------------------------
 
 PARTS = {
-    "objective=iwae k=5": ("objective=iwae", "objective.k=5"),
-    "prior=vamp": ("prior=vamp",),
-    "posterior=iaf": ("posterior=iaf",),
+    "objective=iwae k=5": ("model=mlp", "objective=iwae", "objective.k=5"),
+    "prior=vamp": ("model=mlp", "prior=vamp"),
+    "posterior=iaf": ("model=mlp", "posterior=iaf"),
+    "model=hvae": ("model=hvae",),  # two stochastic layers, gated, 300 units
 }
 
 
@@ -330,9 +332,9 @@ def parts_floor_loss(vae: VAE, x: Tensor, part: str) -> Tensor:
 
 def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
     rows = []
-    common = (*TRAIN_OVERRIDES, "data=mnist", "model=mlp", f"paths.data_dir={data_dir}",
+    common = (*TRAIN_OVERRIDES, "data=mnist", f"paths.data_dir={data_dir}",
               f"paths.output_dir={work / 'run'}")  # fmt: skip
-    base = compose_train(*common)
+    base = compose_train(*common, "model=mlp")
     L.seed_everything(base.seed, workers=True)
     datamodule = instantiate(base.data)
     datamodule.prepare_data()
@@ -351,7 +353,8 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
             },
             settings.rounds,
         )
-        measure = f"train img/s, mnist fallback, model=mlp {part}, {n_batches - WARMUP} b."
+        model = "" if part.startswith("model=") else "model=mlp "
+        measure = f"train img/s, mnist fallback, {model}{part}, {n_batches - WARMUP} b."
         for name, values in results.items():
             row = Row("parts", measure, name, spread(values))
             if name == "vaelab":
