@@ -268,7 +268,7 @@ def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tm
     from vaelab.runs import find_runs
 
     overrides = (
-        "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_epochs=8",
+        "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_epochs=4",
         "trainer.limit_train_batches=20", "trainer.detect_anomaly=false",
         "callbacks.step_checkpoint.every_n_train_steps=5", "lr=1e4,1e-3", "latent_dim=0,3,2",
     )  # fmt: skip

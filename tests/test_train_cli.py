@@ -12,7 +12,8 @@ import yaml
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
 
-TINY = ("trainer=debug", "batch_size=32")
+# n_importance: the estimators run, with few samples (the default 100 costs a conv run minutes).
+TINY = ("trainer=debug", "batch_size=32", "n_importance=8")
 
 
 def only(paths: list[Path]) -> Path:
