@@ -117,8 +117,8 @@ def test_multirun_gives_each_job_its_directory_and_a_shared_wandb_group(train_cl
         names.add(run.display_name)
     assert len(groups) == 1 and groups != {""}
     assert names == {
-        "batch_size=32,latent_dim=2,model=mlp",
-        "batch_size=32,latent_dim=2,model=conv",
+        "batch_size=32,latent_dim=2,model=mlp,n_importance=8",
+        "batch_size=32,latent_dim=2,model=conv,n_importance=8",
     }
 
 
