@@ -141,6 +141,8 @@ class DataConfig:
             "the validation split picks the best checkpoint and catches divergence",
         )
     )
+    # A number of images, which replaces val_fraction (null: val_fraction decides).
+    val_size: int | None = knob(or_null(integer(1)))
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
