@@ -174,6 +174,14 @@ class PicturesConfig:
 
 
 @dataclass
+class EarlyStoppingConfig:
+    patience: int | None = knob(
+        noted(or_null(integer(1)), "epochs after the KL warm-up; null: off")
+    )
+    min_delta: float = knob(number(0))
+
+
+@dataclass
 class StepCheckpointConfig:
     every_n_train_steps: int = knob(integer(1))
 
@@ -335,7 +343,11 @@ class TrainConfig:
     # Passed to Lightning as they are (Lightning checks them), but for vaelab's own.
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = knob(
-        nodes={"pictures": PicturesConfig, "step_checkpoint": StepCheckpointConfig}
+        nodes={
+            "pictures": PicturesConfig,
+            "step_checkpoint": StepCheckpointConfig,
+            "early_stopping": EarlyStoppingConfig,
+        }
     )
     # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).
     slurm: dict[str, Any] | None = None
