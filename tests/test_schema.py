@@ -176,6 +176,7 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("data.val_size=0", "data.val_size must be a positive integer, or null, got 0"),
         ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint.every_n_"),
         ("callbacks.early_stopping.patience=0", "callbacks.early_stopping.patience must be a posi"),
+        ("optimizer=sgd", "optimizer must be one of adam, adam_normgrad, got 'sgd'"),
         ("data.binarize=maybe", "data.binarize must be one of dynamic, static, none"),
         ("data.name=cifar", "data.name must be one of mnist, fashion_mnist"),
         ("batch_size=0", "batch_size must be a positive integer"),

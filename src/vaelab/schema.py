@@ -47,6 +47,9 @@ GRADIENTS = ("standard", "dreg")  # of objective=iwae
 # sweeper and whose NaN means divergence (higher is better); runs older than the knob: the first.
 MONITORS = ("val/elbo", "val/iwae")
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
+# adam_normgrad: Adam on each parameter's gradient divided by its L2 norm (vae_vampprior's
+# AdamNormGrad, which the VampPrior and Exemplar VAE papers train with).
+OPTIMIZERS = ("adam", "adam_normgrad")
 
 # --- rules: what a value may be -------------------------------------------------------
 
@@ -317,6 +320,7 @@ class TrainConfig:
     # a number of epochs, kept as typed
     kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
     lr: float = knob(number(0, above=True))
+    optimizer: str = knob(one_of(OPTIMIZERS))
     n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
     batch_size: int = knob(integer(1))
     max_epochs: int = knob(
