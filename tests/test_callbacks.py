@@ -1,4 +1,5 @@
-"""VAEPictures: which pictures are drawn when, their geometry, and their logging to W&B."""
+"""VAEPictures: which pictures are drawn when, their geometry, and their logging to W&B;
+early stopping after the KL warm-up, through the real command and resume."""
 
 import json
 from pathlib import Path
@@ -17,6 +18,7 @@ from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.models import VAE
 from vaelab.plots import PADDING
+from vaelab.runs import Run
 
 SMALL = dict(
     n_images=12, nrow=4, n_interpolations=2, interpolation_steps=3, n_traversal_dims=2,
@@ -198,3 +200,59 @@ def test_images_are_logged_to_wandb_as_media_files(tmp_path, mnist_idx_root, mon
         media = run_dir / "files" / filename
         assert media.parent == run_dir / "files" / "media" / "images" / Path(key).parent
         assert media.read_bytes() == png.read_bytes()  # the very PNG written to the run dir
+
+
+# --- early stopping ---------------------------------------------------------------------
+
+# A few batches an epoch; an improvement must exceed 1e9 nats, so after the first checked
+# epoch (which beats the start, -inf) none does: the run stops `patience` epochs later.
+NEVER_BETTER = (
+    "model=mlp", "latent_dim=2", "trainer=debug", "logger=none", "n_importance=0",
+    "callbacks.pictures.every_n_epochs=100", "callbacks.early_stopping.min_delta=1e9",
+)  # fmt: skip
+
+
+def epochs_run(run_dir: Path) -> list[int]:
+    return [row["epoch"] for row in Run(run_dir).history()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("warmup", "patience"), [(0, 1), (2, 1), (0, None)])
+def test_early_stopping_waits_out_the_kl_warmup_then_its_patience(train_cli, warmup, patience):
+    result = train_cli(
+        *NEVER_BETTER,
+        f"kl_warmup_epochs={warmup}",
+        f"callbacks.early_stopping.patience={'null' if patience is None else patience}",
+        "trainer.max_epochs=6",
+    )
+    (run_dir,) = result.run_dirs
+    run = Run(run_dir)
+    if patience is None:  # off, the default: every epoch runs
+        assert epochs_run(run_dir) == list(range(6))
+        assert "Early stopping" not in result.output
+        return
+    # The warm-up's epochs, the first checked one (the best), then `patience` without better.
+    last = warmup + patience
+    assert epochs_run(run_dir) == list(range(last + 1))
+    assert f"Early stopping after epoch {last}: Monitored metric val/elbo did not" in result.output
+    assert run.state == "finished" and "test/elbo" in run.metrics()
+
+
+@pytest.mark.slow
+def test_a_resumed_run_counts_on_from_the_early_stopping_state_of_its_checkpoint(train_cli):
+    stopping = (*NEVER_BETTER, "kl_warmup_epochs=1", "callbacks.early_stopping.patience=3")
+    # Epoch 0 warms up, epoch 1 is the best, epochs 2 and 3 count 2 of 3: max_epochs ends it.
+    (run_dir,) = train_cli(*stopping, "trainer.max_epochs=4").run_dirs
+    assert epochs_run(run_dir) == [0, 1, 2, 3]
+    (state,) = [
+        value
+        for key, value in torch.load(run_dir / "checkpoints" / "last.ckpt")["callbacks"].items()
+        if key.startswith("WarmupEarlyStopping")
+    ]
+    assert state["wait_count"] == 2
+
+    # Counting on, epoch 4 is the third without better; from scratch it would be the best.
+    result = train_cli(*stopping, "trainer.max_epochs=10", f"resume={run_dir}")
+    assert epochs_run(run_dir)[-1] == 4
+    assert "Early stopping after epoch 4" in result.output
+    assert Run(run_dir).state == "finished"

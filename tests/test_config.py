@@ -6,12 +6,17 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import OmegaConf
 
+from vaelab import schema
+from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
 from vaelab.tracking import build_loggers
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def options(group: str) -> list[str]:
@@ -128,3 +133,84 @@ def test_burda_experiment_is_the_784_200_200_50_tanh_vae(compose):
     ]
     assert sum(isinstance(m, torch.nn.Tanh) for m in model.vae.decoder.modules()) == 2
     assert cfg.data.binarize == "dynamic" and cfg.data.allow_fallback is False
+
+
+# The rows of the Exemplar VAE table (conf/experiment/exemplar/): the protocol they share,
+# and what each row sets.
+EXEMPLAR_PROTOCOL = {
+    "data.name": "fashion_mnist",
+    "data.binarize": "dynamic",
+    "data.val_size": 10_000,
+    "likelihood": "bernoulli",
+    "model.hidden_dim": 300,
+    "model.activation": "gated",
+    "latent_dim": 40,
+    "beta": 1.0,
+    "batch_size": 100,
+    "data.batch_size": 100,
+    "lr": 5e-4,
+    "optimizer": "adam_normgrad",
+    "kl_warmup_epochs": 100,
+    "beta_schedule.kind": "linear",
+    "max_epochs": 2000,
+    "trainer.max_epochs": 2000,
+    "callbacks.early_stopping.patience": 50,
+    "n_importance": 5000,
+    "posterior._target_": "vaelab.models.posteriors.GaussianPosterior",
+}
+PRIORS = "vaelab.models.priors."
+ELBO, IWAE = "vaelab.models.objectives.ElboObjective", "vaelab.models.objectives.IwaeObjective"
+EXEMPLAR_ROWS = {
+    "vae_gaussian": {"model.arch": "mlp", "prior._target_": PRIORS + "StandardPrior"},
+    "vae_vamp": {
+        "model.arch": "mlp",
+        "prior._target_": PRIORS + "VampPrior",
+        "prior.components": 500,
+    },
+    "iwae_gaussian": {
+        "model.arch": "mlp",
+        "prior._target_": PRIORS + "StandardPrior",
+        "objective._target_": IWAE,
+        "objective.k": 5,
+        "monitor": "val/iwae",
+    },
+    "hvae_gaussian": {"prior._target_": PRIORS + "StandardPrior"},
+    "hvae_vamp": {"prior._target_": PRIORS + "VampPrior", "prior.components": 500},
+}
+HVAE_MISSING = pytest.mark.skipif(
+    not (config_dir() / "model" / "hvae.yaml").is_file(), reason="no model=hvae in conf/model yet"
+)
+
+
+def test_the_exemplar_folder_holds_the_rows_and_their_protocol():
+    found = {p.stem for p in (config_dir() / "experiment" / "exemplar").glob("*.yaml")}
+    assert found == {*EXEMPLAR_ROWS, "protocol"}
+
+
+@pytest.mark.parametrize(
+    "row",
+    [pytest.param(r, marks=HVAE_MISSING) if r.startswith("hvae") else r for r in EXEMPLAR_ROWS],
+)
+def test_each_exemplar_row_sets_the_whole_protocol(compose, row):
+    cfg = compose(f"experiment=exemplar/{row}")
+    expected = {"objective._target_": ELBO, "monitor": "val/elbo", **EXEMPLAR_PROTOCOL}
+    expected.update(EXEMPLAR_ROWS[row])
+    assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
+    if "gated" not in schema.ACTIVATIONS:  # the gated layer is not in this branch yet
+        cfg.model.activation = "tanh"
+    schema.validate(cfg)
+    model = build_module(cfg, (1, 28, 28))
+    assert model.hparams.optimizer == "adam_normgrad" and model.hparams.kl_warmup_epochs == 100
+    (stopping,) = [
+        c for c in map(instantiate, cfg.callbacks.values()) if isinstance(c, WarmupEarlyStopping)
+    ]
+    assert (stopping.patience, stopping.monitor, stopping.enabled) == (50, cfg.monitor, True)
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_the_exemplar_protocol_splits_fashion_mnist_50000_10000(compose):
+    datamodule = instantiate(compose("experiment=exemplar/vae_gaussian").data)
+    datamodule.setup("fit")
+    hp = datamodule.hparams
+    assert (hp.n_train, hp.n_val, hp.n_test) == (50_000, 10_000, 10_000)
+    assert hp.source == "fallback:debian-fashion-mnist"

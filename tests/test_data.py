@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import logging
+import re
 import shutil
 import struct
 import threading
@@ -424,6 +425,32 @@ def test_val_split_is_deterministic_in_the_seed_and_disjoint_from_train(mnist_id
     other = stored(make_dm(mnist_idx_root, binarize="none", seed=1).val_dataloader())[0]
     assert torch.equal(same, val_images)
     assert not torch.equal(other, val_images)
+
+
+def test_a_validation_size_holds_out_that_many_images_in_place_of_the_fraction(mnist_idx_root):
+    dm = make_dm(mnist_idx_root, binarize="none", val_size=50)
+    val_images, _ = stored(dm.val_dataloader())
+    train_images, _ = stored(dm.train_dataloader())
+    assert (dm.hparams.n_train, dm.hparams.n_val) == (250, 50)
+    assert len(val_images) == 50 and len(train_images) == 250
+    # The same seeded order: 30 images, given as a count or as 0.1 of 300, are the same.
+    by_count = stored(make_dm(mnist_idx_root, binarize="none", val_size=30).val_dataloader())
+    by_fraction = stored(make_dm(mnist_idx_root, binarize="none").val_dataloader())
+    assert torch.equal(by_count[0], by_fraction[0])
+
+
+@pytest.mark.parametrize(
+    ("val_size", "error", "message"),
+    [
+        (300, DataError, "data.val_size=300 leaves no training image of the 300: give fewer"),
+        (0, ConfigError, "data.val_size must be a positive integer, or null, got 0"),
+    ],
+)
+def test_a_validation_size_that_leaves_no_training_image_is_refused(
+    mnist_idx_root, val_size, error, message
+):
+    with pytest.raises(error, match=re.escape(message)):
+        make_dm(mnist_idx_root, val_size=val_size)
 
 
 def test_loaders_give_each_ddp_rank_its_own_shard(mnist_idx_root):

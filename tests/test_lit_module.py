@@ -29,6 +29,7 @@ from vaelab.lit_module import LitVAE
         ({"lr": 0}, "lr"),
         ({"obs_scale": 0}, "obs_scale"),
         ({"n_importance": -1}, "n_importance"),
+        ({"optimizer": "sgd"}, "optimizer must be one of adam, adam_normgrad"),
     ],
 )
 def test_bad_hyperparameters_are_refused_with_one_line(kwargs, message):
@@ -203,3 +204,56 @@ def test_compiled_networks_compute_and_train_like_eager_ones(mnist_idx_root, tmp
     assert weights.keys() == initial.keys()  # checkpoints keep the weights' names
     assert not all(torch.equal(initial[name], value) for name, value in weights.items())
     assert all(torch.isfinite(value).all() for value in weights.values())
+
+
+class RecordGradients(L.Callback):
+    """The weights before each optimizer step and the gradients that step gets, as the
+    backward pass left them (callbacks' hooks run before the LightningModule's)."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        params = [p.detach().clone() for p in pl_module.parameters()]
+        grads = [p.grad.clone() for p in pl_module.parameters()]
+        self.steps.append((params, grads))
+
+
+def adam_updates(steps, lr, normalise):
+    """torch.optim.Adam (its plain loop) replayed on the recorded gradients from the first
+    recorded weights, each gradient divided by its L2 norm (+1e-7) if `normalise`."""
+    params = [p.clone().requires_grad_() for p in steps[0][0]]
+    adam = torch.optim.Adam(params, lr=lr, foreach=False)
+    for _, grads in steps:
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g / (g.norm() + 1e-7) if normalise else g.clone()
+        adam.step()
+    return [p.detach() for p in params]
+
+
+def test_adam_normgrad_is_adam_on_gradients_of_unit_norm(mnist_idx_root, tmp_path):
+    datamodule = VAEDataModule(
+        data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
+    )
+    # A large lr, so that the difference from Adam on the raw gradients is far above
+    # rounding: Adam's first step is the same for any scale of the gradient, the later ones
+    # differ as the gradients' norms change from step to step.
+    lr = 0.05
+    model = LitVAE(arch="mlp", latent_dim=2, n_importance=0, lr=lr, optimizer="adam_normgrad")
+    record = RecordGradients()
+    trainer = tiny_trainer(
+        tmp_path, max_steps=4, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[record]
+    )
+    trainer.fit(model, datamodule=datamodule)
+    trained = [p.detach() for p in model.parameters()]
+    start = record.steps[0][0]
+
+    def largest_gap(a, b):
+        return max((x - y).abs().max().item() for x, y in zip(a, b, strict=True))
+
+    normalised = adam_updates(record.steps, lr, normalise=True)
+    raw = adam_updates(record.steps, lr, normalise=False)
+    assert len(record.steps) == 4
+    assert largest_gap(trained, start) > lr  # it trained: 4 steps of about lr each
+    assert largest_gap(trained, normalised) < 1e-6
+    assert largest_gap(trained, raw) > 100 * largest_gap(trained, normalised)

@@ -186,7 +186,10 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("model.hidden_dim=0", "model.hidden_dim must be a positive integer"),
         ("data.val_fraction=1.5", "data.val_fraction must be a number in (0, 1) (the validation"),
         ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1) (the validation"),
+        ("data.val_size=0", "data.val_size must be a positive integer, or null, got 0"),
         ("callbacks.step_checkpoint.every_n_train_steps=0", "callbacks.step_checkpoint.every_n_"),
+        ("callbacks.early_stopping.patience=0", "callbacks.early_stopping.patience must be a posi"),
+        ("optimizer=sgd", "optimizer must be one of adam, adam_normgrad, got 'sgd'"),
         ("data.binarize=maybe", "data.binarize must be one of dynamic, static, none"),
         ("data.name=cifar", "data.name must be one of mnist, fashion_mnist"),
         ("batch_size=0", "batch_size must be a positive integer"),
@@ -236,6 +239,7 @@ def test_out_of_range_values_are_refused_with_the_key_and_what_is_allowed(
 def test_a_value_the_rules_allow_passes_and_absent_groups_are_skipped(compose):
     schema.validate(compose("data.binarize=none", "likelihood=gaussian", "callbacks=none"))
     schema.validate(compose("max_epochs=-1", "data.val_fraction=0.01", "beta=0"))
+    schema.validate(compose("data.val_size=10000"))
 
 
 @pytest.mark.parametrize(

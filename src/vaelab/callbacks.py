@@ -1,10 +1,12 @@
-"""Callbacks that write into the run directory: the history and pictures."""
+"""Callbacks of a run: the history and pictures it writes, and early stopping."""
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
@@ -16,6 +18,8 @@ from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run
 from vaelab.schema import checked
+
+log = logging.getLogger(__name__)
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
@@ -48,6 +52,46 @@ class RunHistory(L.Callback):
                 continue
             row[key.removesuffix("_epoch")] = float(value)
         Run(trainer.default_root_dir).append_history(row)
+
+
+class WarmupEarlyStopping(EarlyStopping):
+    """Lightning's EarlyStopping on the run's validation bound (higher is better), with the
+    KL warm-up left out: training stops once `monitor` has not improved by more than
+    `min_delta` for `patience` epochs, counted from the first epoch after the first
+    `kl_warmup_epochs` (read from the LightningModule); the warm-up's epochs neither count
+    nor set the score to beat. `patience=None`: never stops (the default config).
+
+    It checks after each validation, before `RunCheckpoint` writes last.ckpt (Lightning
+    runs checkpoint callbacks last), so the checkpoint holds the count of its epoch (the
+    callback's state, Lightning's) and a resumed run counts on from there.
+    """
+
+    @checked("callbacks.early_stopping.")
+    def __init__(
+        self, monitor: str = "val/elbo", patience: int | None = None, min_delta: float = 0.0
+    ):
+        super().__init__(
+            monitor=monitor,
+            patience=patience or 0,
+            min_delta=min_delta,
+            mode="max",
+            check_on_train_epoch_end=False,
+        )
+        self.enabled = patience is not None
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        warmup = trainer.lightning_module.hparams.get("kl_warmup_epochs", 0)
+        if not self.enabled or trainer.current_epoch < warmup:
+            return
+        stopping = trainer.should_stop
+        super()._run_early_stopping_check(trainer)
+        if trainer.should_stop and not stopping and trainer.is_global_zero:
+            # The run then ends as any other: validated, tested and `finished`.
+            log.info(
+                "Early stopping after epoch %d: %s",
+                trainer.current_epoch,
+                self.stopping_reason_message,
+            )
 
 
 class VAEPictures(L.Callback):

@@ -117,6 +117,8 @@ class VAEDataModule(LightningDataModule):
         binarize: "dynamic" (a fresh Bernoulli draw per training batch, val/test drawn
             once), "static" (every split drawn once from `seed`) or "none" (grey levels).
         val_fraction: Share of the standard training set held out for validation.
+        val_size: Number of training images held out for validation instead (None:
+            `val_fraction` decides), e.g. 10,000 for the usual 50,000/10,000 split.
         seed: Seeds the train/val split, static binarization and shuffling.
         download: Try torchvision's download if the files are not in `data_dir`.
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
@@ -131,6 +133,7 @@ class VAEDataModule(LightningDataModule):
         eval_batch_size: int = 256,
         binarize: str = "dynamic",
         val_fraction: float = 0.1,
+        val_size: int | None = None,
         seed: int = 0,
         download: bool = True,
         allow_fallback: bool = True,
@@ -165,12 +168,7 @@ class VAEDataModule(LightningDataModule):
         pool, test = data.train_images, data.test_images
         if hp.binarize == "static":
             pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
-        n_val = round(hp.val_fraction * len(pool))
-        if n_val == 0:
-            raise DataError(
-                f"data.val_fraction={hp.val_fraction} holds out no image of the {len(pool)} "
-                f"training images: give at least {1 / len(pool):.2g}"
-            )
+        n_val = _validation_size(hp.val_fraction, hp.val_size, len(pool))
         perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(hp.seed))
         train_idx, val_idx = perm[n_val:], perm[:n_val]
         val = pool[val_idx]
@@ -275,6 +273,25 @@ class VAEDataModule(LightningDataModule):
         return DataLoader(
             dataset, sampler=sampler, batch_size=None, num_workers=0, collate_fn=collate_fn
         )
+
+
+def _validation_size(val_fraction: float, val_size: int | None, n: int) -> int:
+    """How many of the `n` training images validation holds out: `val_size`, else the
+    `val_fraction` of them; at least one, and at least one left to train on."""
+    if val_size is not None:
+        if val_size >= n:
+            raise DataError(
+                f"data.val_size={val_size} leaves no training image of the {n}: give fewer "
+                f"than {n}, or data.val_size=null to use data.val_fraction"
+            )
+        return val_size
+    n_val = round(val_fraction * n)
+    if n_val == 0:
+        raise DataError(
+            f"data.val_fraction={val_fraction} holds out no image of the {n} "
+            f"training images: give at least {1 / n:.2g}"
+        )
+    return n_val
 
 
 def _binarize(images: Tensor, seed: int) -> Tensor:

@@ -71,6 +71,7 @@ class LitVAE(L.LightningModule):
         num_samples: int = 1,
         kl_warmup_epochs: float = 0.0,
         lr: float = 1e-3,
+        optimizer: str = "adam",
         n_importance: int = 100,
         image_shape: tuple[int, int, int] = (1, 28, 28),
         prior: dict | None = None,
@@ -264,6 +265,16 @@ class LitVAE(L.LightningModule):
                     for i, v in enumerate(value):
                         self.log(f"{stage}/{name.removesuffix('_per_dim')}_dim/{i}", v, **REDUCED)
             metric.reset()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # optimizer=adam_normgrad: each parameter's gradient divided by its L2 norm (+1e-7,
+        # as vae_vampprior's AdamNormGrad) before Adam's step. Lightning calls this after
+        # the gradients are accumulated and unscaled, before they are clipped.
+        if self.hparams.optimizer == "adam_normgrad":
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            # The foreach kernels normalise every tensor in three calls (as clip_grad_norm_).
+            norms = torch._foreach_add(torch._foreach_norm(grads), 1e-7)
+            torch._foreach_div_(grads, norms)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call: on a CPU, Adam's default

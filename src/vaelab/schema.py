@@ -47,6 +47,9 @@ GRADIENTS = ("standard", "dreg")  # of objective=iwae
 # sweeper and whose NaN means divergence (higher is better); runs older than the knob: the first.
 MONITORS = ("val/elbo", "val/iwae")
 BETA_SCHEDULES = ("constant", "linear", "cyclical")
+# adam_normgrad: Adam on each parameter's gradient divided by its L2 norm (vae_vampprior's
+# AdamNormGrad, which the VampPrior and Exemplar VAE papers train with).
+OPTIMIZERS = ("adam", "adam_normgrad")
 
 # --- rules: what a value may be -------------------------------------------------------
 
@@ -143,6 +146,8 @@ class DataConfig:
             "the validation split picks the best checkpoint and catches divergence",
         )
     )
+    # A number of images, which replaces val_fraction (null: val_fraction decides).
+    val_size: int | None = knob(or_null(integer(1)))
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
@@ -171,6 +176,14 @@ class PicturesConfig:
     seed: int = knob(SEED)
     nrow: int = knob(integer(1))
     png_scale: int = knob(integer(1))
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = knob(
+        noted(or_null(integer(1)), "epochs after the KL warm-up; null: off")
+    )
+    min_delta: float = knob(number(0))
 
 
 @dataclass
@@ -309,6 +322,7 @@ class TrainConfig:
     # a number of epochs, kept as typed
     kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
     lr: float = knob(number(0, above=True))
+    optimizer: str = knob(one_of(OPTIMIZERS))
     n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
     batch_size: int = knob(integer(1))
     max_epochs: int = knob(
@@ -335,7 +349,11 @@ class TrainConfig:
     # Passed to Lightning as they are (Lightning checks them), but for vaelab's own.
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = knob(
-        nodes={"pictures": PicturesConfig, "step_checkpoint": StepCheckpointConfig}
+        nodes={
+            "pictures": PicturesConfig,
+            "step_checkpoint": StepCheckpointConfig,
+            "early_stopping": EarlyStoppingConfig,
+        }
     )
     # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).
     slurm: dict[str, Any] | None = None

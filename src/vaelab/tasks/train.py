@@ -33,6 +33,7 @@ RECIPE = (
     "num_samples",
     "kl_warmup_epochs",
     "lr",
+    "optimizer",
     "n_importance",
 )
 # The model parts' config groups (conf/prior, posterior, objective, beta_schedule); a run
@@ -42,7 +43,8 @@ PARTS = ("prior", "posterior", "objective", "beta_schedule")
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     """The LitVAE of `cfg`: architecture from `cfg.model`, recipe from the top level."""
-    recipe = {key: cfg[key] for key in RECIPE}
+    # A run made before a knob existed gets LitVAE's default (optimizer: Adam).
+    recipe = {key: cfg[key] for key in RECIPE if key in cfg}
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in PARTS if key in cfg}
     return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
 
