@@ -24,7 +24,7 @@ def options(group: str) -> list[str]:
 
 
 def test_every_group_has_its_documented_options():
-    assert options("model") == ["conv", "mlp"]
+    assert options("model") == ["conv", "hvae", "mlp"]
     assert options("data") == ["fashion_mnist", "mnist"]
     assert options("trainer") == ["cpu", "ddp", "debug", "default", "gpu"]
     assert options("logger") == ["csv", "none", "wandb"]
@@ -109,7 +109,9 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
-    assert cfg.latent_dim == 16 and set(cfg.model) == {"arch", "hidden_dim", "activation"}
+    assert cfg.latent_dim == 16
+    assert set(cfg.model) == {"arch", "hidden_dim", "activation", "top_dim"}
+    assert cfg.model.top_dim is None  # the size of z2, for model=hvae only
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
@@ -174,12 +176,13 @@ EXEMPLAR_ROWS = {
         "objective.k": 5,
         "monitor": "val/iwae",
     },
-    "hvae_gaussian": {"prior._target_": PRIORS + "StandardPrior"},
-    "hvae_vamp": {"prior._target_": PRIORS + "VampPrior", "prior.components": 500},
+    "hvae_gaussian": {"model.arch": "hvae", "prior._target_": PRIORS + "StandardPrior"},
+    "hvae_vamp": {
+        "model.arch": "hvae",
+        "prior._target_": PRIORS + "VampPrior",
+        "prior.components": 500,
+    },
 }
-HVAE_MISSING = pytest.mark.skipif(
-    not (config_dir() / "model" / "hvae.yaml").is_file(), reason="no model=hvae in conf/model yet"
-)
 
 
 def test_the_exemplar_folder_holds_the_rows_and_their_protocol():
@@ -187,17 +190,12 @@ def test_the_exemplar_folder_holds_the_rows_and_their_protocol():
     assert found == {*EXEMPLAR_ROWS, "protocol"}
 
 
-@pytest.mark.parametrize(
-    "row",
-    [pytest.param(r, marks=HVAE_MISSING) if r.startswith("hvae") else r for r in EXEMPLAR_ROWS],
-)
+@pytest.mark.parametrize("row", EXEMPLAR_ROWS)
 def test_each_exemplar_row_sets_the_whole_protocol(compose, row):
     cfg = compose(f"experiment=exemplar/{row}")
     expected = {"objective._target_": ELBO, "monitor": "val/elbo", **EXEMPLAR_PROTOCOL}
     expected.update(EXEMPLAR_ROWS[row])
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
-    if "gated" not in schema.ACTIVATIONS:  # the gated layer is not in this branch yet
-        cfg.model.activation = "tanh"
     schema.validate(cfg)
     model = build_module(cfg, (1, 28, 28))
     assert model.hparams.optimizer == "adam_normgrad" and model.hparams.kl_warmup_epochs == 100

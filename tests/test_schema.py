@@ -26,7 +26,9 @@ HEAVY = ("torch", "lightning", "wandb")
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+    """A group's options, those in its subfolders too (experiment=models/vamp)."""
+    folder = config_dir() / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
 
 
 def compose_command(command: str, *overrides: str) -> DictConfig:
