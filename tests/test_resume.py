@@ -114,6 +114,20 @@ def test_a_two_level_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
     assert_same_run(run_dir, full)
 
 
+@pytest.mark.slow
+def test_a_finished_run_resumed_for_more_epochs_keeps_one_history_row_per_epoch(train_cli):
+    """Its last.ckpt is from the end of its last epoch, whose end Lightning runs again on
+    resume: that epoch's row is not written a second time (once without metrics)."""
+    tiny = ("model=mlp", "logger=none", "trainer=debug", "batch_size=32", "n_importance=0",
+            "callbacks.pictures.every_n_epochs=100")  # fmt: skip
+    (run_dir,) = train_cli(*tiny, "trainer.max_epochs=2").run_dirs
+    first = Run(run_dir).history()
+    train_cli(*tiny, f"resume={run_dir}", "trainer.max_epochs=3")
+    history = Run(run_dir).history()
+    assert [row["epoch"] for row in history] == [0, 1, 2], (first, history)
+    assert history[:2] == first and "val/elbo" in history[2]
+
+
 def saved_steps(run_dir: Path) -> dict[str, int]:
     return {
         p.name: torch.load(p, weights_only=True)["global_step"]

@@ -36,15 +36,25 @@ class RunHistory(L.Callback):
 
     One row per training epoch, after its validation: the epoch means of `train/*` and
     the `val/*` metrics (per-dimension values left out), with "epoch" and "step". A
-    resumed run first drops the rows written after its checkpoint.
+    resumed run first drops the rows written after its checkpoint. Resumed from a
+    checkpoint written at an epoch's end, Lightning ends that epoch again (without its
+    metrics): its row, already written, is not written twice.
     """
+
+    def __init__(self) -> None:
+        self._recorded_step: int | None = None  # the step of the last row, when resumed
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and trainer.global_step > 0:
-            Run(trainer.default_root_dir).truncate_history(trainer.global_step)
+            run = Run(trainer.default_root_dir)
+            run.truncate_history(trainer.global_step)
+            rows = run.history()
+            self._recorded_step = rows[-1].get("step") if rows else None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if trainer.global_step == self._recorded_step:  # the resumed epoch's end, again
             return
         row: dict[str, Any] = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         for key, value in trainer.callback_metrics.items():
