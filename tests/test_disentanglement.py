@@ -3,6 +3,8 @@ the factors mixed by rotations, a constant, permuted codes, and MIG computed by 
 
 import functools
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,8 @@ import torch
 
 from vaelab.disentanglement import dci, factor_vae_score, mig, sap
 from vaelab.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A full grid of 4 factors with 3, 4, 5 and 4 values (240 rows), three times over.
 SIZES = (3, 4, 5, 4)
@@ -224,3 +228,16 @@ def test_bad_inputs_get_a_one_line_error(metrics, codes, factors, message):
 def test_bad_sizes_get_a_one_line_error(call, message):
     with pytest.raises(InputError, match=message):
         call()
+
+
+def test_the_readme_example_runs():
+    section = (ROOT / "README.md").read_text().split("## Disentanglement metrics")[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ")[0], re.DOTALL)
+    names: dict = {}
+    exec(code, names)
+    scores = names["scores"]
+    parts = {"disentanglement", "completeness", "informativeness"}
+    assert set(scores) == {"mig", "sap", "factor_vae", *parts}
+    assert all(isinstance(value, float) and 0 <= value <= 1 for value in scores.values())
+    assert scores["mig"] > 0.8 and scores["disentanglement"] > 0.9
+    assert scores["factor_vae"] == 1.0
