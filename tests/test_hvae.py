@@ -77,6 +77,9 @@ def test_a_draw_of_q_is_z2_then_z1_given_it_and_carries_gradients():
     # log q of the draw just made (its q(z1|x, z2) reused) equals a fresh evaluation.
     fresh = TwoLevel(qz_x.top, qz_x.bottom, D1).log_prob(z.detach().clone())
     assert torch.allclose(qz_x.log_prob(z), fresh, atol=1e-6)
+    drawn = qz_x.sample((2,))  # and so for a draw without gradients
+    fresh = TwoLevel(qz_x.top, qz_x.bottom, D1).log_prob(drawn.clone())
+    assert torch.allclose(qz_x.log_prob(drawn), fresh, atol=1e-6)
     z.sum().backward()
     grads = [p.grad for p in vae.encoder.parameters() if p.grad is not None]
     assert grads and any(g.abs().sum() > 0 for g in grads)

@@ -64,7 +64,10 @@ class TwoLevel(Distribution):
     def sample(self, sample_shape: Size = _NO_SHAPE) -> Tensor:
         with torch.no_grad():  # the top may have no rsample (a mixture prior)
             z2 = self.top.sample(sample_shape)
-            return torch.cat([self.bottom(z2).sample(), z2], dim=-1)
+            bottom = self.bottom(z2)
+            z = torch.cat([bottom.sample(), z2], dim=-1)
+        self._last_draw = (z, bottom)  # the estimators score their draws too
+        return z
 
     def log_prob(self, z: Tensor) -> Tensor:
         z1, z2 = self.split(z)
