@@ -62,3 +62,20 @@ def test_an_unwritable_run_folder_fails_before_training(train_cli):
     line = one_error_line(result)
     assert "cannot write /sys/vaelab-outputs" in line and "paths.log_dir=" in line
     assert "Epoch 0" not in result.output
+
+
+class NotData:
+    """An object a checkpoint may not hold: unpickling a class runs its module's code."""
+
+
+def test_a_checkpoint_holding_objects_is_refused_because_loading_them_could_run_code(tmp_path):
+    import torch
+
+    path = tmp_path / "odd.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "extra": NotData()}, path)
+    with pytest.raises(VaelabError) as info:
+        vaelab.load_run(path)
+    message = str(info.value)
+    assert "was refused: it holds objects other than tensors" in message
+    assert "NotData" in message and "could run code" in message
+    assert "truncated" not in message and "\n" not in message

@@ -637,3 +637,10 @@ def test_lightning_trainer_consumes_the_datamodule(mnist_idx_root, tmp_path):
     assert not torch.equal(model.seen["train"][0][1], model.seen["train"][2][1])
     assert logger.params["source"].startswith("idx:") and logger.params["n_train"] == 270
     assert logger.params["binarize"] == "dynamic"
+
+
+def test_a_data_dir_that_is_a_file_is_one_line_naming_it_not_a_fallback(tmp_path):
+    file = tmp_path / "data"
+    file.write_text("not a folder")
+    with pytest.raises(DataError, match=rf"data.data_dir={re.escape(str(file))} is a file, not"):
+        load_dataset("mnist", file, download=True, allow_fallback=True)

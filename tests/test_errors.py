@@ -18,6 +18,7 @@ CASES = {
     "missing data": (["data.allow_fallback=false"], "data.allow_fallback"),
     "no validation split": (["data.val_fraction=0"], "data.val_fraction must be a number in (0,"),
     "an empty validation split": (["data.val_fraction=0.0001"], "holds out no image of the"),
+    "a file as the data folder": (["data.data_dir=/proc/version"], "is a file, not a folder"),
     "no training split": (["data.val_size=100000"], "data.val_size=100000 leaves no training"),
 }
 

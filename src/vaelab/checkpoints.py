@@ -6,7 +6,9 @@ epoch (`ResumableLoader`) and the random number generators (`RngState`).
 """
 
 import os
+import pickle
 import random
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,14 @@ def verify(path: str | Path) -> Path:
         raise VaelabError(f"{path} does not exist: give a .ckpt file or a run directory")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as e:  # whole, but holding objects that are not data
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f" (e.g. {found.group(1)})" if found else ""
+        raise VaelabError(
+            f"{path} was refused: it holds objects other than tensors and plain values{what}, "
+            "and loading them could run code; use a checkpoint that `vaelab train` wrote, or "
+            "re-save this one with plain values only"
+        ) from e
     except Exception as e:
         raise VaelabError(
             f"{path} is not a readable checkpoint (truncated or corrupt: {one_line(e)[:120]}); "

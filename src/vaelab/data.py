@@ -80,6 +80,11 @@ def load_dataset(
     if name not in _TORCHVISION:
         raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data_dir)
+    if root.exists() and not root.is_dir():  # not a reason to fall back: a wrong path
+        raise DataError(
+            f"data.data_dir={root} is a file, not a folder: give the folder that holds the "
+            "data, or where to download it (e.g. data.data_dir=data)"
+        )
     tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
     if _local_files_ready(raw):
