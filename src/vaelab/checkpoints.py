@@ -39,7 +39,10 @@ def verify(path: str | Path) -> Path:
         raise VaelabError(f"{path} does not exist: give a .ckpt file or a run directory")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as e:  # whole, but holding objects that are not data
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # not whole: garbage, or cut short
+            raise VaelabError(_unreadable(path, e)) from e
+        # Whole, but holding objects that are not plain data.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         what = f" (e.g. {found.group(1)})" if found else ""
         raise VaelabError(
@@ -48,13 +51,17 @@ def verify(path: str | Path) -> Path:
             "re-save this one with plain values only"
         ) from e
     except Exception as e:
-        raise VaelabError(
-            f"{path} is not a readable checkpoint (truncated or corrupt: {one_line(e)[:120]}); "
-            "use another one, e.g. the run's checkpoints/last.ckpt or best-*.ckpt"
-        ) from e
+        raise VaelabError(_unreadable(path, e)) from e
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise VaelabError(f"{path} is not a Lightning checkpoint of `vaelab train`")
     return path
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    return (
+        f"{path} is not a readable checkpoint (truncated or corrupt: {one_line(error)[:120]}); "
+        "use another one, e.g. the run's checkpoints/last.ckpt or best-*.ckpt"
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
