@@ -1,9 +1,10 @@
 """vaelab: configurable experiments with Variational Autoencoders."""
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "load_run", "model_batches"]
+__all__ = ["__version__", "load_run", "model_batches", "runs"]
 
 if TYPE_CHECKING:
     from vaelab.api import load_run, model_batches
@@ -16,4 +17,6 @@ def __getattr__(name: str) -> Any:
         from vaelab import api
 
         return getattr(api, name)
+    if name == "runs":  # `vaelab.runs.load(...)` after a bare `import vaelab`
+        return importlib.import_module("vaelab.runs")
     raise AttributeError(f"module 'vaelab' has no attribute {name!r}")

@@ -1,0 +1,94 @@
+"""Runs as pandas DataFrames, for a notebook: `vaelab.runs.load(paths)`.
+
+One row per run (its directory, status, error, flat config and final metrics), and a
+summary with the mean, std and n of each metric over the seeds of each configuration.
+What counts as configuration is what `vaelab compare` shows: the config without the keys
+that only name or place a run (`tasks.compare.settings`), and the keys that differ between
+the runs (`tasks.compare.differing_keys`).
+"""
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from vaelab.errors import VaelabError
+from vaelab.runs import Run
+from vaelab.tasks.compare import FINISHED, _is_seed, differing_keys, settings
+
+CONFIG = "config."
+METRICS = "metrics."
+STATS = ["mean", "std", "count"]  # std over n - 1, as statistics.stdev; count is shown as n
+
+
+def _cell(value: Any) -> Any:
+    # Lists become tuples: a DataFrame can group by them (e.g. a swept list of layer sizes).
+    return tuple(_cell(v) for v in value) if isinstance(value, list) else value
+
+
+def _column(frame: pd.DataFrame, key: str, differing: Sequence[str]) -> str:
+    for column in (key, CONFIG + key):
+        if column in frame.columns:
+            return column
+    hint = f", e.g. one that differs: {', '.join(differing)}" if differing else ""
+    raise VaelabError(f"by={key!r} is not a column of these runs: give a config.* column{hint}")
+
+
+@dataclass(frozen=True)
+class Runs:
+    """The runs that `vaelab.runs.load` found, in their directories' order."""
+
+    runs: list[Run]
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self) -> Iterator[Run]:
+        return iter(self.runs)
+
+    def to_dataframe(self) -> pd.DataFrame:
+        """One row per run: `run_dir`, `status` (finished, failed, running, killed, ...),
+        `error`, `config.<dotted key>` for every setting, and `metrics.<name>` for every
+        final metric (`Run.metrics`: metrics.json with `vaelab eval`'s evaluation; NaN
+        where a run has none, e.g. one that did not finish)."""
+        rows = []
+        for run in self.runs:
+            row: dict[str, Any] = {"run_dir": str(run.path), "status": run.state}
+            row["error"] = run.error
+            row |= {CONFIG + k: _cell(v) for k, v in settings(run).items()}
+            row |= {METRICS + k: v for k, v in run.metrics().items()}
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        metric_columns = [c for c in frame.columns if c.startswith(METRICS)]
+        return frame.astype({c: float for c in metric_columns})
+
+    def config_keys(self) -> list[str]:
+        """The `config.*` columns that differ between the runs, seeds and keys that echo
+        another (e.g. `config.data.seed: ${seed}`) left out: what `summary` groups by."""
+        keys, _ = differing_keys([settings(run) for run in self.runs])
+        return [CONFIG + k for k in keys if not _is_seed(k)]
+
+    def summary(self, by: Sequence[str] | None = None) -> pd.DataFrame:
+        """The finished runs' metrics per configuration: mean, std and n over their seeds.
+
+        Runs that did not finish are left out, as in `vaelab compare` (`to_dataframe`
+        shows them with their status and error).
+
+        Args:
+            by: the columns to group by (`config.beta` or `beta`); default `config_keys()`.
+
+        Returns:
+            One row per configuration (indexed by `by`), columns (metric, mean|std|n): n
+            counts the runs reporting the metric, std is NaN for one run.
+        """
+        frame = self.to_dataframe()
+        differing = self.config_keys()
+        keys = differing if by is None else [_column(frame, k, differing) for k in by]
+        finished = frame[frame["status"] == FINISHED]
+        metrics = finished[[c for c in frame.columns if c.startswith(METRICS)]]
+        if keys:
+            table = metrics.groupby([finished[k] for k in keys], dropna=False).agg(STATS)
+        else:  # one configuration: a one-row table, as if all runs were one group
+            table = metrics.agg(STATS).unstack().to_frame().T
+        return table.rename(columns={"count": "n"})
