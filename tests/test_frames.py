@@ -5,6 +5,8 @@ import math
 import re
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -55,6 +57,13 @@ def sweep(trained_run, tmp_path) -> Path:
     Run(root / "4").fail("TrainingError: the loss is not finite at epoch 0, step 3")
     Run(root / "5").restart(Run(root / "5").config())  # its pid is this live process
     return root
+
+
+def test_vaelab_runs_follows_a_bare_import_and_loads_neither_pandas_nor_torch():
+    # vaelab.runs is read by every command: DataFrames cost only those who ask for them.
+    code = "import sys, vaelab; vaelab.runs.load; print({'pandas', 'torch'} & set(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "set()"
 
 
 def test_a_row_per_run_with_its_status_config_and_metrics(sweep):
