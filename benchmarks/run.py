@@ -355,13 +355,20 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
         )
         model = "" if part.startswith("model=") else "model=mlp "
         measure = f"train img/s, mnist fallback, {model}{part}, {n_batches - WARMUP} b."
-        for name, values in results.items():
-            row = Row("parts", measure, name, spread(values))
-            if name == "vaelab":
-                row.ratio = f"{ratio(values, results['floor'])} of floor"
-            rows.append(row)
-            print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
+        rows += against("parts", measure, results, "floor")
     rows += mixture_density_rows(settings)
+    return rows
+
+
+def against(section: str, measure: str, results: dict[str, list[float]], other: str) -> list[Row]:
+    """A row per contender of `results`, vaelab's with its ratio to `other`'s; printed."""
+    rows = []
+    for name, values in results.items():
+        row = Row(section, measure, name, spread(values))
+        if name == "vaelab":
+            row.ratio = f"{ratio(values, results[other])} of {other}"
+        rows.append(row)
+        print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
     return rows
 
 
@@ -392,14 +399,7 @@ def mixture_density_rows(settings: Settings) -> list[Row]:
 
     results = alternate({"vaelab": timed(matrix), "MixtureSameFamily": timed(broadcast)}, 3)
     measure = f"log p(z)/s, 500-component mixture, D=40, {n:,} latents"
-    rows = []
-    for name, values in results.items():
-        row = Row("parts", measure, name, spread(values))
-        if name == "vaelab":
-            row.ratio = f"{ratio(values, results['MixtureSameFamily'])} of MixtureSameFamily"
-        rows.append(row)
-        print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
-    return rows
+    return against("parts", measure, results, "MixtureSameFamily")
 
 
 # --- eval ------------------------------------------------------------------------------

@@ -107,6 +107,8 @@ def or_null(rule: Rule) -> Rule:
 
 
 SEED = integer(0, 2**32 - 1)  # what numpy, and so Lightning's seed_everything, accepts
+# The top-level num_samples, and objective=elbo's, which the YAML sets from it.
+NUM_SAMPLES = noted(integer(1), "z samples per image in the ELBO")
 
 
 def knob(rule: Rule | None = None, default: Any = MISSING, nodes: dict | None = None) -> Any:
@@ -208,7 +210,7 @@ class PosteriorArgs:
 
 @dataclass
 class ObjectiveArgs:
-    num_samples: int = knob(noted(integer(1), "z samples per image in the ELBO"))
+    num_samples: int = knob(NUM_SAMPLES)
     free_bits: float = knob(noted(number(0), "nats per latent dimension, 0: off"))
     k: int = knob(noted(integer(1), "importance samples per image"))
     gradient: str = knob(one_of(GRADIENTS))
@@ -318,7 +320,7 @@ class TrainConfig:
     beta: float = knob(noted(number(0), "1: the ELBO itself"))
     likelihood: str = knob(one_of(LIKELIHOODS))
     obs_scale: float = knob(number(0, above=True))
-    num_samples: int = knob(noted(integer(1), "z samples per image in the ELBO"))
+    num_samples: int = knob(NUM_SAMPLES)
     # a number of epochs, kept as typed
     kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
     lr: float = knob(number(0, above=True))
@@ -431,9 +433,9 @@ def check(values: Mapping[str, Any], prefix: str = "", command: str = "train") -
 def check_fields(values: Mapping[str, Any], *prefixes: str, command: str = "train") -> None:
     """Check each value whose key `prefix + name`, for the first of `prefixes` that gives a
     key with a rule, has one; values without a rule are left alone."""
-    rules = RULES[command]
+    table = RULES[command]
     for name, value in values.items():
-        key = next((p + name for p in prefixes if p + name in rules), None)
+        key = next((p + name for p in prefixes if p + name in table), None)
         if key is not None:
             check({key: value}, command=command)
 
