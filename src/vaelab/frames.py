@@ -35,6 +35,11 @@ def _column(frame: pd.DataFrame, key: str, differing: Sequence[str]) -> str:
     raise VaelabError(f"by={key!r} is not a column of these runs: give a config.* column{hint}")
 
 
+def _differing(flat: Sequence[dict[str, Any]]) -> list[str]:
+    keys, _ = differing_keys(flat)
+    return [CONFIG + k for k in keys if not _is_seed(k)]
+
+
 @dataclass(frozen=True)
 class Runs:
     """The runs that `vaelab.runs.load` found, in their directories' order."""
@@ -52,11 +57,18 @@ class Runs:
         `error`, `config.<dotted key>` for every setting, and `metrics.<name>` for every
         final metric (`Run.metrics`: metrics.json with `vaelab eval`'s evaluation; NaN
         where a run has none, e.g. one that did not finish)."""
+        return self._frame(self._settings())
+
+    def _settings(self) -> list[dict[str, Any]]:
+        """Each run's flat settings, read from its config.yaml."""
+        return [settings(run) for run in self.runs]
+
+    def _frame(self, flat: Sequence[dict[str, Any]]) -> pd.DataFrame:
         rows = []
-        for run in self.runs:
+        for run, run_settings in zip(self.runs, flat, strict=True):
             row: dict[str, Any] = {"run_dir": str(run.path), "status": run.state}
             row["error"] = run.error
-            row |= {CONFIG + k: _cell(v) for k, v in settings(run).items()}
+            row |= {CONFIG + k: _cell(v) for k, v in run_settings.items()}
             row |= {METRICS + k: v for k, v in run.metrics().items()}
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -66,8 +78,7 @@ class Runs:
     def config_keys(self) -> list[str]:
         """The `config.*` columns that differ between the runs, seeds and keys that echo
         another (e.g. `config.data.seed: ${seed}`) left out: what `summary` groups by."""
-        keys, _ = differing_keys([settings(run) for run in self.runs])
-        return [CONFIG + k for k in keys if not _is_seed(k)]
+        return _differing(self._settings())
 
     def summary(self, by: Sequence[str] | None = None) -> pd.DataFrame:
         """The finished runs' metrics per configuration: mean, std and n over their seeds.
@@ -82,8 +93,8 @@ class Runs:
             One row per configuration (indexed by `by`), columns (metric, mean|std|n): n
             counts the runs reporting the metric, std is NaN for one run.
         """
-        frame = self.to_dataframe()
-        differing = self.config_keys()
+        flat = self._settings()  # each config.yaml read once
+        frame, differing = self._frame(flat), _differing(flat)
         keys = differing if by is None else [_column(frame, k, differing) for k in by]
         finished = frame[frame["status"] == FINISHED]
         metrics = finished[[c for c in frame.columns if c.startswith(METRICS)]]

@@ -344,11 +344,10 @@ def _config_cells(
     seeds = [", ".join(_value(s) for s in row.seeds)] if seed_keys else []
     cells = [_value(row.config[k], (digits or {}).get(k)) for k in keys]
     if digits is not None:
-        short = [
+        cells = [
             c.rsplit(".", 1)[-1] if k.endswith(TARGET) else c
             for k, c in zip(keys, cells, strict=True)
         ]
-        cells = short
     return [*cells, *seeds]
 
 
