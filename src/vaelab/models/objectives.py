@@ -21,7 +21,7 @@ from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaelab.errors import ConfigError
 from vaelab.models.posteriors import kl_term
-from vaelab.schema import checked
+from vaelab.schema import checked, integer
 
 KL_KINDS = ("closed_form", "monte_carlo")
 
@@ -182,7 +182,7 @@ class BetaTCObjective(Objective):
     def __init__(
         self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int
     ):
-        if not (isinstance(dataset_size, int) and dataset_size >= 1):  # the data's, not a knob
+        if not integer(1).ok(dataset_size):  # the data's size, not a knob
             raise ConfigError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
         self.alpha, self.beta, self.gamma = alpha, beta, gamma
         self.dataset_size = dataset_size
