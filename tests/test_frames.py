@@ -1,4 +1,4 @@
-"""vaelab.runs.load: runs as DataFrames, a row per run and a summary over seeds."""
+"""vaelab.load_runs: runs as DataFrames, a row per run and a summary over seeds."""
 
 import json
 import math
@@ -59,15 +59,15 @@ def sweep(trained_run, tmp_path) -> Path:
     return root
 
 
-def test_vaelab_runs_follows_a_bare_import_and_loads_neither_pandas_nor_torch():
+def test_the_runs_module_every_command_reads_loads_neither_pandas_nor_torch():
     # vaelab.runs is read by every command: DataFrames cost only those who ask for them.
-    code = "import sys, vaelab; vaelab.runs.load; print({'pandas', 'torch'} & set(sys.modules))"
+    code = "import sys, vaelab.runs; print({'pandas', 'torch'} & set(sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "set()"
 
 
 def test_a_row_per_run_with_its_status_config_and_metrics(sweep):
-    frame = vaelab.runs.load(sweep).to_dataframe()
+    frame = vaelab.load_runs(sweep).to_dataframe()
 
     assert list(frame["run_dir"]) == [str(sweep / str(job)) for job in range(6)]
     assert list(frame["status"]) == ["finished"] * 4 + ["failed", "running"]
@@ -87,7 +87,7 @@ def test_a_row_per_run_with_its_status_config_and_metrics(sweep):
 
 
 def test_the_summary_gives_mean_std_and_n_over_seeds_per_configuration(sweep):
-    runs = vaelab.runs.load([sweep])
+    runs = vaelab.load_runs([sweep])
     summary = runs.summary()
 
     assert runs.config_keys() == ["config.latent_dim"]  # seed, and data.seed echoing it, out
@@ -104,11 +104,11 @@ def test_the_summary_gives_mean_std_and_n_over_seeds_per_configuration(sweep):
 
 
 def test_a_summary_of_one_configuration_is_one_row_and_a_single_run_has_no_std(sweep):
-    runs = vaelab.runs.load([sweep / "0", sweep / "1"])
+    runs = vaelab.load_runs([sweep / "0", sweep / "1"])
     assert runs.config_keys() == []
     (row,) = runs.summary().to_dict("records")
     assert row[("metrics.val/elbo", "n")] == 2
-    (single,) = vaelab.runs.load(sweep / "2").summary().to_dict("records")
+    (single,) = vaelab.load_runs(sweep / "2").summary().to_dict("records")
     assert single[("metrics.val/elbo", "n")] == 1
     assert math.isnan(single[("metrics.val/elbo", "std")])
 
@@ -116,13 +116,13 @@ def test_a_summary_of_one_configuration_is_one_row_and_a_single_run_has_no_std(s
 def test_bad_paths_get_one_line_saying_what_to_give(tmp_path, sweep):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VaelabError, match=r"^no runs under .*empty: give run dir.*multirun dir"):
-        vaelab.runs.load(tmp_path / "empty")
+        vaelab.load_runs(tmp_path / "empty")
     with pytest.raises(VaelabError, match="does not exist"):
-        vaelab.runs.load(tmp_path / "missing")
+        vaelab.load_runs(tmp_path / "missing")
     with pytest.raises(VaelabError, match="give the runs to load"):
-        vaelab.runs.load([])
+        vaelab.load_runs([])
     with pytest.raises(VaelabError, match=r"by='betta' is not a column .*: config.latent_dim$"):
-        vaelab.runs.load(sweep).summary(by=["betta"])
+        vaelab.load_runs(sweep).summary(by=["betta"])
 
 
 def test_the_readme_notebook_lines_run(sweep):

@@ -1,4 +1,4 @@
-"""Runs as pandas DataFrames, for a notebook: `vaelab.runs.load(paths)`.
+"""Runs as pandas DataFrames, for a notebook: `vaelab.load_runs(paths)`.
 
 One row per run (its directory, status, error, flat config and final metrics), and a
 summary with the mean, std and n of each metric over the seeds of each configuration.
@@ -7,14 +7,15 @@ that only name or place a run (`tasks.compare.settings`), and the keys that diff
 the runs (`tasks.compare.differing_keys`).
 """
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from vaelab.errors import VaelabError
-from vaelab.runs import Run
+from vaelab.runs import Run, find_runs
 from vaelab.tasks.compare import FINISHED, _is_seed, differing_keys, settings
 
 CONFIG = "config."
@@ -42,7 +43,7 @@ def _differing(flat: Sequence[dict[str, Any]]) -> list[str]:
 
 @dataclass(frozen=True)
 class Runs:
-    """The runs that `vaelab.runs.load` found, in their directories' order."""
+    """The runs that `load_runs` found, in their directories' order."""
 
     runs: list[Run]
 
@@ -103,3 +104,20 @@ class Runs:
         else:  # one configuration: a one-row table, as if all runs were one group
             table = metrics.agg(STATS).unstack().to_frame().T
         return table.rename(columns={"count": "n"})
+
+
+def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Runs:
+    """The runs under `paths` (a multirun directory, run directories or a parent of runs),
+    for a notebook: `.to_dataframe()` has a row per run, `.summary()` the metrics' mean,
+    std and n over seeds per configuration.
+
+    Raises:
+        VaelabError: a path does not exist, or no run was found under any of them.
+    """
+    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not paths:
+        raise VaelabError(
+            "give the runs to load: a multirun directory (outputs/multiruns/<time>), run "
+            "directories or a parent of runs"
+        )
+    return Runs(find_runs(paths))

@@ -25,15 +25,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
 from vaelab.errors import VaelabError
 from vaelab.schema import CHECKPOINTS as CHECKPOINT_CHOICES
-
-if TYPE_CHECKING:
-    from vaelab.frames import Runs
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -426,22 +423,3 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
             "a multirun directory (outputs/multiruns/<time>) or a parent of runs"
         )
     return sorted(found.values(), key=lambda run: _natural_key(run.path))
-
-
-def load(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> "Runs":
-    """The runs under `paths` (a multirun directory, run directories or a parent of runs),
-    for a notebook: `.to_dataframe()` has a row per run, `.summary()` the metrics' mean,
-    std and n over seeds per configuration.
-
-    Raises:
-        VaelabError: a path does not exist, or no run was found under any of them.
-    """
-    from vaelab.frames import Runs  # pandas, only for those who ask for DataFrames
-
-    paths = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    if not paths:
-        raise VaelabError(
-            "give the runs to load: a multirun directory (outputs/multiruns/<time>), run "
-            "directories or a parent of runs"
-        )
-    return Runs(find_runs(paths))
