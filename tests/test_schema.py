@@ -147,14 +147,20 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
         ("data.batchsize=4", "data.batchsize", "not in 'DataConfig'"),
         ("trainer.max_step=10", "trainer.max_step", "not in 'TrainerConfig'"),
         ("trainer.max_steps=abc", "trainer.max_steps", "Integer"),
-        ("trainer.limit_val_batches=all", "trainer.limit_val_batches", "Union[int, float]"),
+        # typing prints a Union in the order of the first equal Union the process made.
+        (
+            "trainer.limit_val_batches=all",
+            "trainer.limit_val_batches",
+            ("Union[int, float]", "Union[float, int]"),
+        ),
     ],
 )
 def test_wrong_types_and_unknown_keys_are_refused_at_composition(compose, override, key, expected):
     with pytest.raises(ConfigCompositionException) as info:
         compose(override)
     cause = info.value.__cause__
-    assert cause.full_key == key and expected in str(cause)
+    alternatives = expected if isinstance(expected, tuple) else (expected,)
+    assert cause.full_key == key and any(text in str(cause) for text in alternatives)
 
 
 def test_eval_refuses_a_trainer_argument_of_training_only():
