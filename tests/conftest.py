@@ -17,6 +17,18 @@ from omegaconf import DictConfig
 from vaelab.config import config_dir
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`pytest -n N` (README's `-n auto`): the N workers share the cores, and so do the
+    processes their tests start, which inherit OMP_NUM_THREADS. Torch processes that each
+    take every core slow each other down many times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
 @pytest.fixture
 def mnist_idx_root(tmp_path: Path) -> Path:
     """A data_dir holding small random MNIST IDX files (300 train, 100 test) in torchvision's

@@ -94,10 +94,12 @@ def test_ddp_jobs_inside_a_multirun_train_their_own_config(train_cli):
     result = train_cli(
         "-m",
         *TINY,
-        "trainer=ddp",
+        "trainer=ddp",  # replaces TINY's trainer=debug: its limits again
         "trainer.accelerator=cpu",
         "trainer.devices=2",
-        "trainer.detect_anomaly=false",
+        "max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=2",
         "latent_dim=2,3",
     )
     # One sweep, two jobs: the DDP processes did not re-run the sweep.

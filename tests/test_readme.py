@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()
-    command = 'pip install -e ".[dev]" && python -m pytest'
+    command = 'pip install -e ".[dev]" && python -m pytest -n auto'
     assert f"\n{command}\n" in readme
     assert re.search(rf"^{re.escape(command)}$", ci, re.MULTILINE)
 
