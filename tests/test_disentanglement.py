@@ -183,6 +183,14 @@ def test_torch_tensors_score_as_numpy_arrays():
     assert dci(torch.from_numpy(codes), torch.from_numpy(FACTORS)) == dci(codes, FACTORS)
 
 
+def test_a_factor_seen_with_one_value_in_training_has_no_sap_gap():
+    # One training row holds one value of each factor: no SVM can be fitted, and every code
+    # predicts that value, so every gap is 0 (this raised sklearn's ValueError before).
+    codes = REPRESENTATIONS["factors"]
+    assert sap(codes, FACTORS, num_train=1, num_test=100) == 0.0
+    assert sap(codes, FACTORS, num_train=20, num_test=100) > 0.1  # 20 rows see 2 values or more
+
+
 def test_the_seed_fixes_the_draws():
     codes = REPRESENTATIONS["rotated"]
     assert scores(codes, seed=1) == scores(codes, seed=1)

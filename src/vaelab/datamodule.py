@@ -102,15 +102,16 @@ class ResumableLoader(DataLoader):
 
 
 class VAEDataModule(LightningDataModule):
-    """MNIST-like images held as whole uint8 tensors on the training device.
+    """Images held as whole uint8 tensors on the training device.
 
-    Batches are `(x, y)`: x (B, 1, 28, 28) float32 in [0, 1], y (B,) int64 labels. The
+    Batches are `(x, y)`: x (B, C, H, W) float32 in [0, 1], y (B,) int64 labels, or (B, K)
+    int64 factor values for data with ground-truth factors (`factor_names`). The
     last training batch of an epoch may be smaller: no example is dropped. The dataloaders
     yield the stored uint8 images, which a Trainer converts on its device
     (`on_after_batch_transfer`); outside a Trainer, `model_batches` gives converted ones.
 
     Args:
-        name: "mnist" or "fashion_mnist".
+        name: "mnist", "fashion_mnist" or "shapes".
         data_dir: Root of torchvision's layout (`data_dir/MNIST/raw/...`).
         batch_size: Training batch size per process.
         eval_batch_size: Validation and test batch size per process.
@@ -122,6 +123,8 @@ class VAEDataModule(LightningDataModule):
         seed: Seeds the train/val split, static binarization and shuffling.
         download: Try torchvision's download if the files are not in `data_dir`.
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
+        image_size: "shapes": pixels a side (None: 64).
+        grid: "shapes": values per factor (`vaelab.shapes.ShapesGrid`'s fields).
     """
 
     @checked("data.")
@@ -137,16 +140,33 @@ class VAEDataModule(LightningDataModule):
         seed: int = 0,
         download: bool = True,
         allow_fallback: bool = True,
+        image_size: int | None = None,
+        grid: dict[str, int] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
+        self._factor_names: tuple[str, ...] = ()
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """Shape (C, H, W) of one image."""
-        return (1, 28, 28)
+        """Shape (C, H, W) of one image, read from the data (loaded first if need be)."""
+        return tuple(self._images().shape[1:])
+
+    @property
+    def factor_names(self) -> tuple[str, ...]:
+        """The ground-truth factors the labels hold (data=shapes); empty for class labels."""
+        if self._loaded is None and not self._splits:
+            self._loaded = self._load()
+        return self._factor_names
+
+    def _images(self) -> Tensor:
+        if self._splits:
+            return self._splits["train"].tensors[0]
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded.train_images
 
     @property
     def is_binary(self) -> bool:
@@ -224,7 +244,7 @@ class VAEDataModule(LightningDataModule):
     def model_batches(self, split: str = "test") -> DataLoader:
         """The batches (x, y) of a split as a model sees them, for use outside a Trainer.
 
-        x is (B, 1, 28, 28) float32 in [0, 1], binarized as in training (val and test the
+        x is (B, C, H, W) float32 in [0, 1], binarized as in training (val and test the
         same every time; train redrawn with the global RNG if `binarize=dynamic`), y (B,)
         int64 labels; in the stored order, `eval_batch_size` images a batch (`batch_size`
         for train), on the CPU unless a Trainer set the data up. Loads and splits the data
@@ -246,14 +266,19 @@ class VAEDataModule(LightningDataModule):
         """The first `n` test images, converted as evaluation batches are.
 
         Returns:
-            x (n, 1, 28, 28) float32 in [0, 1] and y (n,) int64 labels.
+            x (n, C, H, W) float32 in [0, 1] and y (n,) or (n, K) int64 labels.
         """
         images, labels = self._splits["test"].tensors
         return self.on_after_batch_transfer((images[:n], labels[:n]), 0)
 
     def _load(self) -> DatasetSplits:
         hp = self.hparams
-        return load_dataset(hp.name, hp.data_dir, hp.download, hp.allow_fallback)
+        grid = dict(hp.grid) if hp.grid is not None else None
+        data = load_dataset(
+            hp.name, hp.data_dir, hp.download, hp.allow_fallback, hp.image_size, grid
+        )
+        self._factor_names = data.factor_names
+        return data
 
     def _loader(
         self, split: str, batch_size: int, shuffle: bool, collate_fn: Callable | None = None

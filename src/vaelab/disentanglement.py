@@ -112,7 +112,8 @@ def sap(
         factors: (N, K) integer-coded factors.
         num_train: rows that fit the SVMs.
         num_test: held-out rows that score them. With fewer than num_train + num_test rows,
-            all rows, split in that ratio.
+            all rows, split in that ratio. A factor whose training rows hold one value has
+            a gap of 0 (every code predicts that value).
         seed: draws the rows.
     """
     codes, factors = _arrays(codes, factors, "sap", min_dims=2)
@@ -122,6 +123,10 @@ def sap(
     score = np.zeros((codes.shape[1], factors.shape[1]))
     for d, code in enumerate(codes.T[..., None]):  # each (N, 1)
         for k, factor in enumerate(factors.T):
+            seen = np.unique(factor[train])
+            if seen.size == 1:  # few rows: no code can tell values apart, a gap of 0
+                score[d, k] = np.mean(factor[test] == seen[0])
+                continue
             svm = LinearSVC(C=0.01, class_weight="balanced", dual=False)
             score[d, k] = svm.fit(code[train], factor[train]).score(code[test], factor[test])
     best = np.sort(score, axis=0)[::-1]
@@ -273,3 +278,36 @@ def _positive(name: str, size: int) -> int:
 def _unit(value: float) -> float:
     """A score as a float in [0, 1] (clipping rounding errors such as 1 + 1e-16)."""
     return float(np.clip(value, 0.0, 1.0))
+
+
+def scores(
+    codes: Array,
+    factors: Array,
+    *,
+    num_train: int = 10_000,
+    num_test: int = 5_000,
+    batch_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every metric of this module, keyed as a run logs them (`test/mig`, ...): `mig`,
+    `dci_disentanglement`, `dci_completeness`, `dci_informativeness`, `sap`, `factor_vae`.
+
+    `num_train` rows train (DCI's forests, SAP's SVMs, the FactorVAE votes; MIG's
+    histograms), `num_test` score (held-out rows; FactorVAE's held-out votes), `batch_size`
+    is FactorVAE's. Factors that take one value in these rows are left out (they carry no
+    information to capture); with none left, no scores.
+    """
+    factors = factors.detach().cpu().numpy() if isinstance(factors, torch.Tensor) else factors
+    factors = np.asarray(factors)
+    if factors.ndim == 2:  # else _arrays says what is wrong
+        factors = factors[:, [np.unique(f).size > 1 for f in factors.T]]
+        if factors.shape[1] == 0:
+            return {}
+    found = {"mig": mig(codes, factors, num_samples=num_train, seed=seed)}
+    dci_scores = dci(codes, factors, num_train=num_train, num_test=num_test, seed=seed)
+    found.update({f"dci_{name}": value for name, value in dci_scores.items()})
+    found["sap"] = sap(codes, factors, num_train=num_train, num_test=num_test, seed=seed)
+    found["factor_vae"] = factor_vae_score(
+        codes, factors, batch_size=batch_size, num_train=num_train, num_eval=num_test, seed=seed
+    )
+    return found

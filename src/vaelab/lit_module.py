@@ -7,6 +7,7 @@ from contextlib import AbstractContextManager
 import lightning as L
 import torch
 from torch import Tensor, nn
+from torchmetrics import CatMetric
 
 from vaelab.errors import TrainingError
 from vaelab.estimators import (
@@ -21,7 +22,7 @@ from vaelab.models import build_objective, build_part_class, build_vae
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import Cyclical, LinearWarmup
 from vaelab.models.vae import posterior_mean_and_noise
-from vaelab.schema import checked
+from vaelab.schema import check_fields, checked
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
@@ -44,7 +45,11 @@ class LitVAE(L.LightningModule):
     test add `active_units` (and, for a model of several stochastic layers, per layer:
     `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
-    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip).
+    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip). On data
+    whose labels are ground-truth factors (B, K), test adds the disentanglement metrics of
+    the test images' posterior means (`vaelab.disentanglement.scores`): `mig`,
+    `dci_disentanglement`, `dci_completeness`, `dci_informativeness`, `sap`, `factor_vae`,
+    with the sample sizes and seed of `disentanglement` (None: the defaults).
 
     Each validation and test epoch draws its random numbers (z, the estimators' samples)
     from the global generator seeded with `eval_seed` (plus the process rank), and gives
@@ -79,8 +84,10 @@ class LitVAE(L.LightningModule):
         objective: dict | None = None,
         beta_schedule: dict | None = None,
         top_dim: int | None = None,
+        disentanglement: dict | None = None,
     ):
         super().__init__()
+        check_fields(disentanglement or {}, "disentanglement.")
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = build_vae(
@@ -101,6 +108,8 @@ class LitVAE(L.LightningModule):
         num_pixels = math.prod(image_shape)
         self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")
         self.nll_naive = LogLikelihoodMetric(num_pixels, "naive")
+        # The test images' posterior means and factors, gathered across processes.
+        self.test_codes, self.test_factors = CatMetric(), CatMetric()
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
 
@@ -162,6 +171,9 @@ class LitVAE(L.LightningModule):
             kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)
+            if stage == "test" and batch[1].ndim == 2:  # ground-truth factors
+                self.test_codes.update(means)
+                self.test_factors.update(batch[1])
             return values
         self._beta_sum += beta * len(x)
         self._beta_images += len(x)
@@ -235,7 +247,21 @@ class LitVAE(L.LightningModule):
         self._log_means("test")
         estimators = [self.nll_iwae, self.nll_naive] if self.hparams.n_importance > 0 else []
         self._log_epoch_metrics("test", [self.latent_stats["test"], *estimators])
+        if self.test_factors.update_called:
+            self._log_disentanglement()
         self._restore_training_rng()
+
+    def _log_disentanglement(self) -> None:
+        """test/mig, ...: the scores of the gathered test codes against their factors."""
+        from vaelab import disentanglement  # sklearn: a second of every start, for this only
+
+        codes, factors = self.test_codes.compute(), self.test_factors.compute()
+        self.test_codes.reset()
+        self.test_factors.reset()
+        knobs = self.hparams.disentanglement or {}
+        found = disentanglement.scores(codes.float(), factors.long(), **knobs)
+        for name, value in found.items():  # equal on every process: computed from gathered
+            self.log(f"test/{name}", value, **REDUCED)
 
     def _log_means(self, stage: str, suffix: str = "", prog_bar: Sequence[str] = ()) -> None:
         """Log the epoch means of the terms (reduced across processes by compute), reset."""

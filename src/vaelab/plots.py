@@ -112,8 +112,9 @@ def project_2d(z: Tensor) -> Tensor:
     return F.pad(scores, (0, 2 - scores.shape[1]))  # N == 1 has a single component
 
 
-def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
-    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) digit labels 0..9.
+def latent_scatter(z: Tensor, labels: Tensor, title: str = "", name: str = "label") -> Figure:
+    """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) labels 0..9 (digits,
+    or a factor's values), `name` the legend's title.
 
     With D == 1 there is no second coordinate to draw: each label gets a strip of its
     codes along z1 instead, the points jittered within the strip so that they overlap less.
@@ -130,13 +131,13 @@ def latent_scatter(z: Tensor, labels: Tensor, title: str = "") -> Figure:
         shown = sorted(set(colours.tolist()))
         ax.set_yticks(shown, [str(label) for label in shown])
         ax.set_xlabel("z1")
-        ax.set_ylabel("label")
+        ax.set_ylabel(name)
         ax.set_title(title)
         return fig
     xy = project_2d(z).numpy()
     points = ax.scatter(xy[:, 0], xy[:, 1], linewidths=0, **style)
     handles, names = points.legend_elements(prop="colors", alpha=1.0)
-    ax.legend(handles, names, title="label", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(handles, names, title=name, loc="center left", bbox_to_anchor=(1.0, 0.5))
     prefix = "z" if z.shape[1] <= 2 else "PC"
     ax.set_xlabel(f"{prefix}1")
     ax.set_ylabel(f"{prefix}2")

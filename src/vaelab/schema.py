@@ -38,7 +38,7 @@ ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 BINARY_LIKELIHOODS = ("bernoulli",)
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites")
 BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -135,6 +135,14 @@ class ModelConfig:
 
 
 @dataclass
+class ShapesGridArgs:
+    shapes: int = knob(noted(integer(1, 3), "the first of square, ellipse, heart"))
+    scales: int = knob(integer(1))
+    orientations: int = knob(integer(1))
+    positions: int = knob(noted(integer(1), "centres on each axis"))
+
+
+@dataclass
 class DataConfig:
     _target_: str = MISSING
     name: str = knob(one_of(DATASETS))
@@ -153,6 +161,9 @@ class DataConfig:
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
+    # data=shapes: pixels a side, and how many values each factor takes (null elsewhere).
+    image_size: int | None = knob(or_null(integer(8)), default=None)
+    grid: dict[str, Any] | None = knob(default=None, nodes={"args": ShapesGridArgs})
 
 
 @dataclass
@@ -314,6 +325,14 @@ EvalTrainerConfig.__module__ = __name__  # found by name when a pickled config i
 
 
 @dataclass
+class DisentanglementConfig:
+    num_train: int = knob(noted(integer(1), "rows that fit each disentanglement metric"))
+    num_test: int = knob(noted(integer(1), "held-out rows that score it"))
+    batch_size: int = knob(noted(integer(2), "images per FactorVAE vote"))
+    seed: int = knob(SEED)
+
+
+@dataclass
 class TrainConfig:
     seed: int = knob(SEED)
     latent_dim: int = knob(integer(1))
@@ -326,6 +345,8 @@ class TrainConfig:
     lr: float = knob(number(0, above=True))
     optimizer: str = knob(one_of(OPTIMIZERS))
     n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
+    # The test metrics of data with ground-truth factors (data=shapes): test/mig, ...
+    disentanglement: DisentanglementConfig = MISSING
     batch_size: int = knob(integer(1))
     max_epochs: int = knob(
         Rule("a positive integer, or -1 (no limit)", lambda v: _is_int(v) and (v >= 1 or v == -1))

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import wandb
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -47,6 +46,8 @@ def _offline_without_credentials(logger_cfg: DictConfig, run_dir: Path) -> str |
     """ "offline" when no mode was chosen and there are no W&B credentials."""
     if logger_cfg.get("mode") is not None or "WANDB_MODE" in os.environ:
         return None
+    import wandb  # here: a second of every start, for the runs that log to W&B only
+
     if wandb.login(prompt=False, verify=False):
         return None
     log.warning(
@@ -87,6 +88,8 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             overrides = {"mode": mode} if mode else {}
             if cfg.get("resume"):
                 overrides.update(_resumed_run(run, mode or os.environ.get("WANDB_MODE")))
+            import wandb
+
             overrides["settings"] = wandb.Settings(
                 quiet=True, x_transaction_log_flush_interval=FLUSH_SECONDS
             )
@@ -124,6 +127,8 @@ def record(run: Run, loggers: list[Logger]) -> None:
 def finish(loggers: list[Logger]) -> None:
     """Close this job's W&B run, so that the next job of a multirun starts its own."""
     if any(isinstance(logger, WandbLogger) for logger in loggers):
+        import wandb
+
         wandb.finish()
 
 

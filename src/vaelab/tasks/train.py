@@ -46,23 +46,37 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     # A run made before a knob existed gets LitVAE's default (optimizer: Adam).
     recipe = {key: cfg[key] for key in RECIPE if key in cfg}
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in PARTS if key in cfg}
+    if "disentanglement" in cfg:  # a run made before it had none
+        parts["disentanglement"] = OmegaConf.to_container(cfg.disentanglement, resolve=True)
     return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
 
 
 # The metrics the console shows at the end; every metric is in metrics.json.
-HEADLINE = ("elbo", "iwae", "rec", "kl", "nll_iwae", "ess_iwae", "active_units")
+HEADLINE = (
+    "elbo",
+    "iwae",
+    "rec",
+    "kl",
+    "nll_iwae",
+    "ess_iwae",
+    "active_units",
+    "mig",
+    "dci_disentanglement",
+    "factor_vae",
+)
 
 
 def headline_table(metrics: dict[str, float]) -> str:
     """The headline val and test metrics as a small text table."""
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
-    lines = [f"{'':<14}" + "".join(f"{s:>12}" for s in stages)]
+    rows = {}
     for name in HEADLINE:
         values = [metrics.get(f"{s}/{name}") for s in stages]
         if any(v is not None for v in values):
-            cells = "".join(f"{'':>12}" if v is None else f"{v:>12.4g}" for v in values)
-            lines.append(f"{name:<14}{cells}")
-    return "\n".join(lines)
+            rows[name] = "".join(f"{'':>12}" if v is None else f"{v:>12.4g}" for v in values)
+    width = max([14, *(len(name) + 1 for name in rows)])
+    lines = [f"{'':<{width}}" + "".join(f"{s:>12}" for s in stages)]
+    return "\n".join([*lines, *(f"{name:<{width}}{cells}" for name, cells in rows.items())])
 
 
 def _checkpoint_info(trainer: L.Trainer, path: str | None, run: Run) -> dict[str, object]:
