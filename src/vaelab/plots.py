@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
@@ -112,16 +113,19 @@ def project_2d(z: Tensor) -> Tensor:
     return F.pad(scores, (0, 2 - scores.shape[1]))  # N == 1 has a single component
 
 
-def latent_scatter(z: Tensor, labels: Tensor, title: str = "", name: str = "label") -> Figure:
+def latent_scatter(
+    z: Tensor, labels: Tensor | None, title: str = "", name: str = "label"
+) -> Figure:
     """Scatter of (N, D) codes (via `project_2d`) coloured by (N,) labels 0..9 (digits,
-    or a factor's values), `name` the legend's title.
+    or a factor's values), `name` the legend's title; in one colour without labels (None).
 
     With D == 1 there is no second coordinate to draw: each label gets a strip of its
     codes along z1 instead, the points jittered within the strip so that they overlap less.
     """
     fig = Figure(figsize=(5.5, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    colours = labels.detach().cpu().numpy()
+    unlabelled = labels is None
+    colours = np.zeros(len(z), np.int64) if unlabelled else labels.detach().cpu().numpy()
     style = {"c": colours, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5, "s": 4, "alpha": 0.8}
     if z.shape[1] == 1:
         # A fixed generator: the same codes give the same picture at every epoch.
@@ -129,15 +133,16 @@ def latent_scatter(z: Tensor, labels: Tensor, title: str = "", name: str = "labe
         x = z[:, 0].detach().float().cpu().numpy()
         ax.scatter(x, colours + 0.6 * jitter.numpy(), linewidths=0, **style)
         shown = sorted(set(colours.tolist()))
-        ax.set_yticks(shown, [str(label) for label in shown])
+        ax.set_yticks(*(([], []) if unlabelled else (shown, [str(label) for label in shown])))
         ax.set_xlabel("z1")
-        ax.set_ylabel(name)
+        ax.set_ylabel("" if unlabelled else name)
         ax.set_title(title)
         return fig
     xy = project_2d(z).numpy()
     points = ax.scatter(xy[:, 0], xy[:, 1], linewidths=0, **style)
-    handles, names = points.legend_elements(prop="colors", alpha=1.0)
-    ax.legend(handles, names, title=name, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if not unlabelled:
+        handles, names = points.legend_elements(prop="colors", alpha=1.0)
+        ax.legend(handles, names, title=name, loc="center left", bbox_to_anchor=(1.0, 0.5))
     prefix = "z" if z.shape[1] <= 2 else "PC"
     ax.set_xlabel(f"{prefix}1")
     ax.set_ylabel(f"{prefix}2")

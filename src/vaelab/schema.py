@@ -38,7 +38,7 @@ ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
 BINARY_LIKELIHOODS = ("bernoulli",)
-DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites")
+DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder")
 BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -161,8 +161,10 @@ class DataConfig:
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
-    # data=shapes: pixels a side, and how many values each factor takes (null elsewhere).
+    # data=shapes and folder: pixels a side; shapes: how many values each factor takes;
+    # folder: the folder of images (null elsewhere).
     image_size: int | None = knob(or_null(integer(8)), default=None)
+    path: str | None = None
     grid: dict[str, Any] | None = knob(default=None, nodes={"args": ShapesGridArgs})
 
 

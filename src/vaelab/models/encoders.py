@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vaelab.errors import ConfigError
+
 # Keeps posterior scales away from 0 so log q(z|x) stays finite in low precision.
 MIN_SCALE = 1e-4
 # Hidden-layer nonlinearities (Burda et al. 2015 use tanh); `model.activation=gated` makes
@@ -77,7 +79,7 @@ class MLPEncoder(nn.Module):
 
 
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7), then a dense layer."""
+    """Two stride-2 convolutions (28 -> 14 -> 7, any side divisible by 4), then a dense layer."""
 
     def __init__(
         self,
@@ -88,6 +90,12 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         channels, height, width = image_shape
+        if height % 4 or width % 4:  # the decoder could not give the images back their size
+            raise ConfigError(
+                f"model=conv halves the image side twice, so it needs sides divisible by 4, "
+                f"got {height} x {width}: set data.image_size to a multiple of 4, or use "
+                "model=mlp"
+            )
         act = ACTIVATIONS[activation]
         self.body = nn.Sequential(
             nn.Conv2d(channels, 32, 4, stride=2, padding=1),

@@ -1,0 +1,145 @@
+"""data=folder: your own PNG and JPEG files, on folders of files written here."""
+
+import json
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from vaelab.data import load_dataset
+from vaelab.errors import ConfigError, DataError
+
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+
+
+def _save(path, image, **options):
+    """Write a (C, H, W) uint8 tensor with Pillow, in the format of the path's suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = image.permute(1, 2, 0).numpy()
+    Image.fromarray(array[..., 0] if len(image) == 1 else array, _MODES[len(image)]).save(
+        path, **options
+    )
+
+
+def _png(path, image):
+    _save(path, image)
+
+
+def _jpeg(path, image):
+    _save(path, image, quality=100)
+
+
+def _filled(channels, height, width, value):
+    return torch.full((channels, height, width), value, dtype=torch.uint8)
+
+
+@pytest.fixture
+def classes(tmp_path):
+    """cats/ (two RGB PNGs, one 40 x 80 whose middle is green), dogs/ (a grey JPEG, a grey
+    PNG with alpha)."""
+    folder = tmp_path / "pictures"
+    wide = _filled(3, 40, 80, 0)
+    wide[0, :, :20] = 255  # red left quarter, green middle, blue right quarter
+    wide[1, :, 20:60] = 255
+    wide[2, :, 60:] = 255
+    _png(folder / "cats" / "wide.png", wide)
+    _png(folder / "cats" / "red.png", torch.cat([_filled(1, 30, 30, 200), _filled(2, 30, 30, 0)]))
+    _jpeg(folder / "dogs" / "grey.jpg", _filled(1, 16, 16, 100))
+    _png(folder / "dogs" / "alpha.png", torch.cat([_filled(1, 20, 20, 50), _filled(1, 20, 20, 9)]))
+    return folder
+
+
+def test_class_subfolders_give_labels_and_any_colour_makes_every_image_rgb(classes, tmp_path):
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=16, path=classes)
+    images = torch.cat([splits.train_images, splits.test_images])
+    labels = torch.cat([splits.train_labels, splits.test_labels])
+    assert images.shape == (4, 3, 16, 16) and images.dtype == torch.uint8 and splits.labelled
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]  # cats, dogs: the sorted subfolders
+    by_colour = {
+        tuple(image[:, 8, 8].tolist()): label for image, label in zip(images, labels, strict=True)
+    }
+    # The wide image: its shorter side to 16, then the middle 16 x 16, all green.
+    assert by_colour[(0, 255, 0)] == 0 and by_colour[(200, 0, 0)] == 0
+    grey = [c for c in by_colour if c[0] == c[1] == c[2]]
+    assert len(grey) == 2 and all(by_colour[c] == 1 for c in grey)  # repeated into RGB
+    assert {c[0] for c in grey} == {50, 100}  # the alpha channel dropped
+
+
+def test_a_flat_grey_folder_is_unlabelled_grey_and_cached_until_it_changes(tmp_path):
+    folder = tmp_path / "flat"
+    for i in range(5):
+        _png(folder / f"{i}.png", _filled(1, 10, 12, 40 * i))
+    first = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert first.source == f"folder:{folder}" and not first.labelled
+    assert first.train_images.shape[1:] == (1, 8, 8) and len(first.test_images) == 1
+    again = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert again.source.startswith("cache:")
+    assert torch.equal(torch.cat([first.train_images, first.test_images]),
+                       torch.cat([again.train_images, again.test_images]))  # fmt: skip
+    _png(folder / "5.png", _filled(1, 10, 12, 255))  # a new file: decoded again
+    grown = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert grown.source.startswith("folder:")
+    assert len(grown.train_images) + len(grown.test_images) == 6
+    os.utime(folder / "0.png", ns=(0, 0))  # a changed file too
+    touched = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert touched.source.startswith("folder:")
+
+
+def test_a_bad_folder_is_one_line_naming_the_path(tmp_path):
+    def load(path, **kw):
+        return load_dataset("folder", tmp_path / "data", False, False, path=path, **kw)
+
+    with pytest.raises(DataError, match=r"data.path=.*nowhere does not exist"):
+        load(tmp_path / "nowhere", image_size=8)
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(DataError, match=r"data.path=.*a.txt is a file, not a folder"):
+        load(tmp_path / "a.txt", image_size=8)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"holds no .png, .jpg, .jpeg images"):
+        load(tmp_path / "empty", image_size=8)
+    mixed = tmp_path / "mixed"
+    _png(mixed / "loose.png", _filled(1, 8, 8, 0))
+    _png(mixed / "class" / "nested.png", _filled(1, 8, 8, 0))
+    with pytest.raises(DataError, match=r"mixes images in the folder itself \(loose.png\)"):
+        load(mixed, image_size=8)
+    broken = tmp_path / "broken"
+    _png(broken / "good.png", _filled(1, 8, 8, 0))
+    (broken / "bad.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"bad.png is not a readable image .*remove it"):
+        load(broken, image_size=8)
+    with pytest.raises(ConfigError, match=r"data=folder needs data.path"):
+        load(None, image_size=8)
+
+
+@pytest.mark.slow
+def test_a_run_on_a_folder_of_colour_images_trains_and_draws(train_cli, classes):
+    for i in range(12):  # more cats: a test split and a few batches
+        image = torch.randint(0, 256, (3, 20, 24), generator=torch.Generator().manual_seed(i))
+        _png(classes / "cats" / f"noise{i}.png", image.to(torch.uint8))
+    result = train_cli(
+        "data=folder",
+        f"data.path={classes}",
+        "data.image_size=16",
+        "model=mlp",
+        "latent_dim=2",
+        "trainer=debug",
+        "logger=none",
+        "batch_size=4",
+        "n_importance=4",
+    )
+    (run_dir,) = result.run_dirs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data_source"] == f"folder:{classes}"
+    # 3 x 16 x 16 sub-pixels: bits per dimension count them all.
+    assert metrics["test/bpd_iwae"] * 768 == pytest.approx(metrics["test/nll_iwae"] / 0.6931, 1e-3)
+    for name in ("reconstructions", "samples", "manifold", "latent_scatter"):
+        assert (run_dir / "pictures" / "test" / f"{name}.png").is_file()
+
+
+def test_a_conv_model_for_a_side_it_cannot_give_back_is_refused_in_one_line(tmp_path):
+    from vaelab.models import build_vae
+
+    with pytest.raises(ConfigError, match=r"model=conv .* divisible by 4, got 30 x 30"):
+        build_vae("conv", (3, 30, 30), 4, 16, "relu", "bernoulli", 0.1, None, None, None)
+    assert build_vae("conv", (3, 32, 32), 4, 16, "relu", "bernoulli", 0.1, None, None, None)
