@@ -1,5 +1,6 @@
-"""Dataset sources as uint8 tensors: MNIST and Fashion-MNIST (with offline fallbacks), and
-the sets with ground-truth factors, dSprites and the generated shapes."""
+"""Dataset sources as uint8 tensors: MNIST and Fashion-MNIST (with offline fallbacks),
+CIFAR-10, a folder of images, and the sets with ground-truth factors, dSprites and the
+generated shapes."""
 
 import dataclasses
 import gzip
@@ -23,6 +24,7 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import download_url
 
+from vaelab.cifar import load_cifar10
 from vaelab.errors import ConfigError, DataError
 from vaelab.folder import load_folder
 from vaelab.schema import DATASETS
@@ -31,7 +33,7 @@ from vaelab.shapes import FACTORS, ShapesGrid, load_shapes
 log = logging.getLogger(__name__)
 
 _TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}  # of DATASETS
-_OWN = ("shapes", "dsprites", "folder")  # the rest of DATASETS: read (or made) here
+_OWN = ("shapes", "dsprites", "folder", "cifar10")  # the rest: read (or made) here
 
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = (
@@ -121,6 +123,8 @@ def load_dataset(
         return _dsprites(root, download)
     if name == "folder":
         return _folder(path, image_size, root)
+    if name == "cifar10":
+        return DatasetSplits(*load_cifar10(root, download))
     tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
     if _local_files_ready(raw):
