@@ -130,7 +130,8 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
                 assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
     params = torch.zeros(2, 1, 4, 4)
     for name in schema.LIKELIHOODS:
-        assert likelihoods.observation_dist(name, params, 3).log_prob(params).shape == (2,)
+        p_x = likelihoods.observation_dist(name, params, 3, log_scale=torch.zeros(1, 4, 4))
+        assert p_x.log_prob(params).shape == (2,)
     with pytest.raises(ValueError, match="unknown likelihood"):
         likelihoods.observation_dist("poisson", params, 3)
 

@@ -36,8 +36,16 @@ from vaelab.errors import ConfigError
 # classes), tests/test_schema.py checks that the map has exactly these names.
 ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
-LIKELIHOODS = ("bernoulli", "continuous_bernoulli", "gaussian")
+LIKELIHOODS = (
+    "bernoulli",
+    "continuous_bernoulli",
+    "gaussian",
+    "gaussian_learned",
+    "discretized_logistic",
+)
 BINARY_LIKELIHOODS = ("bernoulli",)
+# A scale per sub-pixel learned with the networks, starting at obs_scale.
+LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
 DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10")
 BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vaelab.errors import InputError
-from vaelab.likelihoods import BINARY_LIKELIHOODS, observation_dist
+from vaelab.likelihoods import BINARY_LIKELIHOODS, LEARNED_SCALE_LIKELIHOODS, observation_dist
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -60,6 +60,10 @@ class VAE(nn.Module):
         self.value_range = value_range
         self.prior_model = prior or StandardPrior(latent_dim)
         self.posterior_model = posterior or GaussianPosterior(latent_dim)
+        # The learned scale of p(x|z), one per sub-pixel, for the likelihoods that have one.
+        self.log_obs_scale = None
+        if likelihood in LEARNED_SCALE_LIKELIHOODS:
+            self.log_obs_scale = nn.Parameter(torch.full(self.data_shape, math.log(obs_scale)))
 
     @property
     def layers(self) -> tuple[tuple[str, int], ...]:
@@ -100,7 +104,9 @@ class VAE(nn.Module):
         params = self.decoder(z.reshape(-1, z.shape[-1]))
         params = params.reshape(*z.shape[:-1], *params.shape[1:])
         event_dims = params.dim() - (z.dim() - 1)
-        return observation_dist(self.likelihood, params, event_dims, self.obs_scale)
+        return observation_dist(
+            self.likelihood, params, event_dims, self.obs_scale, self.log_obs_scale
+        )
 
     def elbo_terms(
         self, x: Tensor, num_samples: int = 1, qz_x: Distribution | None = None

@@ -1,0 +1,129 @@
+"""The 8-bit likelihoods against direct float64 computations: the discretized logistic's
+masses, tails, gradients, mean and draws, and the learned scales inside a VAE."""
+
+import math
+
+import pytest
+import torch
+
+from vaelab.likelihoods import DiscretizedLogistic, observation_dist
+from vaelab.lit_module import LitVAE
+
+LEVELS = torch.arange(256, dtype=torch.float64) / 255
+
+
+def direct_masses(loc: float, log_scale: float) -> torch.Tensor:
+    """The 256 masses as differences of the logistic's CDF at the bins' edges, float64; to
+    the right of loc as differences of its survival function, which do not cancel there."""
+    inner = LEVELS[1:] - 0.5 / 255
+    edges = torch.cat([torch.tensor([-math.inf]), inner, torch.tensor([math.inf])])
+    t = (edges - loc) / math.exp(log_scale)
+    cdf, survival = torch.sigmoid(t), torch.sigmoid(-t)
+    right = loc < LEVELS
+    return torch.where(right, survival[:-1] - survival[1:], cdf[1:] - cdf[:-1])
+
+
+@pytest.mark.parametrize("loc", [-0.5, 0.0, 0.3, 0.5, 1.0, 1.5])
+@pytest.mark.parametrize("log_scale", [-7.0, -4.0, -1.0, 1.0])
+def test_the_masses_of_the_256_values_sum_to_one_and_match_the_cdf_differences(loc, log_scale):
+    p = DiscretizedLogistic(
+        torch.tensor(loc, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64)
+    )
+    log_p = p.log_prob(LEVELS)
+    expected = direct_masses(loc, log_scale)
+    assert torch.logsumexp(log_p, 0).exp() == pytest.approx(1.0, abs=1e-12)
+    shown = expected > 1e-300  # where float64's differences have not underflowed
+    assert torch.allclose(log_p[shown], expected[shown].log(), rtol=1e-9, atol=1e-9)
+
+
+def test_far_tails_stay_finite_and_accurate_in_float32():
+    # loc 0, scale e^-4: at x = 0.9 both sigmoids are 1 - 1e-10 in float32, whose direct
+    # difference is 0 (log -inf); the mirrored form keeps it.
+    loc, log_scale = torch.zeros(3), torch.full((3,), -4.0)
+    x = torch.tensor([0.5, 0.9, 200 / 255])
+    log_p = DiscretizedLogistic(loc, log_scale).log_prob(x)
+    exact = DiscretizedLogistic(loc.double(), log_scale.double()).log_prob(x.double())
+    assert torch.isfinite(log_p).all()
+    assert torch.allclose(log_p.double(), exact, rtol=1e-5)
+    half, s = 0.5 / 255, math.exp(-4.0)
+    for value, got in zip(x.double().tolist(), exact.tolist(), strict=True):
+        a, b = (value + half) / s, (value - half) / s  # σ(−b) − σ(−a), exact in float64 here
+        assert got == pytest.approx(
+            math.log(1 / (1 + math.exp(b)) - 1 / (1 + math.exp(a))), rel=1e-9
+        )
+
+
+def test_the_gradients_are_those_of_the_direct_formula():
+    loc = torch.tensor([0.2, 0.7, -0.1, 1.2], dtype=torch.float64, requires_grad=True)
+    log_scale = torch.tensor([-3.0, -2.0, -1.0, -4.0], dtype=torch.float64, requires_grad=True)
+    x = torch.tensor([0.2, 100 / 255, 0.0, 1.0], dtype=torch.float64)
+    ours = torch.autograd.grad(
+        DiscretizedLogistic(loc, log_scale).log_prob(x).sum(), (loc, log_scale)
+    )
+
+    def direct(loc, log_scale):
+        s = torch.exp(log_scale)
+        upper = torch.where(
+            x > 1 - 0.5 / 255, torch.ones_like(x), torch.sigmoid((x + 0.5 / 255 - loc) / s)
+        )
+        lower = torch.where(
+            x < 0.5 / 255, torch.zeros_like(x), torch.sigmoid((x - 0.5 / 255 - loc) / s)
+        )
+        return torch.log(upper - lower).sum()
+
+    expected = torch.autograd.grad(direct(loc, log_scale), (loc, log_scale))
+    for a, b in zip(ours, expected, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8)
+
+
+def test_the_mean_and_the_draws_follow_the_masses():
+    loc, log_scale = torch.tensor([0.1, 0.5, 0.97]), torch.tensor([-3.0, -1.5, -2.0])
+    p = DiscretizedLogistic(loc, log_scale)
+    masses = torch.stack(
+        [direct_masses(m, s) for m, s in zip(loc.tolist(), log_scale.tolist(), strict=True)]
+    )
+    assert torch.allclose(p.mean.double(), masses @ LEVELS, atol=1e-5)
+    torch.manual_seed(0)
+    draws = p.sample((20000,))
+    assert ((draws * 255).round() == draws * 255).all() and draws.min() >= 0 and draws.max() <= 1
+    counts = torch.stack(
+        [torch.bincount((draws[:, i] * 255).round().long(), minlength=256) for i in range(3)]
+    )
+    assert (counts / 20000 - masses).abs().max() < 0.01
+
+
+@pytest.mark.parametrize("likelihood", ["discretized_logistic", "gaussian_learned"])
+def test_a_vae_learns_one_scale_per_sub_pixel_starting_at_obs_scale(likelihood):
+    torch.manual_seed(0)
+    module = LitVAE(
+        arch="mlp",
+        latent_dim=2,
+        hidden_dim=8,
+        likelihood=likelihood,
+        obs_scale=0.2,
+        image_shape=(3, 4, 4),
+    )
+    vae = module.vae
+    assert vae.log_obs_scale.shape == (3, 4, 4) and "vae.log_obs_scale" in module.state_dict()
+    assert torch.allclose(vae.log_obs_scale, torch.full((3, 4, 4), math.log(0.2)))
+    x = (torch.rand(5, 3, 4, 4) * 255).round() / 255
+    rec, _ = vae.elbo_terms(x)
+    rec.sum().backward()
+    assert vae.log_obs_scale.grad is not None and vae.log_obs_scale.grad.abs().sum() > 0
+    z = torch.zeros(5, 2)
+    params = vae.decoder(z)
+    scale = torch.exp(vae.log_obs_scale.detach())
+    if likelihood == "gaussian_learned":
+        expected = torch.distributions.Normal(params, scale).log_prob(x).sum((1, 2, 3))
+    else:
+        expected = (
+            DiscretizedLogistic(params, vae.log_obs_scale.detach().expand_as(params))
+            .log_prob(x)
+            .sum((1, 2, 3))
+        )
+    assert torch.allclose(vae.observation(z).log_prob(x), expected, rtol=1e-5)
+
+
+def test_a_learned_likelihood_without_its_scale_is_refused():
+    with pytest.raises(ValueError, match="needs its learned log_scale"):
+        observation_dist("discretized_logistic", torch.zeros(2, 1, 4, 4), 3)
