@@ -13,7 +13,6 @@ from torch.distributions import (
     Normal,
     constraints,
 )
-from torch.distributions.utils import broadcast_all
 
 # The names, those whose support is {0, 1} (they need binarized data) and those with a
 # learned scale: the schema's.
@@ -32,18 +31,13 @@ MIN_LOG_SCALE = -7.0  # as PixelCNN++: a scale of 9e-4, a quarter of a bin's wid
 _NO_SHAPE = torch.Size()
 
 
-def _log1mexp(t: Tensor) -> Tensor:
-    """log(1 − exp(t)) for t ≤ 0, accurate at both ends (Mächler 2012)."""
-    return torch.where(t > -math.log(2), torch.log(-torch.expm1(t)), torch.log1p(-torch.exp(t)))
-
-
 class DiscretizedLogistic(Distribution):
     """8-bit values x ∈ {0, 1/255, ..., 1}: the mass that a logistic of location `loc` and
     scale exp(`log_scale`) puts on each value's bin, [x − 1/510, x + 1/510], the end bins
     open to ±∞ so that the 256 masses sum to 1 (PixelCNN++, Salimans et al. 2017).
 
-    `log_prob` is the log of a difference of two sigmoids, computed on the side of the
-    logistic where they are not both near 1, so it stays accurate far in the tails.
+    `log_prob` is the log of a difference of two sigmoids, σ(a) − σ(b), written as the
+    product σ(a) σ(−b) (1 − e^(b−a)), whose logs stay accurate far in both tails.
     """
 
     arg_constraints = {"loc": constraints.real, "log_scale": constraints.real}  # noqa: RUF012
@@ -51,8 +45,11 @@ class DiscretizedLogistic(Distribution):
     has_rsample = False
 
     def __init__(self, loc: Tensor, log_scale: Tensor, validate_args: bool | None = None):
-        self.loc, self.log_scale = broadcast_all(loc, log_scale)
-        super().__init__(self.loc.shape, validate_args=validate_args)
+        # Not broadcast to one shape: the scale is one per sub-pixel, shared by the batch,
+        # and whatever depends on it alone is computed at its own size.
+        self.loc, self.log_scale = loc, torch.as_tensor(log_scale, dtype=loc.dtype)
+        shape = torch.broadcast_shapes(self.loc.shape, self.log_scale.shape)
+        super().__init__(shape, validate_args=validate_args)
 
     def _standardised(self, edge: Tensor) -> Tensor:
         return (edge - self.loc) * torch.exp(-self.log_scale.clamp(min=MIN_LOG_SCALE))
@@ -63,24 +60,24 @@ class DiscretizedLogistic(Distribution):
 
     def log_prob(self, value: Tensor) -> Tensor:
         half = 0.5 / _BINS
-        upper = self._standardised(value + half)  # a: the bin's upper edge, standardised
-        lower = self._standardised(value - half)  # b
-        # log(σ(a) − σ(b)): on the left, log σ(a) + log(1 − σ(b)/σ(a)); on the right, the
-        # same of the mirrored logistic, log σ(−b) + log(1 − σ(−a)/σ(−b)).
-        log_sig_a, log_sig_b = F.logsigmoid(upper), F.logsigmoid(lower)
-        log_sig_neg_a, log_sig_neg_b = F.logsigmoid(-upper), F.logsigmoid(-lower)
-        left = log_sig_a + _log1mexp(log_sig_b - log_sig_a)
-        right = log_sig_neg_b + _log1mexp(log_sig_neg_a - log_sig_neg_b)
-        inner = torch.where(upper + lower > 0, right, left)
-        # The end bins: P(X ≤ 1/510) = σ(a) at 0, P(X > 1 − 1/510) = σ(−b) at 1.
-        return torch.where(
-            value < half, log_sig_a, torch.where(value > 1 - half, log_sig_neg_b, inner)
-        )
+        inv_scale = torch.exp(-self.log_scale.clamp(min=MIN_LOG_SCALE))
+        centred = (value - self.loc) * inv_scale
+        step = half * inv_scale  # half a bin, standardised
+        # a and b, the bin's edges standardised; the end bins open: a = +∞ at 1, b = −∞ at 0.
+        top, bottom = value > 1 - half, value < half
+        upper = torch.where(top, math.inf, centred + step)
+        lower = torch.where(bottom, -math.inf, centred - step)
+        # σ(a) − σ(b) = σ(a) σ(−b) (1 − e^(b−a)): logs of three factors in (0, 1], none a
+        # difference of two numbers near 1, so it is accurate in both tails. At the ends
+        # the third factor is 1 and the mass σ(a) (at 0) or σ(−b) (at 1).
+        width = torch.log(-torch.expm1(-2 * step))  # at the scale's own size
+        width = torch.where(top | bottom, 0.0, width)
+        return F.logsigmoid(upper) + F.logsigmoid(-lower) + width
 
     @property
     def mean(self) -> Tensor:
         # E[X] = Σ_{k=1}^{255} P(X ≥ k/255) / 255 = Σ_k (1 − F((k − 1/2) / 255)) / 255.
-        total = torch.zeros_like(self.loc)
+        total = torch.zeros(self.batch_shape, dtype=self.loc.dtype, device=self.loc.device)
         for k in range(1, _BINS + 1):
             total = total + torch.sigmoid(-self._standardised(torch.tensor((k - 0.5) / _BINS)))
         return total / _BINS
@@ -88,7 +85,8 @@ class DiscretizedLogistic(Distribution):
     def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> Tensor:
         shape = self._extended_shape(sample_shape)
         with torch.no_grad():
-            u = torch.rand(shape, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+            u = u.clamp(1e-6, 1 - 1e-6)
             scale = torch.exp(self.log_scale.clamp(min=MIN_LOG_SCALE))
             y = self.loc + scale * (torch.log(u) - torch.log1p(-u))
             return torch.round(y * _BINS).clamp(0, _BINS) / _BINS
@@ -128,7 +126,7 @@ def observation_dist(
         scale = torch.exp(log_scale.float().clamp(min=MIN_LOG_SCALE))
         base = Normal(params, scale.expand_as(params), validate_args=False)
     elif name == "discretized_logistic":
-        base = DiscretizedLogistic(params, log_scale.float().expand_as(params), validate_args=False)
+        base = DiscretizedLogistic(params, log_scale.float(), validate_args=False)
     else:
         raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
     return Independent(base, event_dims, validate_args=False)
