@@ -3,11 +3,12 @@
 What the output means (logits, or a Gaussian mean) is decided in `vaelab.likelihoods`.
 """
 
+import itertools
 import math
 
 from torch import Tensor, nn
 
-from vaelab.models.encoders import ACTIVATIONS, dense_layers
+from vaelab.models.encoders import ACTIVATIONS, conv_stages, dense_layers
 
 
 class MLPDecoder(nn.Module):
@@ -32,7 +33,8 @@ class MLPDecoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """Mirror of `ConvEncoder`: dense layer, then two stride-2 transposed convolutions."""
+    """Mirror of `ConvEncoder`: dense layers, then as many stride-2 transposed convolutions
+    as it has convolutions."""
 
     def __init__(
         self,
@@ -43,17 +45,20 @@ class ConvDecoder(nn.Module):
     ):
         super().__init__()
         channels, height, width = image_shape
-        grid = (64, height // 4, width // 4)
+        stages = conv_stages(height, width)
+        grid = (64, height // 2**stages, width // 2**stages)
         act = ACTIVATIONS[activation]
+        widths = [*[64] * (stages - 1), 32, channels]
+        layers: list[nn.Module] = []
+        for c_in, c_out in itertools.pairwise(widths):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), act()]
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden_dim),
             act(),
             nn.Linear(hidden_dim, math.prod(grid)),
             act(),
             nn.Unflatten(-1, grid),
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
-            act(),
-            nn.ConvTranspose2d(32, channels, 4, stride=2, padding=1),
+            *layers[:-1],  # no activation after the last: it gives logits or locations
         )
 
     def forward(self, z: Tensor) -> Tensor:

@@ -78,8 +78,23 @@ class MLPEncoder(nn.Module):
         return (*self.head(h), h) if with_context else self.head(h)
 
 
+def conv_stages(height: int, width: int) -> int:
+    """How many stride-2 convolutions `model=conv` uses for images of this size: two (28 ->
+    14 -> 7, 32 -> 8), and one more each time that leaves a grid above 8 (64 -> 8 in three).
+    One-line ConfigError unless each stage can halve the sides exactly."""
+    stages = max(2, math.ceil(math.log2(max(height, width) / 8)))
+    if height % 2**stages or width % 2**stages:  # the decoder could not give the size back
+        raise ConfigError(
+            f"model=conv halves {height} x {width} images {stages} times, so it needs sides "
+            f"divisible by {2**stages}: set data.image_size to a multiple of {2**stages}, "
+            "or use model=mlp"
+        )
+    return stages
+
+
 class ConvEncoder(nn.Module):
-    """Two stride-2 convolutions (28 -> 14 -> 7, any side divisible by 4), then a dense layer."""
+    """Stride-2 convolutions of 4 x 4 (`conv_stages`: two for 28 and 32 pixels, three for
+    64), then a dense layer."""
 
     def __init__(
         self,
@@ -90,22 +105,17 @@ class ConvEncoder(nn.Module):
     ):
         super().__init__()
         channels, height, width = image_shape
-        if height % 4 or width % 4:  # the decoder could not give the images back their size
-            raise ConfigError(
-                f"model=conv halves the image side twice, so it needs sides divisible by 4, "
-                f"got {height} x {width}: set data.image_size to a multiple of 4, or use "
-                "model=mlp"
-            )
+        stages = conv_stages(height, width)
         act = ACTIVATIONS[activation]
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 32, 4, stride=2, padding=1),
-            act(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1),
-            act(),
-            nn.Flatten(),
-            nn.Linear(64 * (height // 4) * (width // 4), hidden_dim),
-            act(),
-        )
+        # 32 then 64 channels, as the two-stage network has always had (and its weights' names).
+        widths = [channels, 32, *[64] * (stages - 1)]
+        convs = [
+            layer
+            for c_in, c_out in itertools.pairwise(widths)
+            for layer in (nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), act())
+        ]
+        grid = 64 * (height // 2**stages) * (width // 2**stages)
+        self.body = nn.Sequential(*convs, nn.Flatten(), nn.Linear(grid, hidden_dim), act())
         self.head = GaussianHead(hidden_dim, latent_dim)
 
     def forward(self, x: Tensor, with_context: bool = False) -> tuple[Tensor, ...]:
