@@ -11,6 +11,7 @@ unchanged one is not decoded again.
 """
 
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ from torch import Tensor
 from torchvision.transforms.v2 import functional as F
 
 from vaelab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -58,20 +61,23 @@ def classes_of(path: Path, files: list[Path]) -> tuple[list[str], Tensor | None]
     return names, torch.tensor([index[p[0]] for p in parts], dtype=torch.int64)
 
 
-def _cache_name(path: Path, files: list[Path], image_size: int) -> str:
+def content_key(path: Path, files: list[Path], image_size: int) -> str:
+    """A short hash of the size and the files' paths (under `path`), sizes and times: the
+    cache's name, which changes when a file is added, changed or removed."""
     digest = hashlib.sha256(f"{image_size}\n".encode())
     for f in files:
         stat = f.stat()
         digest.update(f"{f.relative_to(path)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return f"folder-{digest.hexdigest()[:16]}.pt"
+    return digest.hexdigest()[:16]
 
 
 # Pillow's modes without colour; every other mode (RGB, RGBA, P, CMYK, ...) is read as RGB.
 _GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "F")
 
 
-def _decode(file: Path, image_size: int) -> Tensor:
-    """The file's image (1 or 3, S, S) uint8, grey or RGB as stored, resized and cropped."""
+def _decode(file: Path, image_size: int, crop: int | None = None) -> Tensor:
+    """The file's image (1 or 3, S, S) uint8, grey or RGB as stored: its centre `crop`
+    pixels square first if given, then resized (shorter side) and centre-cropped to S."""
     try:
         with Image.open(file) as image:
             image = image.convert("L" if image.mode in _GREY_MODES else "RGB")
@@ -80,8 +86,40 @@ def _decode(file: Path, image_size: int) -> Tensor:
         raise DataError(
             f"{file} is not a readable image ({reason}): remove it from data.path, or replace it"
         ) from None
-    pixels = F.resize(F.pil_to_tensor(image), image_size, antialias=True)  # the shorter side
+    pixels = F.pil_to_tensor(image)
+    if crop is not None:
+        pixels = F.center_crop(pixels, [crop, crop])
+    pixels = F.resize(pixels, image_size, antialias=True)  # the shorter side
     return F.center_crop(pixels, [image_size, image_size])
+
+
+def decode_cached(
+    files: list[Path], root: Path, image_size: int, cache: Path, crop: int | None = None
+) -> tuple[Tensor, bool]:
+    """(images (N, C, S, S) uint8 of `files`, read from `cache`): from the cache when it is
+    there, else decoded and cached (written to a temporary name, then renamed). Grey unless
+    an image has colour. The bool: whether it came from the cache."""
+    if cache.is_file():
+        try:
+            return torch.load(cache, weights_only=True)["images"], True
+        except Exception as err:  # torch.load raises many kinds for a damaged file
+            raise DataError(
+                f"{cache} is not a readable image cache ({type(err).__name__}): delete it, and "
+                "the next run decodes the images again"
+            ) from None
+    log.info("Decoding %d images of %s once, into %s", len(files), root, cache)
+    decoded = [_decode(f, image_size, crop) for f in files]
+    channels = 3 if any(len(image) == 3 for image in decoded) else 1  # grey unless colour
+    images = torch.stack([image.expand(channels, -1, -1) for image in decoded])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".images-", suffix=".partial")
+    os.close(fd)
+    try:
+        torch.save({"images": images, "files": [str(f) for f in files]}, tmp)
+        Path(tmp).replace(cache)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return images, False
 
 
 def load_folder(
@@ -90,24 +128,6 @@ def load_folder(
     """(images (N, C, S, S) uint8, labels (N,) or None, class names, source) of the folder."""
     files = image_files(path)
     names, labels = classes_of(path, files)
-    cache = cache_dir / "Folder" / _cache_name(path, files, image_size)
-    if cache.is_file():
-        try:
-            return torch.load(cache, weights_only=True)["images"], labels, names, f"cache:{cache}"
-        except Exception as err:  # torch.load raises many kinds for a damaged file
-            raise DataError(
-                f"{cache} is not a readable image cache ({type(err).__name__}): delete it, and "
-                "the next run decodes the folder again"
-            ) from None
-    decoded = [_decode(f, image_size) for f in files]
-    channels = 3 if any(len(image) == 3 for image in decoded) else 1  # grey unless colour
-    images = torch.stack([image.expand(channels, -1, -1) for image in decoded])
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".folder-", suffix=".partial")
-    os.close(fd)
-    try:
-        torch.save({"images": images, "files": [str(f) for f in files]}, tmp)
-        Path(tmp).replace(cache)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return images, labels, names, f"folder:{path}"
+    cache = cache_dir / "Folder" / f"folder-{content_key(path, files, image_size)}.pt"
+    images, cached = decode_cached(files, path, image_size, cache)
+    return images, labels, names, f"cache:{cache}" if cached else f"folder:{path}"

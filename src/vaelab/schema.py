@@ -46,7 +46,7 @@ LIKELIHOODS = (
 BINARY_LIKELIHOODS = ("bernoulli",)
 # A scale per sub-pixel learned with the networks, starting at obs_scale.
 LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
-DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10")
+DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10", "celeba")
 BINARIZATIONS = ("dynamic", "static", "none")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
@@ -169,8 +169,8 @@ class DataConfig:
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
-    # data=shapes and folder: pixels a side; shapes: how many values each factor takes;
-    # folder: the folder of images (null elsewhere).
+    # data=shapes, folder and celeba: pixels a side; shapes: how many values each factor
+    # takes; folder: the folder of images (null elsewhere).
     image_size: int | None = knob(or_null(integer(8)), default=None)
     path: str | None = None
     grid: dict[str, Any] | None = knob(default=None, nodes={"args": ShapesGridArgs})
