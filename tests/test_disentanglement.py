@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab.disentanglement import dci, factor_vae_score, mig, sap
+from vaelab.disentanglement import captured_factors, dci, factor_vae_score, mig, sap
 from vaelab.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,6 +189,18 @@ def test_a_factor_seen_with_one_value_in_training_has_no_sap_gap():
     codes = REPRESENTATIONS["factors"]
     assert sap(codes, FACTORS, num_train=1, num_test=100) == 0.0
     assert sap(codes, FACTORS, num_train=20, num_test=100) > 0.1  # 20 rows see 2 values or more
+
+
+def test_each_code_is_matched_with_the_factor_it_holds():
+    codes = REPRESENTATIONS["factors"][:, PERMUTATION]  # code d holds factor PERMUTATION[d]
+    captured, share = captured_factors(codes, FACTORS)
+    assert captured.tolist() == PERMUTATION and (share > 0.95).all()
+    # A factor of one value holds no information: no code captures it, and it is no error.
+    constant = np.column_stack([FACTORS, np.zeros(len(FACTORS), np.int64)])
+    captured, share = captured_factors(np.column_stack([codes, np.ones(len(codes))]), constant)
+    assert captured[:4].tolist() == PERMUTATION and share[4] == 0.0
+    _, noise_share = captured_factors(REPRESENTATIONS["noise"], FACTORS)
+    assert (noise_share < 0.1).all()
 
 
 def test_the_seed_fixes_the_draws():

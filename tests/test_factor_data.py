@@ -142,7 +142,8 @@ def test_a_run_on_shapes_reads_its_image_size_from_the_data_and_logs_disentangle
     )
     ckpt = torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=False)
     assert list(ckpt["hyper_parameters"]["image_shape"]) == [1, 32, 32]
-    assert (run_dir / "pictures" / "test" / "latent_scatter.png").is_file()
+    for picture in ("latent_scatter", "traversals_by_factor"):
+        assert (run_dir / "pictures" / "test" / f"{picture}.png").is_file()
 
     # eval.py recomputes them from the checkpoint, with the run's data and knobs.
     from test_eval_task import compose_config

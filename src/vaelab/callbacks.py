@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
+    "traversals_by_factor",
 )  # fmt: skip
 # Posterior means for the scatter are computed in chunks of this many images: the conv
 # encoder holds about 75 MB for 1,024, which set the test stage's peak memory.
@@ -165,7 +166,13 @@ class VAEPictures(L.Callback):
 
     @torch.no_grad()
     def make_pictures(
-        self, vae: VAE, x: Tensor, y: Tensor | None, title: str = "", label: str = "label"
+        self,
+        vae: VAE,
+        x: Tensor,
+        y: Tensor | None,
+        title: str = "",
+        label: str = "label",
+        factors: tuple[Tensor, tuple[str, ...]] | None = None,
     ) -> dict[str, Tensor | Figure]:
         """Every picture of `vae` from test images, as grids (3, H, W) or Figures.
 
@@ -176,9 +183,12 @@ class VAEPictures(L.Callback):
             y: (N,) their labels, colouring the scatter (None: one colour).
             title: title of the scatter.
             label: what y is, the scatter's legend title.
+            factors: the images' ground-truth factors (N, K) and their names, for data
+                that has them: adds `traversals_by_factor`.
 
         Returns:
-            {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2.
+            {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2
+            and "traversals_by_factor" without `factors`.
         """
         x = x[: self.n_test_images]
         chunks = x.split(_ENCODE_CHUNK)
@@ -214,7 +224,27 @@ class VAEPictures(L.Callback):
         pictures["latent_scatter"] = plots.latent_scatter(
             loc[: self.n_scatter], None if y is None else y[: self.n_scatter], title, label
         )
+        if factors is not None:
+            pictures["traversals_by_factor"] = self._traversals_by_factor(vae, loc, *factors)
         return pictures
+
+    def _traversals_by_factor(
+        self, vae: VAE, loc: Tensor, factors: Tensor, names: tuple[str, ...]
+    ) -> Figure:
+        """The traversals of the `n_traversal_dims` dims that capture the most of a factor
+        (MIG's normalised mutual information, on these images' posterior means), grouped
+        by the factor each captures, each row labelled with it."""
+        from vaelab.disentanglement import captured_factors  # sklearn: only for this
+
+        captured, share = captured_factors(loc, factors[: len(loc)])
+        dims = sorted(range(len(share)), key=lambda d: -share[d])[: self.n_traversal_dims]
+        dims.sort(key=lambda d: (captured[d], -share[d]))
+        values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_values)
+        z = plots.traversal_latents(loc[0], dims, values)
+        grid = plots.image_grid(vae.decode(z), self.traversal_values)
+        labels = [f"z{d + 1}: {names[captured[d]]} ({share[d]:.2f})" for d in dims]
+        span = f"{-self.traversal_range:g} to {self.traversal_range:g}"
+        return plots.labelled_rows(grid, labels, f"each row: one latent from {span}")
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> list[Path]:
         """Draw, save under `<default_root_dir>/pictures/`, log to W&B; returns the PNG paths."""
@@ -234,12 +264,13 @@ class VAEPictures(L.Callback):
             title = f"posterior means of {min(self.n_scatter, len(x))} test images"
             if stage != "test":  # under test the weights may be an earlier checkpoint's
                 title = f"epoch {trainer.current_epoch}: {title}"
-            label = "label"
+            label, factors = "label", None
             if y.ndim == 2:  # ground-truth factors: the scatter is coloured by the first
+                factors = (y, datamodule.factor_names)
                 y, label = y[:, 0], datamodule.factor_names[0]
             if not getattr(datamodule, "labelled", True):
                 y = None  # a folder without classes: one colour
-            pictures = self.make_pictures(pl_module.vae, x, y, title, label)
+            pictures = self.make_pictures(pl_module.vae, x, y, title, label, factors)
         finally:
             pl_module.train(was_training)
 

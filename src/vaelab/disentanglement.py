@@ -40,11 +40,34 @@ def mig(
     num_samples, num_bins = _positive("num_samples", num_samples), _positive("num_bins", num_bins)
     rows = np.random.default_rng(seed).permutation(len(codes))[:num_samples]
     codes, factors = codes[rows], _varying(factors[rows], "mig")
-    binned = [np.digitize(code, np.histogram_bin_edges(code, num_bins)[:-1]) for code in codes.T]
-    info = np.array([[mutual_info_score(factor, code) for factor in factors.T] for code in binned])
+    info = _information(codes, factors, num_bins)
     best = np.sort(info, axis=0)[::-1]  # (D, K) nats, each factor's column from the best code
     entropies = np.array([entropy(np.bincount(factor)) for factor in factors.T])
     return _unit(np.mean((best[0] - best[1]) / entropies))
+
+
+def _information(codes: np.ndarray, factors: np.ndarray, num_bins: int) -> np.ndarray:
+    """(D, K) mutual information in nats of each code, in `num_bins` equal-width bins over
+    its range, with each factor."""
+    binned = [np.digitize(code, np.histogram_bin_edges(code, num_bins)[:-1]) for code in codes.T]
+    return np.array([[mutual_info_score(factor, code) for factor in factors.T] for code in binned])
+
+
+def captured_factors(
+    codes: Array, factors: Array, *, num_bins: int = 20
+) -> tuple[np.ndarray, np.ndarray]:
+    """What each code dimension captures: for each of the D codes, the factor it shares
+    the most information with and that information over the factor's entropy (MIG's
+    normalised mutual information, in [0, 1]); factors that take one value count 0.
+
+    Returns:
+        (D,) factor indices and (D,) shares.
+    """
+    codes, factors = _arrays(codes, factors, "captured_factors", varying=False)
+    entropies = np.array([entropy(np.bincount(factor)) for factor in factors.T])
+    info = _information(codes, factors, _positive("num_bins", num_bins))
+    share = np.divide(info, entropies, out=np.zeros_like(info), where=entropies > 0)
+    return share.argmax(axis=1), share.max(axis=1)
 
 
 def dci(
@@ -196,7 +219,7 @@ def factor_vae_score(
 
 
 def _arrays(
-    codes: Array, factors: Array, metric: str, min_dims: int = 1
+    codes: Array, factors: Array, metric: str, min_dims: int = 1, varying: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes as (N, D) float64 and factors as (N, K) int64 recoded to 0..n_k − 1, checked."""
     codes, factors = (
@@ -228,7 +251,8 @@ def _arrays(
     if not np.isfinite(codes).all():
         raise InputError(f"{metric}: codes hold NaN or infinite values")
     classes = np.stack([np.unique(factor, return_inverse=True)[1] for factor in factors.T], 1)
-    return codes.astype(np.float64), _varying(classes.astype(np.int64), metric)
+    classes = classes.astype(np.int64)
+    return codes.astype(np.float64), _varying(classes, metric) if varying else classes
 
 
 def _varying(factors: np.ndarray, metric: str) -> np.ndarray:

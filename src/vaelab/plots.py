@@ -300,6 +300,22 @@ def learning_curves(
     return fig
 
 
+def labelled_rows(grid: Tensor, labels: Sequence[str], title: str = "") -> Figure:
+    """A (3, H, W) grid of `len(labels)` rows as a Figure, each row labelled on its left."""
+    rows = len(labels)
+    height, width = grid.shape[1:]
+    side = 6 / max(height, width)  # inches per pixel: the longer side 6 inches
+    fig = Figure(figsize=(1.8 + width * side, 0.5 + height * side), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    row = (height - PADDING) / rows
+    ax.set_yticks([PADDING / 2 + row * (i + 0.5) for i in range(rows)], labels)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize="medium")
+    return fig
+
+
 def save_png(image: Tensor | Figure, path: str | Path) -> Path:
     """Write a (3, H, W) grid or a Figure (at 120 dpi) to `path`, creating parent dirs."""
     path = Path(path)
