@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
@@ -110,7 +110,8 @@ class VAEPictures(L.Callback):
 
     Writes `<default_root_dir>/pictures/{epoch_NNN,test}/<name>.png` for each name in
     `PICTURES` (`manifold` only when latent_dim == 2) and logs the same files to every
-    `WandbLogger` as `{val,test}/pictures/<name>`. Only global rank 0 draws.
+    `WandbLogger` and `TensorBoardLogger` as `{val,test}/pictures/<name>`. Only global
+    rank 0 draws.
 
     Args:
         every_n_epochs: draw after the validation of every n-th epoch, and of the last one.
@@ -281,12 +282,16 @@ class VAEPictures(L.Callback):
                 picture = picture.repeat_interleave(self.png_scale, 2)
             path = plots.save_png(picture, out_dir / f"{name}.png")
             paths.append(path)
+            key, step = f"{stage}/pictures/{name}", trainer.global_step
             for logger in trainer.loggers:
                 if isinstance(logger, WandbLogger):
                     # A file path: W&B copies the PNG itself into the run's media.
-                    logger.log_image(
-                        key=f"{stage}/pictures/{name}", images=[str(path)], step=trainer.global_step
-                    )
+                    logger.log_image(key=key, images=[str(path)], step=step)
+                elif isinstance(logger, TensorBoardLogger):  # its Images tab
+                    if isinstance(picture, Figure):
+                        logger.experiment.add_figure(key, picture, step, close=False)
+                    else:
+                        logger.experiment.add_image(key, picture, step)
         return paths
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

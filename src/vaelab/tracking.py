@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
@@ -122,6 +122,20 @@ def record(run: Run, loggers: list[Logger]) -> None:
     wandb_run = describe(loggers)
     if wandb_run:
         run.record_wandb(**wandb_run)
+
+
+def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """The run's hyperparameters with its final val and test figures, once, for the
+    dashboards that compare runs by them: TensorBoard's HParams tab (global rank 0)."""
+    final = {
+        key: value
+        for key, value in metrics.items()
+        if isinstance(value, float) and key.startswith(("val/", "test/")) and "_dim/" not in key
+    }
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True), final)
+            logger.experiment.flush()
 
 
 def finish(loggers: list[Logger]) -> None:

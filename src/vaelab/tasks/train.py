@@ -247,7 +247,9 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
             _record_precision(cfg, trainer.precision, run)
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        return _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
+        metrics = _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
+        tracking.log_final(loggers, cfg, metrics)
+        return metrics
     except SIGTERMException:
         raise _interrupted(preemption, trainer, run) from None
     except MisconfigurationException as e:  # Lightning's word for a user error
