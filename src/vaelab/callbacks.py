@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
@@ -110,8 +110,9 @@ class VAEPictures(L.Callback):
 
     Writes `<default_root_dir>/pictures/{epoch_NNN,test}/<name>.png` for each name in
     `PICTURES` (`manifold` only when latent_dim == 2) and logs the same files to every
-    `WandbLogger` and `TensorBoardLogger` as `{val,test}/pictures/<name>`. Only global
-    rank 0 draws.
+    `WandbLogger` and `TensorBoardLogger` as `{val,test}/pictures/<name>`, and to every
+    `MLFlowLogger` as the run's artifacts `pictures/{epoch_NNN,test}/<name>.png`. Only
+    global rank 0 draws.
 
     Args:
         every_n_epochs: draw after the validation of every n-th epoch, and of the last one.
@@ -292,6 +293,8 @@ class VAEPictures(L.Callback):
                         logger.experiment.add_figure(key, picture, step, close=False)
                     else:
                         logger.experiment.add_image(key, picture, step)
+                elif isinstance(logger, MLFlowLogger):  # the run's artifacts, as the files
+                    logger.experiment.log_artifact(logger.run_id, str(path), f"pictures/{folder}")
         return paths
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

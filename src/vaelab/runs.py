@@ -63,7 +63,7 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """Hold `path`'s lock file (flock) for a read-modify-write of `path`: two commands on
     one run directory (two `eval.py`, training and an `eval.py`) never drop each other's
     update. The kernel releases the lock of a killed process."""
@@ -75,7 +75,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     _write_atomically(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -314,7 +314,7 @@ class Run:
 
     def finish(self, metrics: dict[str, Any]) -> None:
         """Write metrics.json (metrics, and which checkpoint they come from) and `finished`."""
-        _write_json(self.path / METRICS, {k: _finite_or_none(v) for k, v in metrics.items()})
+        write_json(self.path / METRICS, {k: _finite_or_none(v) for k, v in metrics.items()})
         self._set_status(status="finished", ended_at=_now())
 
     def fail(self, error: str, status: str = "failed") -> None:
@@ -339,19 +339,19 @@ class Run:
         key = (record["ckpt_path"], record["n_importance"])
         record = {k: _finite_or_none(v) for k, v in record.items()}
         path = self.path / EVAL_METRICS
-        with _locked(path):
+        with locked(path):
             kept = [
                 e for e in self.evaluations() if (e.get("ckpt_path"), e.get("n_importance")) != key
             ]
-            _write_json(path, {"evaluations": [*kept, record]})
+            write_json(path, {"evaluations": [*kept, record]})
         return path
 
     def _set_status(self, **fields: Any) -> None:
-        with _locked(self.path / STATUS):
+        with locked(self.path / STATUS):
             status = self.status()
             status.update(fields)
             status["updated_at"] = _now()
-            _write_json(self.path / STATUS, status)
+            write_json(self.path / STATUS, status)
 
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:

@@ -1,15 +1,16 @@
 """Every W&B call: loggers, the offline policy, run names and groups, sweeps, finishing."""
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
-from vaelab.runs import HISTORY, Run
+from vaelab.runs import HISTORY, Run, locked, write_json
 from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,57 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             overrides["settings"] = wandb.Settings(
                 quiet=True, x_transaction_log_flush_interval=FLUSH_SECONDS
             )
+        elif _is_mlflow(logger_cfg):
+            overrides = _mlflow_run(cfg, logger_cfg)
         loggers.append(instantiate(logger_cfg, **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             # Dashboards compare runs by their best validation bound, not the last one.
             logger.experiment.define_metric(cfg.get("monitor") or MONITORS[0], summary="max")
     return loggers
+
+
+MLFLOW_RUN = "mlflow.json"  # in the run directory: its MLflow run, which a resume continues
+_MLFLOW_PARENT = "mlflow_parent.json"  # in a sweep's directory: the sweep's parent run
+
+
+def _is_mlflow(logger_cfg: DictConfig) -> bool:
+    return "MLFlowLogger" in str(logger_cfg.get("_target_", ""))
+
+
+def _mlflow_run(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
+    """The MLFlowLogger's run: the one this run directory recorded, when resumed; else a new
+    run, tagged as the child of its sweep's parent run when it is a multirun's job (the
+    parent made by the sweep's first job, under a lock, and named after the sweep)."""
+    run_dir = Path(cfg.paths.output_dir)
+    recorded = run_dir / MLFLOW_RUN
+    if cfg.get("resume") and recorded.is_file():
+        return {"run_id": json.loads(recorded.read_text())["run_id"]}
+    sweep = run_dir.parent
+    if not (sweep / "multirun.yaml").is_file():  # Hydra writes it in a multirun's folder
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    parent_file = sweep / _MLFLOW_PARENT
+    with locked(parent_file):
+        if parent_file.is_file():
+            parent = json.loads(parent_file.read_text())["run_id"]
+        else:
+            client = MlflowClient(tracking_uri=logger_cfg.get("tracking_uri"))
+            name = logger_cfg.experiment_name
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else client.create_experiment(name, logger_cfg.get("artifact_location"))
+            )
+            made = client.create_run(experiment_id, run_name=cfg.get("group") or sweep.name)
+            parent = made.info.run_id
+            client.set_tag(parent, "vaelab.sweep_dir", str(sweep))
+            client.set_terminated(parent)  # a container of the jobs: nothing runs in it
+            write_json(parent_file, {"run_id": parent})
+    tags = dict(logger_cfg.get("tags") or {})
+    return {"tags": {**tags, "mlflow.parentRunId": parent}}
 
 
 def describe(loggers: list[Logger]) -> dict[str, Any] | None:
@@ -118,10 +164,22 @@ def describe(loggers: list[Logger]) -> dict[str, Any] | None:
 
 
 def record(run: Run, loggers: list[Logger]) -> None:
-    """Write the W&B run's id, mode and url into the run directory (global rank 0)."""
+    """Write the W&B run's id, mode and url, and the MLflow run's id, into the run
+    directory (global rank 0)."""
     wandb_run = describe(loggers)
     if wandb_run:
         run.record_wandb(**wandb_run)
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            recorded = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
+            write_json(run.path / MLFLOW_RUN, recorded)
+
+
+def hyperparameter_loggers(loggers: list[Logger], resumed: bool) -> list[Logger]:
+    """The loggers to give the run's config at its start: all, but for a resumed run not
+    MLflow's, whose params were logged at the first start and which refuses a changed value
+    (a resume's max_epochs); config.yaml records what the resume changed."""
+    return [log for log in loggers if not (resumed and isinstance(log, MLFlowLogger))]
 
 
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:

@@ -245,7 +245,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
             tracking.record(run, loggers)
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
             _record_precision(cfg, trainer.precision, run)
-        for logger in loggers:
+        for logger in tracking.hyperparameter_loggers(loggers, resumed=bool(cfg.get("resume"))):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         metrics = _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
         tracking.log_final(loggers, cfg, metrics)

@@ -1,0 +1,130 @@
+"""logger=mlflow for real: a 2-job sweep in a local SQLite store, read back with MLflow's
+own client, resumed into the same run, and an `mlflow server` on 127.0.0.1 asked over HTTP."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    """One multirun of two jobs (latent_dim=2,3) logged to MLflow: the outputs folder."""
+    from conftest import _offline_env, _train_command
+
+    tmp_path = tmp_path_factory.mktemp("mlflow")
+    command = _train_command(tmp_path, ("-m", *TINY, "logger=mlflow", "latent_dim=2,3"))
+    proc = subprocess.run(
+        command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return tmp_path / "outputs"
+
+
+def _runs(outputs: Path):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{outputs / 'mlflow.db'}")
+    return mlflow.search_runs(experiment_names=["vaelab"], order_by=["params.latent_dim"])
+
+
+@pytest.mark.slow
+def test_a_sweep_is_a_parent_run_with_a_child_per_job_holding_params_metrics_pictures(sweep):
+    from mlflow.tracking import MlflowClient
+
+    runs = _runs(sweep)
+    (sweep_dir,) = (sweep / "multiruns").iterdir()
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 2
+    assert parents["tags.mlflow.runName"].item() == sweep_dir.name
+    assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].item()}
+    assert children["params.latent_dim"].tolist() == ["2", "3"]
+    assert set(children["params.model/arch"]) == {"mlp"}
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    for job, run_id in zip(("0", "1"), children["run_id"], strict=True):
+        run_dir = sweep_dir / job
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        logged = client.get_run(run_id).data.metrics
+        assert logged["test/nll_iwae"] == pytest.approx(metrics["test/nll_iwae"], rel=1e-6)
+        assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run_id
+        # The epoch's validation, then the best checkpoint's after fit.
+        assert len(client.get_metric_history(run_id, "val/elbo")) == 2
+        pictures = {a.path for a in client.list_artifacts(run_id, "pictures/test")}
+        assert {"pictures/test/samples.png", "pictures/test/latent_scatter.png"} <= pictures
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_on_into_its_mlflow_run(sweep):
+    (sweep_dir,) = (sweep / "multiruns").iterdir()
+    run_dir = sweep_dir / "0"
+    run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    from conftest import _offline_env, _train_command
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    before = client.get_metric_history(run_id, "val/elbo")
+    command = _train_command(sweep.parent, (f"resume={run_dir}", "max_epochs=2"))
+    proc = subprocess.run(
+        command, cwd=sweep.parent, env=_offline_env(), capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert len(_runs(sweep)) == 3  # no new run
+    after = client.get_metric_history(run_id, "val/elbo")
+    # The second epoch's validation and the final one, logged on into the same run.
+    assert len(after) == len(before) + 2
+    assert max(m.step for m in after) > max(m.step for m in before)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_an_mlflow_server_on_the_store_returns_the_sweeps_runs(sweep):
+    port = _free_port()
+    mlflow = Path(sys.executable).parent / "mlflow"
+    store = f"sqlite:///{sweep / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [
+            *(str(mlflow), "server", "--backend-store-uri", store, "--host", "127.0.0.1"),
+            *("--port", str(port), "--workers", "1"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+    try:
+        deadline, found = time.monotonic() + 180, None
+        while time.monotonic() < deadline and found is None:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                with urllib.request.urlopen(
+                    f"{url}/experiments/get-by-name?experiment_name=vaelab", timeout=5
+                ) as r:
+                    experiment = json.loads(r.read())["experiment"]["experiment_id"]
+                request = urllib.request.Request(
+                    f"{url}/runs/search",
+                    data=json.dumps({"experiment_ids": [experiment]}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(request, timeout=5) as r:
+                    found = json.loads(r.read())["runs"]
+            except OSError:
+                time.sleep(0.5)
+        assert found is not None and len(found) == 3
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # its workers too
+        server.wait(timeout=30)
