@@ -464,7 +464,17 @@ def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp
         "test_nll_iwae_vs_latent_dim.png",
         "test_nll_iwae_vs_beta.png",
         "curves_val_elbo.png",
+        "pictures_samples.png",
+        "pictures_reconstructions.png",
     }
+    # One panel per run, each titled by what differs, in the table's order.
+    from vaelab.runs import find_runs
+
+    runs = compare.run([sweep], out_dir=tmp_path / "again")
+    fig = compare.pictures_figure(runs.rows, runs.keys, runs.seed_keys, "samples")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == len(find_runs([sweep])) == 8
+    assert titles[:2] == ["latent_dim=2, beta=1.0, seed=0", "latent_dim=2, beta=1.0, seed=1"]
 
 
 def test_the_table_names_a_model_part_by_its_class_and_the_csv_keeps_its_target(tmp_path):

@@ -322,3 +322,19 @@ def test_a_run_with_one_latent_dimension_draws_a_strip_per_label(train_cli):
     plot = rgb[:, : rgb.shape[1] * 3 // 4]
     coloured_rows = ((plot.max(-1) - plot.min(-1)) > 60).any(1)
     assert coloured_rows.sum() > rgb.shape[0] / 4
+
+
+def test_a_picture_grid_shows_each_file_in_its_own_titled_panel_and_caps_them(tmp_path):
+    from torchvision.utils import save_image
+
+    paths = {}
+    for i in range(plots.MAX_PICTURES + 2):
+        paths[f"run {i}"] = tmp_path / f"{i}.png"
+        save_image(torch.full((3, 8, 8), i / 30), paths[f"run {i}"])
+    fig = plots.picture_grid(dict(list(paths.items())[:5]), "test samples")
+    assert [ax.get_title() for ax in fig.axes] == [f"run {i}" for i in range(5)]
+    pixels = fig.axes[3].get_images()[0].get_array()
+    assert pixels.shape == (8, 8, 3) and abs(float(pixels[0, 0, 0]) - 3 / 30) < 1 / 255 + 1e-6
+    capped = plots.picture_grid(paths, "test samples")
+    assert len(capped.axes) == plots.MAX_PICTURES
+    assert capped._suptitle.get_text() == f"test samples (the first {plots.MAX_PICTURES}; 2 more)"

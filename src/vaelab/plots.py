@@ -7,6 +7,7 @@ are float (N, C, H, W) in [0, 1]; grids are (3, H', W') as returned by
 """
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -313,6 +314,27 @@ def labelled_rows(grid: Tensor, labels: Sequence[str], title: str = "") -> Figur
     ax.set_xticks([])
     ax.tick_params(length=0)
     ax.set_title(title, fontsize="medium")
+    return fig
+
+
+MAX_PICTURES = 24  # pictures in one figure of `picture_grid`; more are left out, and it says so
+
+
+def picture_grid(pictures: dict[str, Path], title: str = "") -> Figure:
+    """PNG files side by side, in a near-square grid of panels, each titled by its key."""
+    from matplotlib.image import imread
+
+    items = list(pictures.items())[:MAX_PICTURES]
+    columns = math.ceil(math.sqrt(len(items)))
+    rows = math.ceil(len(items) / columns)
+    fig = Figure(figsize=(3.2 * columns, 3.5 * rows), layout="constrained")
+    for i, (label, path) in enumerate(items):
+        ax = fig.add_subplot(rows, columns, i + 1)
+        ax.imshow(imread(path), interpolation="nearest")
+        ax.set_title(label, fontsize="small", wrap=True)
+        ax.set_axis_off()
+    left_out = len(pictures) - len(items)
+    fig.suptitle(f"{title} (the first {len(items)}; {left_out} more)" if left_out else title)
     return fig
 
 

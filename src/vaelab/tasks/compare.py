@@ -589,6 +589,31 @@ def curves_figure(
     return plots.learning_curves(curves, metric=metric, groups=groups, group_kind=kind)
 
 
+# The test pictures `vaelab compare` puts side by side, one figure each.
+COMPARED_PICTURES = ("samples", "reconstructions")
+
+
+def pictures_figure(
+    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], name: str
+) -> Figure | None:
+    """The test picture `name` of every run that drew one, side by side, each titled by its
+    differing config values (None without any)."""
+    digits = _column_digits(rows, keys)
+    shown: dict[str, Path] = {}
+    for row in rows:
+        for run, seed in zip(row.runs, row.seeds or [()] * len(row.runs), strict=True):
+            path = run.pictures_dir / "test" / f"{name}.png"
+            if not path.is_file():
+                continue
+            seeds = seed if len(seed_keys) > 1 else (seed,) * len(seed_keys)
+            config = {**row.config, **dict(zip(seed_keys, seeds, strict=True))}
+            label = _label(config, [*keys, *seed_keys], digits) or run.name
+            if label in shown:
+                label = f"{label} [{_shown_path(run.path)}]"
+            shown[label] = path
+    return plots.picture_grid(shown, f"test {name}") if shown else None
+
+
 def _slug(name: str) -> str:
     return name.replace("/", "_")
 
@@ -651,6 +676,10 @@ def run(
         fig = curves_figure(rows, keys, seed_keys, curve_metric)
         if fig is not None:
             plot_paths.append(plots.save_png(fig, out / f"curves_{_slug(curve_metric)}.png"))
+    for name in COMPARED_PICTURES:
+        fig = pictures_figure(rows, keys, seed_keys, name)
+        if fig is not None:
+            plot_paths.append(plots.save_png(fig, out / f"pictures_{name}.png"))
     return Comparison(
         rows=rows,
         keys=keys,
