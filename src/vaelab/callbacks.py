@@ -6,12 +6,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
+from torchmetrics import Metric
 
 from vaelab import plots
 from vaelab.estimators import kl_per_dim
@@ -309,3 +310,27 @@ class VAEPictures(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             self.draw(trainer, pl_module, "test")
+
+
+class VAESummary(ModelSummary):
+    """Lightning's model summary of the networks: without the rows of the LitVAE's metrics
+    (running means, active units, estimators), which hold no parameters and are not the
+    model. The totals are the module's, as before."""
+
+    def _summary(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        summary = super()._summary(trainer, pl_module)
+        rows = summary._layer_summary.items()
+        summary._layer_summary = {k: v for k, v in rows if not _metrics_only(v._module)}
+        return summary
+
+
+def _metrics_only(module: torch.nn.Module) -> bool:
+    """A torchmetrics Metric, or a container of nothing else."""
+    if isinstance(module, Metric):
+        return True
+    children = list(module.children())
+    return (
+        bool(children)
+        and not any(p for p in module.parameters(recurse=False))
+        and all(_metrics_only(child) for child in children)
+    )

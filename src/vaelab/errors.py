@@ -51,6 +51,16 @@ def one_line(error: BaseException) -> str:
 
 
 def exit_with(message: str, exit_code: int = EXIT_USER_ERROR) -> None:
-    """Print `vaelab: error: <message>` and exit: the form of every user error."""
+    """Print `vaelab: error: <message>` and exit: the form of every user error, on a line of
+    its own (a progress bar that the error stopped is closed first)."""
+    _close_progress_bars()
+    sys.stdout.flush()  # what the console holds of stdout (a bar's end) goes out first
     print(f"vaelab: error: {message}", file=sys.stderr)
     sys.exit(exit_code)
+
+
+def _close_progress_bars() -> None:
+    """Close the tqdm bars still open, so that the cursor is at the start of a line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()

@@ -12,6 +12,7 @@ into one line.
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,18 +46,50 @@ def _share_cores(launcher: DictConfig) -> None:
     log.info("%d parallel jobs on %d cores: %d torch threads per job", n_jobs, cores, threads)
 
 
-class _NoAdverts(logging.Filter):
-    """Drops Lightning's tips that advertise its cloud products."""
+# Lightning's lines that a user cannot act on: its tips advertising its cloud products, the
+# model summary callback it need not add (vaelab's config has one), the devices it does not
+# use, torch.load's default it takes, the checkpoint it restores for validate and test (vaelab
+# says once which one it tests), and a deprecation inside Lightning itself.
+_UNACTIONABLE = (
+    "💡 Tip",
+    "Trainer already configured with model summary callbacks",
+    "TPU available:",
+    "HPU available:",
+    "`weights_only` was not set",
+    "Restoring states from the checkpoint path",
+    "Loaded model weights from the checkpoint",
+    "isinstance(treespec, LeafSpec)",
+)
+
+
+class _Unactionable(logging.Filter):
+    """Drops the third-party lines of `_UNACTIONABLE`."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in record.getMessage()
+        message = record.getMessage()
+        return not any(text in message for text in _UNACTIONABLE)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning on one line, where it comes from last (not the source line it was raised in)."""
+    return f"{category.__name__}: {message} ({filename}:{lineno})"
 
 
 def _quiet_third_parties() -> None:
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    """Each line of the console once, and none the user cannot act on."""
+    import lightning  # noqa: F401  here, so that its console handler exists to be removed
+
+    for handler in logging.getLogger().handlers:  # Hydra's: the console and train.log
+        if not any(isinstance(f, _Unactionable) for f in handler.filters):
+            handler.addFilter(_Unactionable())  # on the handlers: loggers' own filters miss
+            # the records of their children (lightning.pytorch.trainer.connectors...)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        # Their own console handlers would print each line a second time, in their format;
+        # Hydra's handlers print them once, to the console and to the run's train.log.
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
     logging.captureWarnings(True)  # warnings reach the console and the run's train.log
-    if "lightning" in sys.modules:  # its own console handler would print each line twice
-        logging.getLogger("lightning").handlers.clear()
+    warnings.formatwarning = _one_line_warning
 
 
 def _log_to_files(message: str) -> None:

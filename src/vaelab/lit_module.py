@@ -1,5 +1,6 @@
 """LightningModule around `VAE`: steps, reduction to per-image means, logging, optimizer."""
 
+import logging
 import math
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +33,8 @@ TERMS = ("loss", "elbo", "rec", "kl")
 # its reduction by max returns equal values exactly (a mean could round them), one small
 # all-reduce per key and epoch, and none without DDP.
 REDUCED = {"sync_dist": True, "reduce_fx": "max"}
+
+log = logging.getLogger(__name__)
 
 
 class LitVAE(L.LightningModule):
@@ -220,6 +223,17 @@ class LitVAE(L.LightningModule):
         if self._rng_fork is not None:
             self._rng_fork.__exit__(None, None, None)
             self._rng_fork = None
+
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        hp = getattr(datamodule, "hparams", {})
+        if self.trainer.is_global_zero and "n_train" in hp:
+            shape = " x ".join(map(str, self.hparams.image_shape))
+            log.info(
+                "Data: %s (%s), %s train, %s val, %s test images of %s",
+                hp["name"], hp["source"], f"{hp['n_train']:,}", f"{hp['n_val']:,}",
+                f"{hp['n_test']:,}", shape,
+            )  # fmt: skip
 
     def on_validation_epoch_start(self) -> None:
         self._seed_evaluation()

@@ -117,6 +117,8 @@ def _fit_and_test(
             trainer.global_step,
         )
     eval_ckpt = "best" if best else None
+    if best:
+        log.info("Validating and testing the best checkpoint, %s", best)
     metrics: dict[str, object] = {}
     for results in (
         trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
@@ -232,6 +234,30 @@ def build_trainer(
     )
 
 
+def _part(node: object) -> str:
+    """A model part's class name, from its config node's `_target_`."""
+    if not isinstance(node, DictConfig):
+        return "default"
+    return str(node.get("_target_") or node.get("kind") or "default").rsplit(".", 1)[-1]
+
+
+def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
+    """What runs, in a few lines at the start: the model, the training, the loggers and the
+    run directory (the data's line comes once it is loaded, from `LitVAE.on_fit_start`)."""
+    model = (
+        f"Model: {cfg.model.arch}, latent_dim={cfg.latent_dim}, "
+        + ", ".join(f"{key}={_part(cfg.get(key))}" for key in PARTS if key in cfg)
+        + f", likelihood={cfg.likelihood}, beta={cfg.beta}"
+    )
+    trainer = cfg.trainer
+    training = (
+        f"Training: up to {cfg.max_epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} at "
+        f"lr {cfg.lr:g}, {trainer.accelerator} x {trainer.devices}, precision {trainer.precision}"
+    )
+    names = [type(logger).__name__.removesuffix("Logger").lower() for logger in loggers]
+    return [model, training, f"Loggers: {', '.join(names) or 'none'}; run directory: {run.path}"]
+
+
 def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
@@ -245,6 +271,8 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
             tracking.record(run, loggers)
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
             _record_precision(cfg, trainer.precision, run)
+        if trainer.is_global_zero:
+            log.info("\n".join(_start_lines(cfg, loggers, run)))
         for logger in tracking.hyperparameter_loggers(loggers, resumed=bool(cfg.get("resume"))):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         metrics = _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
