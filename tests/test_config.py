@@ -25,9 +25,11 @@ def options(group: str) -> list[str]:
 
 def test_every_group_has_its_documented_options():
     assert options("model") == ["conv", "hvae", "mlp"]
-    assert options("data") == ["fashion_mnist", "mnist"]
+    assert options("data") == [
+        "celeba", "cifar10", "dsprites", "fashion_mnist", "folder", "mnist", "shapes"
+    ]  # fmt: skip
     assert options("trainer") == ["cpu", "ddp", "debug", "default", "gpu"]
-    assert options("logger") == ["csv", "none", "wandb"]
+    assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
 
 
 @pytest.mark.parametrize("name", options("model"))

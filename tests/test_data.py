@@ -122,9 +122,9 @@ def test_missing_data_without_fallback_is_a_one_line_data_error(tmp_path):
 
 def test_unknown_dataset_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="fashion_mnist"):
-        load_dataset("cifar10", tmp_path, download=False, allow_fallback=True)
+        load_dataset("svhn", tmp_path, download=False, allow_fallback=True)
     with pytest.raises(ConfigError, match="fashion_mnist"):
-        VAEDataModule(name="cifar10")
+        VAEDataModule(name="svhn")
 
 
 # --- bad files -------------------------------------------------------------------------

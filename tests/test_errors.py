@@ -7,7 +7,7 @@ CASES = {
     "unknown prior": (["prior=flow"], "Available options in 'prior'"),
     "no such combination": (["posterior=iaf", "objective=betatc"], "use posterior=gaussian"),
     "unknown data": (["data=cifar"], "Available options in 'data'"),
-    "unknown logger": (["logger=tensorboard"], "Available options in 'logger'"),
+    "unknown logger": (["logger=comet"], "Available options in 'logger'"),
     "latent_dim": (["latent_dim=0"], "latent_dim must be a positive integer"),
     "beta": (["beta=-1"], "beta must be a number >= 0"),
     "num_samples": (["num_samples=0"], "num_samples"),

@@ -329,8 +329,5 @@ def _metrics_only(module: torch.nn.Module) -> bool:
     if isinstance(module, Metric):
         return True
     children = list(module.children())
-    return (
-        bool(children)
-        and not any(p for p in module.parameters(recurse=False))
-        and all(_metrics_only(child) for child in children)
-    )
+    own = next(module.parameters(recurse=False), None)  # a parameter of its own: a model
+    return bool(children) and own is None and all(_metrics_only(child) for child in children)
