@@ -77,19 +77,24 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 def _quiet_third_parties() -> None:
     """Each line of the console once, and none the user cannot act on."""
-    import lightning  # noqa: F401  here, so that its console handler exists to be removed
-
     for handler in logging.getLogger().handlers:  # Hydra's: the console and train.log
         if not any(isinstance(f, _Unactionable) for f in handler.filters):
             handler.addFilter(_Unactionable())  # on the handlers: loggers' own filters miss
             # the records of their children (lightning.pytorch.trainer.connectors...)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        # Their own console handlers would print each line a second time, in their format;
-        # Hydra's handlers print them once, to the console and to the run's train.log.
-        logging.getLogger(name).handlers.clear()
-        logging.getLogger(name).propagate = True
     logging.captureWarnings(True)  # warnings reach the console and the run's train.log
     warnings.formatwarning = _one_line_warning
+
+
+def _quiet_lightning() -> None:
+    """Lightning imported (here, once the job's config has passed its checks, so that a
+    refused config stops without the seconds of its import), without its own console
+    handlers, which would print each line a second time in their format: Hydra's print
+    them once, to the console and to the run's train.log."""
+    import lightning  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
 
 
 def _log_to_files(message: str) -> None:
@@ -137,6 +142,7 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> An
     _quiet_third_parties()
     try:
         _validate_job(cfg, command, multirun)
+        _quiet_lightning()
         if train:
             _prepare_training(cfg, hydra_cfg, multirun)
         return task(cfg)
