@@ -72,6 +72,22 @@ def test_eval_metrics_update_the_final_metrics_by_the_largest_k_of_the_best_chec
     ]
 
 
+def test_a_smaller_check_is_kept_beside_the_test_and_does_not_replace_its_figure(tmp_path):
+    # Training tested 2,048 images with K = 5,000; two K = 100 checks, of all 10,000 test
+    # images and of the same 2,048, are both kept, and neither is the figure shown.
+    run = Run(tmp_path / "run")
+    run.start({"n_importance": 5000})
+    run.finish({"test/nll_iwae": 231.26, "checkpoint": {"path": BEST}, "test_images": 2048})
+    full, subset = evaluation(BEST, 100, 231.95), evaluation(BEST, 100, 231.55)
+    run.add_evaluation({**full, "test_images": 10000})
+    run.add_evaluation({**subset, "test_images": 2048})
+    assert [e["test/nll_iwae"] for e in run.evaluations()] == [231.95, 231.55]
+    assert run.evaluation()["test_images"] == 10000  # the most images, of the evaluations
+    assert run.shown_evaluation() is None and run.metrics()["test/nll_iwae"] == 231.26
+    run.add_evaluation({**evaluation(BEST, 5000, 231.67), "test_images": 10000})
+    assert run.metrics()["test/nll_iwae"] == 231.67  # as thorough in both: it replaces
+
+
 def test_a_one_record_eval_metrics_file_of_earlier_versions_still_reads(tmp_path):
     run = Run(tmp_path / "run")
     run.start({})

@@ -99,6 +99,12 @@ def _finite_or_none(value: Any) -> Any:
     return value
 
 
+def _images(record: dict[str, Any]) -> float:
+    """How many test images a test or an evaluation used; all (infinity) when unrecorded."""
+    images = record.get("test_images")
+    return float(images) if isinstance(images, int) else math.inf
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -174,9 +180,9 @@ class Run:
         return self.status().get("error")
 
     def metrics(self) -> dict[str, float]:
-        """Final metrics: metrics.json, updated by the evaluation `evaluation()` picks."""
+        """Final metrics: metrics.json, updated by the evaluation `shown_evaluation()` gives."""
         metrics = _read_json(self.path / METRICS)
-        metrics.update(self.evaluation() or {})
+        metrics.update(self.shown_evaluation() or {})
         return {
             k: (math.nan if v is None else v)
             for k, v in metrics.items()
@@ -193,17 +199,36 @@ class Run:
         return data.get("evaluations", [data] if data else [])
 
     def evaluation(self) -> dict[str, Any] | None:
-        """The evaluation `metrics()` shows (None without one): of the checkpoint that
-        metrics.json was tested on (the best), the largest K, the newest among equals;
-        an evaluation of another checkpoint only when that one has none."""
+        """The most thorough evaluation (None without one): of the checkpoint that
+        metrics.json was tested on (the best), on the most test images, with the largest
+        K, the newest among equals; an evaluation of another checkpoint only when that one
+        has none. A record without `test_images` (of earlier versions) counts as the whole
+        test set."""
         tested = (_read_json(self.path / METRICS).get("checkpoint") or {}).get("path")
 
-        def rank(e: dict[str, Any]) -> tuple[bool, int, str]:
+        def rank(e: dict[str, Any]) -> tuple[bool, float, int, str]:
             k, when = e.get("n_importance") or 0, e.get("evaluated_at") or ""
-            return e.get("ckpt_path") == tested, k, when
+            return e.get("ckpt_path") == tested, _images(e), k, when
 
         # Reversed: of equal ranks, max() keeps the first it meets, here the last written.
         return max(reversed(self.evaluations()), key=rank, default=None)
+
+    def shown_evaluation(self) -> dict[str, Any] | None:
+        """`evaluation()` when it is at least as thorough as training's own test, on as many
+        test images and with as many importance samples, or when training's test had no
+        log-likelihood (n_importance=0); else None, and training's test figures stand (a
+        K = 100 check does not replace a K = 5,000 test)."""
+        evaluation = self.evaluation()
+        if evaluation is None:
+            return None
+        trained = _read_json(self.path / METRICS)
+        if "test/nll_iwae" not in trained:
+            return evaluation
+        more_images = _images(evaluation) >= _images(trained)
+        more_samples = (evaluation.get("n_importance") or 0) >= (
+            self.config().get("n_importance") or 0
+        )
+        return evaluation if more_images and more_samples else None
 
     def history(self) -> list[dict[str, float]]:
         """Epoch-level metrics, one dict per epoch (with "epoch" and "step"), oldest first.
@@ -334,15 +359,17 @@ class Run:
             f.flush()
 
     def add_evaluation(self, record: dict[str, Any]) -> Path:
-        """Add an evaluation to eval_metrics.json; it replaces the one of the same checkpoint
-        and K (`ckpt_path`, `n_importance`), the others are kept."""
-        key = (record["ckpt_path"], record["n_importance"])
+        """Add an evaluation to eval_metrics.json; it replaces the one of the same
+        checkpoint, K and number of test images (`ckpt_path`, `n_importance`,
+        `test_images`), the others are kept."""
+
+        def key(e: dict[str, Any]) -> tuple[Any, Any, Any]:
+            return e.get("ckpt_path"), e.get("n_importance"), e.get("test_images")
+
         record = {k: _finite_or_none(v) for k, v in record.items()}
         path = self.path / EVAL_METRICS
         with locked(path):
-            kept = [
-                e for e in self.evaluations() if (e.get("ckpt_path"), e.get("n_importance")) != key
-            ]
+            kept = [e for e in self.evaluations() if key(e) != key(record)]
             write_json(path, {"evaluations": [*kept, record]})
         return path
 

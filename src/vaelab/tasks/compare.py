@@ -53,7 +53,8 @@ DEFAULT_METRICS = ("test/nll_iwae", "val/elbo")  # the first one the runs report
 CSV_FILE = "compare.csv"
 K_NOTE = (
     "the importance samples per image of test/nll_iwae: of the eval.py evaluation shown "
-    "(the best checkpoint's with the largest K), else of training's test"
+    "(the best checkpoint's on the most test images, then with the largest K, when it has as "
+    "many test images and samples as training's test), else of training's test"
 )
 ERROR_WIDTH = 60
 FINISHED = "finished"
@@ -201,7 +202,7 @@ def _n_importance(runs: list[Run]) -> list[int]:
     """The K of the runs' test/nll_iwae: of the evaluation shown, else of training's test."""
     found = set()
     for run in runs:
-        evaluation = run.evaluation()
+        evaluation = run.shown_evaluation()
         k = (evaluation or {}).get("n_importance") or run.config().get("n_importance")
         if "test/nll_iwae" in run.metrics() and isinstance(k, int):
             found.add(k)

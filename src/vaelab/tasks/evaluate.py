@@ -1,9 +1,10 @@
 """`vaelab eval run_dir=outputs/runs/<run> n_importance=5000`: test a trained run again.
 
 Rebuilds the test data from the run's config.yaml, tests the checkpoint with K importance
-samples per image, adds the record to the run's eval_metrics.json (one per checkpoint and
-K) and logs the metrics to W&B: online into the run's own W&B run (the id its run
-directory records), next to its training curves; offline into a W&B run of its own.
+samples per image, adds the record to the run's eval_metrics.json (one per checkpoint, K
+and number of test images) and logs the metrics to W&B: online into the run's own W&B run
+(the id its run directory records), next to its training curves; offline into a W&B run of
+its own.
 """
 
 import logging
@@ -21,6 +22,7 @@ from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.loading import run_datamodule
 from vaelab.runs import Run, find_checkpoint, run_dir_of
+from vaelab.tasks.train import tested_images
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     record: dict[str, Any] = {
         **metrics,
         **evaluation,
+        "test_images": tested_images(trainer, datamodule),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wandb": wandb_run,
     }

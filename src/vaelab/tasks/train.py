@@ -79,6 +79,16 @@ def headline_table(metrics: dict[str, float]) -> str:
     return "\n".join([*lines, *(f"{name:<{width}}{cells}" for name, cells in rows.items())])
 
 
+def tested_images(trainer: L.Trainer, datamodule: L.LightningDataModule) -> int:
+    """How many test images the last `trainer.test` used: all of the split, or as many as
+    `trainer.limit_test_batches` let through (per process: each tests its own shard)."""
+    n_test = int(datamodule.hparams.get("n_test") or 0)
+    batches = trainer.num_test_batches[0] if trainer.num_test_batches else 0
+    if math.isinf(batches):
+        return n_test
+    return min(n_test, int(batches) * datamodule.hparams.eval_batch_size * trainer.world_size)
+
+
 def _checkpoint_info(trainer: L.Trainer, path: str | None, run: Run) -> dict[str, object]:
     """Which weights the final metrics come from: the best checkpoint, else the last weights."""
     if not path:
@@ -128,6 +138,7 @@ def _fit_and_test(
     if trainer.is_global_zero:
         log.info("Final metrics (nats per image):\n%s", headline_table(metrics))
     metrics["checkpoint"] = _checkpoint_info(trainer, best or None, run)
+    metrics["test_images"] = tested_images(trainer, datamodule)
     metrics["data_source"] = datamodule.hparams.get("source")
     metrics["kl_kind"] = model.kl_kind
     return metrics
