@@ -154,3 +154,12 @@ def test_the_conv_model_is_sized_by_the_images_and_refuses_a_side_it_cannot_give
         build_vae("conv", (3, 30, 30), 4, 16, "relu", "bernoulli", 0.1)
     with pytest.raises(ConfigError, match=r"halves 60 x 60 images 3 times, so .* by 8: set"):
         build_vae("conv", (3, 60, 60), 4, 16, "relu", "bernoulli", 0.1)
+
+
+def test_a_path_given_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch):
+    # The shell leaves the ~ of data.path=~/images alone: vaelab expands it.
+    _png(tmp_path / "home" / "images" / "a.png", _filled(1, 8, 8, 10))
+    _png(tmp_path / "home" / "images" / "b.png", _filled(1, 8, 8, 20))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path="~/images")
+    assert splits.source == f"folder:{tmp_path / 'home' / 'images'}"

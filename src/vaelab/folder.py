@@ -126,6 +126,7 @@ def load_folder(
     path: Path, image_size: int, cache_dir: Path
 ) -> tuple[Tensor, Tensor | None, list[str], str]:
     """(images (N, C, S, S) uint8, labels (N,) or None, class names, source) of the folder."""
+    path = path.expanduser()  # a ~ the shell left in data.path=~/images
     files = image_files(path)
     names, labels = classes_of(path, files)
     cache = cache_dir / "Folder" / f"folder-{content_key(path, files, image_size)}.pt"
