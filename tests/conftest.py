@@ -152,12 +152,9 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
     return _run
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The directory of one tiny `python train.py` run (MLP, 2-D latent, W&B offline, no
-    test log-likelihood), shared by the tests that read runs. Copy it before writing into it."""
-    tmp_path = tmp_path_factory.mktemp("trained")
-    overrides = ("model=mlp", "latent_dim=2", "trainer=debug", "batch_size=32", "n_importance=0")
+def train_in(tmp_path: Path, *overrides: str) -> Path:
+    """Run `python train.py ...` in tmp_path, offline, for a fixture; asserts it succeeded
+    and returns its outputs folder (tmp_path/outputs)."""
     proc = subprocess.run(
         _train_command(tmp_path, overrides),
         cwd=tmp_path,
@@ -167,5 +164,23 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=900,
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    (run_dir,) = _run_dirs(tmp_path / "outputs")
+    return tmp_path / "outputs"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of one tiny `python train.py` run (MLP, 2-D latent, W&B offline, no
+    test log-likelihood), shared by the tests that read runs. Copy it before writing into it."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    overrides = ("model=mlp", "latent_dim=2", "trainer=debug", "batch_size=32", "n_importance=0")
+    (run_dir,) = _run_dirs(train_in(tmp_path, *overrides))
     return run_dir

@@ -4,7 +4,6 @@ own client, resumed into the same run, and an `mlflow server` on 127.0.0.1 asked
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, train_in
 
 TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
 
@@ -19,15 +19,8 @@ TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """One multirun of two jobs (latent_dim=2,3) logged to MLflow: the outputs folder."""
-    from conftest import _offline_env, _train_command
-
-    tmp_path = tmp_path_factory.mktemp("mlflow")
-    command = _train_command(tmp_path, ("-m", *TINY, "logger=mlflow", "latent_dim=2,3"))
-    proc = subprocess.run(
-        command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return tmp_path / "outputs"
+    return train_in(tmp_path_factory.mktemp("mlflow"), "-m", *TINY, "logger=mlflow",
+                    "latent_dim=2,3")  # fmt: skip
 
 
 def _runs(outputs: Path):
@@ -68,16 +61,11 @@ def test_a_resumed_run_logs_on_into_its_mlflow_run(sweep):
     (sweep_dir,) = (sweep / "multiruns").iterdir()
     run_dir = sweep_dir / "0"
     run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
-    from conftest import _offline_env, _train_command
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
     before = client.get_metric_history(run_id, "val/elbo")
-    command = _train_command(sweep.parent, (f"resume={run_dir}", "max_epochs=2"))
-    proc = subprocess.run(
-        command, cwd=sweep.parent, env=_offline_env(), capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    train_in(sweep.parent, f"resume={run_dir}", "max_epochs=2")
     assert len(_runs(sweep)) == 3  # no new run
     after = client.get_metric_history(run_id, "val/elbo")
     # The second epoch's validation and the final one, logged on into the same run.
@@ -85,15 +73,9 @@ def test_a_resumed_run_logs_on_into_its_mlflow_run(sweep):
     assert max(m.step for m in after) > max(m.step for m in before)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_an_mlflow_server_on_the_store_returns_the_sweeps_runs(sweep):
-    port = _free_port()
+    port = free_port()
     mlflow = Path(sys.executable).parent / "mlflow"
     store = f"sqlite:///{sweep / 'mlflow.db'}"
     server = subprocess.Popen(

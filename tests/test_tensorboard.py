@@ -2,7 +2,6 @@
 reader, and a TensorBoard server on 127.0.0.1 asked over HTTP for the runs."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import free_port, train_in
 
 TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
 
@@ -17,15 +17,9 @@ TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """One multirun of two jobs (latent_dim=2,3) logged to TensorBoard: the sweep folder."""
-    from conftest import _offline_env, _train_command
-
-    tmp_path = tmp_path_factory.mktemp("tensorboard")
-    command = _train_command(tmp_path, ("-m", *TINY, "logger=tensorboard", "latent_dim=2,3"))
-    proc = subprocess.run(
-        command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=900
-    )
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    (sweep,) = (tmp_path / "outputs" / "multiruns").iterdir()
+    outputs = train_in(tmp_path_factory.mktemp("tensorboard"), "-m", *TINY,
+                       "logger=tensorboard", "latent_dim=2,3")  # fmt: skip
+    (sweep,) = (outputs / "multiruns").iterdir()
     return sweep
 
 
@@ -63,15 +57,9 @@ def test_each_job_logs_scalars_pictures_and_its_hyperparameters_with_its_final_m
         assert final == pytest.approx(metrics["test/nll_iwae"], rel=1e-6)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_tensorboard_server_on_the_sweep_lists_both_jobs(sweep):
-    port = _free_port()
+    port = free_port()
     tensorboard = Path(sys.executable).parent / "tensorboard"
     server = subprocess.Popen(
         [str(tensorboard), "--logdir", str(sweep), "--host", "127.0.0.1", "--port", str(port)],

@@ -333,7 +333,8 @@ def _fashion_from_debian(root: Path) -> DatasetSplits | None:
 def _shapes(root: Path, image_size: int | None, grid: Mapping[str, int] | None) -> DatasetSplits:
     """data=shapes: the generated ground-truth set (`vaelab.shapes`), its factors as labels."""
     fields = dict(grid or {})
-    unknown = sorted(set(fields) - {"shapes", "scales", "orientations", "positions"})
+    factors = {f.name for f in dataclasses.fields(ShapesGrid)} - {"image_size"}
+    unknown = sorted(set(fields) - factors)
     if unknown:
         raise ConfigError(
             f"data.grid.{unknown[0]} is not a factor of data=shapes: give shapes, scales, "
