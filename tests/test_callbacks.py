@@ -193,7 +193,11 @@ def test_images_are_logged_to_wandb_as_media_files(tmp_path, mnist_idx_root, mon
         ("val/pictures/latent_scatter", pictures / "epoch_000" / "latent_scatter.png"),
         ("test/pictures/manifold", pictures / "test" / "manifold.png"),
     ):
-        (step,) = [step for step in history if f"{key}/_type" in step]
+        assert png.is_file(), f"the callback did not draw {png}"
+        steps = [step for step in history if f"{key}/_type" in step]
+        logged = sorted({k.split("/_type")[0] for step in history for k in step if "/_type" in k})
+        assert len(steps) == 1, f"{key} in {len(steps)} of {len(history)} steps; media: {logged}"
+        (step,) = steps
         assert json.loads(step[f"{key}/_type"]) == "images/separated"
         assert json.loads(step["trainer/global_step"]) == 2
         (filename,) = json.loads(step[f"{key}/filenames"])
