@@ -15,6 +15,7 @@ import torch
 from vaelab import cifar
 from vaelab.data import load_dataset
 from vaelab.errors import DataError
+from vaelab.runs import Run
 
 PER_BATCH = 6
 
@@ -116,9 +117,7 @@ def test_the_archive_is_downloaded_checked_and_moved_into_place_whole(tmp_path, 
 def test_a_run_on_cifar10_trains_a_conv_model_with_a_discretized_logistic(train_cli, tmp_path):
     write_batches(tmp_path / "data" / "cifar-10-batches-py", per_batch=12)
     result = train_cli(
-        "data=cifar10",
-        "data.binarize=none",  # the 8-bit levels themselves
-        "likelihood=discretized_logistic",
+        "data=cifar10",  # brings data.binarize=none and likelihood=discretized_logistic
         "model=conv",
         "model.hidden_dim=32",
         "latent_dim=4",
@@ -130,6 +129,8 @@ def test_a_run_on_cifar10_trains_a_conv_model_with_a_discretized_logistic(train_
     (run_dir,) = result.run_dirs
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data_source"].startswith("batches:")
+    config = Run(run_dir).config()
+    assert (config["likelihood"], config["data"]["binarize"]) == ("discretized_logistic", "none")
     # A discrete likelihood of 256 levels: masses at most 1, so bits per sub-pixel above 0
     # (a density of grey levels can give fewer than 0).
     assert metrics["test/bpd_iwae"] * 3072 * np.log(2) == pytest.approx(metrics["test/nll_iwae"])

@@ -46,6 +46,36 @@ def test_data_options_instantiate(compose, name):
     assert datamodule.hparams.name == name
 
 
+# What each data option brings to the top level: 8-bit images their 256 levels and a
+# likelihood of them; binary ones (or MNIST's grey levels, drawn) the Bernoulli.
+DATA_DEFAULTS = {
+    "celeba": ("discretized_logistic", "none"),
+    "cifar10": ("discretized_logistic", "none"),
+    "dsprites": ("bernoulli", "static"),
+    "fashion_mnist": ("bernoulli", "dynamic"),
+    "folder": ("discretized_logistic", "none"),
+    "mnist": ("bernoulli", "dynamic"),
+    "shapes": ("bernoulli", "static"),
+}
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_each_data_option_brings_the_likelihood_and_binarization_that_suit_it(compose, name):
+    cfg = compose(f"data={name}")
+    assert (cfg.likelihood, cfg.data.binarize) == DATA_DEFAULTS[name]
+    schema.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
+
+
+def test_an_explicit_likelihood_or_binarization_wins_over_the_datas(compose):
+    cfg = compose("data=cifar10", "likelihood=gaussian")
+    assert (cfg.likelihood, cfg.data.binarize) == ("gaussian", "none")
+    cfg = compose("data=folder", "data.binarize=dynamic", "likelihood=bernoulli")
+    assert (cfg.likelihood, cfg.data.binarize) == ("bernoulli", "dynamic")
+    # and an experiment, composed after the data, wins too
+    cfg = compose("data=cifar10", "experiment=beta_vae")
+    assert cfg.likelihood == "discretized_logistic" and cfg.beta == 4.0
+
+
 @pytest.mark.parametrize("name", options("trainer"))
 def test_trainer_options_instantiate(compose, name):
     # No GPU here: the gpu option is checked for what it asks, then built on the CPU.
