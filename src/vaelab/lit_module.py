@@ -229,10 +229,14 @@ class LitVAE(L.LightningModule):
         hp = getattr(datamodule, "hparams", {})
         if self.trainer.is_global_zero and "n_train" in hp:
             shape = " x ".join(map(str, self.hparams.image_shape))
+            held = getattr(datamodule, "held_on", self.device)
+            where = f"held on {held}"
+            if held.type == "cpu" and self.device.type == "cuda":
+                where = "held in host memory, batches pinned"
             log.info(
-                "Data: %s (%s), %s train, %s val, %s test images of %s",
+                "Data: %s (%s), %s train, %s val, %s test images of %s, %s",
                 hp["name"], hp["source"], f"{hp['n_train']:,}", f"{hp['n_val']:,}",
-                f"{hp['n_test']:,}", shape,
+                f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
 
     def on_validation_epoch_start(self) -> None:

@@ -48,6 +48,7 @@ BINARY_LIKELIHOODS = ("bernoulli",)
 LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
 DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10", "celeba")
 BINARIZATIONS = ("dynamic", "static", "none")
+PLACEMENTS = ("auto", "device", "host")
 CHECKPOINTS = ("best", "last")
 WANDB_MODES = ("online", "offline", "disabled")
 GRADIENTS = ("standard", "dreg")  # of objective=iwae
@@ -169,6 +170,7 @@ class DataConfig:
     seed: int = knob(SEED)
     download: bool = MISSING
     allow_fallback: bool = MISSING
+    placement: str = knob(one_of(PLACEMENTS), default="auto")
     # data=shapes, folder and celeba: pixels a side; shapes: how many values each factor
     # takes; folder: the folder of images (null elsewhere).
     image_size: int | None = knob(or_null(integer(8)), default=None)
