@@ -65,7 +65,10 @@ def test_the_search_space_holds_only_top_level_knobs_and_groups():
     # The sweeper checks max_failure_rate per batch of n_jobs trials: below 1.0, one failed
     # trial would end a search with n_jobs=1.
     assert sweeper.n_jobs == 1 and sweeper.max_failure_rate == 1.0
-    assert sweeper.storage is None and sweeper.study_name is None
+    # The study in the sweep directory, under a name a continuation can give again.
+    assert sweeper._target_ == "hydra_plugins.vaelab_sweepers.optuna_sweeper.OptunaSweeper"
+    assert sweeper.storage == f"sqlite:///{cfg.hydra.sweep.dir}/optuna.db"
+    assert sweeper.study_name == "elbo_optuna"
     assert set(sweeper.params) == {"model", "lr", "beta", "latent_dim", "num_samples"}
     for knob in sweeper.params:
         assert knob in cfg and knob != "hydra", knob
@@ -125,6 +128,10 @@ def test_optuna_search_writes_the_best_trial(train_cli, tmp_path: Path):
     best_config = config_of(max(elbos, key=elbos.get))
     for knob, value in best["best_params"].items():
         assert best_config[knob] == pytest.approx(value), knob
+    # The study itself is kept in the sweep directory, where optuna-dashboard opens it.
+    trials = load_trials(f"sqlite:///{sweep_dir / 'optuna.db'}", "elbo_optuna")
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert max(t.value for t in trials) == pytest.approx(best["best_value"])
 
 
 @pytest.mark.slow
