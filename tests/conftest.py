@@ -67,6 +67,12 @@ def compose(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+def eval_config(*overrides: str) -> DictConfig:
+    """conf/eval.yaml with overrides, as `python eval.py ...` composes it."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose_config("eval", overrides=list(overrides))
+
+
 def _run_dirs(outputs: Path) -> set[Path]:
     return {p.parent for p in outputs.rglob("config.yaml") if p.parent.name != ".hydra"}
 

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, train_in
+from conftest import eval_config, free_port, train_in
 
 TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
 
@@ -110,3 +110,24 @@ def test_an_mlflow_server_on_the_store_returns_the_sweeps_runs(sweep):
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # its workers too
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_an_evaluation_is_logged_into_the_training_runs_mlflow_run(sweep):
+    from mlflow.tracking import MlflowClient
+
+    from vaelab.runs import Run
+    from vaelab.tasks import evaluate
+
+    (sweep_dir,) = (sweep / "multiruns").iterdir()
+    run_dir = sweep_dir / "1"  # job 0 is resumed by another test
+    run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    metrics = evaluate.run(eval_config(f"run_dir={run_dir}", "n_importance=3"))
+    (record,) = Run(run_dir).evaluations()
+    assert record["dashboards"] == ["mlflow"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
+    logged = client.get_run(run_id).data.metrics
+    assert logged["eval_k3/test/nll_iwae"] == pytest.approx(metrics["test/nll_iwae"], rel=1e-6)
+    assert logged["test/nll_iwae"] != logged["eval_k3/test/nll_iwae"]  # training's K = 4 kept
+    assert len(_runs(sweep)) == 3  # no run of its own: the parent and the two jobs
+    assert client.get_run(run_id).info.status == "FINISHED"

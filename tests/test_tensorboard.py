@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, train_in
+from conftest import eval_config, free_port, train_in
 
 TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
 
@@ -82,3 +82,20 @@ def test_a_tensorboard_server_on_the_sweep_lists_both_jobs(sweep):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_an_evaluation_is_logged_into_the_training_runs_tensorboard_beside_its_test(sweep):
+    from vaelab.runs import Run
+    from vaelab.tasks import evaluate
+
+    run_dir = sorted(p.parent for p in sweep.glob("*/config.yaml"))[1]
+    metrics = evaluate.run(eval_config(f"run_dir={run_dir}", "n_importance=3"))
+    (record,) = Run(run_dir).evaluations()
+    assert record["dashboards"] == ["tensorboard"]
+    events = _events(run_dir)
+    (logged,) = events.Scalars("eval_k3/test/nll_iwae")
+    assert logged.value == pytest.approx(metrics["test/nll_iwae"], rel=1e-6)
+    assert logged.step == max(row["step"] for row in Run(run_dir).history())
+    # training's own test figure (K = 4) is still there, under its own name
+    assert "test/nll_iwae" in events.Tags()["scalars"]

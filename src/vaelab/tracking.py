@@ -248,3 +248,58 @@ def attach(run: Run, mode: str | None, evaluation: dict[str, Any]) -> WandbLogge
         group=config.get("group") or recorded["id"],
         name=f"eval of {config.get('run_name') or run.name}",
     )
+
+
+def evaluation_prefix(n_importance: int) -> str:
+    """The name under which `vaelab eval` logs its test metrics into the training's
+    TensorBoard and MLflow runs: eval_k5000/test/nll_iwae beside training's test/nll_iwae
+    (K = n_importance of training), so that neither replaces the other."""
+    return f"eval_k{n_importance}"
+
+
+def log_evaluation(run: Run, metrics: dict[str, float], n_importance: int) -> list[str]:
+    """Log `vaelab eval`'s test metrics into the TensorBoard and MLflow runs of the run's
+    training (the loggers its config.yaml names), at the step training ended, as
+    `eval_k<K>/<metric>`; returns the names of the loggers written to.
+
+    TensorBoard: a new event file in the training's log folder, so that `tensorboard
+    --logdir` shows the evaluation with the run. MLflow: the run its `mlflow.json`
+    records, in its tracking store (a run without one, or whose store is gone, is said
+    in one warning line and left alone)."""
+    loggers_cfg = run.config().get("logger") or {}
+    prefix = evaluation_prefix(n_importance)
+    step = max([row.get("step", 0) for row in run.history()] or [0])
+    named = {f"{prefix}/{key}": value for key, value in metrics.items()}
+    written = []
+    for name, logger_cfg in loggers_cfg.items():
+        target = str((logger_cfg or {}).get("_target_", ""))
+        if target.endswith("TensorBoardLogger"):
+            logger = instantiate(OmegaConf.create(logger_cfg))
+            logger.log_metrics(named, step)
+            logger.finalize("success")
+            written.append(name)
+        elif target.endswith("MLFlowLogger"):
+            recorded = run.path / MLFLOW_RUN
+            if not recorded.is_file():
+                log.warning(
+                    "MLflow: %s records no MLflow run, so these metrics are not logged", run.path
+                )
+                continue
+            mlflow_run = json.loads(recorded.read_text())
+            uri = mlflow_run["tracking_uri"]
+            if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+                log.warning(
+                    "MLflow: the store %s of %s is gone, so these metrics are not logged",
+                    uri,
+                    run.path,
+                )
+                continue
+            logger = MLFlowLogger(
+                experiment_name=logger_cfg.get("experiment_name") or "vaelab",
+                tracking_uri=mlflow_run["tracking_uri"],
+                run_id=mlflow_run["run_id"],
+            )
+            logger.log_metrics(named, step)
+            logger.finalize("success")
+            written.append(name)
+    return written

@@ -4,7 +4,8 @@ Rebuilds the test data from the run's config.yaml, tests the checkpoint with K i
 samples per image, adds the record to the run's eval_metrics.json (one per checkpoint, K
 and number of test images) and logs the metrics to W&B: online into the run's own W&B run
 (the id its run directory records), next to its training curves; offline into a W&B run of
-its own.
+its own. Into the training's TensorBoard and MLflow runs, if it had them, as
+eval_k<K>/test/... (`tracking.log_evaluation`).
 """
 
 import logging
@@ -69,12 +70,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
     finally:
         tracking.finish(loggers)
     metrics = {key: float(value) for key, value in results.items()}
+    dashboards = tracking.log_evaluation(run_dir, metrics, cfg.n_importance)
     record: dict[str, Any] = {
         **metrics,
         **evaluation,
         "test_images": tested_images(trainer, datamodule),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wandb": wandb_run,
+        "dashboards": dashboards,  # the training's TensorBoard and MLflow runs it went into
     }
     out = run_dir.add_evaluation(record)
     log.info("Metrics written to %s", out)
