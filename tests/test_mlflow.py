@@ -131,3 +131,19 @@ def test_an_evaluation_is_logged_into_the_training_runs_mlflow_run(sweep):
     assert logged["test/nll_iwae"] != logged["eval_k3/test/nll_iwae"]  # training's K = 4 kept
     assert len(_runs(sweep)) == 3  # no run of its own: the parent and the two jobs
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_compare_gives_each_rows_mlflow_run_and_store(sweep, tmp_path):
+    import csv
+
+    from vaelab.tasks import compare
+
+    (sweep_dir,) = (sweep / "multiruns").iterdir()
+    compare.run([sweep_dir], out_dir=tmp_path / "out")
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = {row["latent_dim"]: row for row in csv.DictReader(f)}
+    store = f"sqlite:///{sweep / 'mlflow.db'}"
+    for job, latent_dim in (("0", "2"), ("1", "3")):
+        run_id = json.loads((sweep_dir / job / "mlflow.json").read_text())["run_id"]
+        assert rows[latent_dim]["mlflow"] == f"{run_id} in {store}"

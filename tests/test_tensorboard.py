@@ -99,3 +99,18 @@ def test_an_evaluation_is_logged_into_the_training_runs_tensorboard_beside_its_t
     assert logged.step == max(row["step"] for row in Run(run_dir).history())
     # training's own test figure (K = 4) is still there, under its own name
     assert "test/nll_iwae" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+def test_compare_gives_each_rows_tensorboard_folder(sweep, tmp_path):
+    import csv
+
+    from vaelab.tasks import compare
+
+    result = compare.run([sweep], out_dir=tmp_path / "out")
+    with (tmp_path / "out" / "compare.csv").open() as f:
+        rows = {row["latent_dim"]: row for row in csv.DictReader(f)}
+    for job, latent_dim in (("0", "2"), ("1", "3")):
+        assert rows[latent_dim]["tensorboard"] == str((sweep / job / "tensorboard").resolve())
+        assert "mlflow" not in rows[latent_dim]  # a column only for a dashboard the runs used
+    assert result.markdown.splitlines()[0].rstrip(" |").endswith("| tensorboard")

@@ -2,7 +2,8 @@
 
 One row per configuration: the config keys that differ between the runs, the final
 metrics as mean ± std over seeds, the status, the K of test/nll_iwae, and where each run
-is (its W&B url, or its directory). A run's final metrics are its metrics.json updated by
+is (its W&B url, or its directory; its TensorBoard folder and MLflow run when it used
+them). A run's final metrics are its metrics.json updated by
 one evaluation of `vaelab eval` (`Run.evaluation`: of the best checkpoint, the largest
 K). Runs that did not finish are never averaged in: each has its own row. The table is
 returned as Markdown and written to compare.csv; the plots are a metric against each
@@ -303,6 +304,47 @@ def _wandb_cell(runs: Sequence[Run]) -> str:
     return " ".join([*urls, *(f"{mode}: {_shown_paths(p)}" for mode, p in local.items())])
 
 
+def _tensorboard_dir(run: Run) -> Path | None:
+    """The run's TensorBoard log folder, if its config has a TensorBoard logger."""
+    for logger in (run.config().get("logger") or {}).values():
+        if str((logger or {}).get("_target_", "")).endswith("TensorBoardLogger"):
+            return (
+                Path(logger["save_dir"])
+                / str(logger.get("name") or "")
+                / str(logger.get("version") or "")
+            )
+    return None
+
+
+def _mlflow_run(run: Run) -> dict[str, str] | None:
+    """The run's MLflow run ({"run_id", "tracking_uri"}), if it was logged to MLflow."""
+    try:
+        return json.loads((run.path / "mlflow.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _dashboard_cells(runs: Sequence[Run]) -> dict[str, str]:
+    """Where the runs are in TensorBoard and MLflow, for the dashboards they used: the
+    log folders `tensorboard --logdir` takes, and the MLflow run ids with their store."""
+    cells = {}
+    folders = [d for d in map(_tensorboard_dir, runs) if d is not None]
+    if folders:
+        cells["tensorboard"] = _shown_paths(folders)
+    stores: dict[str, list[str]] = {}
+    for recorded in filter(None, map(_mlflow_run, runs)):
+        stores.setdefault(recorded["tracking_uri"], []).append(recorded["run_id"])
+    if stores:
+        cells["mlflow"] = " ".join(f"{' '.join(ids)} in {uri}" for uri, ids in stores.items())
+    return cells
+
+
+def _dashboards(rows: Sequence[Row]) -> list[str]:
+    """The dashboards besides W&B that any of the rows' runs used: their columns."""
+    used = {name for row in rows for name in _dashboard_cells(row.runs)}
+    return [name for name in ("tensorboard", "mlflow") if name in used]
+
+
 def _short(error: str | None) -> str:
     if not error:
         return ""
@@ -377,7 +419,8 @@ def markdown_table(
     about four significant digits (`_digits`)."""
     head, with_error = _columns(rows, keys, seed_keys, metrics)
     head = [h.removesuffix(TARGET) for h in head]  # prior._target_: the prior
-    header = [*head, *metrics, *(["error"] if with_error else []), "wandb"]
+    dashboards = _dashboards(rows)
+    header = [*head, *metrics, *(["error"] if with_error else []), "wandb", *dashboards]
     digits = _column_digits(rows, keys)
     cells = []
     for row in rows:
@@ -387,7 +430,9 @@ def markdown_table(
             values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
         error = [_short(row.error)] if with_error else []
         book = _bookkeeping_cells(row, head)
-        cells.append([*config, *book, *values, *error, _wandb_cell(row.runs)])
+        links = _dashboard_cells(row.runs)
+        others = [links.get(name, "") for name in dashboards]
+        cells.append([*config, *book, *values, *error, _wandb_cell(row.runs), *others])
     n_at = len(keys) + bool(seed_keys)
     right = {n_at, *range(n_at + 2, len(head) + len(metrics))}  # n, K and metrics
     cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
@@ -416,7 +461,8 @@ def write_csv(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([*head, *metric_columns, "error", "wandb"])
+        dashboards = _dashboards(rows)
+        writer.writerow([*head, *metric_columns, "error", "wandb", *dashboards])
         for row in rows:
             config = _config_cells(row, keys, seed_keys)
             values = []
@@ -425,7 +471,11 @@ def write_csv(
                     value = stat.get(name, math.nan)
                     values.append("" if math.isnan(value) else repr(value))
             book = _bookkeeping_cells(row, head)
-            writer.writerow([*config, *book, *values, row.error or "", _wandb_cell(row.runs)])
+            links = _dashboard_cells(row.runs)
+            others = [links.get(name, "") for name in dashboards]
+            writer.writerow(
+                [*config, *book, *values, row.error or "", _wandb_cell(row.runs), *others]
+            )
     return path
 
 
