@@ -2,25 +2,122 @@
 
 One row per run (its directory, status, error, flat config and final metrics), and a
 summary with the mean, std and n of each metric over the seeds of each configuration.
-What counts as configuration is what `vaelab compare` shows: the config without the keys
-that only name or place a run (`tasks.compare.settings`), and the keys that differ between
-the runs (`tasks.compare.differing_keys`).
+What counts as configuration is what `vaelab compare` shows, which is built on this module:
+the config without the keys that only name or place a run (`settings`), and the keys that
+differ between the runs (`differing_keys`).
 """
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from vaelab.errors import VaelabError
 from vaelab.runs import Run, find_runs
-from vaelab.tasks.compare import FINISHED, _is_seed, differing_keys, settings
 
+# Keys that name, place or log a run rather than configure what it computes.
+IGNORED = (
+    "paths",
+    "run_name",
+    "group",
+    "tags",
+    "project",
+    "logger",
+    "callbacks",
+    "hydra",
+    "ckpt_path",
+    "resume",
+    "data.data_dir",
+    "data.download",
+)
+FINISHED = "finished"
 CONFIG = "config."
 METRICS = "metrics."
 STATS = ["mean", "std", "count"]  # std over n - 1, as statistics.stdev; count is shown as n
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"arch": "mlp"}} -> {"model.arch": "mlp"}; lists and None are values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        elif not isinstance(value, dict):
+            flat[name] = value
+    return flat
+
+
+def _same(value: Any) -> Any:
+    """A hashable stand-in for a config value; 1 and 1.0 are the same value."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, list | dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in IGNORED)
+
+
+def _inside(value: Any, run_dir: Path) -> bool:
+    """Whether `value` is a path naming `run_dir` or something in it."""
+    if not isinstance(value, str) or not value:
+        return False
+    return Path(value).resolve().is_relative_to(run_dir.resolve())
+
+
+def settings(run: Run) -> dict[str, Any]:
+    """The run's flat config without what names or places the run rather than configures
+    it: the `IGNORED` keys, and paths into the run's own directory (e.g.
+    trainer.default_root_dir)."""
+    flat = flatten(run.config())
+    return {k: v for k, v in flat.items() if not _ignored(k) and not _inside(v, run.path)}
+
+
+def differing_keys(flat: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
+    """The keys whose values differ between the flat configs `flat`, in config order.
+
+    A key that echoes another (same last part, same value in every run, e.g.
+    `data.seed: ${seed}`) is shown once, under the shorter name.
+
+    Returns:
+        The keys, and the echoes: {echoing key: the key shown for it}.
+    """
+    keys = list(dict.fromkeys(k for f in flat for k in f))
+    columns = {k: tuple(_same(f.get(k)) for f in flat) for k in keys}
+    keys = [k for k in keys if len(set(columns[k])) > 1]
+    echoes: dict[str, str] = {}
+    for key in sorted(keys, key=lambda k: (k.count("."), k)):
+        if key in echoes:
+            continue
+        for other in keys:
+            leaf = other.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
+            if other != key and other not in echoes and leaf and columns[other] == columns[key]:
+                echoes[other] = key
+    return [k for k in keys if k not in echoes], echoes
+
+
+def _is_seed(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] == "seed"
+
+
+def metric_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """The runs' final metrics (`Run.metrics`), a row per run and a float column per
+    metric: NaN where a run has none, or a value that is not a finite number."""
+    rows = [
+        {k: float(v) for k, v in run.metrics().items() if isinstance(v, int | float)}
+        for run in runs
+    ]
+    frame = pd.DataFrame(rows, index=range(len(rows)), dtype=float)
+    return frame.where(frame.abs() < float("inf"))
 
 
 def _cell(value: Any) -> Any:

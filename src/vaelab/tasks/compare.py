@@ -10,38 +10,31 @@ returned as Markdown and written to compare.csv; the plots are a metric against 
 swept numeric parameter and the learning curves. Everything is read from the run directories.
 """
 
-import csv
 import json
 import math
 import os
-import statistics
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from matplotlib.figure import Figure
 
 from vaelab import plots
 from vaelab.errors import VaelabError
+from vaelab.frames import (
+    FINISHED,
+    _ignored,
+    _is_seed,
+    _same,
+    differing_keys,
+    metric_frame,
+    settings,
+)
 from vaelab.runs import Run, find_runs
 
-# Keys that name, place or log a run rather than configure what it computes.
-IGNORED = (
-    "paths",
-    "run_name",
-    "group",
-    "tags",
-    "project",
-    "logger",
-    "callbacks",
-    "hydra",
-    "ckpt_path",
-    "resume",
-    "data.data_dir",
-    "data.download",
-)
 HEADLINE_METRICS = (
     "val/elbo",
     "test/elbo",
@@ -58,7 +51,6 @@ K_NOTE = (
     "many test images and samples as training's test), else of training's test"
 )
 ERROR_WIDTH = 60
-FINISHED = "finished"
 
 
 @dataclass(frozen=True)
@@ -112,75 +104,6 @@ class Comparison:
     params: list[str]
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"arch": "mlp"}} -> {"model.arch": "mlp"}; lists and None are values."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif not isinstance(value, dict):
-            flat[name] = value
-    return flat
-
-
-def _same(value: Any) -> Any:
-    """A hashable stand-in for a config value; 1 and 1.0 are the same value."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, list | dict):
-        return json.dumps(value, sort_keys=True, default=str)
-    return value
-
-
-def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(f"{p}.") for p in IGNORED)
-
-
-def _inside(value: Any, run_dir: Path) -> bool:
-    """Whether `value` is a path naming `run_dir` or something in it."""
-    if not isinstance(value, str) or not value:
-        return False
-    return Path(value).resolve().is_relative_to(run_dir.resolve())
-
-
-def settings(run: Run) -> dict[str, Any]:
-    """The run's flat config without what names or places the run rather than configures
-    it: the `IGNORED` keys, and paths into the run's own directory (e.g.
-    trainer.default_root_dir)."""
-    flat = flatten(run.config())
-    return {k: v for k, v in flat.items() if not _ignored(k) and not _inside(v, run.path)}
-
-
-def differing_keys(flat: Sequence[dict[str, Any]]) -> tuple[list[str], dict[str, str]]:
-    """The keys whose values differ between the flat configs `flat`, in config order.
-
-    A key that echoes another (same last part, same value in every run, e.g.
-    `data.seed: ${seed}`) is shown once, under the shorter name.
-
-    Returns:
-        The keys, and the echoes: {echoing key: the key shown for it}.
-    """
-    keys = list(dict.fromkeys(k for f in flat for k in f))
-    columns = {k: tuple(_same(f.get(k)) for f in flat) for k in keys}
-    keys = [k for k in keys if len(set(columns[k])) > 1]
-    echoes: dict[str, str] = {}
-    for key in sorted(keys, key=lambda k: (k.count("."), k)):
-        if key in echoes:
-            continue
-        for other in keys:
-            leaf = other.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]
-            if other != key and other not in echoes and leaf and columns[other] == columns[key]:
-                echoes[other] = key
-    return [k for k in keys if k not in echoes], echoes
-
-
-def _is_seed(key: str) -> bool:
-    return key.rsplit(".", 1)[-1] == "seed"
-
-
 def _order(value: Any) -> tuple[int, float, str]:
     """Sort numbers by value, then strings, then nulls."""
     if isinstance(value, int | float) and not isinstance(value, bool):
@@ -189,14 +112,10 @@ def _order(value: Any) -> tuple[int, float, str]:
 
 
 def _mean_std(runs: list[Run]) -> tuple[dict[str, float], dict[str, float]]:
-    values: dict[str, list[float]] = {}
-    for run in runs:
-        for name, value in run.metrics().items():
-            if isinstance(value, int | float) and math.isfinite(value):
-                values.setdefault(name, []).append(float(value))
-    mean = {name: statistics.fmean(v) for name, v in values.items()}
-    std = {name: statistics.stdev(v) if len(v) > 1 else math.nan for name, v in values.items()}
-    return mean, std
+    """The runs' final metrics' mean and std (over n - 1; NaN for one value), non-finite
+    values left out."""
+    metrics = metric_frame(runs)
+    return metrics.mean().dropna().to_dict(), metrics.std().loc[metrics.count() > 0].to_dict()
 
 
 def _n_importance(runs: list[Run]) -> list[int]:
@@ -457,25 +376,22 @@ def write_csv(
 ) -> Path:
     """The table with exact numbers: `<metric>` (mean) and `<metric>_std` columns."""
     head, _ = _columns(rows, keys, seed_keys, metrics)
+    dashboards = _dashboards(rows)
+    records = []
+    for row in rows:
+        links = _dashboard_cells(row.runs)
+        text = [*_config_cells(row, keys, seed_keys), *_bookkeeping_cells(row, head)]
+        record: dict[str, Any] = dict(zip(head, text, strict=True))
+        for name in metrics:
+            record[name], record[f"{name}_std"] = row.mean.get(name), row.std.get(name)
+        record |= {"error": row.error or "", "wandb": _wandb_cell(row.runs)}
+        records.append(record | {name: links.get(name, "") for name in dashboards})
     metric_columns = [c for name in metrics for c in (name, f"{name}_std")]
+    columns = [*head, *metric_columns, "error", "wandb", *dashboards]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        dashboards = _dashboards(rows)
-        writer.writerow([*head, *metric_columns, "error", "wandb", *dashboards])
-        for row in rows:
-            config = _config_cells(row, keys, seed_keys)
-            values = []
-            for name in metrics:
-                for stat in (row.mean, row.std):
-                    value = stat.get(name, math.nan)
-                    values.append("" if math.isnan(value) else repr(value))
-            book = _bookkeeping_cells(row, head)
-            links = _dashboard_cells(row.runs)
-            others = [links.get(name, "") for name in dashboards]
-            writer.writerow(
-                [*config, *book, *values, row.error or "", _wandb_cell(row.runs), *others]
-            )
+    frame = pd.DataFrame(records, columns=columns).astype({c: float for c in metric_columns})
+    # Floats as Python writes them (repr: every digit), NaN as an empty cell.
+    frame.to_csv(path, index=False)
     return path
 
 
