@@ -12,9 +12,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-import vaelab  # noqa: E402
+import vaelab
 
 PANELS = {
     "test/mig": "MIG",
