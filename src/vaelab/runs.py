@@ -41,6 +41,7 @@ LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 PICTURES = "pictures"
 WANDB = "wandb"
+MLFLOW = "mlflow.json"  # the run's MLflow run, which a resume and `vaelab eval` continue
 # ModelCheckpoint's filename pattern of the best checkpoint, and Lightning's last one.
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
@@ -251,6 +252,10 @@ class Run:
     def wandb(self) -> dict[str, Any]:
         """The run's W&B run: {"id", "mode", "project", "entity", "url"} ({} without one)."""
         return self.status().get("wandb") or {}
+
+    def mlflow(self) -> dict[str, Any]:
+        """The run's MLflow run: {"run_id", "tracking_uri"} ({} without one)."""
+        return _read_json(self.path / MLFLOW)
 
     def checkpoint(self, which: str = "best") -> Path:
         """The best (best val/elbo) or last checkpoint file.

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
-from vaelab.runs import HISTORY, Run, locked, write_json
+from vaelab.runs import HISTORY, MLFLOW, Run, locked, write_json
 from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,6 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-MLFLOW_RUN = "mlflow.json"  # in the run directory: its MLflow run, which a resume continues
 _MLFLOW_PARENT = "mlflow_parent.json"  # in a sweep's directory: the sweep's parent run
 
 
@@ -117,9 +116,9 @@ def _mlflow_run(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
     run, tagged as the child of its sweep's parent run when it is a multirun's job (the
     parent made by the sweep's first job, under a lock, and named after the sweep)."""
     run_dir = Path(cfg.paths.output_dir)
-    recorded = run_dir / MLFLOW_RUN
-    if cfg.get("resume") and recorded.is_file():
-        return {"run_id": json.loads(recorded.read_text())["run_id"]}
+    recorded = Run(run_dir).mlflow()
+    if cfg.get("resume") and recorded:
+        return {"run_id": recorded["run_id"]}
     sweep = run_dir.parent
     if not (sweep / "multirun.yaml").is_file():  # Hydra writes it in a multirun's folder
         return {}
@@ -172,7 +171,7 @@ def record(run: Run, loggers: list[Logger]) -> None:
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
             recorded = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
-            write_json(run.path / MLFLOW_RUN, recorded)
+            write_json(run.path / MLFLOW, recorded)
 
 
 def hyperparameter_loggers(loggers: list[Logger], resumed: bool) -> list[Logger]:
@@ -278,14 +277,13 @@ def log_evaluation(run: Run, metrics: dict[str, float], n_importance: int) -> li
             logger.log_metrics(named, step)
             logger.finalize("success")
             written.append(name)
-        elif target.endswith("MLFlowLogger"):
-            recorded = run.path / MLFLOW_RUN
-            if not recorded.is_file():
+        elif _is_mlflow(logger_cfg):
+            mlflow_run = run.mlflow()
+            if not mlflow_run:
                 log.warning(
                     "MLflow: %s records no MLflow run, so these metrics are not logged", run.path
                 )
                 continue
-            mlflow_run = json.loads(recorded.read_text())
             uri = mlflow_run["tracking_uri"]
             if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
                 log.warning(
@@ -296,7 +294,7 @@ def log_evaluation(run: Run, metrics: dict[str, float], n_importance: int) -> li
                 continue
             logger = MLFlowLogger(
                 experiment_name=logger_cfg.get("experiment_name") or "vaelab",
-                tracking_uri=mlflow_run["tracking_uri"],
+                tracking_uri=uri,
                 run_id=mlflow_run["run_id"],
             )
             logger.log_metrics(named, step)

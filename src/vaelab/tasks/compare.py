@@ -235,14 +235,6 @@ def _tensorboard_dir(run: Run) -> Path | None:
     return None
 
 
-def _mlflow_run(run: Run) -> dict[str, str] | None:
-    """The run's MLflow run ({"run_id", "tracking_uri"}), if it was logged to MLflow."""
-    try:
-        return json.loads((run.path / "mlflow.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _dashboard_cells(runs: Sequence[Run]) -> dict[str, str]:
     """Where the runs are in TensorBoard and MLflow, for the dashboards they used: the
     log folders `tensorboard --logdir` takes, and the MLflow run ids with their store."""
@@ -251,7 +243,7 @@ def _dashboard_cells(runs: Sequence[Run]) -> dict[str, str]:
     if folders:
         cells["tensorboard"] = _shown_paths(folders)
     stores: dict[str, list[str]] = {}
-    for recorded in filter(None, map(_mlflow_run, runs)):
+    for recorded in filter(None, (run.mlflow() for run in runs)):
         stores.setdefault(recorded["tracking_uri"], []).append(recorded["run_id"])
     if stores:
         cells["mlflow"] = " ".join(f"{' '.join(ids)} in {uri}" for uri, ids in stores.items())
