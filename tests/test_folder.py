@@ -3,11 +3,13 @@
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from vaelab.data import load_dataset
+from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError, DataError
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -81,9 +83,12 @@ def test_a_flat_grey_folder_is_unlabelled_grey_and_cached_until_it_changes(tmp_p
     grown = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
     assert grown.source.startswith("folder:")
     assert len(grown.train_images) + len(grown.test_images) == 6
-    os.utime(folder / "0.png", ns=(0, 0))  # a changed file too
+    _png(folder / "0.png", _filled(1, 10, 12, 7))  # a changed file too
+    changed = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert changed.source.startswith("folder:")
+    os.utime(folder / "0.png", ns=(0, 0))  # touched, its contents the same: still cached
     touched = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
-    assert touched.source.startswith("folder:")
+    assert touched.source.startswith("cache:")
 
 
 def test_a_bad_folder_is_one_line_naming_the_path(tmp_path):
@@ -163,3 +168,92 @@ def test_a_path_given_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path="~/images")
     assert splits.source == f"folder:{tmp_path / 'home' / 'images'}"
+
+
+def _split_values(folder, data_dir):
+    """{split: the set of the grey levels of its images} of a folder of flat 8 x 8 images,
+    split by the datamodule as a run splits it (train, val and test)."""
+    datamodule = VAEDataModule(
+        "folder", str(data_dir), binarize="none", download=False, image_size=8, path=str(folder)
+    )
+    levels = {}
+    for split in ("train", "val", "test"):
+        images = torch.cat([x for x, _ in datamodule.model_batches(split)])
+        levels[split] = set((images[:, 0, 0, 0] * 255).round().int().tolist())
+    return levels
+
+
+def test_adding_or_removing_a_file_moves_no_other_file_between_splits(tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(200):  # each file known by its grey level
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, level))
+    before = _split_values(folder, tmp_path / "data")
+    assert all(before.values()) and sum(map(len, before.values())) == 200
+    _png(folder / "new.png", _filled(1, 8, 8, 250))
+    grown = _split_values(folder, tmp_path / "data")
+    for split, levels in before.items():
+        assert grown[split] - {250} == levels, split
+    gone = {min(before["test"]), min(before["val"]), min(before["train"])}
+    for level in gone:
+        (folder / f"{level:03d}.png").unlink()
+    shrunk = _split_values(folder, tmp_path / "data")
+    for split, levels in grown.items():
+        assert shrunk[split] == levels - gone, split
+
+
+def test_a_file_rewritten_with_the_same_size_and_times_is_decoded_again(tmp_path):
+    folder = tmp_path / "flat"
+    for name, level in (("a.png", 10), ("b.png", 20)):
+        _save(folder / name, _filled(1, 8, 8, level), compress_level=0)  # stored: size fixed
+    first = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    stat = (folder / "a.png").stat()
+    _save(folder / "a.png", _filled(1, 8, 8, 99), compress_level=0)  # as `cp -p` would leave it
+    os.utime(folder / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = (folder / "a.png").stat()
+    assert (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert again.source.startswith("folder:")
+    levels = {int(x.max()) for x in torch.cat([again.train_images, again.test_images])}
+    assert levels == {99, 20}
+    assert 10 in {int(x.max()) for x in torch.cat([first.train_images, first.test_images])}
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    levels = np.repeat(np.array([0, 64 * 257, 128 * 257, 65535], dtype=np.uint16), 2)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.tile(levels, (8, 1))).save(folder / name)  # mode I;16
+        assert Image.open(folder / name).mode == "I;16"
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    for image in torch.cat([splits.train_images, splits.test_images]):
+        assert image.shape == (1, 8, 8)
+        assert image[0, 3].tolist() == [0, 0, 64, 64, 128, 128, 255, 255]
+
+
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    stored = np.zeros((8, 16), dtype=np.uint8)  # 16 wide, 8 high: white top, black bottom
+    stored[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise (a phone held upright)
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(stored, "L").save(folder / name, quality=100, exif=exif)
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    for image in torch.cat([splits.train_images, splits.test_images]):
+        # Shown 8 wide and 16 high, white on the right; its middle 8 x 8 is cut out.
+        assert (image[0, :, :3] < 32).all() and (image[0, :, 5:] > 223).all()
+
+
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    folder = tmp_path / "exported"
+    for name in ("a.png", "b.png"):
+        _png(folder / name, _filled(1, 8, 8, 30))
+    for name in (".ipynb_checkpoints/a-checkpoint.png", ".hidden.png", ".trash/c/d.png"):
+        _png(folder / name, _filled(1, 8, 8, 255))
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not a png")
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    images = torch.cat([splits.train_images, splits.test_images])
+    assert len(images) == 2 and (images == 30).all() and not splits.labelled

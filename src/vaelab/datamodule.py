@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import DataError, VaelabError
+from vaelab.folder import file_draws, held_out
 from vaelab.schema import checked
 
 SPLITS = ("train", "val", "test")
@@ -120,7 +121,9 @@ class VAEDataModule(LightningDataModule):
         val_fraction: Share of the standard training set held out for validation.
         val_size: Number of training images held out for validation instead (None:
             `val_fraction` decides), e.g. 10,000 for the usual 50,000/10,000 split.
-        seed: Seeds the train/val split, static binarization and shuffling.
+        seed: Seeds the train/val split, static binarization and shuffling. Files of
+            images (`data=folder`, `data=celeba`) are held out for validation by a rule of
+            each file's path and the seed, so that adding a file moves no other one.
         download: Try torchvision's download if the files are not in `data_dir`.
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
         image_size: "shapes" and "folder": pixels a side (None: shapes 64; folder needs one).
@@ -201,12 +204,10 @@ class VAEDataModule(LightningDataModule):
         data = self._loaded if self._loaded is not None else self._load()
         self._loaded = None
         hp = self.hparams
+        train_idx, val_idx = self._val_split(data)
         pool, test = data.train_images, data.test_images
         if hp.binarize == "static":
             pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
-        n_val = _validation_size(hp.val_fraction, hp.val_size, len(pool))
-        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(hp.seed))
-        train_idx, val_idx = perm[n_val:], perm[:n_val]
         val = pool[val_idx]
         if hp.binarize == "dynamic":
             val = _binarize(val, _EVAL_BINARIZATION_SEED)
@@ -227,10 +228,30 @@ class VAEDataModule(LightningDataModule):
             {
                 "source": data.source,
                 "n_train": len(train_idx),
-                "n_val": n_val,
+                "n_val": len(val_idx),
                 "n_test": len(test),
             }
         )
+
+    def _val_split(self, data: DatasetSplits) -> tuple[Tensor, Tensor]:
+        """(train, val) indices into the training pool: a permutation drawn from the seed,
+        or, for files of images, each file held out by a rule of its own path and the seed
+        (`data.val_size`: the files of the lowest draws)."""
+        hp = self.hparams
+        n_val = _validation_size(hp.val_fraction, hp.val_size, len(data.train_images))
+        if not data.train_names:
+            perm = torch.randperm(
+                len(data.train_images), generator=torch.Generator().manual_seed(hp.seed)
+            )
+            return perm[n_val:], perm[:n_val]
+        draws = file_draws(list(data.train_names), f"val-{hp.seed}")
+        if hp.val_size is not None:
+            val = torch.zeros(len(draws), dtype=torch.bool)
+            val[draws.argsort()[:n_val]] = True
+        else:
+            val = held_out(draws, hp.val_fraction)
+        val_idx = val.nonzero().squeeze(1)
+        return (~val).nonzero().squeeze(1), val_idx[draws[val_idx].argsort()]
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", self.hparams.batch_size, shuffle=True)
