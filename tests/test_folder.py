@@ -2,15 +2,19 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, _offline_env
 from PIL import Image
 
 from vaelab.data import load_dataset
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError, DataError
+from vaelab.runs import Run
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -257,3 +261,54 @@ def test_hidden_files_and_folders_are_not_images(tmp_path):
     splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
     images = torch.cat([splits.train_images, splits.test_images])
     assert len(images) == 2 and (images == 30).all() and not splits.labelled
+
+
+@pytest.mark.slow
+def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(train_cli, tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(40):
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, 5 * level))
+    tiny = ("data=folder", f"data.path={folder}", "data.image_size=8", "model=mlp",
+            "latent_dim=2", "trainer=debug", "logger=none", "batch_size=8", "n_importance=0",
+            "callbacks.pictures.every_n_epochs=100")  # fmt: skip
+    (run_dir,) = train_cli(*tiny, "max_epochs=1").run_dirs
+    recorded = Run(run_dir).data()
+    datamodule = VAEDataModule(
+        "folder", str(tmp_path / "data"), image_size=8, path=str(folder), download=False
+    )
+    assert recorded == datamodule.fingerprint()  # written by the run, as the data is now
+    assert sum(recorded[s]["images"] for s in ("train", "val", "test")) == 40
+    config, status = (run_dir / "config.yaml").read_text(), Run(run_dir).status()
+    # A test image changed, and a file added: the splits they are in differ.
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    tested = sorted({p.name for p in folder.iterdir()} - set(splits.train_names))[0]
+    original = (folder / tested).read_bytes()
+    _png(folder / tested, _filled(1, 8, 8, 201))
+    _png(folder / "new.png", _filled(1, 8, 8, 202))
+    refused = train_cli(*tiny, f"resume={run_dir}", "max_epochs=2", check=False)
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if "vaelab: error:" in line]
+    assert len(lines) == 1 and "Traceback" not in refused.output, refused.output[-3000:]
+    assert "its data changed since it trained" in lines[0] and "restore the data" in lines[0]
+    assert (
+        "start a new run" in lines[0] and "test split (" in lines[0] and "images, was" in lines[0]
+    )
+    assert (run_dir / "config.yaml").read_text() == config  # the run is left as it was
+    assert Run(run_dir).status() == status and Run(run_dir).state == "finished"
+    # `vaelab eval` on the changed data evaluates, and says the test split is another one.
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), f"run_dir={run_dir}", "n_importance=2",
+         "wandb_mode=disabled"],
+        cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = evaluated.stdout + evaluated.stderr
+    assert evaluated.returncode == 0, output[-3000:]
+    warned = [line for line in output.splitlines() if "differs from the one" in line]
+    assert len(warned) == 1 and f"{run_dir} was tested on" in warned[0], output[-3000:]
+    # The data restored: a run of an earlier version (no data.json) resumes and records it.
+    (folder / "new.png").unlink()
+    (folder / tested).write_bytes(original)
+    (run_dir / "data.json").unlink()
+    train_cli(*tiny, f"resume={run_dir}", "max_epochs=2")
+    assert Run(run_dir).data() == recorded and Run(run_dir).state == "finished"
+    assert max(row["epoch"] for row in Run(run_dir).history()) == 1

@@ -1,5 +1,6 @@
 """LightningDataModule: splits, binarization and on-device batching by index."""
 
+import hashlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -19,6 +20,7 @@ SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
 # metrics are comparable across epochs and test metrics across runs.
 _EVAL_BINARIZATION_SEED = 0
+_FINGERPRINT_CHUNK = 4096  # images hashed at a time: no second copy of a large split
 
 
 class IndexBatchSampler(Sampler[Tensor]):
@@ -158,6 +160,7 @@ class VAEDataModule(LightningDataModule):
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
         self._labelled = True
+        self._fingerprint: dict[str, dict[str, object]] | None = None
         self._device = torch.device("cpu")  # the training device, which batches go to
         self.held_on = torch.device("cpu")  # where the splits are held (set up)
 
@@ -198,6 +201,17 @@ class VAEDataModule(LightningDataModule):
         if not self._splits and self._loaded is None:
             self._loaded = self._load()
 
+    def fingerprint(self) -> dict[str, dict[str, object]]:
+        """The splits' identity, for a run to record the data it trained on: per split
+        ("train", "val", "test") its number of images and a blake2b hash of its images
+        and labels as split, before any binarization. Loads and splits the data first if
+        need be."""
+        if self._fingerprint is None:
+            if self._loaded is None:
+                self._loaded = self._load()
+            self._fingerprint = _fingerprint(self._loaded, *self._val_split(self._loaded))
+        return self._fingerprint
+
     def setup(self, stage: str | None = None) -> None:
         if self._splits:  # already set up, e.g. for fit before test
             return
@@ -205,6 +219,8 @@ class VAEDataModule(LightningDataModule):
         self._loaded = None
         hp = self.hparams
         train_idx, val_idx = self._val_split(data)
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(data, train_idx, val_idx)
         pool, test = data.train_images, data.test_images
         if hp.binarize == "static":
             pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
@@ -395,6 +411,27 @@ def _validation_size(val_fraction: float, val_size: int | None, n: int) -> int:
             f"training images: give at least {1 / n:.2g}"
         )
     return n_val
+
+
+def _fingerprint(
+    data: DatasetSplits, train_idx: Tensor, val_idx: Tensor
+) -> dict[str, dict[str, object]]:
+    """Per split, {"images": how many, "blake2b": the hash of their shape, pixels and labels}."""
+    all_test = torch.arange(len(data.test_images))
+    parts = {
+        "train": (data.train_images, data.train_labels, train_idx),
+        "val": (data.train_images, data.train_labels, val_idx),
+        "test": (data.test_images, data.test_labels, all_test),
+    }
+    found: dict[str, dict[str, object]] = {}
+    for split, (images, labels, idx) in parts.items():
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{tuple(images.shape[1:])} {images.dtype} {labels.dtype}\n".encode())
+        for chunk in idx.split(_FINGERPRINT_CHUNK):
+            digest.update(images[chunk].numpy())
+            digest.update(labels[chunk].numpy())
+        found[split] = {"images": len(idx), "blake2b": digest.hexdigest()}
+    return found
 
 
 def _binarize(images: Tensor, seed: int) -> Tensor:
