@@ -309,6 +309,7 @@ def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(train_cl
     (folder / "new.png").unlink()
     (folder / tested).write_bytes(original)
     (run_dir / "data.json").unlink()
-    train_cli(*tiny, f"resume={run_dir}", "max_epochs=2")
+    resumed = train_cli(*tiny, f"resume={run_dir}", "max_epochs=2")
+    assert "recorded no data.json (made by an earlier version)" in resumed.output
     assert Run(run_dir).data() == recorded and Run(run_dir).state == "finished"
     assert max(row["epoch"] for row in Run(run_dir).history()) == 1

@@ -278,6 +278,15 @@ def same_data(run: Run, datamodule: L.LightningDataModule) -> None:
         DataError: a split's images or labels differ from those the run recorded.
     """
     recorded = run.data()
+    if not recorded:
+        log.warning(
+            "%s recorded no %s (made by an earlier version): it resumes on the data as it is "
+            "now, which it records (data=folder and data=celeba split files by another rule "
+            "since then)",
+            run.path,
+            DATA,
+        )
+        return
     now = datamodule.fingerprint()
     changed = [split for split, was in recorded.items() if now.get(split) != was]
     if changed:
