@@ -205,6 +205,19 @@ def test_adding_or_removing_a_file_moves_no_other_file_between_splits(tmp_path):
         assert shrunk[split] == levels - gone, split
 
 
+def test_a_validation_size_holds_out_that_many_files_of_a_folder(tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(60):
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, level))
+    datamodule = VAEDataModule(
+        "folder", str(tmp_path / "data"), download=False, image_size=8, path=str(folder),
+        val_size=7,
+    )  # fmt: skip
+    datamodule.setup()
+    assert datamodule.hparams.n_val == 7
+    assert datamodule.hparams.n_train + 7 + datamodule.hparams.n_test == 60
+
+
 def test_a_file_rewritten_with_the_same_size_and_times_is_decoded_again(tmp_path):
     folder = tmp_path / "flat"
     for name, level in (("a.png", 10), ("b.png", 20)):
