@@ -4,6 +4,7 @@
 <run>/
 ├── status.json        # running | finished | failed (with the error), times, W&B run
 ├── config.yaml        # the fully resolved config of the run
+├── data.json          # the data it trained on: per split, its size and a hash of it
 ├── history.jsonl      # one JSON object of epoch-level metrics per epoch
 ├── metrics.json       # final val/* and test/* metrics
 ├── eval_metrics.json  # `vaelab eval`'s evaluations, one per checkpoint and K
@@ -41,6 +42,7 @@ LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 PICTURES = "pictures"
 WANDB = "wandb"
+DATA = "data.json"  # the fingerprint of the splits the run trained on
 MLFLOW = "mlflow.json"  # the run's MLflow run, which a resume and `vaelab eval` continue
 # ModelCheckpoint's filename pattern of the best checkpoint, and Lightning's last one.
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
@@ -257,6 +259,11 @@ class Run:
         """The run's MLflow run: {"run_id", "tracking_uri"} ({} without one)."""
         return _read_json(self.path / MLFLOW)
 
+    def data(self) -> dict[str, Any]:
+        """The data the run trained on, per split: {"images", "blake2b"} ({} for a run of
+        an earlier version, which did not record it)."""
+        return _read_json(self.path / DATA)
+
     def checkpoint(self, which: str = "best") -> Path:
         """The best (best val/elbo) or last checkpoint file.
 
@@ -337,6 +344,10 @@ class Run:
         for (e.g. the precision Lightning chose); status.json keeps those asked for, by key."""
         _write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         self._set_status(requested={**self.status().get("requested", {}), **requested})
+
+    def record_data(self, fingerprint: dict[str, Any]) -> None:
+        """Write data.json: the fingerprint of the splits the run trains on."""
+        write_json(self.path / DATA, fingerprint)
 
     def record_wandb(self, **wandb: Any) -> None:
         """Remember the run's W&B run (id, mode, project, entity, url)."""
