@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
 from vaelab.devices import check_available
@@ -283,7 +284,11 @@ class CheckRunDirBeforeRun(Callback):
     holds a run. Each job checks again, owning the directory. Registered in `hydra.callbacks`."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        run = Run(config.hydra.run.dir)
+        HydraConfig.instance().set_config(config)  # as Hydra does next: ${hydra:job.name}
+        try:
+            run = Run(config.hydra.run.dir)
+        except OmegaConfBaseException:  # a ${hydra:runtime...} of a job: the job checks
+            return
         try:
             run.refuse_if_owned()
             if not config.get("resume") and run.exists():
