@@ -123,3 +123,23 @@ def test_a_new_run_in_the_directory_of_a_finished_run_is_refused(trained_run, tm
         assert f"{run_dir} holds a run already (finished)" in line
         assert f"resume={run_dir}" in line
     assert files(run_dir) == before  # not one byte, not even Hydra's
+
+
+def test_a_jobs_config_is_its_runs_config_as_asked_for_not_as_lightning_ran_it(compose, tmp_path):
+    """What a sweep started again compares: config.yaml, with status.json's `requested`
+    values where Lightning ran another (16-mixed runs as bf16-mixed on a CPU)."""
+    from omegaconf import OmegaConf
+
+    from vaelab.jobs import config_difference
+
+    cfg = compose("latent_dim=2", "trainer.precision=16-mixed")
+    run = Run(tmp_path / "run")
+    run.start(OmegaConf.to_container(cfg, resolve=True))
+    ran = compose("latent_dim=2", "trainer.precision=bf16-mixed", "run_name=filled_in")
+    run.record_config(OmegaConf.to_container(ran, resolve=True), {"trainer.precision": "16-mixed"})
+
+    assert config_difference(run, cfg) == []
+    moved = compose("latent_dim=2", "trainer.precision=16-mixed", f"paths.log_dir={tmp_path}")
+    assert config_difference(run, moved) == []  # where it lies is not what it is
+    other = compose("latent_dim=3", "trainer.precision=16-mixed")
+    assert config_difference(run, other) == ["latent_dim (here: 3, there: 2)"]

@@ -228,8 +228,14 @@ def config_difference(run: Run, cfg: DictConfig) -> list[str]:
     """The keys whose values differ between `cfg` and the config `run` was trained with
     (as asked for: status.json's `requested` values stand where Lightning ran others),
     each as `key (here: a, there: b)`; [] for the same run."""
+    old = run.config()
+    cfg = cfg.copy()
+    with open_dict(cfg):  # names and places that other values interpolate: the run's own
+        cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
+        for key, value in (old.get("paths") or {}).items():  # a sweep moved is the same
+            OmegaConf.update(cfg, f"paths.{key}", value, force_add=True)
     mine = _flat(OmegaConf.to_container(cfg, resolve=True))
-    theirs = {**_flat(run.config()), **run.status().get("requested", {})}
+    theirs = {**_flat(old), **run.status().get("requested", {})}
     ignored = tuple(k + "." for k in _NOT_IDENTITY)
     return [
         f"{key} (here: {mine.get(key)}, there: {theirs.get(key)})"
