@@ -11,12 +11,14 @@
 ├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
 ├── pictures/          # epoch_NNN/*.png and test/*.png
 ├── samples.png        # written by `vaelab sample`
-└── wandb/             # the W&B run files, with logger=wandb
+├── wandb/             # the W&B run files, with logger=wandb
+└── .owner.lock        # flock of the one training process that owns the run
 ```
 """
 
 import fcntl
 import json
+import logging
 import math
 import os
 import re
@@ -48,6 +50,9 @@ MLFLOW = "mlflow.json"  # the run's MLflow run, which a resume and `vaelab eval`
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
 SAMPLES = "samples.png"  # `vaelab sample`'s picture, when no `out` is given
+OWNER = ".owner.lock"  # flock of the training process that owns the run; its pid, host, since
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> str:
@@ -155,6 +160,83 @@ class Run:
 
     def exists(self) -> bool:
         return (self.path / STATUS).is_file() or (self.path / CONFIG).is_file()
+
+    def owner(self) -> dict[str, Any] | None:
+        """The live process that owns the run ({"pid", "host", "since"}), None when none does.
+
+        A training process holds the flock of `.owner.lock` for as long as it trains the run;
+        the kernel releases it when the process ends, however it ends.
+        """
+        try:
+            lock = (self.path / OWNER).open()
+        except FileNotFoundError:
+            return None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    return json.loads(lock.read())
+                except json.JSONDecodeError:  # it is being written: the owner has just started
+                    return {}
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+
+    def refuse_if_owned(self) -> None:
+        """Raises VaelabError naming the owner, if a live process trains the run."""
+        owner = self.owner()
+        if owner is not None:
+            raise VaelabError(self._owned_message(owner))
+
+    def _owned_message(self, owner: dict[str, Any]) -> str:
+        pid, host = owner.get("pid", "?"), owner.get("host", "?")
+        return (
+            f"{self.path} is being trained by pid {pid} on {host} since "
+            f"{owner.get('since', '?')}: wait for it to end, or stop it (kill {pid}) and "
+            f"continue it with `vaelab train resume={self.path}`"
+        )
+
+    @contextmanager
+    def own(self) -> Iterator[None]:
+        """Own the run for one training process: while the block runs, `own()` elsewhere
+        (another `train` or `resume=`) raises; `vaelab eval` and `sample` do not ask.
+
+        A run that status.json says is running, whose process is gone (SIGKILL, a crash of
+        its host), is taken over with a line saying so: its lock went with its process.
+
+        Raises:
+            VaelabError: another live process owns the run (the message names it).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / OWNER).open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                try:
+                    owner = json.loads(lock.read())
+                except json.JSONDecodeError:
+                    owner = {}
+                raise VaelabError(self._owned_message(owner)) from None
+            status = self.status()
+            if status.get("status") == "running":  # its lock is free: its process is gone
+                log.info(
+                    "Taking over %s from pid %s on %s (started %s), which ended without "
+                    "recording how",
+                    self.path,
+                    status.get("pid"),
+                    status.get("host"),
+                    status.get("started_at"),
+                )
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            lock.truncate(0)
+            lock.write(json.dumps(me))
+            lock.flush()
+            try:
+                yield
+            finally:
+                lock.truncate(0)
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def config(self) -> dict[str, Any]:
         """The resolved config as plain containers ({} if it was never written)."""
@@ -320,6 +402,10 @@ class Run:
             host=socket.gethostname(),
             pid=os.getpid(),
         )
+
+    def has_last_checkpoint(self) -> bool:
+        """Whether the run has the checkpoint a resume continues from."""
+        return (self.checkpoint_dir / LAST_CHECKPOINT).is_file()
 
     def resume_checkpoint(self) -> Path:
         """The checkpoint a resumed run continues from: the newest, last.ckpt.
