@@ -168,27 +168,59 @@ def active_units(posterior_means: Tensor, threshold: float = 1e-2) -> tuple[int,
     return int((variances > threshold).sum()), variances
 
 
+EIGHT_BIT_BINS = 256
+
+
+def dequantization(density: bool, binary: bool | None) -> float | None:
+    """Nats per sub-pixel that turn a model's −log p(x) into the data's −log P(x), which
+    bits per dimension count; None where no such figure exists.
+
+    A mass (`bernoulli` of binary pixels, `discretized_logistic` of the 256 levels) is
+    already the data's probability: 0. A density (`vaelab.models.vae.VAE.density`) of 8-bit
+    data x = k/255: each value lies in its own bin [k/256, (k+1)/256], and the 256 bins tile
+    [0, 1] (the bins of the uniform dequantisation of Theis et al. 2016), so p(k/255) / 256 is
+    the Riemann estimate of the mass the density puts on bin k, and these masses sum to
+    about ∫₀¹ p ≤ 1: ln 256, and uniform bytes cost 8 bits under the uniform density. A
+    density of binary data, or of data whose quantisation is unknown (`binary` None): None;
+    0 and 1 are no bins of [0, 1], and a Gaussian of scale 0.1 has density 4 at either.
+
+    Args:
+        density: the model's log-likelihood is a density of x.
+        binary: the data hold 0s and 1s only (binarized); False: 8-bit levels k/255.
+    """
+    if not density:
+        return 0.0
+    if binary is False:
+        return math.log(EIGHT_BIT_BINS)
+    return None
+
+
 class LogLikelihoodMetric(Metric):
     """Dataset mean of per-image log p(x) estimates, DDP-correct (sums of states).
 
     `compute` returns {"nll", "bpd"} and, if ESS was given to `update`, "ess", each name
     followed by `_{suffix}` when a suffix is set (e.g. `nll_iwae`). nll is positive nats per
-    image; bpd is nll / (num_dims · ln 2), bits per pixel of a discrete (e.g. binarized)
-    image; for densities of grey levels it is not comparable to 8-bit bpd figures.
+    image; bpd is (nll + num_dims · dequantization) / (num_dims · ln 2), bits per sub-pixel
+    of the discrete data (see `dequantization`), left out where `dequantization` is None.
 
     Args:
-        num_dims: D_x, the number of pixels of one image (784 for MNIST).
+        num_dims: D_x, the number of sub-pixels of one image (784 for MNIST).
         suffix: name of the estimator, appended to the keys.
+        dequantization: nats per sub-pixel from the model's log p(x) to the data's
+            (`dequantization`); None: no bpd. An attribute: set it before `compute`.
     """
 
     full_state_update = False
     higher_is_better = False
     is_differentiable = False
 
-    def __init__(self, num_dims: int, suffix: str = "", **kwargs):
+    def __init__(
+        self, num_dims: int, suffix: str = "", dequantization: float | None = 0.0, **kwargs
+    ):
         super().__init__(**kwargs)
         self.num_dims = num_dims
         self.suffix = f"_{suffix}" if suffix else ""
+        self.dequantization = dequantization
         self.add_state("sum_log_px", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("sum_ess", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
@@ -204,7 +236,10 @@ class LogLikelihoodMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         nll = -self.sum_log_px / self.count
-        out = {"nll": nll, "bpd": nll / (self.num_dims * math.log(2))}
+        out = {"nll": nll}
+        if self.dequantization is not None:
+            bits = nll + self.num_dims * self.dequantization
+            out["bpd"] = bits / (self.num_dims * math.log(2))
         if self.count_ess > 0:
             out["ess"] = self.sum_ess / self.count_ess
         return {f"{key}{self.suffix}": value for key, value in out.items()}
@@ -319,6 +354,8 @@ def evaluate_log_likelihood(
     batches: Iterable[Tensor | tuple[Tensor, ...]],
     num_samples: int,
     max_batch: int | None = None,
+    *,
+    binary: bool | None = None,
 ) -> dict[str, float]:
     """IWAE and naive estimates of log p(x) plus the ELBO, averaged over a dataset.
 
@@ -330,10 +367,13 @@ def evaluate_log_likelihood(
             e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once.
         num_samples: K for both estimators.
         max_batch: bound on decoder evaluations per chunk; None: by the device.
+        binary: the images are binarized (True) or 8-bit levels (False); None: unknown,
+            which leaves out the bits per dimension of a density (see `dequantization`).
 
     Returns:
         Per-image means: nll_iwae, bpd_iwae, ess_iwae, nll_naive, bpd_naive (positive nats
-        and bits per pixel) and elbo (nats, one sample per image).
+        and bits per sub-pixel; no bpd where `dequantization` is None) and elbo (nats, one
+        sample per image).
 
     Raises:
         InputError: a batch is not model-ready (see `VAE.check_data`).
@@ -348,8 +388,9 @@ def evaluate_log_likelihood(
             x = (batch[0] if isinstance(batch, tuple | list) else batch).to(device)
             vae.check_data(x)
             if iwae is None:
-                iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
-                naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
+                shift = dequantization(vae.density, binary)
+                iwae = LogLikelihoodMetric(x[0].numel(), "iwae", shift).to(device)
+                naive = LogLikelihoodMetric(x[0].numel(), "naive", shift).to(device)
             iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch, check=False))
             naive.update(naive_log_likelihood(vae, x, num_samples, max_batch, check=False))
             rec, kl = vae.elbo_terms(x)

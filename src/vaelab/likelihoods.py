@@ -14,12 +14,18 @@ from torch.distributions import (
     constraints,
 )
 
-# The names, those whose support is {0, 1} (they need binarized data) and those with a
-# learned scale: the schema's.
-from vaelab.schema import BINARY_LIKELIHOODS, LEARNED_SCALE_LIKELIHOODS, LIKELIHOODS
+# The names, those whose support is {0, 1} (they need binarized data), those whose log_prob
+# is a density rather than a discrete mass, and those with a learned scale: the schema's.
+from vaelab.schema import (
+    BINARY_LIKELIHOODS,
+    DENSITY_LIKELIHOODS,
+    LEARNED_SCALE_LIKELIHOODS,
+    LIKELIHOODS,
+)
 
 __all__ = [
     "BINARY_LIKELIHOODS",
+    "DENSITY_LIKELIHOODS",
     "LEARNED_SCALE_LIKELIHOODS",
     "LIKELIHOODS",
     "DiscretizedLogistic",

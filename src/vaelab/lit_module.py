@@ -15,6 +15,7 @@ from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     MeansMetric,
+    dequantization,
     iw_log_likelihood,
     kl_per_dim,
     naive_log_likelihood,
@@ -48,7 +49,9 @@ class LitVAE(L.LightningModule):
     test add `active_units` (and, for a model of several stochastic layers, per layer:
     `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
-    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip). On data
+    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip); the
+    bpd of a density on 8-bit data counts the bins' width, and a density on binarized data
+    (or on a datamodule without `is_binary`) has none (`estimators.dequantization`). On data
     whose labels are ground-truth factors (B, K), test adds the disentanglement metrics of
     the test images' posterior means (`vaelab.disentanglement.scores`): `mig`,
     `dci_disentanglement`, `dci_completeness`, `dci_informativeness`, `sap`, `factor_vae`,
@@ -244,6 +247,10 @@ class LitVAE(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._seed_evaluation()
+        # The data, not the model, knows its quantisation: the bits of a density depend on it.
+        binary = getattr(self.trainer.datamodule, "is_binary", None)
+        shift = dequantization(self.vae.density, binary)
+        self.nll_iwae.dequantization = self.nll_naive.dequantization = shift
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

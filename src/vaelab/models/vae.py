@@ -9,7 +9,12 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vaelab.errors import InputError
-from vaelab.likelihoods import BINARY_LIKELIHOODS, LEARNED_SCALE_LIKELIHOODS, observation_dist
+from vaelab.likelihoods import (
+    BINARY_LIKELIHOODS,
+    DENSITY_LIKELIHOODS,
+    LEARNED_SCALE_LIKELIHOODS,
+    observation_dist,
+)
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -69,6 +74,12 @@ class VAE(nn.Module):
     def layers(self) -> tuple[tuple[str, int], ...]:
         """The stochastic layers' names and sizes, in the order of z's dimensions."""
         return (("z", self.latent_dim),)
+
+    @property
+    def density(self) -> bool:
+        """log p(x|z) is a density of x (gaussian, continuous_bernoulli), not the mass of a
+        discrete value (bernoulli, discretized_logistic): read by the bits-per-dimension."""
+        return self.likelihood in DENSITY_LIKELIHOODS
 
     @property
     def standard_normal_prior(self) -> bool:
