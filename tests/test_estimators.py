@@ -1,6 +1,8 @@
 """Estimators of log p(x) against the exact answer of a linear-Gaussian model; metrics."""
 
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from vaelab.estimators import (
     LogLikelihoodMetric,
     active_units,
     default_max_batch,
+    dequantization,
     evaluate_log_likelihood,
     evaluation_bytes,
     iw_log_likelihood,
@@ -20,6 +23,8 @@ from vaelab.estimators import (
     naive_log_likelihood,
 )
 from vaelab.lit_module import LitVAE
+from vaelab.models import build_vae
+from vaelab.runs import Run
 
 # The perturbed encoder: means off by half a posterior std, stds 1.5 times too wide, so
 # ELBO is about 1 nat below log p(x) and the weights have a finite variance.
@@ -226,17 +231,85 @@ def test_log_likelihood_metric_weights_batches_by_size():
     assert set(naive.compute()) == {"nll_naive", "bpd_naive"}
 
 
+def uniform_bytes(n: int, d: int) -> torch.Tensor:
+    """n images of d uniformly random bytes k, as the model gets them: k / 255."""
+    return torch.randint(0, 256, (n, d), generator=torch.Generator().manual_seed(0)) / 255
+
+
+def test_the_bpd_of_a_density_on_8_bit_data_is_the_bits_of_the_bins_it_fills():
+    """Independently: the masses of a Gaussian on the bins [k/256, (k+1)/256] that hold the
+    values k/255, by its CDF in float64. On uniform bytes no model codes below 8 bits;
+    before, this density reported 0.26 bits."""
+    x = uniform_bytes(50, 64).double()
+    density = Normal(torch.tensor(0.5, dtype=torch.float64), x.std())  # the bytes' spread
+    metric = LogLikelihoodMetric(64, "iwae", dequantization(density=True, binary=False))
+    metric.update(density.log_prob(x).sum(1).float())
+    bins = torch.round(x * 255)
+    masses = density.cdf((bins + 1) / 256) - density.cdf(bins / 256)
+    bits = -masses.log2().mean()
+    out = metric.compute()
+    assert float(bits) > 8.2
+    # The density at k/255 stands for its mean over the bin, whose centre is up to 1/512
+    # away: a Riemann sum's error, thousandths of a bit.
+    assert float(out["bpd_iwae"]) == pytest.approx(float(bits), abs=0.01)
+    # The uniform density on [0, 1]: each bin's mass 1/256, exactly 8 bits.
+    uniform = LogLikelihoodMetric(64, "iwae", dequantization(density=True, binary=False))
+    uniform.update(torch.zeros(50))
+    assert float(uniform.compute()["bpd_iwae"]) == pytest.approx(8.0)
+
+
+def test_a_density_of_binary_pixels_has_no_bits_per_dimension():
+    """0 and 1 are no bins of [0, 1]: a Gaussian of scale 0.1 has density 4 at either."""
+    assert dequantization(density=False, binary=True) == 0.0  # a mass is the data's own
+    assert dequantization(density=False, binary=False) == 0.0
+    assert dequantization(density=True, binary=True) is None
+    assert dequantization(density=True, binary=None) is None  # unknown quantisation
+    metric = LogLikelihoodMetric(784, "iwae", None)
+    metric.update(torch.tensor([500.0]), torch.tensor([3.0]))
+    assert set(metric.compute()) == {"nll_iwae", "ess_iwae"}
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "binary", "bits"),
+    [
+        ("continuous_bernoulli", False, math.log(256)),
+        ("gaussian_learned", False, math.log(256)),
+        ("continuous_bernoulli", True, None),
+        ("gaussian", None, None),
+        ("bernoulli", True, 0.0),
+        ("discretized_logistic", False, 0.0),
+    ],
+)
+def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary, bits):
+    torch.manual_seed(0)
+    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1)
+    x = uniform_bytes(20, 16).view(20, 1, 4, 4)
+    if likelihood == "bernoulli":
+        x = x.round()
+    out = evaluate_log_likelihood(vae, [x], num_samples=4, binary=binary)
+    if bits is None:
+        assert "bpd_iwae" not in out and "bpd_naive" not in out
+        return
+    for name in ("iwae", "naive"):
+        expected = (out[f"nll_{name}"] + 16 * bits) / (16 * math.log(2))
+        assert out[f"bpd_{name}"] == pytest.approx(expected, rel=1e-5)
+
+
 def test_evaluate_log_likelihood(model):
     torch.manual_seed(0)
     vae = model.vae(**PERTURBATION)
     vae.train()
     x = model.sample(200, seed=1)
     batches = [x[:50], (x[50:], torch.zeros(150))]  # bare tensors and (images, labels)
-    out = evaluate_log_likelihood(vae, batches, num_samples=1000)
+    out = evaluate_log_likelihood(vae, batches, num_samples=1000, binary=False)
     assert set(out) == {"nll_iwae", "bpd_iwae", "ess_iwae", "nll_naive", "bpd_naive", "elbo"}
     assert vae.training
     assert abs(out["nll_iwae"] + model.log_px(x).mean().item()) < 0.02
-    assert math.isclose(out["bpd_iwae"], out["nll_iwae"] / (x.shape[1] * math.log(2)), rel_tol=1e-6)
+    dims = x.shape[1]  # a Gaussian density: its bpd counts the bins of 8-bit data
+    bits = (out["nll_iwae"] + dims * math.log(256)) / (dims * math.log(2))
+    assert math.isclose(out["bpd_iwae"], bits, rel_tol=1e-6)
+    # Not told what the data are: no bits of a density.
+    assert "bpd_iwae" not in evaluate_log_likelihood(vae, batches, num_samples=10)
     assert 1 <= out["ess_iwae"] <= 1000
     assert out["nll_naive"] > out["nll_iwae"] + 1
     assert out["elbo"] < -out["nll_iwae"] - 0.5
@@ -265,3 +338,39 @@ def test_active_units_of_a_flow_posterior_do_not_count_monte_carlo_noise():
     out = metric.compute()
     assert int(out["active_units"]) == 1
     assert out["variance"][1:].max() < 5e-3 and out["variance"][0] > 0.9
+
+
+@pytest.mark.slow
+def test_a_density_on_uniform_bytes_costs_8_bits_and_the_console_shows_it(
+    train_cli, mnist_idx_root
+):
+    """MNIST files of uniformly random bytes: no model codes them below 8 bits a sub-pixel
+    (before, likelihood=gaussian_learned reported about 2: its density's nats alone).
+    Binarized, a density's nll is no bpd of the data, and none is reported."""
+    result = train_cli(
+        "-m",
+        f"data.data_dir={mnist_idx_root}",
+        "data.binarize=none,dynamic",
+        "likelihood=gaussian_learned",
+        "obs_scale=0.3",  # starts near the bytes' spread, the best Gaussian's scale (0.29)
+        "model=mlp",
+        "latent_dim=2",
+        "trainer=debug",
+        "batch_size=32",
+        "n_importance=4",
+        "logger=none",
+        "callbacks.pictures.every_n_epochs=100",
+    )
+    runs = {Run(d).config()["data"]["binarize"]: d for d in result.run_dirs}
+    grey = json.loads((runs["none"] / "metrics.json").read_text())
+    assert grey["data_source"].startswith("idx:")
+    assert grey["test/bpd_iwae"] >= 8.0 and grey["test/bpd_naive"] >= 8.0
+    density_bits = grey["test/nll_iwae"] / (784 * math.log(2))
+    assert density_bits < 8  # what the density alone claims: fewer bits than the bytes hold
+    bits = density_bits + 8  # its bins' width, 1/256: 8 bits
+    assert grey["test/bpd_iwae"] == pytest.approx(bits, rel=1e-5, abs=1e-5)
+    binary = json.loads((runs["dynamic"] / "metrics.json").read_text())
+    assert "test/nll_iwae" in binary and "test/bpd_iwae" not in binary
+    # The console's Final metrics show the 8-bit run's headline figure, and only its.
+    shown = re.findall(r"^bpd_iwae +(\S+)$", result.output, re.MULTILINE)
+    assert shown == [f"{grey['test/bpd_iwae']:.4g}"]
