@@ -7,7 +7,9 @@ them). A run's final metrics are its metrics.json updated by
 one evaluation of `vaelab eval` (`Run.evaluation`: of the best checkpoint, the largest
 K). Runs that did not finish are never averaged in: each has its own row. The table is
 returned as Markdown and written to compare.csv; the plots are a metric against each
-swept numeric parameter and the learning curves. Everything is read from the run directories.
+swept numeric parameter and the learning curves, a figure per data set and likelihood
+(`data_and_likelihood`) when the runs have several. Everything is read from the run
+directories.
 """
 
 import json
