@@ -44,10 +44,15 @@ def test_the_standard_split_and_the_centre_crop_of_the_aligned_faces(tmp_path):
     assert torch.equal(again.test_images, splits.test_images)
 
 
-def test_without_the_partition_file_a_fixed_share_is_the_test_set(tmp_path):
-    write_celeba(tmp_path, n=20, partition=False)
-    splits = load_dataset("celeba", tmp_path, False, False, image_size=8)
-    assert (len(splits.train_images), len(splits.test_images)) == (18, 2)
+def test_without_the_partition_file_each_image_is_in_the_test_set_by_its_name(tmp_path):
+    write_celeba(tmp_path / "small", n=40, partition=False)
+    write_celeba(tmp_path / "large", n=80, partition=False)  # the same 40 and 40 more
+    small = load_dataset("celeba", tmp_path / "small", False, False, image_size=8)
+    large = load_dataset("celeba", tmp_path / "large", False, False, image_size=8)
+    assert len(small.train_names) + len(small.test_images) == 40 and len(small.test_images)
+    assert 3 <= len(large.test_images) <= 16  # about 10 %, by each name's hash
+    kept = [name for name in large.train_names if name <= "000040.jpg"]
+    assert kept == list(small.train_names)  # the 40 new images moved none of the first 40
 
 
 def test_missing_or_foreign_celeba_files_are_one_line(tmp_path):

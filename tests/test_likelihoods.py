@@ -1,12 +1,21 @@
 """The 8-bit likelihoods against direct float64 computations: the discretized logistic's
-masses, tails, gradients, mean and draws, and the learned scales inside a VAE."""
+masses, tails, gradients, mean and draws, the masses a density puts on the 8-bit levels,
+and the learned scales inside a VAE."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 
-from vaelab.likelihoods import DiscretizedLogistic, observation_dist
+from vaelab.likelihoods import (
+    MIN_LOG_SCALE,
+    BinnedContinuousBernoulli,
+    BinnedNormal,
+    DiscretizedLogistic,
+    observation_dist,
+)
 from vaelab.lit_module import LitVAE
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
@@ -34,6 +43,69 @@ def test_the_masses_of_the_256_values_sum_to_one_and_match_the_cdf_differences(l
     assert torch.logsumexp(log_p, 0).exp() == pytest.approx(1.0, abs=1e-12)
     shown = expected > 1e-300  # where float64's differences have not underflowed
     assert torch.allclose(log_p[shown], expected[shown].log(), rtol=1e-9, atol=1e-9)
+
+
+# The bins of the 8-bit levels k/255: [k − 1/2, k + 1/2] / 255, the end bins open.
+INNER_EDGES = (np.arange(255) + 0.5) / 255
+
+
+@pytest.mark.parametrize("loc", [-3.0, -0.5, 0.0, 0.3, 0.5, 1.0, 4.0])
+@pytest.mark.parametrize("scale", [1e-4, math.exp(MIN_LOG_SCALE), 0.01, 0.3, 3.0])
+def test_a_gaussian_puts_on_the_256_levels_masses_that_sum_to_one_and_are_its_cdf_steps(loc, scale):
+    """Against scipy's CDF in float64 (its survival function above loc, where the CDF's
+    steps cancel); before, a density had no masses, only p(k/255) / 256."""
+    log_mass = BinnedNormal(
+        torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
+    ).log_mass(LEVELS)
+    assert log_mass.dtype == torch.float64
+    assert torch.logsumexp(log_mass, 0).exp() == pytest.approx(1.0, abs=1e-12)
+    lower = np.concatenate([[-np.inf], INNER_EDGES])
+    upper = np.concatenate([INNER_EDGES, [np.inf]])
+    above = LEVELS.numpy() > loc
+    expected = np.where(
+        above,
+        norm.sf(lower, loc, scale) - norm.sf(upper, loc, scale),
+        norm.cdf(upper, loc, scale) - norm.cdf(lower, loc, scale),
+    )
+    shown = expected > 1e-250  # where scipy's differences have not underflowed
+    assert shown.sum() >= 1
+    assert np.allclose(log_mass.numpy()[shown], np.log(expected[shown]), rtol=1e-6, atol=1e-9)
+    assert torch.isfinite(log_mass).all()  # where scipy's underflow, still a log-mass
+
+
+@pytest.mark.parametrize("probs", [1e-9, 1e-3, 0.3, 0.4999, 0.5, 0.5001, 0.9, 1 - 1e-9])
+def test_a_continuous_bernoulli_puts_on_the_256_levels_masses_that_sum_to_one(probs):
+    """Against the CDF written out, F(x) = (λ^x (1 − λ)^(1−x) + λ − 1) / (2λ − 1), in
+    float64 (the uniform's at λ = 1/2), on the bins clipped to [0, 1]."""
+    logits = torch.tensor(math.log(probs) - math.log1p(-probs), dtype=torch.float64)
+    log_mass = BinnedContinuousBernoulli(logits=logits).log_mass(LEVELS)
+    assert torch.logsumexp(log_mass, 0).exp() == pytest.approx(1.0, abs=1e-12)
+    edges = np.concatenate([[0.0], INNER_EDGES, [1.0]])
+    if probs == 0.5:
+        cdf = edges
+    else:
+        cdf = (probs**edges * (1 - probs) ** (1 - edges) + probs - 1) / (2 * probs - 1)
+    expected = np.diff(cdf)
+    shown = expected > 1e-9  # where the written-out steps do not cancel
+    assert np.allclose(log_mass.numpy()[shown], np.log(expected[shown]), rtol=0, atol=1e-6)
+    assert torch.isfinite(log_mass).all()
+
+
+def test_a_sharp_density_at_a_black_pixel_has_a_mass_of_at_most_one():
+    """gaussian_learned at its scale's floor (9e-4) with its mean at x = 0: the density
+    is 443 there, and p(0) / 256 = 1.73 claimed negative bits; the mass of the level is
+    P(X ≤ 1/510) ≤ 1 (0.985)."""
+    x = torch.zeros(1, 1, 2, 2)
+    px_z = observation_dist(
+        "gaussian_learned", torch.zeros(1, 1, 2, 2), 3, log_scale=torch.full((1, 2, 2), -9.0)
+    )
+    riemann = px_z.log_prob(x) - 4 * math.log(256)  # the bins' width of the first pass
+    assert float(riemann) > 0  # a "probability" above 1
+    log_mass = px_z.log_mass(x)
+    assert log_mass.shape == (1,) and log_mass.dtype == torch.float32
+    expected = 4 * norm.logcdf(0.5 / 255, 0, math.exp(MIN_LOG_SCALE))
+    assert float(log_mass) <= 0
+    assert float(log_mass) == pytest.approx(expected, rel=1e-5)
 
 
 def test_far_tails_stay_finite_and_accurate_in_float32():

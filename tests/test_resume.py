@@ -259,7 +259,7 @@ def test_a_slurm_job_signalled_before_its_time_limit_checkpoints_requeues_and_re
     assert run.state == "finished" and len(run.status()["resumed_at"]) == 1
     log = run.log_file.read_text()
     assert "stopped by SIGUSR2" in log and "requeued by submitit" in log
-    assert "Resuming the interrupted run" in log
+    assert "job 0: resuming the interrupted run" in log
     assert torch.load(run.checkpoint("last"), weights_only=True)["global_step"] == 6 * 40
     assert [row["epoch"] for row in run.history()] == list(range(6))
 

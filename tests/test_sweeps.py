@@ -295,3 +295,82 @@ def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tm
     assert "latent_dim must be" in runs[0].error and "not finite" in runs[1].error
     assert runs[4].metrics()["val/elbo"] < 0  # the good trial kept its result
     assert (runs[5].checkpoint_dir / "last.ckpt").is_file()  # the killed run can resume
+
+
+# --- a sweep started again in its sweep directory -----------------------------------------
+
+
+def kept_files(run_dir: Path) -> dict[str, tuple[bytes, int]]:
+    """A run's own files (not Hydra's .hydra/ nor train.log, which a job appends to), with
+    their bytes and modification times."""
+    return {
+        p.relative_to(run_dir).as_posix(): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not p.name.startswith(".") and ".hydra" not in p.parts
+        and p.name != "train.log"
+    }  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_grid_stopped_and_started_again_keeps_resumes_and_adds_its_jobs(train_cli, tmp_path):
+    import signal
+
+    from conftest import start_train, wait_for
+
+    from vaelab.runs import Run
+
+    sweep_dir = tmp_path / "outputs" / "grid"
+    steps = ("trainer.max_epochs=2", "trainer.limit_train_batches=40")
+    grid = (*TINY, *steps, "callbacks.step_checkpoint.every_n_train_steps=5")
+    grid += (f"hydra.sweep.dir={sweep_dir}",)
+    proc = start_train(tmp_path, ("-m", *grid, "latent_dim=2,3"), "stopped")
+    wait_for(proc, sweep_dir, "1/checkpoints/last.ckpt")  # job 0 finished, job 1 runs
+    proc.send_signal(signal.SIGTERM)  # the basic launcher runs the jobs in its process
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    assert [Run(sweep_dir / n).state for n in "01"] == ["finished", "interrupted"]
+    finished = kept_files(sweep_dir / "0")
+
+    result = train_cli("-m", *grid, "latent_dim=2,3,4")
+
+    assert kept_files(sweep_dir / "0") == finished  # not trained again, not overwritten
+    assert [row["epoch"] for row in Run(sweep_dir / "0").history()] == [0, 1]
+    value = Run(sweep_dir / "0").metrics()["val/elbo"]
+    lines = [line.split(" - ", 1)[1] for line in result.output.splitlines() if " - job " in line]
+    assert lines == [
+        f"job 0: finished run kept, not trained again (val/elbo={value})",
+        f"job 1: resuming the interrupted run in {sweep_dir / '1'}",
+        f"job 2: new run in {sweep_dir / '2'}",
+    ]
+    resumed = Run(sweep_dir / "1")
+    assert resumed.state == "finished" and len(resumed.status()["resumed_at"]) == 1
+    assert [row["epoch"] for row in resumed.history()] == [0, 1]
+    assert config_of(sweep_dir / "2")["latent_dim"] == 4
+    assert Run(sweep_dir / "2").state == "finished"
+
+    # Another order of the values: each job's folder holds a run of another config.
+    result = train_cli("-m", *grid, "latent_dim=3,2", check=False)
+    assert result.returncode == 2 and "holds a run of another config (latent_dim" in result.output
+    assert kept_files(sweep_dir / "0") == finished
+
+
+@pytest.mark.slow
+def test_an_optuna_search_run_twice_in_one_sweep_dir_gives_new_trials_new_folders(
+    train_cli, tmp_path: Path
+):
+    sweep_dir = tmp_path / "outputs" / "search"
+    search = ("-m", SEARCH, f"hydra.sweep.dir={sweep_dir}", *TINY)
+    train_cli(*search, "hydra.sweeper.n_trials=2")
+    first = {n: kept_files(sweep_dir / n) for n in "01"}
+    hydra_records = {n: (sweep_dir / n / ".hydra" / "overrides.yaml").read_text() for n in "01"}
+
+    result = train_cli(*search, "hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=1")
+
+    assert result.run_dirs == [sweep_dir / "2"]
+    assert {n: kept_files(sweep_dir / n) for n in "01"} == first  # the old trials untouched
+    assert {n: (sweep_dir / n / ".hydra" / "overrides.yaml").read_text() for n in "01"} == (
+        hydra_records
+    )
+    trials = load_trials(f"sqlite:///{sweep_dir / 'optuna.db'}", "elbo_optuna")
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert trials[2].value == pytest.approx(val_elbo(sweep_dir / "2"))
+    assert config_of(sweep_dir / "2")["lr"] == pytest.approx(trials[2].params["lr"])

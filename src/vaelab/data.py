@@ -26,7 +26,7 @@ from torchvision.datasets.utils import download_url
 
 from vaelab.cifar import load_cifar10
 from vaelab.errors import ConfigError, DataError
-from vaelab.folder import content_key, decode_cached, load_folder
+from vaelab.folder import content_key, decode_cached, file_draws, held_out, load_folder
 from vaelab.schema import DATASETS
 from vaelab.shapes import FACTORS, ShapesGrid, load_shapes
 
@@ -67,6 +67,9 @@ class DatasetSplits:
         factor_names: The names of the K factors; empty for class labels.
         labelled: False for images without labels (a folder without class subfolders),
             whose labels are then all 0.
+        train_names: The path of each training image's file (`data=folder` and
+            `data=celeba`), by which validation holds out each file by a rule of its own
+            (`vaelab.folder.held_out`); empty for sets that are not files of images.
     """
 
     train_images: Tensor
@@ -76,6 +79,7 @@ class DatasetSplits:
     source: str
     factor_names: tuple[str, ...] = ()
     labelled: bool = True
+    train_names: tuple[str, ...] = ()
 
 
 def load_dataset(
@@ -352,7 +356,7 @@ def _folder(path: str | Path | None, image_size: int | None, root: Path) -> Data
         raise ConfigError("data=folder needs data.path: the folder of your images")
     if image_size is None:
         raise ConfigError("data=folder needs data.image_size: the pixels a side to resize to")
-    images, labels, _, source = load_folder(Path(path), image_size, root)
+    images, labels, _, source, names = load_folder(Path(path), image_size, root)
     labelled = labels is not None
     if labels is None:
         labels = torch.zeros(len(images), dtype=torch.int64)
@@ -360,14 +364,37 @@ def _folder(path: str | Path | None, image_size: int | None, root: Path) -> Data
         raise DataError(
             f"data.path={path} holds one image: a test split and a training split need 2 or more"
         )
-    splits = _held_out_splits(images, labels, source, ())
-    return dataclasses.replace(splits, labelled=labelled)
+    return _files_split(images, labels, names, source, labelled)
+
+
+def _files_split(
+    images: Tensor, labels: Tensor, names: list[str], source: str, labelled: bool
+) -> DatasetSplits:
+    """Files of images without a split of their own: each file is in the test split by a
+    rule of its own path (`held_out`, about `_HELD_OUT_SHARE` of them), so that adding or
+    removing files moves no other file between splits. The test images in the order of
+    their draws (the first ones, which the pictures show, of any class), the training
+    images in the files' order."""
+    draws = file_draws(names, "test")
+    test = held_out(draws, _HELD_OUT_SHARE)
+    test_idx = test.nonzero().squeeze(1)
+    test_idx = test_idx[draws[test_idx].argsort()]
+    train_idx = (~test).nonzero().squeeze(1)
+    return DatasetSplits(
+        images[train_idx],
+        labels[train_idx],
+        images[test_idx],
+        labels[test_idx],
+        source,
+        labelled=labelled,
+        train_names=tuple(names[i] for i in train_idx),
+    )
 
 
 def _held_out_splits(
     images: Tensor, factors: Tensor, source: str, names: tuple[str, ...]
 ) -> DatasetSplits:
-    """A set without a test split of its own (factors, or a folder's labels), split: a
+    """A generated set without a test split of its own (its factors as labels), split: a
     fixed share (`_HELD_OUT_SHARE`, drawn with a fixed seed whatever the run's) is the
     test set, the same for every run, in that draw's order: the first test images, which
     the pictures show, are of every value, not the first values of the slowest factor."""
@@ -457,27 +484,34 @@ def _celeba(root: Path, image_size: int, download: bool) -> DatasetSplits:
     images, cached = decode_cached(files, images_dir, image_size, cache, crop=CELEBA_CROP)
     source = f"cache:{cache}" if cached else f"jpg:{images_dir}"
     labels = torch.zeros(len(images), dtype=torch.int64)  # no classes: its attributes are not
-    if not partition.is_file():  # a folder of the images alone: a fixed share is the test set
-        splits = _held_out_splits(images, labels, source, ())
-        return dataclasses.replace(splits, labelled=False)
+    names = [f.name for f in files]
+    if not partition.is_file():  # a folder of the images alone: a rule of each file's name
+        return _files_split(images, labels, names, source, labelled=False)
     split_of = {}
     for number, line in enumerate(partition.read_text().splitlines(), 1):
         fields = line.split()
         if len(fields) != 2 or fields[1] not in ("0", "1", "2"):
             raise DataError(
                 f"{partition} line {number} is not '<image> <0, 1 or 2>': {line[:60]!r}; put "
-                "CelebA's own list_eval_partition.txt there, or delete it for a fixed 10 % test set"
+                "CelebA's own list_eval_partition.txt there, or delete it for a test set of "
+                "about 10 % by a rule of each file's name"
             )
         split_of[fields[0]] = fields[1]
-    unlisted = [f.name for f in files if f.name not in split_of]
+    unlisted = [name for name in names if name not in split_of]
     if unlisted:
         raise DataError(
             f"{partition} does not list {unlisted[0]} ({len(unlisted)} images unlisted): "
             "put CelebA's own list_eval_partition.txt there, or delete it for a fixed split"
         )
-    test = torch.tensor([split_of[f.name] == "2" for f in files])
+    test = torch.tensor([split_of[name] == "2" for name in names])
     return DatasetSplits(
-        images[~test], labels[~test], images[test], labels[test], source, labelled=False
+        images[~test],
+        labels[~test],
+        images[test],
+        labels[test],
+        source,
+        labelled=False,
+        train_names=tuple(name for name, t in zip(names, test.tolist(), strict=True) if not t),
     )
 
 

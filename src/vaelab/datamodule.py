@@ -1,5 +1,6 @@
 """LightningDataModule: splits, binarization and on-device batching by index."""
 
+import hashlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any
@@ -12,12 +13,14 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from vaelab.data import DatasetSplits, load_dataset
 from vaelab.errors import DataError, VaelabError
+from vaelab.folder import file_draws, held_out
 from vaelab.schema import checked
 
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
 # metrics are comparable across epochs and test metrics across runs.
 _EVAL_BINARIZATION_SEED = 0
+_FINGERPRINT_CHUNK = 4096  # images hashed at a time: no second copy of a large split
 
 
 class IndexBatchSampler(Sampler[Tensor]):
@@ -126,7 +129,9 @@ class VAEDataModule(LightningDataModule):
         val_fraction: Share of the standard training set held out for validation.
         val_size: Number of training images held out for validation instead (None:
             `val_fraction` decides), e.g. 10,000 for the usual 50,000/10,000 split.
-        seed: Seeds the train/val split, static binarization and shuffling.
+        seed: Seeds the train/val split, static binarization and shuffling. Files of
+            images (`data=folder`, `data=celeba`) are held out for validation by a rule of
+            each file's path and the seed, so that adding a file moves no other one.
         download: Try torchvision's download if the files are not in `data_dir`.
         allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
         image_size: "shapes" and "folder": pixels a side (None: shapes 64; folder needs one).
@@ -161,6 +166,7 @@ class VAEDataModule(LightningDataModule):
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
         self._labelled = True
+        self._fingerprint: dict[str, dict[str, object]] | None = None
         self._device = torch.device("cpu")  # the training device, which batches go to
         self.held_on = torch.device("cpu")  # where the splits are held (set up)
 
@@ -201,18 +207,29 @@ class VAEDataModule(LightningDataModule):
         if not self._splits and self._loaded is None:
             self._loaded = self._load()
 
+    def fingerprint(self) -> dict[str, dict[str, object]]:
+        """The splits' identity, for a run to record the data it trained on: per split
+        ("train", "val", "test") its number of images and a blake2b hash of its images
+        and labels as split, before any binarization. Loads and splits the data first if
+        need be."""
+        if self._fingerprint is None:
+            if self._loaded is None:
+                self._loaded = self._load()
+            self._fingerprint = _fingerprint(self._loaded, *self._val_split(self._loaded))
+        return self._fingerprint
+
     def setup(self, stage: str | None = None) -> None:
         if self._splits:  # already set up, e.g. for fit before test
             return
         data = self._loaded if self._loaded is not None else self._load()
         self._loaded = None
         hp = self.hparams
+        train_idx, val_idx = self._val_split(data)
+        if self._fingerprint is None:
+            self._fingerprint = _fingerprint(data, train_idx, val_idx)
         pool, test = data.train_images, data.test_images
         if hp.binarize == "static":
             pool, test = _binarize(pool, hp.seed), _binarize(test, hp.seed)
-        n_val = _validation_size(hp.val_fraction, hp.val_size, len(pool))
-        perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(hp.seed))
-        train_idx, val_idx = perm[n_val:], perm[:n_val]
         val = pool[val_idx]
         if hp.binarize == "dynamic":
             val = _binarize(val, _EVAL_BINARIZATION_SEED)
@@ -233,10 +250,30 @@ class VAEDataModule(LightningDataModule):
             {
                 "source": data.source,
                 "n_train": len(train_idx),
-                "n_val": n_val,
+                "n_val": len(val_idx),
                 "n_test": len(test),
             }
         )
+
+    def _val_split(self, data: DatasetSplits) -> tuple[Tensor, Tensor]:
+        """(train, val) indices into the training pool: a permutation drawn from the seed,
+        or, for files of images, each file held out by a rule of its own path and the seed
+        (`data.val_size`: the files of the lowest draws)."""
+        hp = self.hparams
+        n_val = _validation_size(hp.val_fraction, hp.val_size, len(data.train_images))
+        if not data.train_names:
+            perm = torch.randperm(
+                len(data.train_images), generator=torch.Generator().manual_seed(hp.seed)
+            )
+            return perm[n_val:], perm[:n_val]
+        draws = file_draws(list(data.train_names), f"val-{hp.seed}")
+        if hp.val_size is not None:
+            val = torch.zeros(len(draws), dtype=torch.bool)
+            val[draws.argsort()[:n_val]] = True
+        else:
+            val = held_out(draws, hp.val_fraction)
+        val_idx = val.nonzero().squeeze(1)
+        return (~val).nonzero().squeeze(1), val_idx[draws[val_idx].argsort()]
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader("train", self.hparams.batch_size, shuffle=True)
@@ -380,6 +417,27 @@ def _validation_size(val_fraction: float, val_size: int | None, n: int) -> int:
             f"training images: give at least {1 / n:.2g}"
         )
     return n_val
+
+
+def _fingerprint(
+    data: DatasetSplits, train_idx: Tensor, val_idx: Tensor
+) -> dict[str, dict[str, object]]:
+    """Per split, {"images": how many, "blake2b": the hash of their shape, pixels and labels}."""
+    all_test = torch.arange(len(data.test_images))
+    parts = {
+        "train": (data.train_images, data.train_labels, train_idx),
+        "val": (data.train_images, data.train_labels, val_idx),
+        "test": (data.test_images, data.test_labels, all_test),
+    }
+    found: dict[str, dict[str, object]] = {}
+    for split, (images, labels, idx) in parts.items():
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(f"{tuple(images.shape[1:])} {images.dtype} {labels.dtype}\n".encode())
+        for chunk in idx.split(_FINGERPRINT_CHUNK):
+            digest.update(images[chunk].numpy())
+            digest.update(labels[chunk].numpy())
+        found[split] = {"images": len(idx), "blake2b": digest.hexdigest()}
+    return found
 
 
 def _binarize(images: Tensor, seed: int) -> Tensor:

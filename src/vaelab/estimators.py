@@ -22,10 +22,11 @@ GPU_BUDGET_SHARE = 4  # a quarter of the free memory
 MAX_CHUNK = {"cpu": 4096, "gpu": 2**15}
 
 
-def evaluation_bytes(vae: VAE) -> int:
+def evaluation_bytes(vae: VAE, mass: bool = False) -> int:
     """Bytes one decoder evaluation holds: the outputs of the decoder's layers and the
     log-density's temporaries (about three copies of the likelihood's parameters),
-    measured on one latent."""
+    measured on one latent; with `mass`, a density's masses of 8-bit levels add about
+    eight float64 copies (`vaelab.likelihoods.BinnedNormal.log_mass`)."""
     sizes: list[int] = []
 
     def record(module: torch.nn.Module, inputs: object, output: Tensor) -> None:
@@ -40,17 +41,18 @@ def evaluation_bytes(vae: VAE) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-    return sum(sizes) + 3 * params.numel() * 4
+    masses = 8 * params.numel() * 8 if mass and vae.density else 0
+    return sum(sizes) + 3 * params.numel() * 4 + masses
 
 
-def default_max_batch(vae: VAE, device: torch.device) -> int:
+def default_max_batch(vae: VAE, device: torch.device, mass: bool = False) -> int:
     """Decoder evaluations per chunk when the caller gives none: the device's memory budget
     over what one evaluation holds (`evaluation_bytes`)."""
     if device.type == "cuda":
         budget, kind = torch.cuda.mem_get_info(device)[0] // GPU_BUDGET_SHARE, "gpu"
     else:
         budget, kind = CPU_BUDGET, "cpu"
-    return max(64, min(MAX_CHUNK[kind], budget // evaluation_bytes(vae)))
+    return max(64, min(MAX_CHUNK[kind], budget // evaluation_bytes(vae, mass)))
 
 
 def _chunk_sizes(num_samples: int, batch_size: int, max_batch: int) -> Iterator[int]:
@@ -64,8 +66,14 @@ def _chunk_sizes(num_samples: int, batch_size: int, max_batch: int) -> Iterator[
 
 @torch.no_grad()
 def iw_log_likelihood(
-    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None, *, check: bool = True
-) -> tuple[Tensor, Tensor]:
+    vae: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_batch: int | None = None,
+    *,
+    check: bool = True,
+    mass: bool = False,
+) -> tuple[Tensor, ...]:
     """Importance-weighted estimate of log p(x) (the IWAE bound L_K) and its ESS.
 
     log p(x) ≈ log (1/K) Σ_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x). Samples are drawn in
@@ -82,39 +90,58 @@ def iw_log_likelihood(
             the device's memory budget (`default_max_batch`).
         check: check x first with `vae.check_data`, once per call; False skips it, for
             callers whose batches are model-ready by construction (LitVAE's test step).
+        mass: also estimate log P(x), the probability of the discrete data, from the same
+            draws and weights with log P(x|z_k) for log p(x|z_k) (`VAE.log_px_z`): the
+            same as log_px for a likelihood of discrete values; for a density of 8-bit
+            levels, of the masses of their bins. Not for a density of binary data.
 
     Returns:
         log_px: (B,) nats; E[log_px] <= log p(x), non-decreasing in K, = ELBO at K = 1.
         ess: (B,) effective sample size 1 / Σ_k w̃_k² of the normalised weights, in [1, K].
+        log_mass: with `mass` only, (B,) nats; E[log_mass] <= log P(x), as log_px.
 
     Raises:
         InputError: x is not model-ready (uint8, grey levels for a Bernoulli, wrong shape).
     """
     if check:
         vae.check_data(x)
-    max_batch = max_batch or default_max_batch(vae, x.device)
+    max_batch = max_batch or default_max_batch(vae, x.device, mass)
     if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
         parts = [
-            iw_log_likelihood(vae, group, num_samples, max_batch, check=False)
+            iw_log_likelihood(vae, group, num_samples, max_batch, check=False, mass=mass)
             for group in x.split(max_batch)
         ]
-        return torch.cat([log_px for log_px, _ in parts]), torch.cat([ess for _, ess in parts])
-    lse = lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
+        return tuple(torch.cat(estimates) for estimates in zip(*parts, strict=True))
+    # Row 0: the weights of log p(x|z); with `mass`, row 1: those of log P(x|z).
+    lse = torch.full((1 + mass, x.shape[0]), -math.inf, device=x.device)
+    lse2 = torch.full((x.shape[0],), -math.inf, device=x.device)
     qz_x, pz = vae.posterior(x), vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        log_w = vae.log_importance_weights(x, k, qz_x, pz)  # (k, B)
-        lse = torch.logaddexp(lse, log_w.logsumexp(0))
-        lse2 = torch.logaddexp(lse2, (2 * log_w).logsumexp(0))
+        if mass:
+            log_w = vae.log_importance_weights(x, k, qz_x, pz, mass=True)  # (2, k, B)
+        else:
+            log_w = vae.log_importance_weights(x, k, qz_x, pz)[None]  # (1, k, B)
+        lse = torch.logaddexp(lse, log_w.logsumexp(1))
+        lse2 = torch.logaddexp(lse2, (2 * log_w[0]).logsumexp(0))
     # (Σw)² / Σw²; rounding can put it a few ulps outside [1, K].
-    ess = torch.exp(2 * lse - lse2).clamp(1, num_samples)
-    return lse - math.log(num_samples), ess
+    ess = torch.exp(2 * lse[0] - lse2).clamp(1, num_samples)
+    log_px, *log_mass = lse - math.log(num_samples)
+    return (log_px, ess, *log_mass)
 
 
 @torch.no_grad()
 def naive_log_likelihood(
-    vae: VAE, x: Tensor, num_samples: int, max_batch: int | None = None, *, check: bool = True
+    vae: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_batch: int | None = None,
+    *,
+    check: bool = True,
+    mass: bool = False,
 ) -> Tensor:
-    """Naive Monte Carlo estimate log (1/K) Σ_k p(x|z_k), z_k ~ p(z): (B,) nats.
+    """Naive Monte Carlo estimate log (1/K) Σ_k p(x|z_k), z_k ~ p(z): (B,) nats; with
+    `mass`, (2, B): stacked with the estimate of log P(x) from the same draws, as
+    `iw_log_likelihood`'s.
 
     Unbiased for p(x) but, with a posterior much narrower than the prior, almost every
     sample misses it: at equal K it is far below the importance-weighted estimate. The
@@ -125,20 +152,23 @@ def naive_log_likelihood(
     """
     if check:
         vae.check_data(x)
-    max_batch = max_batch or default_max_batch(vae, x.device)
+    max_batch = max_batch or default_max_batch(vae, x.device, mass)
     if len(x) > max_batch:  # more images than a chunk holds: a group of images at a time
         return torch.cat(
             [
-                naive_log_likelihood(vae, group, num_samples, max_batch, check=False)
+                naive_log_likelihood(vae, group, num_samples, max_batch, check=False, mass=mass)
                 for group in x.split(max_batch)
-            ]
+            ],
+            dim=-1,
         )
-    lse = torch.full((x.shape[0],), -math.inf, device=x.device)
+    lse = torch.full((1 + mass, x.shape[0]), -math.inf, device=x.device)
     pz = vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
         z = pz.sample((k, 1))  # (k, 1, D), broadcast over the batch
-        lse = torch.logaddexp(lse, vae.observation(z).log_prob(x).logsumexp(0))
-    return lse - math.log(num_samples)
+        log_px_z = vae.log_px_z(vae.observation(z), x, mass)  # (k, B) or (2, k, B)
+        lse = torch.logaddexp(lse, log_px_z.logsumexp(-2))
+    estimate = lse - math.log(num_samples)
+    return estimate if mass else estimate[0]
 
 
 def kl_per_dim(qz_x: Distribution, pz: Distribution) -> Tensor | None:
@@ -168,16 +198,33 @@ def active_units(posterior_means: Tensor, threshold: float = 1e-2) -> tuple[int,
     return int((variances > threshold).sum()), variances
 
 
+def has_mass(density: bool, binary: bool | None) -> bool:
+    """Whether the data have a probability under the model, which bits per dimension
+    count: always for a likelihood of discrete values (`bernoulli` of binary pixels,
+    `discretized_logistic` of 8-bit levels), whose log p(x) is it; for a density
+    (`vaelab.models.vae.VAE.density`) only of 8-bit data (`binary` False), whose levels
+    have bins (`vaelab.likelihoods.Observation.log_mass`). Not for a density of binary
+    data, or of data whose quantisation is unknown (`binary` None): 0 and 1 are no bins of
+    [0, 1], and a Gaussian of scale 0.1 has density 4 at either.
+
+    Args:
+        density: the model's log-likelihood is a density of x.
+        binary: the data hold 0s and 1s only (binarized); False: 8-bit levels k/255.
+    """
+    return not density or binary is False
+
+
 class LogLikelihoodMetric(Metric):
     """Dataset mean of per-image log p(x) estimates, DDP-correct (sums of states).
 
-    `compute` returns {"nll", "bpd"} and, if ESS was given to `update`, "ess", each name
-    followed by `_{suffix}` when a suffix is set (e.g. `nll_iwae`). nll is positive nats per
-    image; bpd is nll / (num_dims · ln 2), bits per pixel of a discrete (e.g. binarized)
-    image; for densities of grey levels it is not comparable to 8-bit bpd figures.
+    `compute` returns {"nll"}, "bpd" if the estimates of log P(x), the probability of the
+    discrete data, were given to `update`, and "ess" if the ESS was, each name followed by
+    `_{suffix}` when a suffix is set (e.g. `nll_iwae`). nll is positive nats per image of
+    what the model's log-likelihood is (for a density, nats of the density); bpd is
+    −log P(x) / (num_dims · ln 2), bits per sub-pixel of the discrete data.
 
     Args:
-        num_dims: D_x, the number of pixels of one image (784 for MNIST).
+        num_dims: D_x, the number of sub-pixels of one image (784 for MNIST).
         suffix: name of the estimator, appended to the keys.
     """
 
@@ -190,24 +237,53 @@ class LogLikelihoodMetric(Metric):
         self.num_dims = num_dims
         self.suffix = f"_{suffix}" if suffix else ""
         self.add_state("sum_log_px", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("sum_log_mass", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("sum_ess", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("count_mass", torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("count_ess", torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, log_px: Tensor, ess: Tensor | None = None) -> None:
-        """log_px: (B,) nats; ess: (B,) effective sample sizes, if the estimator has them."""
+    def update(
+        self, log_px: Tensor, ess: Tensor | None = None, log_mass: Tensor | None = None
+    ) -> None:
+        """log_px: (B,) nats; ess: (B,) effective sample sizes, if the estimator has them;
+        log_mass: (B,) nats, the estimates of log P(x), where the data have one (`has_mass`)."""
         self.sum_log_px += log_px.detach().sum()
         self.count += log_px.numel()
         if ess is not None:
             self.sum_ess += ess.detach().sum()
             self.count_ess += ess.numel()
+        if log_mass is not None:
+            self.sum_log_mass += log_mass.detach().sum()
+            self.count_mass += log_mass.numel()
 
     def compute(self) -> dict[str, Tensor]:
-        nll = -self.sum_log_px / self.count
-        out = {"nll": nll, "bpd": nll / (self.num_dims * math.log(2))}
+        out = {"nll": -self.sum_log_px / self.count}
+        if self.count_mass > 0:
+            out["bpd"] = -self.sum_log_mass / (self.count_mass * self.num_dims * math.log(2))
         if self.count_ess > 0:
             out["ess"] = self.sum_ess / self.count_ess
         return {f"{key}{self.suffix}": value for key, value in out.items()}
+
+
+def update_estimates(
+    iwae: LogLikelihoodMetric,
+    naive: LogLikelihoodMetric,
+    vae: VAE,
+    x: Tensor,
+    num_samples: int,
+    max_batch: int | None = None,
+    *,
+    mass: bool,
+) -> None:
+    """Add a model-ready batch's importance-sampled and naive estimates to their metrics:
+    log p(x), the ESS and, with `mass` (`has_mass`), log P(x) from the same draws."""
+    iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch, check=False, mass=mass))
+    naive_estimates = naive_log_likelihood(vae, x, num_samples, max_batch, check=False, mass=mass)
+    if mass:
+        naive.update(naive_estimates[0], log_mass=naive_estimates[1])
+    else:
+        naive.update(naive_estimates)
 
 
 class MeansMetric(Metric):
@@ -319,6 +395,8 @@ def evaluate_log_likelihood(
     batches: Iterable[Tensor | tuple[Tensor, ...]],
     num_samples: int,
     max_batch: int | None = None,
+    *,
+    binary: bool | None = None,
 ) -> dict[str, float]:
     """IWAE and naive estimates of log p(x) plus the ELBO, averaged over a dataset.
 
@@ -330,15 +408,20 @@ def evaluate_log_likelihood(
             e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once.
         num_samples: K for both estimators.
         max_batch: bound on decoder evaluations per chunk; None: by the device.
+        binary: the images are binarized (True) or 8-bit levels (False); None: unknown,
+            which leaves out the bits per dimension of a density (see `has_mass`).
 
     Returns:
         Per-image means: nll_iwae, bpd_iwae, ess_iwae, nll_naive, bpd_naive (positive nats
-        and bits per pixel) and elbo (nats, one sample per image).
+        of the model's log-likelihood, a density's for a density, and bits per sub-pixel of
+        the discrete data; no bpd where `has_mass` is False) and elbo (nats, one sample
+        per image).
 
     Raises:
         InputError: a batch is not model-ready (see `VAE.check_data`).
     """
     device = vae.device
+    mass = has_mass(vae.density, binary)
     iwae = naive = None
     sum_elbo, count = 0.0, 0
     was_training = vae.training
@@ -350,8 +433,7 @@ def evaluate_log_likelihood(
             if iwae is None:
                 iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
                 naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
-            iwae.update(*iw_log_likelihood(vae, x, num_samples, max_batch, check=False))
-            naive.update(naive_log_likelihood(vae, x, num_samples, max_batch, check=False))
+            update_estimates(iwae, naive, vae, x, num_samples, max_batch, mass=mass)
             rec, kl = vae.elbo_terms(x)
             sum_elbo += float((rec - kl).sum())
             count += x.shape[0]

@@ -14,17 +14,22 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
 from vaelab.devices import check_available
 from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, exit_with, one_line
-from vaelab.schema import validate
+from vaelab.runs import Run
+from vaelab.schema import ConfigRejected, validate
 
 log = logging.getLogger(__name__)
 
@@ -117,17 +122,16 @@ def _validate_job(cfg: DictConfig, command: str, multirun: bool) -> None:
     """Check the job's own config: in a multirun a swept value (latent_dim=2,0) is only there,
     and only the job's machine tells whether it has the devices `trainer` asks for.
 
-    A training job of a multirun records the failure in its run directory, as a failed run.
+    A training job of a multirun records the failure in its run directory, as a failed run,
+    unless the directory holds a run already (of a sweep started again).
     """
     try:
         validate(cfg, command)
         if "trainer" in cfg:
             check_available(cfg.trainer)
     except ConfigError as e:
-        if multirun and command == "train":
-            from vaelab.runs import Run
-
-            run = Run(cfg.paths.output_dir)
+        run = Run(cfg.paths.output_dir) if multirun and command == "train" else None
+        if run is not None and not run.exists():
             run.start(OmegaConf.to_container(cfg, resolve=True))
             run.fail(str(e))
         raise
@@ -141,11 +145,14 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> An
     environ = dict(os.environ)
     _quiet_third_parties()
     try:
-        _validate_job(cfg, command, multirun)
-        _quiet_lightning()
-        if train:
-            _prepare_training(cfg, hydra_cfg, multirun)
-        return task(cfg)
+        with ExitStack() as owned:  # a training job owns its run directory until it ends
+            _validate_job(cfg, command, multirun)
+            _quiet_lightning()
+            if train:
+                kept = _prepare_training(cfg, hydra_cfg, multirun, owned)
+                if kept is not None:
+                    return kept.value
+            return task(cfg)
     except Exception as e:
         _log_to_files(f"vaelab: error: {one_line(e)}")
         if isinstance(e, Interrupted):
@@ -163,17 +170,39 @@ def _job(task: Callable[[DictConfig], Any], cfg: DictConfig, command: str) -> An
             _destroy_process_group()
 
 
-def _prepare_training(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) -> None:
-    """Name and group the run, share the cores, and tell DDP processes the job's config."""
+@dataclass(frozen=True)
+class _Kept:
+    """A job of a sweep started again whose run had finished: its result, not retrained."""
+
+    value: float | None
+
+
+def _prepare_training(
+    cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool, owned: ExitStack
+) -> _Kept | None:
+    """Own the run directory, decide what the job does with a run already in it, name and
+    group a new run, share the cores, and tell DDP processes the job's config.
+
+    Returns the kept result of a finished run, None when the job trains.
+    """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from vaelab import tracking
-    from vaelab.runs import Run
 
     run = Run(cfg.paths.output_dir)
-    if not cfg.get("resume") and run.state == "interrupted":
-        # A job requeued by SLURM (submitit) finds its run interrupted: go on with it.
-        log.info("Resuming the interrupted run in %s", run.path)
-        with open_dict(cfg):
-            cfg.resume = str(run.path)
+    first = rank_zero_only.rank == 0  # DDP under SLURM: every process runs the job
+    if first:
+        run.refuse_if_owned()  # before anything is written, as a new run's refusal is
+        if not multirun and not cfg.get("resume") and run.exists():
+            raise ConfigError(new_run_refusal(run))
+        owned.enter_context(run.own())
+    if multirun and not cfg.get("resume"):
+        if run.exists():  # a sweep started again in its sweep directory
+            kept = _continue_job(cfg, run, hydra_cfg, first)
+            if kept is not None:
+                return kept
+        elif first:
+            log.info("job %d: new run in %s", hydra_cfg.job.num, run.path)
     if not cfg.get("resume"):  # a resumed run keeps its name and group
         sweep_dir = hydra_cfg.sweep.dir if multirun else None
         tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
@@ -181,6 +210,97 @@ def _prepare_training(cfg: DictConfig, hydra_cfg: DictConfig, multirun: bool) ->
     # Lightning's DDP processes re-run this command: they train this job's config rather
     # than compose the command line again (which would re-run the sweep).
     os.environ[DDP_CONFIG_ENV] = str(run.config_file)
+    return None
+
+
+# What a run directory's config.yaml may differ in from a job's own config and still be
+# the job's run: where it is, and the name, group and resume that a job fills in.
+_NOT_IDENTITY = ("paths", "resume", "run_name", "group", "data.data_dir", "data.download")
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict) or not tree:
+        return {prefix.removesuffix("."): tree}
+    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+
+
+def config_difference(run: Run, cfg: DictConfig) -> list[str]:
+    """The keys whose values differ between `cfg` and the config `run` was trained with
+    (as asked for: status.json's `requested` values stand where Lightning ran others),
+    each as `key (here: a, there: b)`; [] for the same run."""
+    old = run.config()
+    cfg = cfg.copy()
+    with open_dict(cfg):  # names and places that other values interpolate: the run's own
+        cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
+        for key, value in (old.get("paths") or {}).items():  # a sweep moved is the same
+            OmegaConf.update(cfg, f"paths.{key}", value, force_add=True)
+    mine = _flat(OmegaConf.to_container(cfg, resolve=True))
+    theirs = {**_flat(old), **run.status().get("requested", {})}
+    ignored = tuple(k + "." for k in _NOT_IDENTITY)
+    return [
+        f"{key} (here: {mine.get(key)}, there: {theirs.get(key)})"
+        for key in sorted(mine.keys() | theirs.keys())
+        if not (key + ".").startswith(ignored) and mine.get(key) != theirs.get(key)
+    ]
+
+
+def _continue_job(cfg: DictConfig, run: Run, hydra_cfg: DictConfig, first: bool) -> _Kept | None:
+    """A job of a sweep started again whose run directory holds a run: a finished run of
+    the job's own config is kept, an unfinished one resumed, a run of another config
+    refused (a new run never writes into another run)."""
+    state = run.state
+    job = f"job {hydra_cfg.job.num}"
+    differing = config_difference(run, cfg)
+    if differing:
+        raise ConfigError(
+            f"{run.path} holds a run of another config ({'; '.join(differing[:3])}): give the "
+            "sweep a new hydra.sweep.dir, or keep its values in their order"
+        )
+    if state == "finished":
+        from vaelab.tasks.train import monitored
+
+        monitor = monitored(cfg)
+        value = run.metrics().get(monitor)
+        if first:
+            log.info("%s: finished run kept, not trained again (%s=%s)", job, monitor, value)
+        return _Kept(value)
+    if state == "running":  # this job owns it: its process is gone (on another host)
+        state = "killed"
+    if run.has_last_checkpoint():
+        if first:
+            log.info("%s: resuming the %s run in %s", job, state, run.path)
+        with open_dict(cfg):
+            cfg.resume = str(run.path)
+    elif first:
+        log.info("%s: starting the %s run in %s again (it has no checkpoint)", job, state, run.path)
+    return None
+
+
+def new_run_refusal(run: Run) -> str:
+    """Why a new run may not start in `run`'s directory, and what to do instead."""
+    return (
+        f"{run.path} holds a run already ({run.state}): a new run needs a directory of its "
+        f"own (leave hydra.run.dir out); to continue that one: `vaelab train resume={run.path}`"
+    )
+
+
+class CheckRunDirBeforeRun(Callback):
+    """Refuses a single run before Hydra writes into its directory (.hydra/, train.log):
+    a `resume=` of a run that another process trains, and a new run in a directory that
+    holds a run. Each job checks again, owning the directory. Registered in `hydra.callbacks`."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra does next: ${hydra:job.name}
+        try:
+            run = Run(config.hydra.run.dir)
+        except OmegaConfBaseException:  # a ${hydra:runtime...} of a job: the job checks
+            return
+        try:
+            run.refuse_if_owned()
+            if not config.get("resume") and run.exists():
+                raise ConfigError(new_run_refusal(run))
+        except VaelabError as e:
+            raise ConfigRejected(ConfigError(str(e))) from e
 
 
 def _raise_job_failed(hydra_cfg: DictConfig, e: Exception) -> None:
@@ -232,7 +352,7 @@ def _resume_args(args: Sequence[str]) -> list[str]:
         return list(args)
     if {"-m", "--multirun"} & set(args):
         raise VaelabError("resume= continues one run: give it without -m")
-    from vaelab.runs import Run, newest_run
+    from vaelab.runs import newest_run
 
     if value == "last":
         from hydra import compose, initialize_config_dir

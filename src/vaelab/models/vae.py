@@ -9,7 +9,13 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vaelab.errors import InputError
-from vaelab.likelihoods import BINARY_LIKELIHOODS, LEARNED_SCALE_LIKELIHOODS, observation_dist
+from vaelab.likelihoods import (
+    BINARY_LIKELIHOODS,
+    DENSITY_LIKELIHOODS,
+    LEARNED_SCALE_LIKELIHOODS,
+    Observation,
+    observation_dist,
+)
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -71,6 +77,13 @@ class VAE(nn.Module):
         return (("z", self.latent_dim),)
 
     @property
+    def density(self) -> bool:
+        """log p(x|z) is a density of x (gaussian, continuous_bernoulli), not the mass of a
+        discrete value (bernoulli, discretized_logistic): the probability of 8-bit data is
+        then its `log_mass`, that of binary data is none (`log_px_z`)."""
+        return self.likelihood in DENSITY_LIKELIHOODS
+
+    @property
     def standard_normal_prior(self) -> bool:
         """p(z) is N(0, I) over the whole of z (not only over the top layer of a hierarchy)."""
         return (
@@ -99,7 +112,7 @@ class VAE(nn.Module):
         loc, scale = self.encoder(u)[:2]
         return GaussianPosterior(self.latent_dim)(loc, scale)
 
-    def observation(self, z: Tensor) -> Distribution:
+    def observation(self, z: Tensor) -> Observation:
         """p(x|z) for z of shape (..., D): batch shape (...), event shape of one x."""
         params = self.decoder(z.reshape(-1, z.shape[-1]))
         params = params.reshape(*z.shape[:-1], *params.shape[1:])
@@ -124,21 +137,35 @@ class VAE(nn.Module):
         kl, _ = kl_term(qz_x, self.prior(), z)
         return log_px_z.mean(0), kl
 
+    def log_px_z(self, px_z: Observation, x: Tensor, mass: bool = False) -> Tensor:
+        """log p(x|z): (...) nats, the batch shape of `px_z`. With `mass`, stacked with
+        log P(x|z), the probability of the discrete data x, (2, ...): log p(x|z) itself
+        for a likelihood of discrete values; for a density (`density`) of 8-bit levels,
+        the mass of each level's bin (`vaelab.likelihoods.Observation.log_mass`), a second
+        evaluation of the likelihood at the same parameters."""
+        log_px_z = px_z.log_prob(x)
+        if not mass:
+            return log_px_z
+        return torch.stack([log_px_z, px_z.log_mass(x) if self.density else log_px_z])
+
     def log_importance_weights(
         self,
         x: Tensor,
         num_samples: int,
         qz_x: Distribution | None = None,
         pz: Distribution | None = None,
+        mass: bool = False,
     ) -> Tensor:
-        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): (K, B) nats.
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x) for z_k ~ q(z|x): (K, B) nats; with
+        `mass`, (2, K, B): also the weights with log P(x|z_k), the probability of the
+        discrete data, at the same draws (`log_px_z`).
 
         Pass `qz_x` and `pz` if the caller already computed `posterior(x)` and `prior()`.
         """
         qz_x = self.posterior(x) if qz_x is None else qz_x
         pz = self.prior() if pz is None else pz
         z = qz_x.sample((num_samples,))
-        return self.observation(z).log_prob(x) + pz.log_prob(z) - qz_x.log_prob(z)
+        return self.log_px_z(self.observation(z), x, mass) + pz.log_prob(z) - qz_x.log_prob(z)
 
     # The user-facing API (see `vaelab.load_run`): no gradients, means rather than draws;
     # the methods that take x check it first.

@@ -7,12 +7,15 @@ them). A run's final metrics are its metrics.json updated by
 one evaluation of `vaelab eval` (`Run.evaluation`: of the best checkpoint, the largest
 K). Runs that did not finish are never averaged in: each has its own row. The table is
 returned as Markdown and written to compare.csv; the plots are a metric against each
-swept numeric parameter and the learning curves. Everything is read from the run directories.
+swept numeric parameter and the learning curves, a figure per data set and likelihood
+(`data_and_likelihood`) when the runs have several. Everything is read from the run
+directories.
 """
 
 import json
 import math
 import os
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +54,32 @@ K_NOTE = (
     "many test images and samples as training's test), else of training's test"
 )
 ERROR_WIDTH = 60
+DATA_COLUMN = "data/likelihood"
+# A fallback's data are a stand-in set of their own (5,000 MNIST digits, not MNIST's).
+STAND_IN = "fallback:"
+
+
+def data_and_likelihood(flat: dict[str, Any], source: str | None) -> str:
+    """What a run's nll, bpd and ELBO are figures of, as a label: the data set (its folder,
+    image size, a fallback's stand-in set), binary or 8-bit pixels, and the likelihood.
+    Runs with different labels are never averaged together nor drawn on one axis.
+
+    Args:
+        flat: the run's flat settings (`vaelab.frames.settings`).
+        source: where its data came from (`Run.data_source`), which names a fallback's set.
+    """
+    data = [flat.get(k) for k in ("data.name", "data.path")]
+    if flat.get("data.image_size") is not None:
+        data.append(f"{flat['data.image_size']}px")
+    if source and source.startswith(STAND_IN):
+        data.append(f"({source})")
+    pixels = {"none": "8-bit"}.get(flat.get("data.binarize"), "binary")
+    parts = [
+        " ".join(str(d) for d in data if d is not None),
+        pixels if "data.binarize" in flat else None,
+        f"likelihood={flat['likelihood']}" if flat.get("likelihood") else None,
+    ]
+    return ", ".join(p for p in parts if p)
 
 
 @dataclass(frozen=True)
@@ -59,7 +88,8 @@ class Row:
 
     `config` holds the differing keys other than seeds; `mean` and `std` the final metrics
     over the runs that report them (std is NaN below two values); `n_importance` the K
-    behind their test/nll_iwae, each K once.
+    behind their test/nll_iwae, each K once; `data` what their figures are of
+    (`data_and_likelihood`).
     """
 
     config: dict[str, Any]
@@ -70,6 +100,7 @@ class Row:
     std: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     n_importance: list[int] = field(default_factory=list)
+    data: str = ""
 
     @property
     def n(self) -> int:
@@ -143,11 +174,12 @@ def group_rows(
     """
     flat = {run.path: f for run, f in zip(runs, flat, strict=True)}
     states = {run.path: run.state for run in runs}
+    data = {run.path: data_and_likelihood(flat[run.path], run.data_source()) for run in runs}
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         config_key = tuple(_same(flat[run.path].get(k)) for k in keys)
         single = () if states[run.path] == FINISHED else (run.path,)
-        groups.setdefault((*config_key, *single), []).append(run)
+        groups.setdefault((*config_key, data[run.path], *single), []).append(run)
     rows = []
     for members in groups.values():
         first = flat[members[0].path]
@@ -164,6 +196,7 @@ def group_rows(
                 std=std,
                 error=None if state == FINISHED else members[0].error,
                 n_importance=_n_importance(members) if state == FINISHED else [],
+                data=data[members[0].path],
             )
         )
     status_order = {FINISHED: 0}
@@ -310,17 +343,21 @@ def _columns(
 ) -> tuple[list[str], bool]:
     """The config and bookkeeping column names, and whether an error column is needed.
 
-    With test/nll_iwae, a "K" column says how many importance samples it used.
+    With test/nll_iwae, a "K" column says how many importance samples it used; with rows
+    of different data or likelihoods, a DATA_COLUMN says which (`data_and_likelihood`).
     """
     seed_column = ["/".join(seed_keys)] if seed_keys else []
+    data_column = [DATA_COLUMN] if len({r.data for r in rows}) > 1 else []
     k_column = ["K"] if "test/nll_iwae" in metrics else []
-    return [*keys, *seed_column, "n", "status", *k_column], any(r.error for r in rows)
+    head = [*keys, *seed_column, *data_column, "n", "status", *k_column]
+    return head, any(r.error for r in rows)
 
 
 def _bookkeeping_cells(row: Row, head: Sequence[str]) -> list[str]:
-    """n, status and, when `head` has the column, K."""
+    """The data and likelihood, n, status and K, those that `head` has."""
+    data_cell = [row.data] if DATA_COLUMN in head else []
     k_cell = [", ".join(map(str, row.n_importance))] if head[-1] == "K" else []
-    return [str(row.n), row.status, *k_cell]
+    return [*data_cell, str(row.n), row.status, *k_cell]
 
 
 def markdown_table(
@@ -344,7 +381,7 @@ def markdown_table(
         links = _dashboard_cells(row.runs)
         others = [links.get(name, "") for name in dashboards]
         cells.append([*config, *book, *values, *error, _wandb_cell(row.runs), *others])
-    n_at = len(keys) + bool(seed_keys)
+    n_at = head.index("n")
     right = {n_at, *range(n_at + 2, len(head) + len(metrics))}  # n, K and metrics
     cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
     widths = [max(3, *(len(line[i]) for line in cells)) for i in range(len(header))]
@@ -479,7 +516,12 @@ def _colour_keys(rows: Sequence[Row], keys: Sequence[str]) -> list[str]:
 
 
 def metric_figure(
-    rows: Sequence[Row], keys: Sequence[str], metric: str, param: str, averaged: bool
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    metric: str,
+    param: str,
+    averaged: bool,
+    data: str = "",
 ) -> Figure | None:
     """`metric` against `param` over the finished rows; None when no finished row reports
     `metric`.
@@ -487,7 +529,8 @@ def metric_figure(
     The other differing keys colour the points as far as a legend can name them
     (`_colour_keys`). When those keys are all that varies, each colour is a line;
     otherwise its points differ in more than `param`, stay unjoined, and the title names
-    the keys that also vary (each has its own plot when numeric).
+    the keys that also vary (each has its own plot when numeric); `data`, where given,
+    heads the title (the one data set and likelihood of `rows`).
     """
     shown = [
         r for r in rows if r.status == FINISHED and metric in r.mean and r.config[param] is not None
@@ -504,6 +547,7 @@ def metric_figure(
     taken = _combinations(shown, colours)
     varying = [k for k in others if _combinations(shown, [*colours, k]) > taken]
     notes = [
+        data,
         "mean ± std over seeds" if averaged else "",
         f"also varying: {', '.join(varying)}" if varying else "",
     ]
@@ -514,10 +558,15 @@ def metric_figure(
 
 
 def curves_figure(
-    rows: Sequence[Row], keys: Sequence[str], seed_keys: Sequence[str], metric: str
+    rows: Sequence[Row],
+    keys: Sequence[str],
+    seed_keys: Sequence[str],
+    metric: str,
+    data: str = "",
 ) -> Figure | None:
     """The learning curves of every run whose history has `metric` (None without one),
-    labelled by its differing config values and, unless finished, its status.
+    labelled by its differing config values and, unless finished, its status; `data`, where
+    given, is the title (the one data set and likelihood of `rows`).
 
     A configuration's runs share a colour; with more configurations than a legend can
     name, the colours are by the keys that it can (`_colour_keys`), if any.
@@ -545,7 +594,7 @@ def curves_figure(
         colours = _colour_keys(drawn, keys) or colours
     groups = [_label(row.config, colours, digits) for row in drawn]
     kind = "configuration" if colours == list(keys) else ", ".join(colours)
-    return plots.learning_curves(curves, metric=metric, groups=groups, group_kind=kind)
+    return plots.learning_curves(curves, metric=metric, groups=groups, group_kind=kind, title=data)
 
 
 # The test pictures `vaelab compare` puts side by side, one figure each.
@@ -575,6 +624,20 @@ def pictures_figure(
 
 def _slug(name: str) -> str:
     return name.replace("/", "_")
+
+
+def _data_slug(data: str) -> str:
+    """A file name's part for a data set and likelihood: `_mnist-8-bit-likelihood-gaussian`."""
+    return "_" + re.sub(r"[^\w.]+", "-", data).strip("-")
+
+
+def _by_data(rows: Sequence[Row]) -> list[tuple[str, list[Row], str]]:
+    """The rows of each data set and likelihood, with its title and file name part: all
+    rows untitled when they share one, so that no axis mixes figures of different data."""
+    kinds = list(dict.fromkeys(r.data for r in rows))
+    if len(kinds) < 2:
+        return [("", list(rows), "")]
+    return [(kind, [r for r in rows if r.data == kind], _data_slug(kind)) for kind in kinds]
 
 
 def _default_out_dir(paths: Sequence[Path]) -> Path:
@@ -626,15 +689,19 @@ def run(
     out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
     csv_path = write_csv(rows, keys, seed_keys, metrics, out / CSV_FILE)
     plot_paths = []
+    groups = _by_data(rows)  # a figure per data set and likelihood
     for x_key in params if metric in final else []:
-        fig = metric_figure(rows, keys, metric, x_key, averaged=bool(seed_keys))
-        if fig is not None:
-            plot_paths.append(plots.save_png(fig, out / f"{_slug(metric)}_vs_{x_key}.png"))
+        for data, members, part in groups:
+            fig = metric_figure(members, keys, metric, x_key, bool(seed_keys), data)
+            if fig is not None:
+                name = f"{_slug(metric)}_vs_{x_key}{part}.png"
+                plot_paths.append(plots.save_png(fig, out / name))
     curve_metric = metric if metric in history else "val/elbo"
-    if curve_metric in history:
-        fig = curves_figure(rows, keys, seed_keys, curve_metric)
+    for data, members, part in groups if curve_metric in history else []:
+        fig = curves_figure(members, keys, seed_keys, curve_metric, data)
         if fig is not None:
-            plot_paths.append(plots.save_png(fig, out / f"curves_{_slug(curve_metric)}.png"))
+            name = f"curves_{_slug(curve_metric)}{part}.png"
+            plot_paths.append(plots.save_png(fig, out / name))
     for name in COMPARED_PICTURES:
         fig = pictures_figure(rows, keys, seed_keys, name)
         if fig is not None:

@@ -22,7 +22,7 @@ from vaelab.config import instantiate, trainer_args
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.loading import run_datamodule
-from vaelab.runs import Run, find_checkpoint, run_dir_of
+from vaelab.runs import DATA, Run, find_checkpoint, run_dir_of
 from vaelab.tasks.train import tested_images
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,27 @@ def _checkpoint_and_run(cfg: DictConfig) -> tuple[Path, Run]:
     return verify(ckpt), run
 
 
+def _warn_on_other_data(run: Run, datamodule: L.LightningDataModule) -> None:
+    """One line when the test split is not the one the run was tested on (its data.json):
+    evaluating on other data is allowed, but its figures are not the run's."""
+    recorded = run.data().get("test")
+    now = datamodule.fingerprint()["test"]
+    if recorded is not None and recorded != now:
+        log.warning(
+            "The test split (%d images) differs from the one %s was tested on (%d images, "
+            "its %s): these figures are of other data than its training's test",
+            now["images"],
+            run.path,
+            recorded["images"],
+            DATA,
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, float]:
     """Test a run's checkpoint; returns the test metrics, also added to eval_metrics.json."""
     ckpt, run_dir = _checkpoint_and_run(cfg)
     datamodule = run_datamodule(run_dir.path, **cfg.data)
+    _warn_on_other_data(run_dir, datamodule)
     L.seed_everything(cfg.seed)
     model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu", n_importance=cfg.n_importance)
     model.eval_seed = cfg.seed  # the test draws; training's test used LitVAE.eval_seed, 0

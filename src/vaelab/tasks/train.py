@@ -17,9 +17,9 @@ from vaelab import devices, tracking
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
-from vaelab.errors import ConfigError, Interrupted, TrainingError, one_line
+from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
-from vaelab.runs import Run
+from vaelab.runs import DATA, Run
 from vaelab.schema import MONITORS, check_likelihood
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,23 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
 
 
-# The metrics the console shows at the end; every metric is in metrics.json.
+# The metrics the console shows at the end, those of the data at hand (each where logged:
+# bpd_iwae is the headline of 8-bit data, the scores of `vaelab.disentanglement.scores`
+# those of data with factors); every metric is in metrics.json.
 HEADLINE = (
     "elbo",
     "iwae",
     "rec",
     "kl",
     "nll_iwae",
+    "bpd_iwae",
     "ess_iwae",
     "active_units",
     "mig",
     "dci_disentanglement",
+    "dci_completeness",
+    "dci_informativeness",
+    "sap",
     "factor_vae",
 )
 
@@ -269,9 +275,44 @@ def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
     return [model, training, f"Loggers: {', '.join(names) or 'none'}; run directory: {run.path}"]
 
 
-def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
+def same_data(run: Run, datamodule: L.LightningDataModule) -> None:
+    """Refuse to resume `run` on other data than it trained on (its data.json), in one line
+    that names the splits that changed. A run of an earlier version recorded none: it
+    resumes, and records the data then.
+
+    Raises:
+        DataError: a split's images or labels differ from those the run recorded.
+    """
+    recorded = run.data()
+    if not recorded:
+        log.warning(
+            "%s recorded no %s (made by an earlier version): it resumes on the data as it is "
+            "now, which it records (data=folder and data=celeba split files by another rule "
+            "since then)",
+            run.path,
+            DATA,
+        )
+        return
+    now = datamodule.fingerprint()
+    changed = [split for split, was in recorded.items() if now.get(split) != was]
+    if changed:
+        splits = " and ".join(
+            f"{split} split ({now[split]['images']} images, was {recorded[split]['images']})"
+            for split in changed
+        )
+        raise DataError(
+            f"resume of {run.path} refused: its data changed since it trained (the {splits} "
+            f"differ from those in its {DATA}): restore the data it trained on, or start a new "
+            "run without resume="
+        )
+
+
+def _train(
+    cfg: DictConfig, run: Run, ckpt_path: str | None, datamodule: L.LightningDataModule | None
+) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    if datamodule is None:  # not loaded yet to check a resume's data
+        datamodule = instantiate(cfg.data)
     model = build_module(cfg, datamodule.image_shape)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
     loggers = tracking.build_loggers(cfg)
@@ -280,6 +321,7 @@ def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object
         trainer = build_trainer(cfg, model, loggers, [preemption])
         if trainer.is_global_zero:
             tracking.record(run, loggers)
+            run.record_data(datamodule.fingerprint())
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
             _record_precision(cfg, trainer.precision, run)
         if trainer.is_global_zero:
@@ -313,11 +355,15 @@ def run(cfg: DictConfig) -> dict[str, object]:
     ckpt_path = str(run_dir.resume_checkpoint()) if resume else cfg.get("ckpt_path")
     if ckpt_path:
         verify(ckpt_path)
+    datamodule = None
+    if writes and resume:  # before the run is touched: a refused resume leaves it as it was
+        datamodule = instantiate(cfg.data)
+        same_data(run_dir, datamodule)
     if writes:
         config = OmegaConf.to_container(cfg, resolve=True)
         run_dir.restart(config) if resume else run_dir.start(config)
     try:
-        metrics = _train(cfg, run_dir, ckpt_path)
+        metrics = _train(cfg, run_dir, ckpt_path, datamodule)
     except BaseException as e:
         if writes:
             run_dir.fail(one_line(e), "interrupted" if isinstance(e, Interrupted) else "failed")
