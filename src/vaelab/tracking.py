@@ -81,7 +81,7 @@ def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """The loggers of `cfg.logger`; W&B summarises the monitored bound by its best value."""
     loggers = []
-    for logger_cfg in (cfg.get("logger") or {}).values():
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides: dict[str, Any] = {}
         if _is_wandb(logger_cfg):
             run = Run(cfg.paths.output_dir)
@@ -96,7 +96,7 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
             )
         elif _is_mlflow(logger_cfg):
             overrides = _mlflow_run(cfg, logger_cfg)
-        loggers.append(instantiate(logger_cfg, **overrides))
+        loggers.append(instantiate(logger_cfg, Logger, f"logger.{name}", **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             # Dashboards compare runs by their best validation bound, not the last one.
@@ -234,13 +234,21 @@ def attach(run: Run, mode: str | None, evaluation: dict[str, Any]) -> WandbLogge
         mode = mode or _offline_without_credentials(logger_cfg, run.path)
     if (mode or os.environ.get("WANDB_MODE")) != "offline":
         return instantiate(
-            logger_cfg, id=recorded["id"], resume="allow", save_dir=str(run.path), mode=mode
+            logger_cfg,
+            WandbLogger,
+            "logger",
+            id=recorded["id"],
+            resume="allow",
+            save_dir=str(run.path),
+            mode=mode,
         )
     evaluated = {"wandb_id": recorded["id"], "run_dir": str(run.path), **evaluation}
     # wandb.init's `config` goes in the logger's config: instantiate() has an argument so named.
     logger_cfg.config = {"evaluated": evaluated}
     return instantiate(
         logger_cfg,
+        WandbLogger,
+        "logger",
         save_dir=str(run.path),
         mode=mode,
         job_type="eval",
@@ -273,7 +281,7 @@ def log_evaluation(run: Run, metrics: dict[str, float], n_importance: int) -> li
     for name, logger_cfg in loggers_cfg.items():
         target = str((logger_cfg or {}).get("_target_", ""))
         if target.endswith("TensorBoardLogger"):
-            logger = instantiate(OmegaConf.create(logger_cfg))
+            logger = instantiate(OmegaConf.create(logger_cfg), TensorBoardLogger, f"logger.{name}")
             logger.log_metrics(named, step)
             logger.finalize("success")
             written.append(name)

@@ -234,11 +234,16 @@ def build_trainer(
     trainer_cfg, compile_networks = trainer_args(cfg.trainer)
     if compile_networks:
         model.compile_networks()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [
+        instantiate(c, L.Callback, f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+    ]
     if trainer_cfg.get("enable_progress_bar") is False:  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return instantiate(
         trainer_cfg,
+        L.Trainer,
+        "trainer",
         logger=loggers or False,
         callbacks=[*callbacks, RunHistory(), RngState(), *extra_callbacks],
         plugins=[AtomicCheckpointIO()],
@@ -271,7 +276,7 @@ def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
 
 def _train(cfg: DictConfig, run: Run, ckpt_path: str | None) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
     model = build_module(cfg, datamodule.image_shape)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
     loggers = tracking.build_loggers(cfg)
