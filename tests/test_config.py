@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
 from vaelab import schema
@@ -14,7 +14,7 @@ from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
-from vaelab.tracking import build_loggers
+from vaelab.tracking import RunCSVLogger, build_loggers
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -105,7 +105,7 @@ def test_any_argument_of_lightnings_trainer_reaches_it(compose):
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [CSVLogger]), ("none", [])]
+    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [RunCSVLogger]), ("none", [])]
 )
 def test_logger_options_instantiate(compose, name, expected, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
