@@ -7,13 +7,16 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
 from conftest import _offline_env, _train_command
+from omegaconf import OmegaConf
 from test_eval_task import cli
 
 import vaelab
+from vaelab.config import instantiate
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
 
@@ -135,6 +138,20 @@ def test_the_parts_of_vaelab_and_of_a_users_package_still_load(run_dir, tmp_path
     assert type(vae.prior_model).__name__ == "MyPrior"
 
 
+def test_a_class_named_inside_a_node_is_refused_without_calling_it(run_dir, tmp_path):
+    """Hydra would build a `_target_` below the node (a Trainer's strategy, say) first."""
+    marker = tmp_path / "marker"
+    trainer = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]
+    trainer.pop("compile")
+    trainer["strategy"] = {"_target_": "pathlib.Path.touch", "self": str(marker)}
+    with pytest.raises(ConfigError) as refused:
+        instantiate(OmegaConf.create(trainer), L.Trainer, "trainer")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "trainer.strategy._target_ names a class inside trainer" in message
+    assert not marker.exists()
+
+
 def cli_error(proc: subprocess.CompletedProcess) -> str:
     """The one error line of a refused command."""
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -178,8 +195,13 @@ def test_eval_refuses_a_config_whose_data_names_a_foreign_callable(run_dir, tmp_
     [
         ("data", "pathlib.Path.touch", DATAMODULE),
         ("prior", "subprocess.Popen", PRIOR),
-        ("logger.wandb", "subprocess.Popen", "lightning.pytorch.loggers.logger.Logger"),
-        ("callbacks.pictures", "subprocess.Popen", "lightning.pytorch.callbacks.callback.Callback"),
+        # Hydra's instantiate blocks subprocess.Popen itself, but not every callable.
+        ("logger.wandb", "pathlib.Path.touch", "lightning.pytorch.loggers.logger.Logger"),
+        (
+            "callbacks.pictures",
+            "pathlib.Path.touch",
+            "lightning.pytorch.callbacks.callback.Callback",
+        ),
     ],
 )
 def test_resume_refuses_a_config_naming_a_foreign_callable(run_dir, tmp_path, key, target, base):

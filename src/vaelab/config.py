@@ -39,6 +39,8 @@ def named_class(target: Any, base: type, where: str) -> type:
         ConfigError: the name cannot be imported, or is not a subclass of `base`.
     """
     expected = f"{base.__module__}.{base.__qualname__}"
+    if not target:
+        raise ConfigError(f"{where} has no _target_: name a subclass of {expected}")
     try:
         found = _locate(target) if isinstance(target, str) else None
     except ImportError as e:
@@ -51,19 +53,22 @@ def named_class(target: Any, base: type, where: str) -> type:
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(
             f"{where}._target_ names {target}, which is not a subclass of {expected}, so it "
-            "was refused without being called (a run's config and checkpoints only build "
-            f"parts); name a subclass of {expected}, or use a run of `vaelab train`"
+            "was refused without being called (a config or a checkpoint builds only the "
+            f"class its node is for); name a subclass of {expected}, or use a run of "
+            "`vaelab train`"
         )
     return found
 
 
 def _nested_targets(node: Any, key: str) -> Iterator[str]:
     """The keys of the `_target_`s below a node (not its own)."""
-    items = node.items() if isinstance(node, Mapping | DictConfig) else ()
-    if isinstance(node, list | ListConfig):
+    if isinstance(node, DictConfig | ListConfig):  # as written: its values unresolved
+        node = OmegaConf.to_container(node, resolve=False)
+    items = node.items() if isinstance(node, Mapping) else ()
+    if isinstance(node, list):
         items = enumerate(node)
     for name, value in items:
-        if isinstance(value, Mapping | DictConfig) and "_target_" in value:
+        if isinstance(value, Mapping) and "_target_" in value:
             yield f"{key}.{name}"
         yield from _nested_targets(value, f"{key}.{name}")
 

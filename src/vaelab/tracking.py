@@ -107,10 +107,12 @@ class _KeptRows(ExperimentWriter):
             return
         with self._fs.open(self.metrics_file_path, "r", newline="") as f:
             rows = [row for row in csv.DictReader(f) if float(row["step"]) < step]
-        with self._fs.open(self.metrics_file_path, "w", newline="") as f:
+        tmp = f"{self.metrics_file_path}.{os.getpid()}.tmp"  # a kill keeps the file whole
+        with self._fs.open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
             writer.writeheader()
             writer.writerows(rows)
+        self._fs.mv(tmp, self.metrics_file_path)
 
 
 class RunCSVLogger(CSVLogger):
