@@ -271,7 +271,7 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
             base = compose_train(*common)
             if datamodule is None:
                 L.seed_everything(base.seed, workers=True)
-                datamodule = instantiate(base.data)
+                datamodule = instantiate(base.data, L.LightningDataModule, "data")
                 datamodule.prepare_data()
                 datamodule.setup("fit")
                 images = datamodule.train_dataloader().dataset.tensors[0]
@@ -337,7 +337,7 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
               f"paths.output_dir={work / 'run'}")  # fmt: skip
     base = compose_train(*common, "model=mlp")
     L.seed_everything(base.seed, workers=True)
-    datamodule = instantiate(base.data)
+    datamodule = instantiate(base.data, L.LightningDataModule, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
     images = datamodule.train_dataloader().dataset.tensors[0]
@@ -450,7 +450,7 @@ def eval_setup(data_dir: str, work: Path, n_images: int) -> tuple[VAE, Tensor]:
         f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
     )  # fmt: skip
     torch.manual_seed(cfg.seed)
-    datamodule = instantiate(cfg.data)
+    datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
     datamodule.setup("test")
     x, _ = datamodule.test_images(n_images)
     return build_module(cfg, datamodule.image_shape).vae.eval(), x
@@ -715,7 +715,7 @@ def profile_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
             f"paths.data_dir={data_dir}", f"paths.output_dir={work / 'run'}",
             f"trainer.limit_train_batches={n_batches}",
         )  # fmt: skip
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
         steps = ProfileSteps()
         rate = vaelab_fit(cfg, datamodule, extra_callbacks=[steps])()
         print(f"\n--- cProfile, model={model}, {settings.batches} steps, {rate:,.0f} img/s")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning import LightningDataModule
 from omegaconf import OmegaConf
 from tiny import tiny_trainer
 
@@ -69,7 +70,9 @@ def test_load_run_last_checkpoint(trained_run):
 
 @pytest.mark.slow
 def test_importance_sampled_log_likelihood_is_above_the_elbo(trained_run):
-    data = instantiate(OmegaConf.load(trained_run / "config.yaml").data)
+    data = instantiate(
+        OmegaConf.load(trained_run / "config.yaml").data, LightningDataModule, "data"
+    )
     data.setup("test")
     x, _ = data.test_images(32)
     vae = vaelab.load_run(trained_run)

@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
 from vaelab import schema
@@ -14,7 +14,7 @@ from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
-from vaelab.tracking import build_loggers
+from vaelab.tracking import RunCSVLogger, build_loggers
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -41,7 +41,7 @@ def test_model_options_instantiate(compose, name):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(compose, name):
-    datamodule = instantiate(compose(f"data={name}").data)
+    datamodule = instantiate(compose(f"data={name}").data, L.LightningDataModule, "data")
     assert isinstance(datamodule, VAEDataModule)
     assert datamodule.hparams.name == name
 
@@ -85,7 +85,7 @@ def test_trainer_options_instantiate(compose, name):
         cfg.trainer.accelerator = "cpu"
     args, compile_networks = trainer_args(cfg.trainer)
     assert compile_networks is False and "compile" in cfg.trainer
-    trainer = instantiate(args)
+    trainer = instantiate(args, L.Trainer, "trainer")
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     if name == "ddp":
@@ -99,13 +99,13 @@ def test_any_argument_of_lightnings_trainer_reaches_it(compose):
         "trainer.accumulate_grad_batches=2",
         "trainer.num_sanity_val_steps=0",
     )
-    trainer = instantiate(trainer_args(cfg.trainer)[0], logger=False)
+    trainer = instantiate(trainer_args(cfg.trainer)[0], L.Trainer, "trainer", logger=False)
     assert trainer.max_steps == 10 and trainer.accumulate_grad_batches == 2
     assert trainer.num_sanity_val_steps == 0
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [CSVLogger]), ("none", [])]
+    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [RunCSVLogger]), ("none", [])]
 )
 def test_logger_options_instantiate(compose, name, expected, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -119,7 +119,7 @@ def test_logger_options_instantiate(compose, name, expected, monkeypatch):
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callback_options_instantiate(compose, name):
     cfg = compose(f"callbacks={name}")
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values()]
+    callbacks = [instantiate(c, L.Callback, "callbacks") for c in (cfg.callbacks or {}).values()]
     assert all(isinstance(c, L.Callback) for c in callbacks)
 
 
@@ -232,14 +232,18 @@ def test_each_exemplar_row_sets_the_whole_protocol(compose, row):
     model = build_module(cfg, (1, 28, 28))
     assert model.hparams.optimizer == "adam_normgrad" and model.hparams.kl_warmup_epochs == 100
     (stopping,) = [
-        c for c in map(instantiate, cfg.callbacks.values()) if isinstance(c, WarmupEarlyStopping)
+        c
+        for c in (instantiate(c, L.Callback, "callbacks") for c in cfg.callbacks.values())
+        if isinstance(c, WarmupEarlyStopping)
     ]
     assert (stopping.patience, stopping.monitor, stopping.enabled) == (50, cfg.monitor, True)
 
 
 @pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_the_exemplar_protocol_splits_fashion_mnist_50000_10000(compose):
-    datamodule = instantiate(compose("experiment=exemplar/vae_gaussian").data)
+    datamodule = instantiate(
+        compose("experiment=exemplar/vae_gaussian").data, L.LightningDataModule, "data"
+    )
     datamodule.setup("fit")
     hp = datamodule.hparams
     assert (hp.n_train, hp.n_val, hp.n_test) == (50_000, 10_000, 10_000)

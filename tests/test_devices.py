@@ -3,6 +3,7 @@
 import logging
 import os
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.accelerators import AcceleratorRegistry
@@ -47,7 +48,8 @@ def test_more_gpus_than_the_machine_has_are_refused():
 
 def _trainer(compose, *overrides):
     cfg = compose(*overrides)
-    return instantiate(trainer_args(cfg.trainer)[0], logger=False), cfg.trainer
+    trainer = instantiate(trainer_args(cfg.trainer)[0], L.Trainer, "trainer", logger=False)
+    return trainer, cfg.trainer
 
 
 def _said(caplog) -> list[str]:

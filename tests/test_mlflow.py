@@ -147,3 +147,18 @@ def test_compare_gives_each_rows_mlflow_run_and_store(sweep, tmp_path):
     for job, latent_dim in (("0", "2"), ("1", "3")):
         run_id = json.loads((sweep_dir / job / "mlflow.json").read_text())["run_id"]
         assert rows[latent_dim]["mlflow"] == f"{run_id} in {store}"
+
+
+@pytest.mark.slow
+def test_a_first_run_on_a_new_store_in_a_new_folder_keeps_vaelabs_log_lines(train_cli, tmp_path):
+    """The store's folder is made (SQLite cannot open a file in a missing folder), and its
+    first migration, which reconfigures Python's logging, leaves vaelab's lines in place."""
+    logs = tmp_path / "fresh" / "nested" / "logs"
+    run_dir = tmp_path / "run"  # outside paths.log_dir, which nothing else makes
+    result = train_cli(*TINY, "logger=mlflow", f"paths.log_dir={logs}", f"hydra.run.dir={run_dir}")
+    assert len(_runs(logs)) == 1
+    train_log = (run_dir / "train.log").read_text()
+    for line in ("Model: mlp", "Data: mnist", "Final metrics (nats per image)"):
+        assert line in result.stdout, result.output[-3000:]
+        assert line in train_log, train_log[-3000:]
+    assert "alembic" not in result.output + train_log  # nor the migration's own lines

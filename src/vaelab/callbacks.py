@@ -19,6 +19,7 @@ from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run
 from vaelab.schema import checked
+from vaelab.tracking import RunCSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class RunHistory(L.Callback):
 
     One row per training epoch, after its validation: the epoch means of `train/*` and
     the `val/*` metrics (per-dimension values left out), with "epoch" and "step". A
-    resumed run first drops the rows written after its checkpoint. Resumed from a
+    resumed run first drops the rows written after its checkpoint (and so does a
+    `RunCSVLogger` from its metrics.csv). Resumed from a
     checkpoint written at an epoch's end, Lightning ends that epoch again (without its
     metrics): its row, already written, is not written twice.
     """
@@ -50,6 +52,9 @@ class RunHistory(L.Callback):
         if trainer.is_global_zero and trainer.global_step > 0:
             run = Run(trainer.default_root_dir)
             run.truncate_history(trainer.global_step)
+            for logger in trainer.loggers:  # the CSV's rows too, as history.jsonl's
+                if isinstance(logger, RunCSVLogger):
+                    logger.resume_at(trainer.global_step)
             rows = run.history()
             self._recorded_step = rows[-1].get("step") if rows else None
 

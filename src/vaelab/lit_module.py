@@ -103,7 +103,7 @@ class LitVAE(L.LightningModule):
         )  # fmt: skip
         self._objective: Objective | None = None
         # The objective's class, for its extras: built in `setup`, with the data's size.
-        extras = build_part_class(objective, ElboObjective).extras
+        extras = build_part_class(objective, ElboObjective, Objective, "objective").extras
         self.terms = (*TERMS, *extras)
         # Epoch means of the terms. One metric per stage, updated with every batch and logged
         # once per epoch: a `self.log` per term and step cost more than a small step's maths.

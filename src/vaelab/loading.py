@@ -12,6 +12,7 @@ the raw uint8 images of the datamodule's dataloaders are refused with a clear er
 from pathlib import Path
 
 import torch
+from lightning import LightningDataModule
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
@@ -55,7 +56,7 @@ def run_datamodule(run_dir: str | Path, **overrides: object) -> VAEDataModule:
     if data_cfg is None:
         raise VaelabError(f"no config.yaml in {run_dir}: give a run directory of `vaelab train`")
     chosen = {key: value for key, value in overrides.items() if value is not None}
-    return instantiate(OmegaConf.merge(data_cfg, chosen))
+    return instantiate(OmegaConf.merge(data_cfg, chosen), LightningDataModule, "data")
 
 
 def model_batches(run_dir: str | Path, split: str = "test", **overrides: object) -> DataLoader:

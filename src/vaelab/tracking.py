@@ -1,12 +1,24 @@
-"""Every W&B call: loggers, the offline policy, run names and groups, sweeps, finishing."""
+"""Every W&B call: loggers, the offline policy, run names and groups, sweeps, finishing;
+the CSV logger that keeps a resumed run's rows, and the MLflow store opened safely."""
 
+import csv
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import (
+    CSVLogger,
+    Logger,
+    MLFlowLogger,
+    TensorBoardLogger,
+    WandbLogger,
+)
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
@@ -78,10 +90,101 @@ def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
     return {"id": recorded["id"], "resume": "allow"}
 
 
+class _KeptRows(ExperimentWriter):
+    """Lightning's metrics.csv writer, which appends to the rows already in the file."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes metrics.csv here. Kept instead, its columns become the writer's,
+        # so that a new column rewrites the file with all of them.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = sorted(csv.DictReader(f).fieldnames or [])
+
+    def drop_from(self, step: int) -> None:
+        """Drop the rows of `step` and after."""
+        self.metrics = [row for row in self.metrics if row["step"] < step]
+        if not self._fs.isfile(self.metrics_file_path):
+            return
+        with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+            rows = [row for row in csv.DictReader(f) if float(row["step"]) < step]
+        tmp = f"{self.metrics_file_path}.{os.getpid()}.tmp"  # a kill keeps the file whole
+        with self._fs.open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        self._fs.mv(tmp, self.metrics_file_path)
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSVLogger that keeps what it logged: a resumed run's metrics.csv keeps
+    its rows up to the checkpoint it resumes from (`resume_at`, called by `RunHistory`)
+    and goes on after them, where Lightning's deletes the file when a run starts again."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeptRows(log_dir=self.log_dir)
+        return self._experiment
+
+    def resume_at(self, global_step: int) -> None:
+        """Drop the rows logged after the checkpoint of `global_step`, which the run resumed
+        from it logs again. Lightning labels a step's row with the number of steps before
+        it, and an epoch's end with its last step's label: these are the rows labelled
+        `global_step` and later."""
+        self.experiment.drop_from(global_step)
+
+
+@contextmanager
+def _logging_kept() -> Iterator[None]:
+    """Python's logging as it was, after a block that reconfigures it: the first migration
+    of a new MLflow store runs alembic's `logging.config.fileConfig`, which closes and
+    replaces the root logger's handlers (Hydra's console and the run's train.log) and sets
+    its level to WARN, so that vaelab's own lines vanished. Inside the block, lines below
+    WARNING are dropped: alembic's, one per migration step, say nothing a user can act on."""
+    root = logging.getLogger()
+    handlers, level, disabled_below = root.handlers[:], root.level, root.manager.disable
+    loggers = {
+        name: (logger.level, logger.disabled)
+        for name, logger in logging.root.manager.loggerDict.items()
+        if isinstance(logger, logging.Logger)
+    }
+    logging.disable(logging.INFO)  # a threshold fileConfig leaves alone
+    try:
+        yield
+    finally:
+        logging.disable(disabled_below)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for handler in handlers:
+            if isinstance(handler, logging.FileHandler) and handler.stream is None:
+                handler.mode = "a"  # closed by fileConfig: its next line reopens it, appending
+        for name, (logger_level, disabled) in loggers.items():
+            logging.getLogger(name).setLevel(logger_level)
+            logging.getLogger(name).disabled = disabled
+
+
+def _open_mlflow_store(uri: str | None) -> None:
+    """Create (or open) the MLflow store of `uri` before its logger does: a SQLite file's
+    folder first, which SQLite does not create (MLflow then retried for 90 s and failed),
+    and a new database's tables with logging kept as it is (`_logging_kept`)."""
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+
+    if not uri or uri.split(":", 1)[0].split("+", 1)[0] not in DATABASE_ENGINES:
+        return  # a server or a file store: nothing to migrate here
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    from mlflow.tracking import MlflowClient
+
+    with _logging_kept():
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def build_loggers(cfg: DictConfig) -> list[Logger]:
     """The loggers of `cfg.logger`; W&B summarises the monitored bound by its best value."""
     loggers = []
-    for logger_cfg in (cfg.get("logger") or {}).values():
+    for name, logger_cfg in (cfg.get("logger") or {}).items():
         overrides: dict[str, Any] = {}
         if _is_wandb(logger_cfg):
             run = Run(cfg.paths.output_dir)
@@ -95,8 +198,9 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
                 quiet=True, x_transaction_log_flush_interval=FLUSH_SECONDS
             )
         elif _is_mlflow(logger_cfg):
+            _open_mlflow_store(logger_cfg.get("tracking_uri"))
             overrides = _mlflow_run(cfg, logger_cfg)
-        loggers.append(instantiate(logger_cfg, **overrides))
+        loggers.append(instantiate(logger_cfg, Logger, f"logger.{name}", **overrides))
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             # Dashboards compare runs by their best validation bound, not the last one.
@@ -234,13 +338,21 @@ def attach(run: Run, mode: str | None, evaluation: dict[str, Any]) -> WandbLogge
         mode = mode or _offline_without_credentials(logger_cfg, run.path)
     if (mode or os.environ.get("WANDB_MODE")) != "offline":
         return instantiate(
-            logger_cfg, id=recorded["id"], resume="allow", save_dir=str(run.path), mode=mode
+            logger_cfg,
+            WandbLogger,
+            "logger",
+            id=recorded["id"],
+            resume="allow",
+            save_dir=str(run.path),
+            mode=mode,
         )
     evaluated = {"wandb_id": recorded["id"], "run_dir": str(run.path), **evaluation}
     # wandb.init's `config` goes in the logger's config: instantiate() has an argument so named.
     logger_cfg.config = {"evaluated": evaluated}
     return instantiate(
         logger_cfg,
+        WandbLogger,
+        "logger",
         save_dir=str(run.path),
         mode=mode,
         job_type="eval",
@@ -273,7 +385,7 @@ def log_evaluation(run: Run, metrics: dict[str, float], n_importance: int) -> li
     for name, logger_cfg in loggers_cfg.items():
         target = str((logger_cfg or {}).get("_target_", ""))
         if target.endswith("TensorBoardLogger"):
-            logger = instantiate(OmegaConf.create(logger_cfg))
+            logger = instantiate(OmegaConf.create(logger_cfg), TensorBoardLogger, f"logger.{name}")
             logger.log_metrics(named, step)
             logger.finalize("success")
             written.append(name)

@@ -7,8 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from hydra.utils import get_class
-
+from vaelab.config import named_class
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder
 from vaelab.models.hvae import HierarchicalVAE
@@ -71,26 +70,36 @@ def build_vae(
     )
 
 
-def build_part(cfg: Mapping[str, Any] | None, default: type, **context: Any) -> Any:
-    """The part a config node names (`_target_` and its arguments), or `default` without
-    one; `context` (latent_dim, image_shape, ...) fills the arguments the class takes."""
-    cls = build_part_class(cfg, default)
+def build_part(
+    cfg: Mapping[str, Any] | None, default: type, base: type, where: str, **context: Any
+) -> Any:
+    """The part a config node names (`_target_`, a subclass of `base`, and its arguments),
+    or `default` without one; `context` (latent_dim, image_shape, ...) fills the arguments
+    the class takes."""
+    cls = build_part_class(cfg, default, base, where)
     cfg = {k: v for k, v in (cfg or {}).items() if k != "_target_"}
     accepted = inspect.signature(cls).parameters
     return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
 
 
-def build_part_class(cfg: Mapping[str, Any] | None, default: type) -> type:
-    """The class a config node names, `default` without a `_target_`."""
-    return get_class(cfg["_target_"]) if cfg and "_target_" in cfg else default
+def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, where: str) -> type:
+    """The class a config node (`where`: prior, posterior, objective) names, `default`
+    without a `_target_`; a checkpoint's hyperparameters are such nodes, so anything but a
+    subclass of the part's `base` is refused without being called (`named_class`)."""
+    return named_class(cfg["_target_"], base, where) if cfg and "_target_" in cfg else default
 
 
 def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
-    return build_part(cfg, StandardPrior, latent_dim=latent_dim, image_shape=image_shape)
+    return build_part(
+        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape
+    )
 
 
 def build_posterior(cfg: Mapping[str, Any] | None, latent_dim: int, context_dim: int) -> Posterior:
-    return build_part(cfg, GaussianPosterior, latent_dim=latent_dim, context_dim=context_dim)
+    return build_part(
+        cfg, GaussianPosterior, Posterior, "posterior", latent_dim=latent_dim,
+        context_dim=context_dim,
+    )  # fmt: skip
 
 
 def build_objective(
@@ -100,4 +109,4 @@ def build_objective(
     `dataset_size` is given to the objectives that take it (beta-TCVAE)."""
     if not cfg:
         return ElboObjective(num_samples=num_samples)
-    return build_part(cfg, ElboObjective, dataset_size=dataset_size)
+    return build_part(cfg, ElboObjective, Objective, "objective", dataset_size=dataset_size)

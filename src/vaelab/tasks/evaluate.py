@@ -79,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     logger = tracking.attach(run_dir, cfg.wandb_mode, evaluation)
     loggers = [logger] if logger else []
     trainer: L.Trainer = instantiate(
-        trainer_cfg, logger=loggers or False, default_root_dir=run_dir.path
+        trainer_cfg, L.Trainer, "trainer", logger=loggers or False, default_root_dir=run_dir.path
     )
     try:
         (results,) = trainer.test(model, datamodule=datamodule)

@@ -240,11 +240,16 @@ def build_trainer(
     trainer_cfg, compile_networks = trainer_args(cfg.trainer)
     if compile_networks:
         model.compile_networks()
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [
+        instantiate(c, L.Callback, f"callbacks.{name}")
+        for name, c in (cfg.get("callbacks") or {}).items()
+    ]
     if trainer_cfg.get("enable_progress_bar") is False:  # Lightning refuses a bar then
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     return instantiate(
         trainer_cfg,
+        L.Trainer,
+        "trainer",
         logger=loggers or False,
         callbacks=[*callbacks, RunHistory(), RngState(), *extra_callbacks],
         plugins=[AtomicCheckpointIO()],
@@ -312,7 +317,7 @@ def _train(
 ) -> dict[str, object]:
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:  # not loaded yet to check a resume's data
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
     model = build_module(cfg, datamodule.image_shape)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
     loggers = tracking.build_loggers(cfg)
@@ -357,7 +362,7 @@ def run(cfg: DictConfig) -> dict[str, object]:
         verify(ckpt_path)
     datamodule = None
     if writes and resume:  # before the run is touched: a refused resume leaves it as it was
-        datamodule = instantiate(cfg.data)
+        datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
         same_data(run_dir, datamodule)
     if writes:
         config = OmegaConf.to_container(cfg, resolve=True)
