@@ -110,11 +110,16 @@ def _offline_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
     return {k: v for k, v in full_env.items() if v is not None}
 
 
-def start_train(tmp_path: Path, overrides: tuple[str, ...], name: str) -> subprocess.Popen:
-    """`python train.py ...` in the background, offline; its output in <name>.out and .err."""
+def start_train(
+    tmp_path: Path, overrides: tuple[str, ...], name: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`python train.py ...` in the background, offline (with `env` added to the
+    environment); its output in <name>.out and .err."""
     command = _train_command(tmp_path, overrides)
     with (tmp_path / f"{name}.out").open("w") as out, (tmp_path / f"{name}.err").open("w") as err:
-        return subprocess.Popen(command, cwd=tmp_path, env=_offline_env(), stdout=out, stderr=err)
+        return subprocess.Popen(
+            command, cwd=tmp_path, env=_offline_env(env), stdout=out, stderr=err
+        )
 
 
 def wait_for(proc: subprocess.Popen, root: Path, pattern: str, timeout: float = 300) -> list[Path]:

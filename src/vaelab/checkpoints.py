@@ -5,6 +5,7 @@ optimizer, loop progress (epoch, step, KL warm-up), the data loader's position i
 epoch (`ResumableLoader`) and the random number generators (`RngState`).
 """
 
+import copy
 import os
 import pickle
 import random
@@ -85,6 +86,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             tmp.unlink(missing_ok=True)
 
+    @staticmethod
+    def leftovers(folder: Path) -> list[Path]:
+        """The temporary files in `folder` of writers that were killed mid-write."""
+        found = []
+        for tmp in folder.glob(".*.tmp"):
+            pid = tmp.suffixes[-2].lstrip(".") if len(tmp.suffixes) > 1 else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                found.append(tmp)
+        return found
+
 
 def save_last(trainer: L.Trainer) -> None:
     """Write the run's newest state to checkpoints/last.ckpt, replacing the file whole.
@@ -99,11 +110,25 @@ def save_last(trainer: L.Trainer) -> None:
 
 class RunCheckpoint(ModelCheckpoint):
     """The run directory's checkpoints/: the best (by `monitor`), and last.ckpt after every
-    epoch (after its validation), and when training ends mid-epoch (e.g. `max_steps`)."""
+    epoch, and when training ends mid-epoch (e.g. `max_steps`).
+
+    last.ckpt is written after Lightning records the epoch's best (at the epoch's end, or
+    after a validation inside it), so that its state names the best as it is then. The
+    state names the files relative to the run directory (`checkpoints/best-epoch002.ckpt`),
+    so that a moved or copied run resumes from its own files; the absolute paths of earlier
+    versions are read by their names. A resumed run first puts checkpoints/ back as it was
+    at its checkpoint's step (`_match_files`).
+    """
 
     def __init__(self, **kwargs: Any):
+        # No version counter: a best checkpoint written again after a resume replaces the
+        # file of the same epoch instead of adding best-epochNNN-v1.ckpt beside it.
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(filename=BEST_CHECKPOINT, auto_insert_metric_name=False, **kwargs)
         self._last_saved_step = -1
+        self._resumed_step: int | None = None
+        self._is_global_zero = True
+        self._fresh = {key: getattr(self, key) for key in _STATE}  # before any best
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self.dirpath = str(Run(trainer.default_root_dir).checkpoint_dir)
@@ -114,22 +139,127 @@ class RunCheckpoint(ModelCheckpoint):
         self._last_saved_step = trainer.global_step
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)  # the best, first: last.ckpt records it
-        if trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking:
+        super().on_validation_end(trainer, pl_module)
+        # Lightning records the best here only for validations it does not leave to the
+        # epoch's end (several per epoch, or not every epoch).
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if fitting and not self._should_save_on_train_epoch_end(trainer):
             self._save_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # An epoch cut short by max_steps has no validation: no best to choose (Lightning
         # would warn that the monitored metric is missing).
         if self.monitor is None or self.monitor in trainer.callback_metrics:
-            super().on_train_epoch_end(trainer, pl_module)
-        if self._last_saved_step != trainer.global_step:  # an epoch without validation
+            super().on_train_epoch_end(trainer, pl_module)  # the epoch's best, first
+        if self._last_saved_step != trainer.global_step:
             self._save_last(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
         if self._last_saved_step != trainer.global_step:  # stopped inside an epoch
             self._save_last(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        run_dir = Path(state["dirpath"]).parent
+        relative = {path: _relative(path, run_dir) for path in self._paths(state)}
+        return {**self._renamed(state, relative), "dirpath": _relative(state["dirpath"], run_dir)}
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Fitting only: validate and test load the best checkpoint, and its state, too.
+        if trainer.state.fn == TrainerFn.FITTING:
+            self._resumed_step = checkpoint.get("global_step")
+        self._is_global_zero = trainer.is_global_zero
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(self._here(state_dict))
+        if self._resumed_step is not None:
+            self._match_files(self._resumed_step)
+            self._resumed_step = None
+
+    def _here(self, state: dict[str, Any]) -> dict[str, Any]:
+        """`state` with its files in this run's checkpoints/: they all live there, so a
+        file's name finds it, whether recorded relative or (earlier versions) absolute."""
+        here = Path(self.dirpath)
+        names = {path: str(here / Path(path).name) for path in self._paths(state)}
+        return {**self._renamed(state, names), "dirpath": self.dirpath}
+
+    @staticmethod
+    def _paths(state: dict[str, Any]) -> set[str]:
+        keys = ("best_model_path", "kth_best_model_path", "last_model_path")
+        return {p for p in [*map(state.get, keys), *(state.get("best_k_models") or {})] if p}
+
+    @staticmethod
+    def _renamed(state: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+        state = {
+            **state,
+            "best_k_models": {names[p]: v for p, v in (state.get("best_k_models") or {}).items()},
+        }
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if state.get(key):
+                state[key] = names[state[key]]
+        return state
+
+    def _match_files(self, step: int) -> None:
+        """checkpoints/ as it was at `step`, the step the run resumes from.
+
+        A kill between two writes leaves files of later steps (a best checkpoint written
+        before last.ckpt caught up, a temporary file cut short): they are removed, and the
+        resumed run writes them again. A best checkpoint at or before `step` that the state
+        does not name (last.ckpt of earlier versions was written before the epoch's best)
+        is the best: the state becomes the one it holds, written when it became the best.
+        Without a best checkpoint on disk (started from another run's `ckpt_path`), the run
+        has no best yet.
+        """
+        folder = Path(self.dirpath)
+        best_files = folder.glob(BEST_CHECKPOINT.split("{")[0] + "*.ckpt")
+        steps = {path: _step_of(path) for path in best_files}
+        later = [path for path, saved in steps.items() if saved is None or saved > step]
+        if self._is_global_zero:
+            for path in [*later, *AtomicCheckpointIO.leftovers(folder)]:
+                path.unlink(missing_ok=True)
+        kept = {path: saved for path, saved in steps.items() if path not in later}
+        newest = max(kept, key=kept.__getitem__, default=None)
+        if newest is None:
+            for key, value in self._fresh.items():
+                setattr(self, key, copy.copy(value))
+            return
+        if str(newest) == self.best_model_path:
+            return
+        states = torch.load(newest, map_location="cpu", weights_only=True).get("callbacks", {})
+        if self.state_key in states:
+            super().load_state_dict(self._here(states[self.state_key]))
+
+
+# ModelCheckpoint's record of the best checkpoints (the rest of its state is settings).
+_STATE = (
+    "best_model_score", "best_model_path", "current_score", "best_k_models",
+    "kth_best_model_path", "kth_value", "last_model_path",
+)  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _relative(path: str, run_dir: Path) -> str:
+    return Path(os.path.relpath(path, run_dir)).as_posix()
+
+
+def _step_of(path: Path) -> int | None:
+    """The global step a checkpoint was written at; None if it is gone or unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+    except Exception:
+        return None
 
 
 class StepCheckpoint(L.Callback):

@@ -94,7 +94,13 @@ class ResumableLoader(DataLoader):
     """
 
     def __init__(self, dataset: TensorDataset, sampler: IndexBatchSampler, progress: Callable):
-        super().__init__(dataset, sampler=sampler, batch_size=None, num_workers=0)
+        # A generator of its own: a DataLoader draws a seed for its workers from the global
+        # RNG each time it is iterated, which a resumed run does before restoring the RNG
+        # (Lightning starts the first epoch's iteration first), so that a run resumed from
+        # an epoch's end would draw other binarizations and z than the uninterrupted one.
+        super().__init__(
+            dataset, sampler=sampler, batch_size=None, num_workers=0, generator=torch.Generator()
+        )
         self._progress = progress
 
     def state_dict(self) -> dict[str, Any]:

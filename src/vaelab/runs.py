@@ -113,6 +113,17 @@ def _images(record: dict[str, Any]) -> float:
     return float(images) if isinstance(images, int) else math.inf
 
 
+def _moved(value: Any, old: str, new: str) -> Any:
+    """`value` with every path inside the folder `old` (or `old` itself) inside `new`."""
+    if isinstance(value, dict):
+        return {k: _moved(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_moved(v, old, new) for v in value]
+    if isinstance(value, str) and (value == old or value.startswith(old.rstrip("/") + "/")):
+        return new + value[len(old) :]
+    return value
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -239,11 +250,18 @@ class Run:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def config(self) -> dict[str, Any]:
-        """The resolved config as plain containers ({} if it was never written)."""
+        """The resolved config as plain containers ({} if it was never written).
+
+        Paths inside the directory the run was started in (`paths.output_dir`, e.g.
+        `trainer.default_root_dir` and the loggers' `save_dir`) are given inside this one:
+        a moved or copied run reads and writes its own files, never the original's.
+        """
         try:
-            return yaml.safe_load((self.path / CONFIG).read_text()) or {}
+            config = yaml.safe_load((self.path / CONFIG).read_text()) or {}
         except FileNotFoundError:
             return {}
+        started_in = (config.get("paths") or {}).get("output_dir")
+        return _moved(config, str(started_in), str(self.path)) if started_in else config
 
     def status(self) -> dict[str, Any]:
         """status.json: {"status", "error", "started_at", "ended_at", "host", "pid", "wandb"}."""

@@ -126,15 +126,15 @@ def _fit_and_test(
             "diverged; lower lr or set trainer.gradient_clip_val"
         )
     best = trainer.checkpoint_callback and trainer.checkpoint_callback.best_model_path
-    if bound is None:
+    eval_ckpt = "best" if best else None
+    if best:
+        log.info("Validating and testing the best checkpoint, %s", best)
+    elif bound is None:  # no best, as no validation ran (not a resume of a finished fit)
         log.info(
             "No validation ran during fit (it stopped at step %d, inside an epoch): validating "
             "and testing the last weights",
             trainer.global_step,
         )
-    eval_ckpt = "best" if best else None
-    if best:
-        log.info("Validating and testing the best checkpoint, %s", best)
     metrics: dict[str, object] = {}
     for results in (
         trainer.validate(model, datamodule=datamodule, ckpt_path=eval_ckpt, verbose=False),
