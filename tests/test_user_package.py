@@ -133,8 +133,18 @@ def test_a_users_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
     assert missing.returncode == 2
     (line,) = missing.stderr.strip().splitlines()
     assert "install the package that provides the module mylab" in line
+    loaded = cli(tmp_path, "-c", f"import vaelab; vaelab.load_run({str(run_dir)!r})", env=bare)
+    assert "ConfigError: prior._target_ names mylab.priors.LaplacePrior" in loaded.stderr
+    assert "install the package that provides the module mylab" in loaded.stderr
     more = (*common, "max_epochs=3", f"resume={run_dir}")
     missing = cli(tmp_path, train, *more, env={**bare, "VAELAB_CONFIG_PATH": None})
     assert missing.returncode == 2
     (line,) = missing.stderr.strip().splitlines()
     assert "install the package that provides the module mylab" in line
+
+
+def test_an_unknown_option_lists_the_users_options_with_vaelabs(user_package, train_cli):
+    result = train_cli("data=svhn", "prior=laplace", check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "Could not find 'data/svhn'" in line and "arrays" in line and "mnist" in line

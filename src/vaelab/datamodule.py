@@ -165,7 +165,7 @@ class VAEDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         args = {"image_size": image_size, "grid": grid, "path": path}
-        self.source = build_source(source_class or option_source(name), args)
+        self.data_source = build_source(source_class or option_source(name), args)
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
@@ -339,7 +339,7 @@ class VAEDataModule(LightningDataModule):
 
     def _load(self) -> DatasetSplits:
         hp = self.hparams
-        data = self.source.splits(hp.data_dir, hp.download, hp.allow_fallback)
+        data = self.data_source.splits(hp.data_dir, hp.download, hp.allow_fallback)
         self._factor_names, self._labelled = data.factor_names, data.labelled
         return data
 
