@@ -1,5 +1,5 @@
-"""A user's own prior, data source and logger, from a package of the user's (examples/mylab)
-found through VAELAB_CONFIG_PATH, through every tool, without a file of vaelab changed."""
+"""A user's own prior, data source and logger, from a package of the user's (examples/mylab,
+installed) found through VAELAB_CONFIG_PATH, through every tool, with no file of vaelab changed."""
 
 import csv
 import json
@@ -46,10 +46,18 @@ def vaelab_files() -> dict[Path, int]:
 
 @pytest.fixture
 def user_package(tmp_path, monkeypatch) -> Path:
-    """examples/mylab copied into a folder of the user's, on PYTHONPATH, its options on
-    VAELAB_CONFIG_PATH (for this process and the commands it starts), and its array file."""
-    packages = tmp_path / "site"
-    shutil.copytree(EXAMPLE / "mylab", packages / "mylab")
+    """examples/mylab installed (pip, from a copy: a build writes beside its sources) into a
+    folder on PYTHONPATH, its options on VAELAB_CONFIG_PATH (for this process and the
+    commands it starts), and the user's array file."""
+    source, packages = tmp_path / "mylab-src", tmp_path / "site"
+    shutil.copytree(EXAMPLE, source)
+    pip = ("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q")
+    installed = subprocess.run(
+        [sys.executable, *pip, "--target", str(packages), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr[-3000:]
+    assert (packages / "mylab" / "conf" / "prior" / "laplace.yaml").is_file()  # package data
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(packages)) if p)
     monkeypatch.setenv("PYTHONPATH", path)
     monkeypatch.setenv("VAELAB_CONFIG_PATH", "pkg://mylab.conf")
