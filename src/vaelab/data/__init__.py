@@ -103,7 +103,7 @@ def load_dataset(
         ConfigError: For an unknown data option.
         DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
     """
-    from vaelab.data.sources import build_source, option_source
+    from vaelab.data.sources import build_source, option_source  # which import this module
 
     args = {"image_size": image_size, "grid": grid, "path": path}
     source = build_source(option_source(name), args)
