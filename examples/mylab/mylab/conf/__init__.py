@@ -1,0 +1,1 @@
+# The option files of mylab's parts, one folder per vaelab config group (pkg://mylab.conf).

