@@ -185,7 +185,7 @@ EXEMPLAR_PROTOCOL = {
     "lr": 5e-4,
     "optimizer": "adam_normgrad",
     "kl_warmup_epochs": 100,
-    "beta_schedule.kind": "linear",
+    "beta_schedule._target_": "vaelab.models.schedules.LinearWarmup",
     "max_epochs": 2000,
     "trainer.max_epochs": 2000,
     "callbacks.early_stopping.patience": 50,

@@ -58,7 +58,6 @@ GRADIENTS = ("standard", "dreg")  # of objective=iwae
 # The validation bound that picks the best checkpoint, that a multirun's job returns to its
 # sweeper and whose NaN means divergence (higher is better); runs older than the knob: the first.
 MONITORS = ("val/elbo", "val/iwae")
-BETA_SCHEDULES = ("constant", "linear", "cyclical")
 # adam_normgrad: Adam on each parameter's gradient divided by its L2 norm (vae_vampprior's
 # AdamNormGrad, which the VampPrior and Exemplar VAE papers train with).
 OPTIMIZERS = ("adam", "adam_normgrad")
@@ -247,7 +246,6 @@ class ObjectiveArgs:
 
 @dataclass
 class BetaScheduleArgs:
-    kind: str = knob(one_of(BETA_SCHEDULES))
     cycles: int = knob(integer(1))
     ratio: float = knob(
         Rule(
@@ -595,13 +593,17 @@ def check_parts(cfg: DictConfig) -> None:
         )
     if OmegaConf.select(cfg, "monitor") == "val/iwae" and objective != "IwaeObjective":
         raise ConfigError("monitor=val/iwae is logged by objective=iwae only: use monitor=val/elbo")
-    kind = OmegaConf.select(cfg, "beta_schedule.kind", default="linear")
     warmup = OmegaConf.select(cfg, "kl_warmup_epochs", default=0) or 0
-    if warmup > 0 and kind != "linear":
-        raise ConfigError(
-            f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear, not of "
-            f"beta_schedule={kind}: set kl_warmup_epochs=0"
-        )
+    if warmup > 0:
+        from vaelab.models.schedules import schedule_class  # torch-free, and imports us
+
+        node = OmegaConf.select(cfg, "beta_schedule")
+        schedule = schedule_class(OmegaConf.to_container(node) if node is not None else None)
+        if not schedule.uses_kl_warmup:
+            raise ConfigError(
+                f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear's warm-up, "
+                f"which {schedule.__name__} does not take: set kl_warmup_epochs=0"
+            )
 
 
 def check_likelihood(likelihood: str | None, binarize: str | None) -> None:
