@@ -171,7 +171,7 @@ class LitVAE(L.LightningModule):
             torch.stack([values[term].detach() for term in self.terms])
         )
         if stage != "train":
-            pz = self.vae.prior() if self.vae.prior_model.factorised else None
+            pz = self.vae.prior() if self.vae.kl_splits else None
             kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)

@@ -75,6 +75,20 @@ def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, w
     return named_class(cfg["_target_"], base, where) if cfg and "_target_" in cfg else default
 
 
+def part_classes(
+    prior: Mapping[str, Any] | None = None,
+    posterior: Mapping[str, Any] | None = None,
+    objective: Mapping[str, Any] | None = None,
+) -> tuple[type[Prior], type[Posterior], type[Objective]]:
+    """The classes of a config's prior, posterior and objective nodes (each checked, its
+    default without one): what they declare they can do decides how they combine."""
+    return (
+        build_part_class(prior, StandardPrior, Prior, "prior"),
+        build_part_class(posterior, GaussianPosterior, Posterior, "posterior"),
+        build_part_class(objective, ElboObjective, Objective, "objective"),
+    )
+
+
 def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
     return build_part(
         cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape
@@ -92,7 +106,9 @@ def build_objective(
     cfg: Mapping[str, Any] | None, num_samples: int, dataset_size: int | None
 ) -> Objective:
     """The objective of `cfg`, the beta-ELBO with `num_samples` draws without one;
-    `dataset_size` is given to the objectives that take it (beta-TCVAE)."""
+    `dataset_size` is given to the objectives that `needs_dataset_size` (beta-TCVAE)."""
     if not cfg:
         return ElboObjective(num_samples=num_samples)
-    return build_part(cfg, ElboObjective, Objective, "objective", dataset_size=dataset_size)
+    cls = build_part_class(cfg, ElboObjective, Objective, "objective")
+    context = {"dataset_size": dataset_size} if cls.needs_dataset_size else {}
+    return build_part(cfg, ElboObjective, Objective, "objective", **context)
