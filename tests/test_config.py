@@ -1,5 +1,7 @@
-"""Every config option composes and instantiates; top-level knobs reach the model."""
+"""Every config option composes and instantiates; top-level knobs reach the model; an option
+file's values are its class's defaults."""
 
+import inspect
 from pathlib import Path
 
 import lightning as L
@@ -10,7 +12,7 @@ from omegaconf import OmegaConf
 
 from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
-from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.config import config_dir, instantiate, named_class, trainer_args
 from vaelab.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.tasks.train import build_module
@@ -30,6 +32,25 @@ def test_every_group_has_its_documented_options():
     ]  # fmt: skip
     assert options("trainer") == ["cpu", "ddp", "debug", "default", "gpu"]
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
+
+
+PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule")
+
+
+@pytest.mark.parametrize(
+    "option", [f"{group}={name}" for group in PART_GROUPS for name in options(group)]
+)
+def test_an_option_files_values_are_its_classs_defaults(compose, option):
+    """Defaults live once: where a part's class has a default for an argument its option file
+    gives, the two are equal (an interpolated value, e.g. ${beta}, as the config resolves
+    it); an argument without a default has its one value in the YAML."""
+    group, name = option.split("=")
+    written = OmegaConf.load(config_dir() / group / f"{name}.yaml")
+    resolved = compose(option)[group]
+    parameters = inspect.signature(named_class(written._target_, object, group)).parameters
+    for key in written:
+        if key != "_target_" and parameters[key].default is not inspect.Parameter.empty:
+            assert resolved[key] == parameters[key].default, f"{option}: {key}"
 
 
 @pytest.mark.parametrize("name", options("model"))

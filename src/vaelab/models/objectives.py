@@ -169,14 +169,15 @@ class BetaTCObjective(Objective, TotalCorrelation):
 
     Args:
         alpha: weight of the mutual information.
-        beta: weight of the total correlation.
+        beta: weight of the total correlation (conf/objective/betatc.yaml: the top-level
+            beta, whose default is this one).
         gamma: weight of the dimension-wise KL.
         dataset_size: N, the number of training images.
     """
 
     @checked("objective.")
     def __init__(
-        self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int
+        self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, *, dataset_size: int
     ):
         if not integer(1).ok(dataset_size):  # the data's size, not a knob
             raise ConfigError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
@@ -292,11 +293,3 @@ def _detached(qz_x: Distribution) -> Distribution:
 def _log_mean_exp(values: Tensor) -> Tensor:
     """log (1/k) sum_i exp(values_i) over the first dimension."""
     return torch.logsumexp(values, 0) - math.log(values.shape[0])
-
-
-# Config name -> class; each constructor's arguments are its config keys.
-OBJECTIVES: dict[str, type[Objective]] = {
-    "elbo": ElboObjective,
-    "iwae": IwaeObjective,
-    "beta_tc": BetaTCObjective,
-}
