@@ -36,7 +36,7 @@ from vaelab.frames import (
     metric_frame,
     settings,
 )
-from vaelab.runs import Run, find_runs
+from vaelab.runs import COMPARE, COMPARE_CSV, TEST_PICTURES, Run, find_runs
 
 HEADLINE_METRICS = (
     "val/elbo",
@@ -47,7 +47,6 @@ HEADLINE_METRICS = (
     "test/active_units",
 )
 DEFAULT_METRICS = ("test/nll_iwae", "val/elbo")  # the first one the runs report is plotted
-CSV_FILE = "compare.csv"
 K_NOTE = (
     "the importance samples per image of test/nll_iwae: of the eval.py evaluation shown "
     "(the best checkpoint's on the most test images, then with the largest K, when it has as "
@@ -610,7 +609,7 @@ def pictures_figure(
     shown: dict[str, Path] = {}
     for row in rows:
         for run, seed in zip(row.runs, row.seeds or [()] * len(row.runs), strict=True):
-            path = run.pictures_dir / "test" / f"{name}.png"
+            path = run.pictures_dir / TEST_PICTURES / f"{name}.png"
             if not path.is_file():
                 continue
             seeds = seed if len(seed_keys) > 1 else (seed,) * len(seed_keys)
@@ -643,8 +642,8 @@ def _by_data(rows: Sequence[Row]) -> list[tuple[str, list[Row], str]]:
 def _default_out_dir(paths: Sequence[Path]) -> Path:
     """PATH/compare for one multirun or parent of runs; ./compare otherwise."""
     if len(paths) == 1 and not Run(paths[0]).exists():
-        return paths[0] / "compare"
-    return Path("compare")
+        return paths[0] / COMPARE
+    return Path(COMPARE)
 
 
 def run(
@@ -687,7 +686,7 @@ def run(
         metrics.append(metric)
 
     out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
-    csv_path = write_csv(rows, keys, seed_keys, metrics, out / CSV_FILE)
+    csv_path = write_csv(rows, keys, seed_keys, metrics, out / COMPARE_CSV)
     plot_paths = []
     groups = _by_data(rows)  # a figure per data set and likelihood
     for x_key in params if metric in final else []:
