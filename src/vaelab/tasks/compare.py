@@ -34,6 +34,7 @@ from vaelab.frames import (
     _same,
     differing_keys,
     metric_frame,
+    over_seeds,
     settings,
 )
 from vaelab.runs import COMPARE, COMPARE_CSV, TEST_PICTURES, Run, find_runs
@@ -145,7 +146,11 @@ def _mean_std(runs: list[Run]) -> tuple[dict[str, float], dict[str, float]]:
     """The runs' final metrics' mean and std (over n - 1; NaN for one value), non-finite
     values left out."""
     metrics = metric_frame(runs)
-    return metrics.mean().dropna().to_dict(), metrics.std().loc[metrics.count() > 0].to_dict()
+    if metrics.columns.empty:
+        return {}, {}
+    stats = over_seeds(metrics).iloc[0]
+    mean, std, n = (stats.xs(stat, level=1) for stat in ("mean", "std", "n"))
+    return mean.dropna().to_dict(), std.loc[n > 0].to_dict()
 
 
 def _n_importance(runs: list[Run]) -> list[int]:
