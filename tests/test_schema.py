@@ -12,10 +12,9 @@ import typing
 from pathlib import Path
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from conftest import compose_command, options
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from vaelab import schema
 from vaelab.config import config_dir
@@ -25,18 +24,6 @@ from vaelab.models.priors import StandardPrior
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "lightning", "wandb")
-
-
-def options(group: str) -> list[str]:
-    """A group's options, those in its subfolders too (experiment=models/vamp)."""
-    folder = config_dir() / group
-    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
-
-
-def compose_command(command: str, *overrides: str) -> DictConfig:
-    """conf/<command>.yaml (eval, sample) with overrides."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose(command, overrides=list(overrides))
 
 
 GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment")
@@ -66,8 +53,12 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
         assert any(OmegaConf.select(cfg, key, default="absent") != "absent" for cfg in cfgs), key
 
 
-PART_OPTIONS = ("prior=mog", "posterior=iaf", "objective=iwae", "objective=betatc",
-                "beta_schedule=cyclical", "data=shapes")  # fmt: skip
+# Every option of the groups whose nodes' keys differ by option, as the groups' files are.
+PART_OPTIONS = [
+    f"{group}={option}"
+    for group in ("prior", "posterior", "objective", "beta_schedule", "data")
+    for option in options(group)
+]
 
 
 # Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.
