@@ -50,6 +50,30 @@ def mnist_idx_root(tmp_path: Path) -> Path:
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The tiny run of the CLI tests: a small MLP, Lightning's few debug batches, no dashboard,
+# no test log-likelihood; `tiny(...)` changes some of it.
+TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0")
+
+
+def tiny(*overrides: str) -> tuple[str, ...]:
+    """TINY with `overrides`, each replacing TINY's value of its key or group: no key is
+    given twice, so that run names (the overrides) say each value once."""
+    given = {o.split("=", 1)[0] for o in overrides}
+    return (*(o for o in TINY if o.split("=", 1)[0] not in given), *overrides)
+
+
+def options(group: str) -> list[str]:
+    """A config group's options: its files (and those in its subfolders: experiment=models/vamp)."""
+    folder = config_dir() / group
+    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+
+
+def compose_command(command: str, *overrides: str, hydra: bool = False) -> DictConfig:
+    """conf/<command>.yaml (train, eval, sample) with overrides, as `python <command>.py
+    ...` composes it; with its `hydra` node if `hydra`."""
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose_config(command, overrides=list(overrides), return_hydra_config=hydra)
+
 
 @pytest.fixture
 def compose(tmp_path: Path) -> Callable[..., DictConfig]:
@@ -61,16 +85,19 @@ def compose(tmp_path: Path) -> Callable[..., DictConfig]:
             f"paths.data_dir={tmp_path / 'data'}",
             "data.download=false",
         ]
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            return compose_config("train", overrides=[*base, *overrides])
+        return compose_command("train", *base, *overrides)
 
     return _compose
 
 
-def eval_config(*overrides: str) -> DictConfig:
-    """conf/eval.yaml with overrides, as `python eval.py ...` composes it."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose_config("eval", overrides=list(overrides))
+def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python <script> ...` (eval.py, sample.py) in an empty working directory, W&B
+    offline."""
+    cwd.mkdir(exist_ok=True)
+    command = [sys.executable, str(ROOT / script), *args]
+    return subprocess.run(
+        command, cwd=cwd, env=_offline_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _run_dirs(outputs: Path) -> set[Path]:

@@ -243,3 +243,25 @@ def test_a_checkpoint_from_before_the_model_parts_loads_as_the_plain_vae(trained
     new = load_run(trained_run, checkpoint="last")
     x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.2))
     assert torch.equal(model.vae.encode(x), new.encode(x))
+
+
+def test_a_checkpoint_with_the_old_kind_form_of_beta_schedule_loads_and_trains_alike(
+    trained_run, tmp_path
+):
+    """Runs trained before the schedules' option files named a class wrote `kind:`; their
+    checkpoints still load, with the schedule the kind named."""
+    from vaelab.models.schedules import Cyclical, LinearWarmup
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["beta_schedule"]["_target_"].endswith("LinearWarmup")
+    for old, expected in (
+        ({"kind": "cyclical", "cycles": 2, "ratio": 0.25}, Cyclical(cycles=2, ratio=0.25)),
+        ({"kind": "linear"}, LinearWarmup(warmup_epochs=0.0)),
+    ):
+        checkpoint["hyper_parameters"]["beta_schedule"] = old
+        path = tmp_path / "old.ckpt"
+        torch.save(checkpoint, path)
+        model = LitVAE.load_from_checkpoint(path, map_location="cpu")
+        assert model.schedule == expected
+        z = torch.zeros(1, 2)
+        assert torch.equal(model.vae.decoder(z), load_run(path).decoder(z))

@@ -6,12 +6,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 import vaelab
 from vaelab.errors import VaelabError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0")
 
 
 def truncated_run(trained_run: Path, tmp_path: Path) -> Path:

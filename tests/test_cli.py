@@ -6,13 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY
 from omegaconf import OmegaConf
 
 from vaelab.runs import find_runs
 from vaelab.tasks import compare
 from vaelab.tracking import name_and_group
-
-TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0")
 
 
 def vaelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 import wandb_files
 import yaml
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from conftest import cli, compose_command
 from PIL import Image
 
-from vaelab.config import config_dir
 from vaelab.errors import VaelabError
 from vaelab.runs import Run
 from vaelab.tasks import compare, evaluate, sample
@@ -25,19 +23,6 @@ from vaelab.tasks import compare, evaluate, sample
 ROOT = Path(__file__).resolve().parents[1]
 # One test batch of 100 images keeps K = 200 importance samples fast on a CPU.
 FAST = ("n_importance=200", "data.eval_batch_size=100", "trainer.limit_test_batches=1")
-
-
-def compose_config(name: str, *overrides: str) -> DictConfig:
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(name, overrides=list(overrides))
-
-
-def cli(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `python <script> ...` in an empty working directory, W&B offline."""
-    cwd.mkdir(exist_ok=True)
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    command = [sys.executable, str(ROOT / script), *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture
@@ -118,7 +103,9 @@ def test_each_offline_eval_is_a_wandb_run_of_its_own_beside_the_training_run(run
 @pytest.mark.slow
 def test_every_evaluation_is_kept_and_compare_shows_the_largest_k_of_the_best(run_dir, tmp_path):
     def evaluate_run(*overrides: str) -> dict[str, float]:
-        cfg = compose_config("eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides)
+        cfg = compose_command(
+            "eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides
+        )
         return evaluate.run(cfg)
 
     def kept() -> list[tuple[str, int, int]]:
@@ -166,7 +153,9 @@ def test_eval_bad_input_stops_with_one_clear_line(tmp_path):
 @pytest.mark.slow
 def test_eval_compiled_and_in_bf16_keeps_the_float32_estimates(run_dir):
     def nll(*overrides: str) -> float:
-        cfg = compose_config("eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides)
+        cfg = compose_command(
+            "eval", f"run_dir={run_dir}", "wandb_mode=disabled", *FAST, *overrides
+        )
         return evaluate.run(cfg)["test/nll_iwae"]
 
     eager = nll()
@@ -179,7 +168,7 @@ def test_eval_compiled_and_in_bf16_keeps_the_float32_estimates(run_dir):
 @pytest.mark.slow
 def test_eval_of_a_checkpoint_path_without_wandb(run_dir):
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    cfg = compose_config("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)
+    cfg = compose_command("eval", f"ckpt_path={ckpt}", "wandb_mode=disabled", *FAST)
     metrics = evaluate.run(cfg)
     assert math.isfinite(metrics["test/nll_iwae"])
     (written,) = Run(run_dir).evaluations()
@@ -198,7 +187,7 @@ def test_eval_errors(tmp_path):
     }
     for overrides, message in cases.items():
         with pytest.raises(VaelabError, match=re.escape(message)):
-            evaluate.run(compose_config("eval", *overrides))
+            evaluate.run(compose_command("eval", *overrides))
 
 
 # sample.py
@@ -222,7 +211,7 @@ def test_sample_cli_writes_a_grid_into_the_run_directory(run_dir, tmp_path):
 def test_samples_are_reproducible_by_seed(trained_run, tmp_path):
     def draw(seed: int, name: str) -> Path:
         overrides = (f"run_dir={trained_run}", "n=10", "nrow=4", f"seed={seed}")
-        return sample.run(compose_config("sample", *overrides, f"out={tmp_path / name}"))
+        return sample.run(compose_command("sample", *overrides, f"out={tmp_path / name}"))
 
     first, again, other = draw(0, "a.png"), draw(0, "b.png"), draw(1, "c.png")
     assert png(first).size == (4 * 30 + 2, 3 * 30 + 2)  # 3 rows of 4, the last one partial
@@ -232,6 +221,6 @@ def test_samples_are_reproducible_by_seed(trained_run, tmp_path):
 
 def test_sample_needs_a_run(tmp_path):
     with pytest.raises(VaelabError, match="run_dir="):
-        sample.run(compose_config("sample"))
+        sample.run(compose_command("sample"))
     with pytest.raises(VaelabError, match="positive integer"):
-        sample.run(compose_config("sample", f"run_dir={tmp_path}", "n=0"))
+        sample.run(compose_command("sample", f"run_dir={tmp_path}", "n=0"))

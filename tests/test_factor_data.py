@@ -11,6 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from conftest import compose_command
 
 from vaelab import data, disentanglement
 from vaelab.data import DSPRITES_FILE, load_dataset
@@ -151,11 +152,10 @@ def test_a_run_on_shapes_reads_its_image_size_from_the_data_and_logs_disentangle
         assert (run_dir / "pictures" / "test" / f"{picture}.png").is_file()
 
     # eval.py recomputes them from the checkpoint, with the run's data and knobs.
-    from test_eval_task import compose_config
 
     from vaelab.tasks import evaluate
 
-    again = evaluate.run(compose_config("eval", f"run_dir={run_dir}", "n_importance=4"))
+    again = evaluate.run(compose_command("eval", f"run_dir={run_dir}", "n_importance=4"))
     for name in (*names, "factor_vae", "nll_iwae"):
         assert again[f"test/{name}"] == metrics[f"test/{name}"], name
 

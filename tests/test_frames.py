@@ -133,3 +133,22 @@ def test_the_readme_notebook_lines_run(sweep):
 
     assert isinstance(names["frame"], pd.DataFrame) and len(names["frame"]) == 6
     assert list(names["summary"].index) == list(LATENT_DIMS)
+
+
+def test_compare_shows_the_summarys_mean_and_std(sweep):
+    """`vaelab compare`'s rows and `Runs.summary` are one statistic over seeds."""
+    from vaelab.frames import settings
+    from vaelab.tasks.compare import group_rows
+
+    runs = vaelab.load_runs(sweep)
+    summary = runs.summary()
+    rows = group_rows(runs.runs, [settings(r) for r in runs], ["latent_dim"], ["seed"])
+    finished = [row for row in rows if row.status == "finished"]
+    assert [row.config["latent_dim"] for row in finished] == list(LATENT_DIMS)
+    for row in finished:
+        for name, mean in row.mean.items():
+            assert mean == summary.loc[row.config["latent_dim"], (f"metrics.{name}", "mean")]
+            assert (
+                row.std[name] == summary.loc[row.config["latent_dim"], (f"metrics.{name}", "std")]
+            )
+        assert {"test/nll_iwae", "val/elbo"} <= row.mean.keys()

@@ -66,7 +66,7 @@ def test_cyclical_schedule_restarts_beta_every_cycle(mnist_idx_root, tmp_path):
     datamodule = VAEDataModule(
         data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
     )
-    schedule = {"kind": "cyclical", "cycles": 2, "ratio": 0.5}
+    schedule = {"_target_": "vaelab.models.schedules.Cyclical", "cycles": 2, "ratio": 0.5}
     model = LitVAE(arch="mlp", latent_dim=2, beta=2.0, n_importance=0, beta_schedule=schedule)
     record = RecordBeta()
     trainer = tiny_trainer(

@@ -11,15 +11,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import eval_config, free_port, train_in
+from conftest import compose_command, free_port, tiny, train_in
 
-TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
+RUN = tiny("logger=mlflow", "n_importance=4", "~local")
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """One multirun of two jobs (latent_dim=2,3) logged to MLflow: the outputs folder."""
-    return train_in(tmp_path_factory.mktemp("mlflow"), "-m", *TINY, "logger=mlflow",
+    return train_in(tmp_path_factory.mktemp("mlflow"), "-m", *RUN,
                     "latent_dim=2,3")  # fmt: skip
 
 
@@ -122,7 +122,7 @@ def test_an_evaluation_is_logged_into_the_training_runs_mlflow_run(sweep):
     (sweep_dir,) = (sweep / "multiruns").iterdir()
     run_dir = sweep_dir / "1"  # job 0 is resumed by another test
     run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
-    metrics = evaluate.run(eval_config(f"run_dir={run_dir}", "n_importance=3"))
+    metrics = evaluate.run(compose_command("eval", f"run_dir={run_dir}", "n_importance=3"))
     (record,) = Run(run_dir).evaluations()
     assert record["dashboards"] == ["mlflow"]
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
@@ -155,7 +155,7 @@ def test_a_first_run_on_a_new_store_in_a_new_folder_keeps_vaelabs_log_lines(trai
     first migration, which reconfigures Python's logging, leaves vaelab's lines in place."""
     logs = tmp_path / "fresh" / "nested" / "logs"
     run_dir = tmp_path / "run"  # outside paths.log_dir, which nothing else makes
-    result = train_cli(*TINY, "logger=mlflow", f"paths.log_dir={logs}", f"hydra.run.dir={run_dir}")
+    result = train_cli(*RUN, f"paths.log_dir={logs}", f"hydra.run.dir={run_dir}")
     assert len(_runs(logs)) == 1
     train_log = (run_dir / "train.log").read_text()
     for line in ("Model: mlp", "Data: mnist", "Final metrics (nats per image)"):

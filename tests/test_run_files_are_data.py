@@ -11,9 +11,8 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import _offline_env, _train_command
+from conftest import _offline_env, _train_command, cli
 from omegaconf import OmegaConf
-from test_eval_task import cli
 
 import vaelab
 from vaelab.config import instantiate

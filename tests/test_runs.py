@@ -1,5 +1,6 @@
 """runs.Run reads and writes a run directory; find_runs finds runs under any path."""
 
+import ast
 import json
 import math
 import subprocess
@@ -147,3 +148,26 @@ def test_two_commands_adding_evaluations_at_once_lose_none(tmp_path):
     ks = sorted(e["n_importance"] for e in Run(tmp_path).evaluations())
     assert ks == list(range(200))
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_the_run_and_sweep_file_names_are_written_only_in_runs_py():
+    """One home for the layout: no module but vaelab.runs has a string that is a file name
+    of a run or sweep directory (code builds their paths with runs' constants and methods;
+    messages and docstrings, which say more than a name, may mention them)."""
+    import vaelab
+    from vaelab import runs
+
+    names = {
+        value
+        for key, value in vars(runs).items()
+        if key.isupper() and isinstance(value, str) and "." in value and "{" not in value
+    }
+    assert {"mlflow_parent.json", "multirun.yaml", "compare.csv", "config.yaml"} <= names
+    found = [
+        f"{path.relative_to(path.parents[1])}: {node.value}"
+        for path in Path(vaelab.__file__).parent.rglob("*.py")
+        if path.name != "runs.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    assert found == []

@@ -12,29 +12,18 @@ import typing
 from pathlib import Path
 
 import pytest
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
+from conftest import compose_command, options
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from vaelab import schema
 from vaelab.config import config_dir
 from vaelab.errors import ConfigError
+from vaelab.models.posteriors import IAFPosterior
+from vaelab.models.priors import StandardPrior
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "lightning", "wandb")
-
-
-def options(group: str) -> list[str]:
-    """A group's options, those in its subfolders too (experiment=models/vamp)."""
-    folder = config_dir() / group
-    return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
-
-
-def compose_command(command: str, *overrides: str) -> DictConfig:
-    """conf/<command>.yaml (eval, sample) with overrides."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose(command, overrides=list(overrides))
 
 
 GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment")
@@ -64,8 +53,12 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
         assert any(OmegaConf.select(cfg, key, default="absent") != "absent" for cfg in cfgs), key
 
 
-PART_OPTIONS = ("prior=mog", "posterior=iaf", "objective=iwae", "objective=betatc",
-                "beta_schedule=cyclical", "data=shapes")  # fmt: skip
+# Every option of the groups whose nodes' keys differ by option, as the groups' files are.
+PART_OPTIONS = [
+    f"{group}={option}"
+    for group in ("prior", "posterior", "objective", "beta_schedule", "data")
+    for option in options(group)
+]
 
 
 # Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.
@@ -186,7 +179,10 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("model=conv model.activation=gated", "model.activation=gated makes each dense layer"),
         ("model=hvae model.top_dim=0", "model.top_dim must be a positive integer, or null"),
         ("model=hvae posterior=iaf", "model=hvae has its own posterior, q(z2|x) q(z1|x, z2)"),
-        ("model=hvae objective=betatc", "objective=betatc needs a diagonal Gaussian q(z|x), and"),
+        (
+            "model=hvae objective=betatc",
+            "the objective BetaTCObjective needs a diagonal Gaussian q(z|x), and",
+        ),
         (
             "model=hvae objective=iwae objective.gradient=dreg",
             "objective.gradient=dreg needs a diagonal Gaussian q(z|x)",
@@ -212,14 +208,14 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
             "objective.gradient must be one of standard",
         ),
         ("beta_schedule=cyclical beta_schedule.ratio=0", "beta_schedule.ratio must be a number in"),
-        ("posterior=iaf objective=betatc", "objective=betatc estimates the total correlation"),
+        ("posterior=iaf objective=betatc", "the objective BetaTCObjective needs the per-dimension"),
         (
             "posterior=iaf objective=iwae objective.gradient=dreg",
             "objective.gradient=dreg evaluates",
         ),
         (
             "prior=mog objective.free_bits=0.5",
-            "objective.free_bits=0.5 needs the KL of each latent",
+            "objective.free_bits=0.5 needs the KL of each latent dimension, so a factorised",
         ),
         ("monitor=val/iwae", "monitor=val/iwae is logged by objective=iwae only"),
         ("monitor=val/loss", "monitor must be one of val/elbo, val/iwae"),
@@ -365,3 +361,64 @@ def test_a_swept_bad_value_fails_its_own_job_which_is_recorded(train_cli):
     assert [run.config()["latent_dim"] for run in runs] == [0, -1]
     assert "latent_dim must be a positive integer, got -1" in runs[1].error
     assert not list(sweep.rglob("*.ckpt"))
+
+
+class DeeperFlow(IAFPosterior):
+    """A user's flow under another class name: a flow by what it declares, not its name."""
+
+
+class UnitGaussianPrior(StandardPrior):
+    """A user's N(0, I) under another class name: factorised, as it declares."""
+
+
+FLOW = ("posterior=iaf", f"posterior._target_={__name__}.DeeperFlow")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ((*FLOW, "objective=betatc"), "the objective BetaTCObjective needs the per-dimension"),
+        (
+            (*FLOW, "objective=iwae", "objective.gradient=dreg"),
+            "objective.gradient=dreg evaluates q(z|x) with its parameters cut",
+        ),
+        ((*FLOW, "objective.free_bits=1"), "objective.free_bits=1 needs the KL of each latent"),
+        ((f"prior._target_={__name__}.UnitGaussianPrior", "objective.free_bits=1"), None),
+    ],
+)
+def test_which_parts_combine_is_what_their_classes_declare(compose, overrides, message):
+    """A part combines by what its class declares (factorised, a diagonal Gaussian), not by
+    its name: a subclass under another name is refused, or accepted, as it declares."""
+    cfg = compose(*overrides)
+    if message is None:
+        schema.validate(cfg)
+        return
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        schema.validate(cfg)
+
+
+def test_vaelabs_parts_inherit_the_declarations_the_check_reads_without_torch():
+    """The composition check reads vaelab's own parts' capabilities from their torch-free
+    declarations: each class inherits its entry, and every option file's class has one."""
+    from vaelab.config import named_class
+    from vaelab.models.capabilities import DECLARED
+
+    for target, declaration in DECLARED.items():
+        assert issubclass(named_class(target, object, "test"), declaration), target
+    for group in ("prior", "posterior", "objective"):
+        for option in (config_dir() / group).glob("*.yaml"):
+            assert OmegaConf.load(option)._target_ in DECLARED, option
+    code = (
+        "import sys; from omegaconf import OmegaConf; from vaelab import schema; "
+        "m = 'vaelab.models.'; cfg = OmegaConf.create({"
+        "'posterior': {'_target_': m + 'posteriors.IAFPosterior'}, "
+        "'objective': {'_target_': m + 'objectives.BetaTCObjective'}})\n"
+        "try:\n    schema.check_parts(cfg)\nexcept Exception as e:\n    print(e)\n"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == [
+        "the objective BetaTCObjective needs the per-dimension densities of a diagonal Gaussian "
+        "q(z|x), which the posterior IAFPosterior does not have: use posterior=gaussian",
+        "False",
+    ]

@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import compose as compose_config
-from hydra import initialize_config_dir
+from conftest import compose_command, tiny
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,14 +25,13 @@ with warnings.catch_warnings():
     from optuna.trial import TrialState
 
 # `~local`: a developer's conf/local/default.yaml (say, one choosing SLURM) stays out.
-TINY = ("model=mlp", "trainer=debug", "logger=none", "batch_size=32", "n_importance=0", "~local")
+RUN = tiny("~local")
 SEARCH = "hparams_search=elbo_optuna"
 
 
 def compose_with_hydra(*overrides: str) -> DictConfig:
     """conf/train.yaml with its `hydra` node, as `python train.py -m ...` composes it."""
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose_config("train", overrides=list(overrides), return_hydra_config=True)
+    return compose_command("train", *overrides, hydra=True)
 
 
 def resolved(node: Any) -> dict[str, Any]:
@@ -114,7 +112,7 @@ def test_local_example_chooses_slurm_and_local_files_stay_out_of_git():
 def test_optuna_search_writes_the_best_trial(train_cli, tmp_path: Path):
     sweep_dir = tmp_path / "outputs" / "search"
     trials = ("hydra.sweeper.n_trials=3", f"hydra.sweep.dir={sweep_dir}")
-    result = train_cli("-m", SEARCH, *trials, *TINY)
+    result = train_cli("-m", SEARCH, *trials, *RUN)
 
     assert len(result.run_dirs) == 3
     elbos = {run_dir: val_elbo(run_dir) for run_dir in result.run_dirs}
@@ -140,7 +138,7 @@ def test_a_persistent_study_continues_without_repeating_trials(train_cli, tmp_pa
     study = (f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=tiny")
     sweep_dir = tmp_path / "outputs" / "search"
     first_sweep = ("hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep_dir / 'first'}")
-    train_cli("-m", SEARCH, *study, *first_sweep, *TINY)
+    train_cli("-m", SEARCH, *study, *first_sweep, *RUN)
     first = load_trials(storage, "tiny")
     assert [t.state for t in first] == [TrialState.COMPLETE] * 2
 
@@ -148,7 +146,7 @@ def test_a_persistent_study_continues_without_repeating_trials(train_cli, tmp_pa
     # start-up trials would propose the first two trials' values again.
     continued = ("hydra.sweeper.n_trials=1", "hydra.sweeper.sampler.seed=1")
     continued += (f"hydra.sweep.dir={sweep_dir / 'continued'}",)
-    result = train_cli("-m", SEARCH, *study, *continued, *TINY)
+    result = train_cli("-m", SEARCH, *study, *continued, *RUN)
 
     assert len(result.run_dirs) == 1
     trials = load_trials(storage, "tiny")
@@ -173,7 +171,7 @@ def test_a_failed_trial_is_marked_failed_and_the_search_goes_on(train_cli, tmp_p
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.params=null",  # num_samples alone
         "num_samples=choice(0,1)",  # 0 is refused before training
-        *TINY,
+        *RUN,
         check=False,  # exit code: not part of this test
     )
 
@@ -195,7 +193,7 @@ def test_a_failed_trial_is_marked_failed_and_the_search_goes_on(train_cli, tmp_p
 @pytest.mark.slow
 def test_joblib_launcher_runs_the_jobs_in_worker_processes(train_cli):
     result = train_cli(
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "latent_dim=2,3", *TINY
+        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "latent_dim=2,3", *RUN
     )
 
     assert "Joblib.Parallel(n_jobs=2,backend=loky" in result.output
@@ -208,7 +206,7 @@ def test_joblib_launcher_runs_the_jobs_in_worker_processes(train_cli):
 def test_submitit_local_launcher_runs_pickled_jobs_and_keeps_their_logs(train_cli, tmp_path: Path):
     sweep_dir = tmp_path / "outputs" / "submitit"
     launcher = ("hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}")
-    result = train_cli("-m", *launcher, "latent_dim=2,3", *TINY)
+    result = train_cli("-m", *launcher, "latent_dim=2,3", *RUN)
 
     assert sorted(config_of(d)["latent_dim"] for d in result.run_dirs) == [2, 3]
     for run_dir in result.run_dirs:
@@ -275,7 +273,7 @@ def test_a_bad_a_diverging_and_a_killed_trial_cost_no_other_result(train_cli, tm
     from vaelab.runs import find_runs
 
     overrides = (
-        "-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_epochs=4",
+        "-m", "hydra/launcher=submitit_local", *RUN, "trainer.max_epochs=4",
         "trainer.limit_train_batches=20", "trainer.detect_anomaly=false",
         "callbacks.step_checkpoint.every_n_train_steps=5", "lr=1e4,1e-3", "latent_dim=0,3,2",
     )  # fmt: skip
@@ -321,7 +319,7 @@ def test_a_grid_stopped_and_started_again_keeps_resumes_and_adds_its_jobs(train_
 
     sweep_dir = tmp_path / "outputs" / "grid"
     steps = ("trainer.max_epochs=2", "trainer.limit_train_batches=40")
-    grid = (*TINY, *steps, "callbacks.step_checkpoint.every_n_train_steps=5")
+    grid = (*RUN, *steps, "callbacks.step_checkpoint.every_n_train_steps=5")
     grid += (f"hydra.sweep.dir={sweep_dir}",)
     proc = start_train(tmp_path, ("-m", *grid, "latent_dim=2,3"), "stopped")
     wait_for(proc, sweep_dir, "1/checkpoints/last.ckpt")  # job 0 finished, job 1 runs
@@ -358,7 +356,7 @@ def test_an_optuna_search_run_twice_in_one_sweep_dir_gives_new_trials_new_folder
     train_cli, tmp_path: Path
 ):
     sweep_dir = tmp_path / "outputs" / "search"
-    search = ("-m", SEARCH, f"hydra.sweep.dir={sweep_dir}", *TINY)
+    search = ("-m", SEARCH, f"hydra.sweep.dir={sweep_dir}", *RUN)
     train_cli(*search, "hydra.sweeper.n_trials=2")
     first = {n: kept_files(sweep_dir / n) for n in "01"}
     hydra_records = {n: (sweep_dir / n / ".hydra" / "overrides.yaml").read_text() for n in "01"}

@@ -9,16 +9,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import eval_config, free_port, train_in
+from conftest import compose_command, free_port, tiny, train_in
 
-TINY = ("model=mlp", "trainer=debug", "batch_size=32", "n_importance=4", "~local")
+RUN = tiny("logger=tensorboard", "n_importance=4", "~local")
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     """One multirun of two jobs (latent_dim=2,3) logged to TensorBoard: the sweep folder."""
-    outputs = train_in(tmp_path_factory.mktemp("tensorboard"), "-m", *TINY,
-                       "logger=tensorboard", "latent_dim=2,3")  # fmt: skip
+    outputs = train_in(tmp_path_factory.mktemp("tensorboard"), "-m", *RUN, "latent_dim=2,3")
     (sweep,) = (outputs / "multiruns").iterdir()
     return sweep
 
@@ -90,7 +89,7 @@ def test_an_evaluation_is_logged_into_the_training_runs_tensorboard_beside_its_t
     from vaelab.tasks import evaluate
 
     run_dir = sorted(p.parent for p in sweep.glob("*/config.yaml"))[1]
-    metrics = evaluate.run(eval_config(f"run_dir={run_dir}", "n_importance=3"))
+    metrics = evaluate.run(compose_command("eval", f"run_dir={run_dir}", "n_importance=3"))
     (record,) = Run(run_dir).evaluations()
     assert record["dashboards"] == ["tensorboard"]
     events = _events(run_dir)

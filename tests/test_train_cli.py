@@ -8,12 +8,14 @@ import pytest
 import torch
 import wandb_files
 import yaml
+from conftest import compose_command, tiny
 
 from vaelab.lit_module import LitVAE
 from vaelab.runs import Run
 
 # n_importance: the estimators run, with few samples (the default 100 costs a conv run minutes).
-TINY = ("trainer=debug", "batch_size=32", "n_importance=8")
+# The default logger (W&B, offline) and a test log-likelihood
+RUN = tiny("logger=wandb", "n_importance=8")
 
 
 def only(paths: list[Path]) -> Path:
@@ -34,7 +36,7 @@ def wandb_run_file(run_dir: Path) -> Path:
 
 @pytest.mark.slow
 def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
-    result = train_cli("model=mlp", "latent_dim=2", "beta=4", *TINY)
+    result = train_cli(*RUN, "latent_dim=2", "beta=4")
     assert "Epoch 0:" in result.output  # the progress bar
     run_dir = only(result.run_dirs)
     # The console: each line once, in one format, none the user cannot act on, and a
@@ -87,7 +89,9 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
 def test_conv_run_with_csv_logger_and_no_progress_bar(train_cli):
     # The default callbacks hold a progress bar, which Lightning refuses with this flag.
     result = train_cli(
-        "model=conv", "latent_dim=16", "logger=csv", "trainer.enable_progress_bar=false", *TINY
+        *tiny("model=conv", "logger=csv", "n_importance=8"),
+        "latent_dim=16",
+        "trainer.enable_progress_bar=false",
     )
     assert "Epoch 0:" not in result.output
     run_dir = only(result.run_dirs)
@@ -99,7 +103,7 @@ def test_conv_run_with_csv_logger_and_no_progress_bar(train_cli):
 
 @pytest.mark.slow
 def test_no_logger_still_writes_the_run_directory_with_status_and_history(train_cli):
-    run_dir = only(train_cli("model=mlp", "logger=none", *TINY, "trainer.max_epochs=2").run_dirs)
+    run_dir = only(train_cli(*tiny("n_importance=8"), "trainer.max_epochs=2").run_dirs)
     metrics_of(run_dir)
     assert (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
     run = Run(run_dir)
@@ -114,7 +118,7 @@ def test_no_logger_still_writes_the_run_directory_with_status_and_history(train_
 @pytest.mark.slow
 def test_without_credentials_wandb_goes_offline_and_says_how_to_sync(train_cli, tmp_path):
     env = {"WANDB_MODE": None, "WANDB_API_KEY": None, "NETRC": str(tmp_path / "no-netrc")}
-    result = train_cli("model=mlp", *TINY, env=env)
+    result = train_cli(*RUN, env=env)
     run_dir = only(result.run_dirs)
     assert wandb_run_file(run_dir).stat().st_size > 0
     assert "wandb sync" in result.output and "offline" in result.output
@@ -122,7 +126,9 @@ def test_without_credentials_wandb_goes_offline_and_says_how_to_sync(train_cli, 
 
 @pytest.mark.slow
 def test_multirun_gives_each_job_its_directory_and_a_shared_wandb_group(train_cli):
-    result = train_cli("-m", "model=mlp,conv", "latent_dim=2", *TINY)
+    result = train_cli(
+        "-m", *tiny("model=mlp,conv", "logger=wandb", "n_importance=8"), "latent_dim=2"
+    )
     run_dirs = result.run_dirs
     assert len(run_dirs) == 2
     groups, names = set(), set()
@@ -184,9 +190,13 @@ def test_ddp_without_a_gpu_says_it_runs_processes_on_the_cpu(train_cli):
 
 @pytest.mark.slow
 def test_bf16_mixed_precision_gives_finite_metrics_of_the_same_magnitude(train_cli):
-    full = metrics_of(only(train_cli("model=conv", "logger=none", *TINY).run_dirs))
+    full = metrics_of(only(train_cli(*tiny("model=conv", "n_importance=8")).run_dirs))
     bf16 = metrics_of(
-        only(train_cli("model=conv", "logger=none", "trainer.precision=bf16-mixed", *TINY).run_dirs)
+        only(
+            train_cli(
+                *tiny("model=conv", "n_importance=8"), "trainer.precision=bf16-mixed"
+            ).run_dirs
+        )
     )
     assert bf16["test/elbo"] == pytest.approx(full["test/elbo"], rel=0.2)
 
@@ -216,7 +226,7 @@ def test_runs_write_pictures_with_the_manifold_only_for_a_2d_latent_space(train_
     from PIL import Image
 
     for latent_dim, manifold in ((2, {"manifold"}), (16, set())):
-        run_dir = only(train_cli("model=mlp", f"latent_dim={latent_dim}", *TINY).run_dirs)
+        run_dir = only(train_cli(*RUN, f"latent_dim={latent_dim}").run_dirs)
         pictures = run_dir / "pictures"
         assert sorted(p.name for p in pictures.iterdir()) == ["epoch_000", "test"]  # 1 epoch
         names = {"reconstructions", "samples", "interpolations", "traversals", "latent_scatter"}
@@ -260,16 +270,14 @@ def test_figures_are_the_same_wherever_computed_and_beta_is_each_epochs_own(trai
     (best,) = [row for row in history if row["epoch"] == metrics["checkpoint"]["epoch"]]
     assert best["val/elbo"] == metrics["val/elbo"]  # the same weights, the same figure
 
-    from test_eval_task import compose_config
-
     from vaelab.tasks import evaluate
 
     # eval.py with the run's K and the default seed (0, as in training) recomputes them.
     overrides = (f"run_dir={run_dir}", "n_importance=5", "trainer.limit_test_batches=2")
-    again = evaluate.run(compose_config("eval", *overrides))
+    again = evaluate.run(compose_command("eval", *overrides))
     for key in ("test/elbo", "test/nll_iwae", "test/nll_naive", "test/active_units"):
         assert again[key] == metrics[key], key
-    other_seed = evaluate.run(compose_config("eval", *overrides, "seed=1"))
+    other_seed = evaluate.run(compose_command("eval", *overrides, "seed=1"))
     assert other_seed["test/nll_iwae"] != metrics["test/nll_iwae"]
 
 

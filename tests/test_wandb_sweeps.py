@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hydra import compose as compose_config
-from hydra import initialize_config_dir
+from conftest import compose_command
 from omegaconf import DictConfig, OmegaConf
 from wandb import wandb_agent
 
@@ -146,10 +145,7 @@ def test_a_python_none_would_reach_hydra_as_the_string_None(compose, monkeypatch
 
 def test_each_wandb_run_gets_its_own_run_directory(monkeypatch, tmp_path):
     overrides = _overrides(agent_command({"model": "mlp"}, monkeypatch, tmp_path))
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose_config(
-            "train", [f"paths.log_dir={tmp_path}", *overrides], return_hydra_config=True
-        )
+    cfg = compose_command("train", f"paths.log_dir={tmp_path}", *overrides, hydra=True)
     assert cfg.hydra.run.dir == f"{tmp_path}/sweeps/{SWEEP_ID}/{RUN_ID}"
 
 

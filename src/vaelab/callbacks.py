@@ -17,7 +17,8 @@ from torchmetrics import Metric
 from vaelab import plots
 from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE, posterior_mean
-from vaelab.runs import Run
+from vaelab.runs import PICTURES as PICTURES_DIR
+from vaelab.runs import Run, pictures_folder
 from vaelab.schema import checked
 from vaelab.tracking import RunCSVLogger
 
@@ -216,7 +217,7 @@ class VAEPictures(L.Callback):
 
         # The most informative dims: by KL where it splits into dims, else by how much the
         # posterior means vary across the images (active units' statistic).
-        pz = vae.prior() if vae.prior_model.factorised else None
+        pz = vae.prior() if vae.kl_splits else None
         kl = kl_per_dim(vae.posterior(shown), pz) if pz is not None else None
         spread = kl if kl is not None else loc.var(0, correction=0)
         dims = plots.most_informative_dims(spread, self.n_traversal_dims)
@@ -260,7 +261,7 @@ class VAEPictures(L.Callback):
         if not hasattr(datamodule, "test_images"):
             rank_zero_warn("VAEPictures needs a datamodule with test_images(n); no pictures.")
             return []
-        folder = "test" if stage == "test" else f"epoch_{trainer.current_epoch:03d}"
+        folder = pictures_folder(stage, trainer.current_epoch)
         out_dir = Run(trainer.default_root_dir).pictures_dir / folder
         device = pl_module.device
         # Drawing must not change the run: test_images may use the global RNG (binarization).
@@ -300,7 +301,9 @@ class VAEPictures(L.Callback):
                     else:
                         logger.experiment.add_image(key, picture, step)
                 elif isinstance(logger, MLFlowLogger):  # the run's artifacts, as the files
-                    logger.experiment.log_artifact(logger.run_id, str(path), f"pictures/{folder}")
+                    logger.experiment.log_artifact(
+                        logger.run_id, str(path), f"{PICTURES_DIR}/{folder}"
+                    )
         return paths
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

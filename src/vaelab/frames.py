@@ -120,6 +120,20 @@ def metric_frame(runs: Sequence[Run]) -> pd.DataFrame:
     return frame.where(frame.abs() < float("inf"))
 
 
+def over_seeds(metrics: pd.DataFrame, by: Sequence[pd.Series] = ()) -> pd.DataFrame:
+    """Each metric column's mean, std (over n - 1: NaN for one value) and n (the values that
+    are not NaN), per group of `by`; one row without `by`. The one statistic over seeds:
+    `Runs.summary` and `vaelab compare` show it.
+
+    Returns:
+        Columns (metric, mean|std|n).
+    """
+    # One configuration: one group. Always grouped, so that a group's figures do not depend
+    # on what else is summarised (pandas' grouped std rounds unlike its plain one).
+    groups = list(by) if by else [[0] * len(metrics)]
+    return metrics.groupby(groups, dropna=False).agg(STATS).rename(columns={"count": "n"})
+
+
 def _cell(value: Any) -> Any:
     # Lists become tuples: a DataFrame can group by them (e.g. a swept list of layer sizes).
     return tuple(_cell(v) for v in value) if isinstance(value, list) else value
@@ -196,11 +210,7 @@ class Runs:
         keys = differing if by is None else [_column(frame, k, differing) for k in by]
         finished = frame[frame["status"] == FINISHED]
         metrics = finished[[c for c in frame.columns if c.startswith(METRICS)]]
-        if keys:
-            table = metrics.groupby([finished[k] for k in keys], dropna=False).agg(STATS)
-        else:  # one configuration: a one-row table, as if all runs were one group
-            table = metrics.agg(STATS).unstack().to_frame().T
-        return table.rename(columns={"count": "n"})
+        return over_seeds(metrics, [finished[k] for k in keys])
 
 
 def load_runs(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> Runs:

@@ -21,7 +21,7 @@ from vaelab.estimators import (
 )
 from vaelab.models import build_objective, build_part_class, build_vae
 from vaelab.models.objectives import ElboObjective, Objective
-from vaelab.models.schedules import Cyclical, LinearWarmup
+from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
 from vaelab.schema import check_fields, checked
 
@@ -102,6 +102,7 @@ class LitVAE(L.LightningModule):
             prior, posterior, top_dim,
         )  # fmt: skip
         self._objective: Objective | None = None
+        self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)
         # The objective's class, for its extras: built in `setup`, with the data's size.
         extras = build_part_class(objective, ElboObjective, Objective, "objective").extras
         self.terms = (*TERMS, *extras)
@@ -145,20 +146,15 @@ class LitVAE(L.LightningModule):
         return self.objective.kl_kind
 
     def schedule_weight(self) -> float:
-        """The fraction of beta that `beta_schedule` gives this training step, in [0, 1]:
-        1 (constant), the linear warm-up over `kl_warmup_epochs` (0: constant), or cyclical
-        (`vaelab.models.schedules`); 1 outside training."""
-        schedule = dict(self.hparams.beta_schedule or {})
-        kind = schedule.pop("kind", "linear")
+        """The fraction of beta that the schedule (`beta_schedule`, `vaelab.models.schedules`)
+        gives this training step, in [0, 1]; 1 outside training."""
         if not self.training:
             return 1.0
-        if kind == "cyclical":
-            total = self.trainer.estimated_stepping_batches
-            return Cyclical(1.0, **schedule).weight(self.global_step, total)
-        if kind == "linear" and self.hparams.kl_warmup_epochs > 0:
-            steps = self.hparams.kl_warmup_epochs * self.trainer.num_training_batches
-            return LinearWarmup(1.0, steps).weight(self.global_step)
-        return 1.0
+        schedule = self.schedule
+        # Only what the schedule reads: a step without a warm-up needs no Trainer.
+        total = self.trainer.estimated_stepping_batches if schedule.needs_total_steps else 0
+        per_epoch = self.trainer.num_training_batches if schedule.warmup_epochs else 1.0
+        return schedule.weight(self.global_step, total, per_epoch)
 
     def kl_weight(self) -> float:
         """beta times the schedule's fraction: the KL weight of this step."""
@@ -175,7 +171,7 @@ class LitVAE(L.LightningModule):
             torch.stack([values[term].detach() for term in self.terms])
         )
         if stage != "train":
-            pz = self.vae.prior() if self.vae.prior_model.factorised else None
+            pz = self.vae.prior() if self.vae.kl_splits else None
             kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)

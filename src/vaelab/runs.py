@@ -9,10 +9,19 @@
 ├── metrics.json       # final val/* and test/* metrics
 ├── eval_metrics.json  # `vaelab eval`'s evaluations, one per checkpoint and K
 ├── checkpoints/       # best-epochNNN.ckpt (best val/elbo) and last.ckpt
-├── pictures/          # epoch_NNN/*.png and test/*.png
+├── pictures/          # epoch_NNN/*.png and test/*.png (`pictures_folder`)
+├── mlflow.json        # the run's MLflow run, with logger=mlflow
 ├── samples.png        # written by `vaelab sample`
 ├── wandb/             # the W&B run files, with logger=wandb
 └── .owner.lock        # flock of the one training process that owns the run
+```
+
+A multirun's directory (hydra.sweep.dir) holds its jobs' run directories, and:
+```
+<sweep>/
+├── multirun.yaml      # written by Hydra: the mark of a multirun's directory
+├── mlflow_parent.json # the sweep's MLflow parent run, with logger=mlflow
+└── compare/           # `vaelab compare`'s table (compare.csv) and figures, by default
 ```
 """
 
@@ -51,6 +60,12 @@ BEST_CHECKPOINT = "best-epoch{epoch:03d}"
 LAST_CHECKPOINT = "last.ckpt"
 SAMPLES = "samples.png"  # `vaelab sample`'s picture, when no `out` is given
 OWNER = ".owner.lock"  # flock of the training process that owns the run; its pid, host, since
+TEST_PICTURES = "test"  # pictures/test: drawn once after testing; pictures/epoch_NNN else
+# A multirun's directory: Hydra's record of it, and what vaelab writes there.
+MULTIRUN = "multirun.yaml"
+MLFLOW_PARENT = "mlflow_parent.json"
+COMPARE = "compare"
+COMPARE_CSV = "compare.csv"
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +173,10 @@ class Run:
     @property
     def pictures_dir(self) -> Path:
         return self.path / PICTURES
+
+    @property
+    def history_file(self) -> Path:
+        return self.path / HISTORY
 
     @property
     def log_file(self) -> Path:
@@ -459,6 +478,10 @@ class Run:
         """Write data.json: the fingerprint of the splits the run trains on."""
         write_json(self.path / DATA, fingerprint)
 
+    def record_mlflow(self, **mlflow: Any) -> None:
+        """Remember the run's MLflow run (run_id, tracking_uri)."""
+        write_json(self.path / MLFLOW, mlflow)
+
     def record_wandb(self, **wandb: Any) -> None:
         """Remember the run's W&B run (id, mode, project, entity, url)."""
         self._set_status(wandb=wandb)
@@ -505,6 +528,21 @@ class Run:
             status.update(fields)
             status["updated_at"] = _now()
             write_json(self.path / STATUS, status)
+
+
+def pictures_folder(stage: str, epoch: int) -> str:
+    """The folder of a stage's pictures under pictures/ (and under an MLflow run's artifacts)."""
+    return TEST_PICTURES if stage == "test" else f"epoch_{epoch:03d}"
+
+
+def is_multirun_dir(path: str | Path) -> bool:
+    """`path` is a multirun's directory (Hydra wrote its multirun.yaml there)."""
+    return (Path(path) / MULTIRUN).is_file()
+
+
+def mlflow_parent_file(sweep: str | Path) -> Path:
+    """The file that names a multirun's MLflow parent run, in its directory."""
+    return Path(sweep) / MLFLOW_PARENT
 
 
 def find_checkpoint(path: str | Path, checkpoint: str = "best") -> Path:

@@ -58,7 +58,6 @@ GRADIENTS = ("standard", "dreg")  # of objective=iwae
 # The validation bound that picks the best checkpoint, that a multirun's job returns to its
 # sweeper and whose NaN means divergence (higher is better); runs older than the knob: the first.
 MONITORS = ("val/elbo", "val/iwae")
-BETA_SCHEDULES = ("constant", "linear", "cyclical")
 # adam_normgrad: Adam on each parameter's gradient divided by its L2 norm (vae_vampprior's
 # AdamNormGrad, which the VampPrior and Exemplar VAE papers train with).
 OPTIMIZERS = ("adam", "adam_normgrad")
@@ -251,7 +250,6 @@ class ObjectiveArgs:
 
 @dataclass
 class BetaScheduleArgs:
-    kind: str = knob(one_of(BETA_SCHEDULES))
     cycles: int = knob(integer(1))
     ratio: float = knob(
         Rule(
@@ -540,19 +538,20 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
         check_parts(cfg)
 
 
-def _part(cfg: DictConfig, group: str) -> str:
-    """The class name of a model part's `_target_` ("" without one)."""
-    return str(OmegaConf.select(cfg, f"{group}._target_", default="") or "").rsplit(".", 1)[-1]
+def _node(cfg: DictConfig, group: str) -> dict[str, Any] | None:
+    node = OmegaConf.select(cfg, group)
+    return OmegaConf.to_container(node) if isinstance(node, DictConfig) else None
 
 
 def check_parts(cfg: DictConfig) -> None:
-    """Refuse the combinations of model parts that are not defined, each with why.
+    """Refuse the combinations of model parts that are not defined, each with why. What a
+    part can combine with is what its class declares (`factorised`, `diagonal_gaussian`,
+    `needs_diagonal_gaussian`, `extras`: `vaelab.models.capabilities`), read without torch
+    for vaelab's own parts.
 
     Raises:
         ConfigError: e.g. objective=betatc with a flow posterior.
     """
-    flow = _part(cfg, "posterior") == "IAFPosterior"
-    objective = _part(cfg, "objective")
     arch, activation = (
         OmegaConf.select(cfg, "model.arch"),
         OmegaConf.select(cfg, "model.activation"),
@@ -562,16 +561,24 @@ def check_parts(cfg: DictConfig) -> None:
             "model.activation=gated makes each dense layer a gated one, and model=conv is "
             "convolutions: use model=mlp or model=hvae, or model.activation=relu"
         )
-    if arch == "hvae" and flow:
+    from vaelab.models.capabilities import declared, kl_splits, named  # torch-free, imports us
+
+    nodes = {group: _node(cfg, group) for group in ("prior", "posterior", "objective")}
+    prior, posterior, objective = (declared(group, node) for group, node in nodes.items())
+    # For the messages: the class names
+    prior_name, posterior_name, objective_name = (named(g, node) for g, node in nodes.items())
+    dreg = OmegaConf.select(cfg, "objective.gradient") == "dreg"
+    free_bits = OmegaConf.select(cfg, "objective.free_bits", default=0) or 0
+    if arch == "hvae" and not posterior.diagonal_gaussian:
         raise ConfigError(
             "model=hvae has its own posterior, q(z2|x) q(z1|x, z2) of diagonal Gaussians: "
-            "use posterior=gaussian (or posterior=iaf with model=mlp or conv)"
+            f"use posterior=gaussian (or the posterior {posterior_name} with model=mlp or conv)"
         )
     if arch == "hvae":
         refused = {
-            "objective=betatc": objective == "BetaTCObjective",
-            "objective.gradient=dreg": OmegaConf.select(cfg, "objective.gradient") == "dreg",
-            "objective.free_bits": (OmegaConf.select(cfg, "objective.free_bits") or 0) > 0,
+            f"the objective {objective_name}": objective.needs_diagonal_gaussian,
+            "objective.gradient=dreg": dreg,
+            "objective.free_bits": free_bits > 0,
         }
         for option, given in refused.items():
             if given:
@@ -579,33 +586,42 @@ def check_parts(cfg: DictConfig) -> None:
                     f"{option} needs a diagonal Gaussian q(z|x), and model=hvae's is "
                     f"q(z2|x) q(z1|x, z2): use model=mlp or conv, or leave out {option}"
                 )
-    if flow and objective == "BetaTCObjective":
+    if objective.needs_diagonal_gaussian and not posterior.diagonal_gaussian:
         raise ConfigError(
-            "objective=betatc estimates the total correlation from the per-dimension densities "
-            "of a diagonal Gaussian q(z|x), which posterior=iaf does not have: use "
+            f"the objective {objective_name} needs the per-dimension densities of a diagonal "
+            f"Gaussian q(z|x), which the posterior {posterior_name} does not have: use "
             "posterior=gaussian"
         )
-    if flow and OmegaConf.select(cfg, "objective.gradient") == "dreg":
+    if dreg and not posterior.diagonal_gaussian:
         raise ConfigError(
             "objective.gradient=dreg evaluates q(z|x) with its parameters cut from the graph, "
-            "which a flow's steps do not expose: use posterior=gaussian or "
+            f"which the posterior {posterior_name} does not expose: use posterior=gaussian or "
             "objective.gradient=standard"
         )
-    free_bits = OmegaConf.select(cfg, "objective.free_bits", default=0) or 0
-    if free_bits > 0 and (flow or _part(cfg, "prior") not in ("", "StandardPrior")):
+    if free_bits > 0 and not kl_splits(posterior, prior):
         raise ConfigError(
-            f"objective.free_bits={free_bits} needs the KL of each latent dimension, which only "
-            "posterior=gaussian with prior=standard has: set objective.free_bits=0"
+            f"objective.free_bits={free_bits} needs the KL of each latent dimension, so a "
+            f"factorised q(z|x) and p(z), which {posterior_name} with {prior_name} is "
+            "not: use posterior=gaussian with prior=standard, or "
+            "set objective.free_bits=0"
         )
-    if OmegaConf.select(cfg, "monitor") == "val/iwae" and objective != "IwaeObjective":
-        raise ConfigError("monitor=val/iwae is logged by objective=iwae only: use monitor=val/elbo")
-    kind = OmegaConf.select(cfg, "beta_schedule.kind", default="linear")
+    monitor = OmegaConf.select(cfg, "monitor")
+    if monitor in MONITORS[1:] and monitor.split("/", 1)[1] not in objective.extras:
+        raise ConfigError(
+            f"monitor={monitor} is logged by objective=iwae only, not by "
+            f"the objective {objective_name}: use monitor=val/elbo"
+        )
     warmup = OmegaConf.select(cfg, "kl_warmup_epochs", default=0) or 0
-    if warmup > 0 and kind != "linear":
-        raise ConfigError(
-            f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear, not of "
-            f"beta_schedule={kind}: set kl_warmup_epochs=0"
-        )
+    if warmup > 0:
+        from vaelab.models.schedules import schedule_class  # torch-free, and imports us
+
+        node = OmegaConf.select(cfg, "beta_schedule")
+        schedule = schedule_class(OmegaConf.to_container(node) if node is not None else None)
+        if not schedule.uses_kl_warmup:
+            raise ConfigError(
+                f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear's warm-up, "
+                f"which {schedule.__name__} does not take: set kl_warmup_epochs=0"
+            )
 
 
 def check_likelihood(likelihood: str | None, binarize: str | None) -> None:

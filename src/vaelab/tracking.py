@@ -22,7 +22,7 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
-from vaelab.runs import HISTORY, MLFLOW, Run, locked, write_json
+from vaelab.runs import Run, is_multirun_dir, locked, mlflow_parent_file, write_json
 from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _resumed_run(run: Run, mode: str | None) -> dict[str, Any]:
         log.warning(
             "W&B: an offline run cannot be resumed (a sync of two offline folders of one id "
             "keeps only one), so this part is a new offline W&B run; the whole run is in %s",
-            run.path / HISTORY,
+            run.history_file,
         )
         return {}
     return {"id": recorded["id"], "resume": "allow"}
@@ -208,9 +208,6 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
     return loggers
 
 
-_MLFLOW_PARENT = "mlflow_parent.json"  # in a sweep's directory: the sweep's parent run
-
-
 def _is_mlflow(logger_cfg: DictConfig) -> bool:
     return "MLFlowLogger" in str(logger_cfg.get("_target_", ""))
 
@@ -224,11 +221,11 @@ def _mlflow_run(cfg: DictConfig, logger_cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("resume") and recorded:
         return {"run_id": recorded["run_id"]}
     sweep = run_dir.parent
-    if not (sweep / "multirun.yaml").is_file():  # Hydra writes it in a multirun's folder
+    if not is_multirun_dir(sweep):
         return {}
     from mlflow.tracking import MlflowClient
 
-    parent_file = sweep / _MLFLOW_PARENT
+    parent_file = mlflow_parent_file(sweep)
     with locked(parent_file):
         if parent_file.is_file():
             parent = json.loads(parent_file.read_text())["run_id"]
@@ -274,8 +271,7 @@ def record(run: Run, loggers: list[Logger]) -> None:
         run.record_wandb(**wandb_run)
     for logger in loggers:
         if isinstance(logger, MLFlowLogger):
-            recorded = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
-            write_json(run.path / MLFLOW, recorded)
+            run.record_mlflow(run_id=logger.run_id, tracking_uri=logger._tracking_uri)
 
 
 def hyperparameter_loggers(loggers: list[Logger], resumed: bool) -> list[Logger]:

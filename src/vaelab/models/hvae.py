@@ -194,6 +194,11 @@ class HierarchicalVAE(VAE):
             )
 
     @property
+    def kl_splits(self) -> bool:
+        """q(z1|x, z2) depends on z2: the KL does not split into dimensions."""
+        return False
+
+    @property
     def layers(self) -> tuple[tuple[str, int], ...]:
         return (("z1", self.bottom_dim), ("z2", self.top_dim))
 

@@ -20,6 +20,11 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
 from vaelab.errors import ConfigError
+from vaelab.models.capabilities import (
+    ImportanceWeighted,
+    ObjectiveCapabilities,
+    TotalCorrelation,
+)
 from vaelab.models.posteriors import kl_term
 from vaelab.schema import checked, integer
 
@@ -36,15 +41,11 @@ class LatentModel(Protocol):
     def observation(self, z: Tensor) -> Distribution: ...  # p(x|z) for z (..., D)
 
 
-class Objective:
-    """The interface; `kl_kind` is None until the first call; `extras` names the values it
-    returns besides loss, elbo, rec and kl."""
+class Objective(ObjectiveCapabilities):
+    """The interface; `kl_kind` is None until the first call; what it can do and needs:
+    `ObjectiveCapabilities` (`extras`, `own_beta`, ...)."""
 
     kl_kind: str | None = None
-    extras: tuple[str, ...] = ()
-    # True when the objective holds its own beta (beta-TC's weight of the total correlation):
-    # a call's `beta` is then the schedule's fraction in [0, 1], not beta times it.
-    own_beta = False
 
     def __call__(
         self, vae: LatentModel, x: Tensor, beta: float = 1.0, qz_x: Distribution | None = None
@@ -91,7 +92,7 @@ class ElboObjective(Objective):
         return torch.where(above_floor, kl_dims, self.free_bits).sum(-1)
 
 
-class IwaeObjective(Objective):
+class IwaeObjective(Objective, ImportanceWeighted):
     """The importance weighted bound (Burda et al. 2016) with k draws z_i ~ q(z|x):
 
     iwae = log (1/k) sum_i w_i,   log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x),
@@ -114,8 +115,6 @@ class IwaeObjective(Objective):
         k: importance samples per image.
         gradient: "standard" (the IWAE gradient) or "dreg".
     """
-
-    extras = ("iwae",)
 
     @checked("objective.")
     def __init__(self, k: int = 5, gradient: str = "standard"):
@@ -152,7 +151,7 @@ class IwaeObjective(Objective):
         return {"loss": loss, **{name: value.detach() for name, value in values.items()}}
 
 
-class BetaTCObjective(Objective):
+class BetaTCObjective(Objective, TotalCorrelation):
     """beta-TCVAE (Chen et al. 2018): the KL split into index-code mutual information, total
     correlation and dimension-wise KL, each with its own weight:
 
@@ -170,17 +169,15 @@ class BetaTCObjective(Objective):
 
     Args:
         alpha: weight of the mutual information.
-        beta: weight of the total correlation.
+        beta: weight of the total correlation (conf/objective/betatc.yaml: the top-level
+            beta, whose default is this one).
         gamma: weight of the dimension-wise KL.
         dataset_size: N, the number of training images.
     """
 
-    extras = ("mi", "tc", "dwkl")
-    own_beta = True
-
     @checked("objective.")
     def __init__(
-        self, alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0, *, dataset_size: int
+        self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, *, dataset_size: int
     ):
         if not integer(1).ok(dataset_size):  # the data's size, not a knob
             raise ConfigError(f"dataset_size must be an integer >= 1, got {dataset_size!r}")
@@ -296,11 +293,3 @@ def _detached(qz_x: Distribution) -> Distribution:
 def _log_mean_exp(values: Tensor) -> Tensor:
     """log (1/k) sum_i exp(values_i) over the first dimension."""
     return torch.logsumexp(values, 0) - math.log(values.shape[0])
-
-
-# Config name -> class; each constructor's arguments are its config keys.
-OBJECTIVES: dict[str, type[Objective]] = {
-    "elbo": ElboObjective,
-    "iwae": IwaeObjective,
-    "beta_tc": BetaTCObjective,
-}

@@ -17,10 +17,13 @@ from torch.distributions import (
     kl_divergence,
 )
 
+from vaelab.models.capabilities import DiagonalGaussianPosterior, PosteriorCapabilities
 
-class Posterior(nn.Module):
+
+class Posterior(nn.Module, PosteriorCapabilities):
     """q(z|x) over D latent dimensions; `context_dim` is the size of the context h the
-    encoder must give besides (loc, scale) (0: none)."""
+    encoder must give besides (loc, scale) (0: none); what it can do:
+    `PosteriorCapabilities`."""
 
     context_dim = 0
 
@@ -29,7 +32,7 @@ class Posterior(nn.Module):
         self.latent_dim = latent_dim
 
 
-class GaussianPosterior(Posterior):
+class GaussianPosterior(Posterior, DiagonalGaussianPosterior):
     """q(z|x) = N(loc, diag scale²)."""
 
     def forward(self, loc: Tensor, scale: Tensor) -> Distribution:

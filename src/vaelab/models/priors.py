@@ -12,6 +12,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from vaelab.models.capabilities import FactorisedPrior, PriorCapabilities
+
 Encode = Callable[[Tensor], Distribution]
 
 # Pseudo-input initialisation of Tomczak & Welling (2018), from the defaults of their code
@@ -21,11 +23,8 @@ PSEUDO_INPUTS_MEAN = -0.05
 PSEUDO_INPUTS_STD = 0.01
 
 
-class Prior(nn.Module):
-    """p(z) over D latent dimensions; `factorised`: an Independent over the D dimensions,
-    so that the KL of a factorised posterior splits into dimensions."""
-
-    factorised = False
+class Prior(nn.Module, PriorCapabilities):
+    """p(z) over D latent dimensions; what it can do: `PriorCapabilities`."""
 
     def __init__(self, latent_dim: int):
         super().__init__()
@@ -36,10 +35,8 @@ class Prior(nn.Module):
         raise NotImplementedError
 
 
-class StandardPrior(Prior):
+class StandardPrior(Prior, FactorisedPrior):
     """p(z) = N(0, I)."""
-
-    factorised = True
 
     def __init__(self, latent_dim: int):
         super().__init__(latent_dim)

@@ -16,6 +16,7 @@ from vaelab.likelihoods import (
     Observation,
     observation_dist,
 )
+from vaelab.models.capabilities import kl_splits
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -82,6 +83,12 @@ class VAE(nn.Module):
         discrete value (bernoulli, discretized_logistic): the probability of 8-bit data is
         then its `log_mass`, that of binary data is none (`log_px_z`)."""
         return self.likelihood in DENSITY_LIKELIHOODS
+
+    @property
+    def kl_splits(self) -> bool:
+        """The KL of q(z|x) from p(z) is a sum over the latent dimensions: what its posterior
+        and prior declare (`vaelab.models.capabilities.kl_splits`)."""
+        return kl_splits(self.posterior_model, self.prior_model)
 
     @property
     def standard_normal_prior(self) -> bool:

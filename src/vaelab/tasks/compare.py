@@ -34,9 +34,10 @@ from vaelab.frames import (
     _same,
     differing_keys,
     metric_frame,
+    over_seeds,
     settings,
 )
-from vaelab.runs import Run, find_runs
+from vaelab.runs import COMPARE, COMPARE_CSV, TEST_PICTURES, Run, find_runs
 
 HEADLINE_METRICS = (
     "val/elbo",
@@ -47,7 +48,6 @@ HEADLINE_METRICS = (
     "test/active_units",
 )
 DEFAULT_METRICS = ("test/nll_iwae", "val/elbo")  # the first one the runs report is plotted
-CSV_FILE = "compare.csv"
 K_NOTE = (
     "the importance samples per image of test/nll_iwae: of the eval.py evaluation shown "
     "(the best checkpoint's on the most test images, then with the largest K, when it has as "
@@ -146,7 +146,11 @@ def _mean_std(runs: list[Run]) -> tuple[dict[str, float], dict[str, float]]:
     """The runs' final metrics' mean and std (over n - 1; NaN for one value), non-finite
     values left out."""
     metrics = metric_frame(runs)
-    return metrics.mean().dropna().to_dict(), metrics.std().loc[metrics.count() > 0].to_dict()
+    if metrics.columns.empty:
+        return {}, {}
+    stats = over_seeds(metrics).iloc[0]
+    mean, std, n = (stats.xs(stat, level=1) for stat in ("mean", "std", "n"))
+    return mean.dropna().to_dict(), std.loc[n > 0].to_dict()
 
 
 def _n_importance(runs: list[Run]) -> list[int]:
@@ -610,7 +614,7 @@ def pictures_figure(
     shown: dict[str, Path] = {}
     for row in rows:
         for run, seed in zip(row.runs, row.seeds or [()] * len(row.runs), strict=True):
-            path = run.pictures_dir / "test" / f"{name}.png"
+            path = run.pictures_dir / TEST_PICTURES / f"{name}.png"
             if not path.is_file():
                 continue
             seeds = seed if len(seed_keys) > 1 else (seed,) * len(seed_keys)
@@ -643,8 +647,8 @@ def _by_data(rows: Sequence[Row]) -> list[tuple[str, list[Row], str]]:
 def _default_out_dir(paths: Sequence[Path]) -> Path:
     """PATH/compare for one multirun or parent of runs; ./compare otherwise."""
     if len(paths) == 1 and not Run(paths[0]).exists():
-        return paths[0] / "compare"
-    return Path("compare")
+        return paths[0] / COMPARE
+    return Path(COMPARE)
 
 
 def run(
@@ -687,7 +691,7 @@ def run(
         metrics.append(metric)
 
     out = Path(out_dir) if out_dir is not None else _default_out_dir(paths)
-    csv_path = write_csv(rows, keys, seed_keys, metrics, out / CSV_FILE)
+    csv_path = write_csv(rows, keys, seed_keys, metrics, out / COMPARE_CSV)
     plot_paths = []
     groups = _by_data(rows)  # a figure per data set and likelihood
     for x_key in params if metric in final else []:

@@ -1,0 +1,114 @@
+"""The builders of a VAE and its parts: each part is named by a `_target_` in its config
+group (conf/prior, conf/posterior, conf/objective) and built from typed primitives.
+`build_vae` wires them for an architecture (`model.arch`): mlp and conv, or hvae, the
+two-level VAE."""
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from vaelab.config import named_class
+from vaelab.models.decoders import build_decoder
+from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
+from vaelab.models.hvae import HierarchicalVAE
+from vaelab.models.objectives import ElboObjective, Objective
+from vaelab.models.posteriors import GaussianPosterior, Posterior
+from vaelab.models.priors import Prior, StandardPrior
+from vaelab.models.vae import VAE
+from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
+
+
+def build_vae(
+    arch: str,
+    image_shape: tuple[int, ...],
+    latent_dim: int,
+    hidden_dim: int,
+    activation: str,
+    likelihood: str,
+    obs_scale: float,
+    prior: Mapping[str, Any] | None = None,
+    posterior: Mapping[str, Any] | None = None,
+    top_dim: int | None = None,
+) -> VAE:
+    """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
+    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over."""
+    image_shape = tuple(image_shape)
+    if arch == "hvae":
+        top_dim = top_dim or latent_dim
+        return HierarchicalVAE(
+            image_shape,
+            latent_dim,
+            top_dim,
+            hidden_dim,
+            activation,
+            likelihood,
+            obs_scale,
+            prior=build_prior(prior, top_dim, image_shape),
+        )
+    return VAE(
+        build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
+        build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
+        latent_dim,
+        likelihood,
+        obs_scale,
+        prior=build_prior(prior, latent_dim, image_shape),
+        posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
+    )
+
+
+def build_part(
+    cfg: Mapping[str, Any] | None, default: type, base: type, where: str, **context: Any
+) -> Any:
+    """The part a config node names (`_target_`, a subclass of `base`, and its arguments),
+    or `default` without one; `context` (latent_dim, image_shape, ...) fills the arguments
+    the class takes."""
+    cls = build_part_class(cfg, default, base, where)
+    cfg = {k: v for k, v in (cfg or {}).items() if k != "_target_"}
+    accepted = inspect.signature(cls).parameters
+    return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
+
+
+def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, where: str) -> type:
+    """The class a config node (`where`: prior, posterior, objective) names, `default`
+    without a `_target_`; a checkpoint's hyperparameters are such nodes, so anything but a
+    subclass of the part's `base` is refused without being called (`named_class`)."""
+    return named_class(cfg["_target_"], base, where) if cfg and "_target_" in cfg else default
+
+
+def part_classes(
+    prior: Mapping[str, Any] | None = None,
+    posterior: Mapping[str, Any] | None = None,
+    objective: Mapping[str, Any] | None = None,
+) -> tuple[type[Prior], type[Posterior], type[Objective]]:
+    """The classes of a config's prior, posterior and objective nodes (each checked, its
+    default without one): what they declare they can do decides how they combine."""
+    return (
+        build_part_class(prior, StandardPrior, Prior, "prior"),
+        build_part_class(posterior, GaussianPosterior, Posterior, "posterior"),
+        build_part_class(objective, ElboObjective, Objective, "objective"),
+    )
+
+
+def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
+    return build_part(
+        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape
+    )
+
+
+def build_posterior(cfg: Mapping[str, Any] | None, latent_dim: int, context_dim: int) -> Posterior:
+    return build_part(
+        cfg, GaussianPosterior, Posterior, "posterior", latent_dim=latent_dim,
+        context_dim=context_dim,
+    )  # fmt: skip
+
+
+def build_objective(
+    cfg: Mapping[str, Any] | None, num_samples: int, dataset_size: int | None
+) -> Objective:
+    """The objective of `cfg`, the beta-ELBO with `num_samples` draws without one;
+    `dataset_size` is given to the objectives that `needs_dataset_size` (beta-TCVAE)."""
+    if not cfg:
+        return ElboObjective(num_samples=num_samples)
+    cls = build_part_class(cfg, ElboObjective, Objective, "objective")
+    context = {"dataset_size": dataset_size} if cls.needs_dataset_size else {}
+    return build_part(cfg, ElboObjective, Objective, "objective", **context)
