@@ -173,14 +173,7 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
 
     def _run(*overrides: str, env: dict[str, str | None] | None = None, check: bool = True):
         before = _run_dirs(tmp_path / "outputs")
-        proc = subprocess.run(
-            _train_command(tmp_path, overrides),
-            cwd=tmp_path,
-            env=_offline_env(env),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        proc = run_train(tmp_path, *overrides, env=env)
         new_dirs = sorted(_run_dirs(tmp_path / "outputs") - before)
         result = CliResult(proc.returncode, proc.stdout, proc.stderr, tmp_path, new_dirs)
         if check:
@@ -190,17 +183,25 @@ def train_cli(tmp_path: Path) -> Callable[..., CliResult]:
     return _run
 
 
+def run_train(
+    tmp_path: Path, *overrides: str, env: dict[str, str | None] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """`python train.py ...` in tmp_path, offline, to its end: the finished process, its
+    output captured (`env` entries set to None are removed from the environment)."""
+    return subprocess.run(
+        _train_command(tmp_path, overrides),
+        cwd=tmp_path,
+        env=_offline_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def train_in(tmp_path: Path, *overrides: str) -> Path:
     """Run `python train.py ...` in tmp_path, offline, for a fixture; asserts it succeeded
     and returns its outputs folder (tmp_path/outputs)."""
-    proc = subprocess.run(
-        _train_command(tmp_path, overrides),
-        cwd=tmp_path,
-        env=_offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_train(tmp_path, *overrides)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     return tmp_path / "outputs"
 

@@ -7,11 +7,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import _offline_env, _train_command, job_pid, start_train, wait_for
+from conftest import cli, job_pid, run_train, start_train, wait_for
 
 from vaelab.runs import Run
 
@@ -32,14 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _train_command(tmp_path, overrides),
-        cwd=tmp_path,
-        env=_offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_train(tmp_path, *overrides, timeout=600)
 
 
 def error_line(result: subprocess.CompletedProcess) -> str:
@@ -102,13 +94,10 @@ def test_eval_works_beside_the_owner_of_a_run(trained_run, tmp_path):
     run = Run(run_dir)
     with run.own():  # as a training process holds it
         assert run.owner()["pid"] == os.getpid()
-        command = [
-            *(sys.executable, str(ROOT / "eval.py"), f"run_dir={run_dir}"),
-            *("n_importance=10", "trainer.limit_test_batches=1"),
-        ]
-        result = subprocess.run(
-            command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600
-        )
+        result = cli(
+            "eval.py", f"run_dir={run_dir}", "n_importance=10", "trainer.limit_test_batches=1",
+            cwd=tmp_path,
+        )  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
     assert [e["n_importance"] for e in run.evaluations()] == [10]
 

@@ -6,13 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, _offline_env, _train_command, job_pid, start_train, wait_for
+from conftest import cli, job_pid, run_train, start_train, wait_for
 
 from vaelab.checkpoints import AtomicCheckpointIO
 from vaelab.loading import load_run
@@ -82,10 +81,7 @@ def assert_same_run(resumed: Path, full: Path) -> None:
 def resume(
     tmp_path: Path, run_dir: Path, overrides: tuple[str, ...] = RUN
 ) -> subprocess.CompletedProcess:
-    command = _train_command(tmp_path, (*overrides, f"resume={run_dir}"))
-    return subprocess.run(
-        command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600
-    )
+    return run_train(tmp_path, *overrides, f"resume={run_dir}", timeout=600)
 
 
 @pytest.mark.slow
@@ -233,10 +229,7 @@ def test_a_killed_offline_wandb_run_keeps_what_it_logged_and_resume_says_it_star
     logged = wandb_files.history(wandb_files.read_records(run_file))
     assert any("train/loss_step" in step for step in logged)
 
-    result = subprocess.run(
-        _train_command(tmp_path, (*slow, f"resume={run_dir}")),
-        cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result = run_train(tmp_path, *slow, f"resume={run_dir}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "an offline run cannot be resumed" in result.stdout + result.stderr
     folders = {p.name.rsplit("-", 1)[1] for p in run_dir.glob("wandb/offline-run-*")}
@@ -396,19 +389,16 @@ def test_a_copied_run_evaluates_samples_loads_and_resumes_from_its_own_files(tmp
     shutil.copytree(original, copy)
     shutil.rmtree(original)  # what still reads or writes it fails or brings it back
 
-    def cli(script: str, *args: str) -> None:
-        command = [sys.executable, str(ROOT / script), *args]
-        result = subprocess.run(
-            command, cwd=tmp_path, env=_offline_env(), capture_output=True, text=True, timeout=600
-        )
+    def run(script: str, *args: str) -> None:
+        result = cli(script, *args, cwd=tmp_path)
         assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
-    cli("eval.py", f"run_dir={copy}", "n_importance=5", "trainer.limit_test_batches=1")
+    run("eval.py", f"run_dir={copy}", "n_importance=5", "trainer.limit_test_batches=1")
     best = json.loads((copy / "metrics.json").read_text())["checkpoint"]["path"]
     (evaluation,) = Run(copy).evaluations()
     assert evaluation["ckpt_path"] == best
     assert (copy / "tensorboard").is_dir()  # the evaluation went into the copy's TensorBoard
-    cli("sample.py", f"run_dir={copy}", "n=4")
+    run("sample.py", f"run_dir={copy}", "n=4")
     assert (copy / "samples.png").is_file()
     assert load_run(copy).sample(2).shape == (2, 1, 28, 28)
 

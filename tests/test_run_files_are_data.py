@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import _offline_env, _train_command, cli
+from conftest import cli, run_train
 from omegaconf import OmegaConf
 
 import vaelab
@@ -208,13 +208,6 @@ def test_resume_refuses_a_config_naming_a_foreign_callable(run_dir, tmp_path, ke
     touch = ["touch", str(marker)]
     args = {"self": str(marker)} if target.startswith("pathlib") else {"args": touch}
     name_in_config(run_dir, key, {"_target_": target, **args})
-    proc = subprocess.run(
-        _train_command(tmp_path, (f"resume={run_dir}",)),
-        cwd=tmp_path,
-        env=_offline_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_train(tmp_path, f"resume={run_dir}", timeout=600)
     assert_refused(cli_error(proc), target, base)
     assert not marker.exists()
