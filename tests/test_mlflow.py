@@ -158,7 +158,7 @@ def test_a_first_run_on_a_new_store_in_a_new_folder_keeps_vaelabs_log_lines(trai
     result = train_cli(*RUN, f"paths.log_dir={logs}", f"hydra.run.dir={run_dir}")
     assert len(_runs(logs)) == 1
     train_log = (run_dir / "train.log").read_text()
-    for line in ("Model: mlp", "Data: mnist", "Final metrics (nats per image)"):
+    for line in ("Model: mlp", "Data: mnist", "Final metrics (nats per image"):
         assert line in result.stdout, result.output[-3000:]
         assert line in train_log, train_log[-3000:]
     assert "alembic" not in result.output + train_log  # nor the migration's own lines

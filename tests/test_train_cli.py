@@ -292,3 +292,21 @@ def test_a_run_stopped_inside_an_epoch_validates_and_tests_its_last_weights(trai
     assert metrics["checkpoint"]["path"] is None and metrics["checkpoint"]["step"] == 10
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 10  # what was trained is kept, and can be resumed
+
+
+def test_the_final_metrics_table_says_the_units_of_what_it_shows():
+    """nats per image, but for the figures that are not: bits, counts and scores."""
+    from vaelab.tasks.train import headline_table
+
+    shown = headline_table(
+        {"val/elbo": -90.0, "test/elbo": -91.0, "test/bpd_iwae": 0.17, "test/active_units": 3.0}
+    )
+    heading, columns, *rows = shown.splitlines()
+    assert heading == (
+        "Final metrics (nats per image; bpd_iwae: bits per sub-pixel; "
+        "active_units: latent dimensions):"
+    )
+    assert columns.split() == ["val", "test"]
+    assert [row.split() for row in rows] == [["elbo", "-90", "-91"], ["bpd_iwae", "0.17"],
+                                            ["active_units", "3"]]  # fmt: skip
+    assert headline_table({"test/elbo": -91.0}).splitlines()[0] == "Final metrics (nats per image):"

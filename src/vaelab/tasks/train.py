@@ -72,16 +72,34 @@ HEADLINE = (
 )
 
 
+# The headline figures that are not nats per image, and what they count.
+OTHER_UNITS = {
+    "bpd_iwae": "bits per sub-pixel",
+    "ess_iwae": "samples of K",
+    "active_units": "latent dimensions",
+    **dict.fromkeys(HEADLINE[HEADLINE.index("mig") :], "scores in [0, 1]"),
+}
+
+
 def headline_table(metrics: dict[str, float]) -> str:
-    """The headline val and test metrics as a small text table."""
+    """The headline val and test metrics as a small text table, under a line that gives
+    their units: nats per image, but for those `OTHER_UNITS` names."""
     stages = [s for s in ("val", "test") if any(k.startswith(f"{s}/") for k in metrics)]
     rows = {}
     for name in HEADLINE:
         values = [metrics.get(f"{s}/{name}") for s in stages]
         if any(v is not None for v in values):
             rows[name] = "".join(f"{'':>12}" if v is None else f"{v:>12.4g}" for v in values)
+    units: dict[str, list[str]] = {}
+    for name in rows:
+        if name in OTHER_UNITS:
+            units.setdefault(OTHER_UNITS[name], []).append(name)
+    others = "".join(f"; {', '.join(names)}: {unit}" for unit, names in units.items())
     width = max([14, *(len(name) + 1 for name in rows)])
-    lines = [f"{'':<{width}}" + "".join(f"{s:>12}" for s in stages)]
+    lines = [
+        f"Final metrics (nats per image{others}):",
+        f"{'':<{width}}" + "".join(f"{s:>12}" for s in stages),
+    ]
     return "\n".join([*lines, *(f"{name:<{width}}{cells}" for name, cells in rows.items())])
 
 
@@ -142,7 +160,7 @@ def _fit_and_test(
     ):
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     if trainer.is_global_zero:
-        log.info("Final metrics (nats per image):\n%s", headline_table(metrics))
+        log.info("%s", headline_table(metrics))
     metrics["checkpoint"] = _checkpoint_info(trainer, best or None, run)
     metrics["test_images"] = tested_images(trainer, datamodule)
     metrics["data_source"] = datamodule.hparams.get("source")
