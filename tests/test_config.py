@@ -13,11 +13,12 @@ from omegaconf import OmegaConf
 
 from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
-from vaelab.config import config_dir, instantiate, named_class, trainer_args
+from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.data.sources import DataSource, build_source, option_source
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
+from vaelab.targets import named_class
 from vaelab.tasks.train import build_module
 from vaelab.tracking import RunCSVLogger, build_loggers
 

@@ -400,8 +400,8 @@ def test_which_parts_combine_is_what_their_classes_declare(compose, overrides, m
 def test_vaelabs_parts_inherit_the_declarations_the_check_reads_without_torch():
     """The composition check reads vaelab's own parts' capabilities from their torch-free
     declarations: each class inherits its entry, and every option file's class has one."""
-    from vaelab.config import named_class
     from vaelab.models.capabilities import DECLARED
+    from vaelab.targets import named_class
 
     for target, declaration in DECLARED.items():
         assert issubclass(named_class(target, object, "test"), declaration), target

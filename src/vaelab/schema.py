@@ -159,7 +159,7 @@ class DataConfig:
     # The data's label in logs and compare's tables: the option's name.
     name: str = MISSING
     # The `vaelab.data.sources.DataSource` subclass that reads the data, as a dotted name
-    # (checked by `vaelab.config.named_class`); null in runs made before it: `name`'s option.
+    # (checked by `vaelab.targets.named_class`); null in runs made before it: `name`'s option.
     source_class: str | None = None
     data_dir: str = MISSING
     batch_size: int = knob(integer(1))

@@ -12,9 +12,10 @@ from torchvision import datasets
 
 from vaelab import data
 from vaelab.cifar import load_cifar10
-from vaelab.config import config_dir, named_class
+from vaelab.config import config_dir
 from vaelab.data import DatasetSplits
 from vaelab.errors import ConfigError, DataError
+from vaelab.targets import named_class
 
 
 class DataSource:

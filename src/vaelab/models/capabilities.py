@@ -11,6 +11,8 @@ inherits its entry). Any other part (a user's) is imported and read from its cla
 
 from typing import Any
 
+from vaelab.targets import named_class
+
 
 class PriorCapabilities:
     """`factorised`: p(z) is an Independent over the latent dimensions (with a closed-form
@@ -78,6 +80,12 @@ DEFAULTS = {
     "posterior": _MODELS + "posteriors.GaussianPosterior",
     "objective": _MODELS + "objectives.ElboObjective",
 }
+# What a part of each group declares: a part (`Prior`, ...) inherits its group's.
+BASES = {
+    "prior": PriorCapabilities,
+    "posterior": PosteriorCapabilities,
+    "objective": ObjectiveCapabilities,
+}
 
 
 def named(group: str, node: dict[str, Any] | None) -> str:
@@ -88,13 +96,13 @@ def named(group: str, node: dict[str, Any] | None) -> str:
 def declared(group: str, node: dict[str, Any] | None) -> type:
     """What the part of a config node (`group`: prior, posterior or objective) declares it
     can do: vaelab's own from `DECLARED`, torch-free; any other class, imported and checked
-    (`vaelab.models.build.part_classes`)."""
+    (`vaelab.targets.named_class`)."""
     target = (node or {}).get("_target_") or DEFAULTS[group]
     if target in DECLARED:
         return DECLARED[target]
-    from vaelab.models import build  # a user's part: its module, and torch, imported
-
-    return build.part_classes(**{group: node})[("prior", "posterior", "objective").index(group)]
+    # A user's part: its module (and torch) imported, the class read if it declares what a
+    # part of the group can do; building it checks it against the part's own base class.
+    return named_class(target, BASES[group], group)
 
 
 def kl_splits(posterior: PosteriorCapabilities, prior: PriorCapabilities) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 
 from vaelab.errors import ConfigError
 from vaelab.schema import check_fields
+from vaelab.targets import named_class
 
 
 def _check(schedule: object) -> None:
@@ -130,9 +131,7 @@ def schedule_node(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def schedule_class(cfg: Mapping[str, Any] | None) -> type[BetaSchedule]:
     """The class a `beta_schedule` node names (old forms translated), refused unless it is a
-    `BetaSchedule` (`vaelab.config.named_class`); imports no torch."""
-    from vaelab.config import named_class  # vaelab.config imports the schema, which imports us
-
+    `BetaSchedule` (`vaelab.targets.named_class`); imports no torch."""
     return named_class(schedule_node(cfg)["_target_"], BetaSchedule, "beta_schedule")
 
 
