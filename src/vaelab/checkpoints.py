@@ -23,7 +23,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from vaelab.errors import VaelabError, one_line
-from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run
+from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run, pid_alive
 from vaelab.schema import checked
 
 
@@ -92,7 +92,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         found = []
         for tmp in folder.glob(".*.tmp"):
             pid = tmp.suffixes[-2].lstrip(".") if len(tmp.suffixes) > 1 else ""
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 found.append(tmp)
         return found
 
@@ -188,8 +188,8 @@ class RunCheckpoint(ModelCheckpoint):
 
     @staticmethod
     def _paths(state: dict[str, Any]) -> set[str]:
-        keys = ("best_model_path", "kth_best_model_path", "last_model_path")
-        return {p for p in [*map(state.get, keys), *(state.get("best_k_models") or {})] if p}
+        named = [*map(state.get, _PATH_KEYS), *(state.get("best_k_models") or {})]
+        return {p for p in named if p}
 
     @staticmethod
     def _renamed(state: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
@@ -197,7 +197,7 @@ class RunCheckpoint(ModelCheckpoint):
             **state,
             "best_k_models": {names[p]: v for p, v in (state.get("best_k_models") or {}).items()},
         }
-        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        for key in _PATH_KEYS:
             if state.get(key):
                 state[key] = names[state[key]]
         return state
@@ -233,21 +233,13 @@ class RunCheckpoint(ModelCheckpoint):
             super().load_state_dict(self._here(states[self.state_key]))
 
 
+# The keys of ModelCheckpoint's state that name one checkpoint file each.
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
 # ModelCheckpoint's record of the best checkpoints (the rest of its state is settings).
 _STATE = (
     "best_model_score", "best_model_path", "current_score", "best_k_models",
     "kth_best_model_path", "kth_value", "last_model_path",
 )  # fmt: skip
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _relative(path: str, run_dir: Path) -> str:

@@ -37,7 +37,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
@@ -139,7 +139,8 @@ def _moved(value: Any, old: str, new: str) -> Any:
     return value
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host has this pid (another user's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -147,6 +148,16 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _holder(lock: IO[str]) -> dict[str, Any]:
+    """The owner that a held `.owner.lock` names ({"pid", "host", "since"}); {} while the
+    owner, just started, is writing it."""
+    lock.seek(0)
+    try:
+        return json.loads(lock.read())
+    except json.JSONDecodeError:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -205,10 +216,7 @@ class Run:
             try:
                 fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                try:
-                    return json.loads(lock.read())
-                except json.JSONDecodeError:  # it is being written: the owner has just started
-                    return {}
+                return _holder(lock)
             fcntl.flock(lock, fcntl.LOCK_UN)
             return None
 
@@ -242,12 +250,7 @@ class Run:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                lock.seek(0)
-                try:
-                    owner = json.loads(lock.read())
-                except json.JSONDecodeError:
-                    owner = {}
-                raise VaelabError(self._owned_message(owner)) from None
+                raise VaelabError(self._owned_message(_holder(lock))) from None
             status = self.status()
             if status.get("status") == "running":  # its lock is free: its process is gone
                 log.info(
@@ -293,7 +296,7 @@ class Run:
         state = status.get("status", "running" if (self.path / CONFIG).exists() else "unknown")
         if state == "running" and status.get("host") == socket.gethostname():
             pid = status.get("pid")
-            if isinstance(pid, int) and not _pid_alive(pid):
+            if isinstance(pid, int) and not pid_alive(pid):
                 return "killed"
         return state
 
@@ -460,13 +463,12 @@ class Run:
             raise VaelabError(
                 f"{self.path} is not a run directory of `vaelab train`: nothing to resume"
             )
-        last = self.checkpoint_dir / LAST_CHECKPOINT
-        if not last.is_file():
+        if not self.has_last_checkpoint():
             raise VaelabError(
                 f"{self.path} has no {CHECKPOINTS}/{LAST_CHECKPOINT} (it stopped before its first "
                 "checkpoint): start it again instead"
             )
-        return last
+        return self.checkpoint_dir / LAST_CHECKPOINT
 
     def record_config(self, config: dict[str, Any], requested: dict[str, Any]) -> None:
         """config.yaml becomes `config`, which holds values that ran in place of those asked
