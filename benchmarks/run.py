@@ -73,7 +73,7 @@ from torchvision import datasets, transforms
 
 from vaelab.checkpoints import Preemption
 from vaelab.config import config_dir, instantiate
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.estimators import iw_log_likelihood
 from vaelab.models.vae import VAE
 from vaelab.runs import Run

@@ -17,7 +17,7 @@ from tiny import tiny_trainer
 import vaelab
 from vaelab.api import load_run, model_batches, run_datamodule
 from vaelab.config import instantiate
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.errors import InputError, VaelabError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood
 from vaelab.lit_module import LitVAE

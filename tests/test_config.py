@@ -14,8 +14,8 @@ from omegaconf import OmegaConf
 from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.data.sources import DataSource, build_source, option_source
-from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
 from vaelab.targets import named_class
