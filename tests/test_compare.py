@@ -572,3 +572,19 @@ def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
     assert smaller != label  # another image shape: other figures
     binary = {**grey, "data.binarize": "static", "likelihood": "bernoulli"}
     assert data_and_likelihood(binary, None) == "folder /pics 32px, binary, likelihood=bernoulli"
+
+
+def test_a_run_of_an_earlier_vaelab_is_one_row_with_todays_run_of_its_config(trained_run, tmp_path):
+    """Its config.yaml in the old form (`beta_schedule: {kind: linear}`, the datamodule's old
+    path, no data.source_class or source_args) is the same setup as today's form."""
+    import shutil
+
+    from conftest import old_form
+
+    for name in ("old", "new"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    old_form(tmp_path / "runs" / "old" / "config.yaml")
+    result = compare.run(tmp_path / "runs", out_dir=tmp_path / "compare")
+    assert result.keys == []
+    (row,) = result.rows
+    assert row.n == 2 and row.status == "finished"

@@ -15,10 +15,10 @@ from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.data.datamodule import VAEDataModule
-from vaelab.data.sources import DataSource, build_source, option_source
+from vaelab.data.sources import DataSource, build_source
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
-from vaelab.targets import named_class
+from vaelab.targets import named_class, option_source
 from vaelab.tasks.train import build_module
 from vaelab.tracking import RunCSVLogger, build_loggers
 

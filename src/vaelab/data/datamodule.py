@@ -3,6 +3,7 @@
 import hashlib
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import torch
 from lightning import LightningDataModule
@@ -10,10 +11,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.data.batches import IndexBatchSampler, ResumableLoader, hold_on
-from vaelab.data.sources import build_source, option_source
+from vaelab.data.sources import build_source
 from vaelab.data.splits import DatasetSplits, file_draws, held_out
 from vaelab.errors import DataError, VaelabError
 from vaelab.schema import checked
+from vaelab.targets import option_source
 
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
@@ -58,6 +60,8 @@ class VAEDataModule(LightningDataModule):
         source_class: the `vaelab.data.sources.DataSource` subclass that reads the data, a
             dotted name (a user's own: README "Your own parts, without forking"); None (runs
             made before it): `name`'s option's.
+        source_args: the source class's own further arguments, by name (a user's source's:
+            `data.source_args.<argument>`); each must be an argument of its constructor.
     """
 
     @checked("data.")
@@ -78,11 +82,13 @@ class VAEDataModule(LightningDataModule):
         path: str | None = None,
         placement: str = "auto",
         source_class: str | None = None,
+        source_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         args = {"image_size": image_size, "grid": grid, "path": path}
-        self.data_source = build_source(source_class or option_source(name), args)
+        target = source_class or option_source(name)
+        self.data_source = build_source(target, args, source_args or {})
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()

@@ -7,10 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from torchvision import datasets
 
-from vaelab.config import config_dir
 from vaelab.data import mnist
 from vaelab.data.celeba import load_celeba
 from vaelab.data.cifar import load_cifar10
@@ -19,7 +17,7 @@ from vaelab.data.folder import load_image_folder
 from vaelab.data.shapes import load_generated_shapes
 from vaelab.data.splits import DatasetSplits
 from vaelab.errors import ConfigError, DataError
-from vaelab.targets import named_class
+from vaelab.targets import named_class, option_source
 
 
 class DataSource:
@@ -116,27 +114,26 @@ class DSprites(DataSource):
         return load_dsprites(data_dir, download)
 
 
-def build_source(target: str, args: Mapping[str, Any]) -> DataSource:
+def build_source(
+    target: str, args: Mapping[str, Any], own: Mapping[str, Any] | None = None
+) -> DataSource:
     """The `DataSource` subclass `target` names (`data.source_class`, checked by
-    `named_class`), given those of `args` its constructor names."""
-    cls = named_class(target, DataSource, "data", "source_class")
-    takes = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in args.items() if k in takes})
-
-
-def option_source(name: str) -> str:
-    """The source class vaelab's data option `name` names: how the runs made before
-    `data.source_class` existed, whose config.yaml gives only `data.name`, find theirs.
+    `named_class`), given those of the data node's `args` its constructor names, and `own`
+    (`data.source_args`), each of which it must name.
 
     Raises:
-        ConfigError: `name` is not one of vaelab's data options.
+        ConfigError: `target` is not a DataSource, or `own` holds an argument it does not take.
     """
-    folder = config_dir() / "data"
-    option = folder / f"{name}.yaml"
-    if not option.is_file():
-        names = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(names)}")
-    return OmegaConf.load(option).source_class
+    cls = named_class(target, DataSource, "data", "source_class")
+    takes = inspect.signature(cls).parameters
+    unknown = sorted(set(own or {}) - set(takes))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        known = ", ".join(takes) or "none"
+        raise ConfigError(
+            f"data.source_args.{unknown[0]} is not an argument of {target} (it takes: "
+            f"{known}): give one of those, or leave it out"
+        )
+    return cls(**({k: v for k, v in args.items() if k in takes} | dict(own or {})))
 
 
 def load_dataset(
