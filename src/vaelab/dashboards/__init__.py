@@ -165,7 +165,9 @@ def links(runs: Sequence[Run]) -> dict[str, str]:
     """Where `runs` are in each dashboard that locates runs, by its compare column: W&B's
     (always: each url, or the directories of those without one), TensorBoard's and MLflow's
     (where some of them used it)."""
-    cells = {board.column: board.locate(runs) for board in registered() if board.column}
+    named = [type(board) for run in runs for board in run_adapters(run)]  # imports a user's
+    kinds = dict.fromkeys([*registered(), *named])
+    cells = {board.column: board.locate(runs) for board in kinds if board.column}
     return {column: cell for column, cell in cells.items() if cell is not None}
 
 

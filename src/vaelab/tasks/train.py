@@ -281,7 +281,7 @@ def _part(node: object) -> str:
     return str(node.get("_target_") or node.get("kind") or "default").rsplit(".", 1)[-1]
 
 
-def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
+def _start_lines(cfg: DictConfig, run: Run) -> list[str]:
     """What runs, in a few lines at the start: the model, the training, the loggers and the
     run directory (the data's line comes once it is loaded, from `LitVAE.on_fit_start`)."""
     model = (
@@ -294,7 +294,7 @@ def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
         f"Training: up to {cfg.max_epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} at "
         f"lr {cfg.lr:g}, {trainer.accelerator} x {trainer.devices}, precision {trainer.precision}"
     )
-    names = [type(logger).__name__.removesuffix("Logger").lower() for logger in loggers]
+    names = list(cfg.get("logger") or {})  # as the loggers are chosen: logger=[wandb,csv]
     return [model, training, f"Loggers: {', '.join(names) or 'none'}; run directory: {run.path}"]
 
 
@@ -348,7 +348,7 @@ def _train(
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
             _record_precision(cfg, trainer.precision, run)
         if trainer.is_global_zero:
-            log.info("\n".join(_start_lines(cfg, loggers, run)))
+            log.info("\n".join(_start_lines(cfg, run)))
         dashboards.log_config(loggers, cfg, resumed=bool(cfg.get("resume")))
         metrics = _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
         dashboards.log_final(loggers, cfg, metrics)
