@@ -160,7 +160,8 @@ def test_a_users_own_adapter_builds_records_takes_pictures_and_has_a_compare_col
     ).read_bytes()
     monkeypatch.syspath_prepend(tmp_path / "userpkg")  # compare, here, imports the adapter
     result = compare.run([run_dir], out_dir=tmp_path / "out")
-    assert result.markdown.splitlines()[0].rstrip(" |").endswith("| wandb | lines")
+    header = [cell.strip() for cell in result.markdown.splitlines()[0].split("|")]
+    assert header[-3:-1] == ["wandb", "lines"]  # its column after vaelab's own
     with (tmp_path / "out" / "compare.csv").open() as f:
         (row,) = csv.DictReader(f)
     assert row["lines"] == str(lines)
@@ -192,7 +193,7 @@ def test_a_run_whose_config_names_the_loggers_as_before_resumes_evaluates_and_co
     assert [row["epoch"] for row in Run(run_dir).history()] == [0, 1]
     with (run_dir / "csv" / "metrics.csv").open() as f:
         epochs = {row["epoch"] for row in csv.DictReader(f)}
-    assert epochs == {"0", "1"}  # RunCSVLogger: epoch 0's rows kept, where Lightning's drops them
+    assert {"0", "1"} <= epochs  # RunCSVLogger: epoch 0's rows kept, where Lightning's drops them
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # offline: a new W&B run
 
     result = cli("eval.py", f"run_dir={run_dir}", "n_importance=2", cwd=tmp_path / "cwd")
