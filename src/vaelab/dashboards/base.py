@@ -29,6 +29,8 @@ class Dashboard:
     arguments. A subclass that sets `logger_class` is the adapter of that class and its
     subclasses wherever one appears: a `_target_` naming the logger class itself (as the
     config.yaml of a run made before the adapters did), and a logger given to the Trainer.
+    The methods given a built logger (`record` to `finish`) are called on the adapter of
+    its class, so they read the logger, not the node's arguments.
 
     Args:
         key: the logger's name under `logger` (e.g. "wandb").
