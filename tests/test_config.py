@@ -11,7 +11,7 @@ from conftest import options
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
-from vaelab import schema
+from vaelab import dashboards, schema
 from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import config_dir, instantiate, trainer_args
 from vaelab.data.sources import DataSource, build_source, option_source
@@ -20,7 +20,6 @@ from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
 from vaelab.targets import named_class
 from vaelab.tasks.train import build_module
-from vaelab.tracking import RunCSVLogger, build_loggers
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -136,11 +135,12 @@ def test_any_argument_of_lightnings_trainer_reaches_it(compose):
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [RunCSVLogger]), ("none", [])]
+    ("name", "expected"),
+    [("wandb", [WandbLogger]), ("csv", [dashboards.RunCSVLogger]), ("none", [])],
 )
 def test_logger_options_instantiate(compose, name, expected, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    loggers = build_loggers(compose(f"logger={name}"))
+    loggers = dashboards.build(compose(f"logger={name}"))
     assert [type(logger) for logger in loggers] == expected
     for logger in loggers:
         if isinstance(logger, WandbLogger):

@@ -187,7 +187,7 @@ def _prepare_training(
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from vaelab import tracking
+    from vaelab import dashboards
 
     run = Run(cfg.paths.output_dir)
     first = rank_zero_only.rank == 0  # DDP under SLURM: every process runs the job
@@ -205,7 +205,7 @@ def _prepare_training(
             log.info("job %d: new run in %s", hydra_cfg.job.num, run.path)
     if not cfg.get("resume"):  # a resumed run keeps its name and group
         sweep_dir = hydra_cfg.sweep.dir if multirun else None
-        tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+        dashboards.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
     _share_cores(hydra_cfg.launcher)
     # Lightning's DDP processes re-run this command: they train this job's config rather
     # than compose the command line again (which would re-run the sweep).
