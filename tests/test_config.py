@@ -11,9 +11,8 @@ from conftest import options
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
-from vaelab import schema
 from vaelab.callbacks import WarmupEarlyStopping
-from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.config import checks, config_dir, instantiate, trainer_args
 from vaelab.data.sources import DataSource, build_source, option_source
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
@@ -94,7 +93,7 @@ DATA_DEFAULTS = {
 def test_each_data_option_brings_the_likelihood_and_binarization_that_suit_it(compose, name):
     cfg = compose(f"data={name}")
     assert (cfg.likelihood, cfg.data.binarize) == DATA_DEFAULTS[name]
-    schema.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
+    checks.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
 
 
 def test_an_explicit_likelihood_or_binarization_wins_over_the_datas(compose):
@@ -259,7 +258,7 @@ def test_each_exemplar_row_sets_the_whole_protocol(compose, row):
     expected = {"objective._target_": ELBO, "monitor": "val/elbo", **EXEMPLAR_PROTOCOL}
     expected.update(EXEMPLAR_ROWS[row])
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
-    schema.validate(cfg)
+    checks.validate(cfg)
     model = build_module(cfg, (1, 28, 28))
     assert model.hparams.optimizer == "adam_normgrad" and model.hparams.kl_warmup_epochs == 100
     (stopping,) = [

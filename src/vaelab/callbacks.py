@@ -15,11 +15,11 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vaelab import plots
+from vaelab.config.schemas import checked
 from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import PICTURES as PICTURES_DIR
 from vaelab.runs import Run, pictures_folder
-from vaelab.schema import checked
 from vaelab.tracking import RunCSVLogger
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 
+from vaelab.config.schemas import check_fields, checked
 from vaelab.errors import TrainingError
 from vaelab.estimators import (
     ActiveUnitsMetric,
@@ -23,7 +24,6 @@ from vaelab.models import build_objective, build_part_class, build_vae
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
-from vaelab.schema import check_fields, checked
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")

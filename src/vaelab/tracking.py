@@ -22,8 +22,8 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.config import instantiate
+from vaelab.config.schemas import MONITORS
 from vaelab.runs import Run, is_multirun_dir, locked, mlflow_parent_file, write_json
-from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from vaelab.config.schemas import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
 from vaelab.models.hvae import HierarchicalVAE
@@ -14,7 +15,6 @@ from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
-from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.targets import named_class
 
 

@@ -1,5 +1,5 @@
 """What each kind of model part can do, declared by its class: the composition check
-(`vaelab.schema.check_parts`), the model (`VAE.kl_splits`, read by the diagnostics and the
+(`vaelab.config.checks.check_parts`), the model (`VAE.kl_splits`, read by the diagnostics and the
 pictures) and the objectives' builder read these attributes, never a class name.
 
 Torch-free, so that a bad combination of vaelab's own parts is reported before torch is

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from vaelab.config.rules import integer
+from vaelab.config.schemas import checked
 from vaelab.errors import ConfigError
 from vaelab.models.capabilities import (
     ImportanceWeighted,
@@ -26,7 +28,6 @@ from vaelab.models.capabilities import (
     TotalCorrelation,
 )
 from vaelab.models.posteriors import kl_term
-from vaelab.schema import checked, integer
 
 KL_KINDS = ("closed_form", "monte_carlo")
 

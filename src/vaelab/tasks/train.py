@@ -17,10 +17,11 @@ from vaelab import devices, tracking
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
+from vaelab.config.checks import check_likelihood
+from vaelab.config.schemas import MONITORS
 from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
 from vaelab.runs import DATA, Run
-from vaelab.schema import MONITORS, check_likelihood
 
 log = logging.getLogger(__name__)
 
