@@ -33,7 +33,7 @@ def test_every_group_has_its_documented_options():
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
 
 
-PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule")
+PART_GROUPS = ("model", "prior", "posterior", "objective", "beta_schedule")
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,9 @@ def test_an_option_files_values_are_its_classs_defaults(compose, option):
 def test_model_options_instantiate(compose, name):
     model = build_module(compose(f"model={name}"), (1, 28, 28))
     assert isinstance(model, LitVAE)
-    assert model.hparams.arch == name
+    written = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
+    assert model.hparams.model == dict(written)
+    assert type(model.vae) is named_class(written._target_, object, "model")
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -172,8 +174,8 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
     assert cfg.latent_dim == 16
-    assert set(cfg.model) == {"arch", "hidden_dim", "activation", "top_dim"}
-    assert cfg.model.top_dim is None  # the size of z2, for model=hvae only
+    assert set(cfg.model) == {"_target_", "hidden_dim", "activation"}
+    assert compose("model=hvae").model.top_dim is None  # the size of z2: hvae's only
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
@@ -223,24 +225,28 @@ EXEMPLAR_PROTOCOL = {
     "posterior._target_": "vaelab.models.posteriors.GaussianPosterior",
 }
 PRIORS = "vaelab.models.priors."
+MODELS, HVAE = "vaelab.models.architectures.", "vaelab.models.hvae.HierarchicalVAE"
 ELBO, IWAE = "vaelab.models.objectives.ElboObjective", "vaelab.models.objectives.IwaeObjective"
 EXEMPLAR_ROWS = {
-    "vae_gaussian": {"model.arch": "mlp", "prior._target_": PRIORS + "StandardPrior"},
+    "vae_gaussian": {
+        "model._target_": MODELS + "MLPVAE",
+        "prior._target_": PRIORS + "StandardPrior",
+    },
     "vae_vamp": {
-        "model.arch": "mlp",
+        "model._target_": MODELS + "MLPVAE",
         "prior._target_": PRIORS + "VampPrior",
         "prior.components": 500,
     },
     "iwae_gaussian": {
-        "model.arch": "mlp",
+        "model._target_": MODELS + "MLPVAE",
         "prior._target_": PRIORS + "StandardPrior",
         "objective._target_": IWAE,
         "objective.k": 5,
         "monitor": "val/iwae",
     },
-    "hvae_gaussian": {"model.arch": "hvae", "prior._target_": PRIORS + "StandardPrior"},
+    "hvae_gaussian": {"model._target_": HVAE, "prior._target_": PRIORS + "StandardPrior"},
     "hvae_vamp": {
-        "model.arch": "hvae",
+        "model._target_": HVAE,
         "prior._target_": PRIORS + "VampPrior",
         "prior.components": 500,
     },

@@ -55,7 +55,7 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 # Every option of the groups whose nodes' keys differ by option, as the groups' files are.
 PART_OPTIONS = [
     f"{group}={option}"
-    for group in ("prior", "posterior", "objective", "beta_schedule", "data")
+    for group in ("model", "prior", "posterior", "objective", "beta_schedule", "data")
     for option in options(group)
 ]
 
@@ -113,11 +113,14 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
 
     # A dict of nn.Module classes, and the gated layer.
     assert (*models.ACTIVATIONS, GATED) == schemas.ACTIVATIONS
-    for arch in schemas.ARCHS:
-        for activation in schemas.ACTIVATIONS:
-            if (arch, activation) != ("conv", GATED):  # refused by validate
-                vae = models.build_vae(arch, (1, 28, 28), 2, 8, activation, "bernoulli", 0.1)
-                assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
+    from vaelab.models.capabilities import declared
+
+    for option in (config_dir() / "model").glob("*.yaml"):
+        node = {**OmegaConf.to_container(OmegaConf.load(option)), "hidden_dim": 8}
+        for activation in declared("model", node).activations:  # what validate lets through
+            node["activation"] = activation
+            vae = models.build_vae(node, (1, 28, 28), 2, "bernoulli", 0.1)
+            assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
     params = torch.zeros(2, 1, 4, 4)
     for name in schemas.LIKELIHOODS:
         p_x = likelihoods.observation_dist(name, params, 3, log_scale=torch.zeros(1, 4, 4))
@@ -134,7 +137,6 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
         ("beta=x", "beta", "Float"),
         ("data.download=maybe", "data.download", "bool"),
         ("callbacks.pictures.n_images=many", "callbacks.pictures.n_images", "Integer"),
-        ("model.hidden_dim=null", "model.hidden_dim", "not Optional"),
         ("latnet_dim=4", "latnet_dim", "not in 'TrainConfig'"),
         ("data.batchsize=4", "data.batchsize", "not in 'DataConfig'"),
         ("trainer.max_step=10", "trainer.max_step", "not in 'TrainerConfig'"),
@@ -173,11 +175,11 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("max_epochs=0", "max_epochs must be a positive integer, or -1 (no limit), got 0"),
         ("seed=-1", "seed must be an integer in [0, 4294967295]"),
         ("likelihood=poisson", "likelihood must be one of bernoulli, continuous_bernoulli, "),
-        ("model.arch=resnet", "model.arch must be one of mlp, conv, hvae, got 'resnet'"),
+        ("model._target_=resnet", "model._target_ names resnet, which cannot be imported"),
         ("model.activation=gelu", "model.activation must be one of relu, tanh, gated, got 'ge"),
-        ("model=conv model.activation=gated", "model.activation=gated makes each dense layer"),
+        ("model=conv model.activation=gated", "model.activation=gated is not one the networks "),
         ("model=hvae model.top_dim=0", "model.top_dim must be a positive integer, or null"),
-        ("model=hvae posterior=iaf", "model=hvae has its own posterior, q(z2|x) q(z1|x, z2)"),
+        ("model=hvae posterior=iaf", "the model HierarchicalVAE has its own posterior"),
         (
             "model=hvae objective=betatc",
             "the objective BetaTCObjective needs a diagonal Gaussian q(z|x), and",
@@ -220,7 +222,7 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("monitor=val/loss", "monitor must be one of val/elbo, val/iwae"),
         ("kl_warmup_epochs=2 beta_schedule=cyclical", "kl_warmup_epochs=2 is the length of beta_"),
         ("+latnet_dim=4", "latnet_dim is not a key of the config; did you mean latent_dim?"),
-        ("+model.depth=3", "model.depth is not a key of model; its keys: arch, hidden_dim, "),
+        ("model.hidden_dim=null", "model.hidden_dim must be a positive integer, got None"),
         (
             "+trainer.max_stepz=3",
             "trainer.max_stepz is not a key of trainer; did you mean trainer.max_steps?",
@@ -289,7 +291,7 @@ CLI_CASES = {
     "pictures": ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs", ""),
     "likelihood": ("likelihood=poisson", "likelihood must be one of", "gaussian"),
     "binarize": ("data.binarize=maybe", "data.binarize must be one of", "dynamic"),
-    "arch": ("model.arch=resnet", "model.arch must be one of mlp, conv", ""),
+    "arch": ("model._target_=resnet", "model._target_ names resnet, which cannot be", ""),
     "activation": ("model.activation=gelu", "model.activation must be one of relu, tanh", ""),
 }
 
@@ -404,12 +406,13 @@ def test_vaelabs_parts_inherit_the_declarations_the_check_reads_without_torch():
 
     for target, declaration in DECLARED.items():
         assert issubclass(named_class(target, object, "test"), declaration), target
-    for group in ("prior", "posterior", "objective"):
+    for group in ("model", "prior", "posterior", "objective"):
         for option in (config_dir() / group).glob("*.yaml"):
             assert OmegaConf.load(option)._target_ in DECLARED, option
     code = (
         "import sys; from omegaconf import OmegaConf; from vaelab.config import checks; "
         "m = 'vaelab.models.'; cfg = OmegaConf.create({"
+        "'model': {'_target_': m + 'architectures.ConvVAE', 'activation': 'tanh'}, "
         "'posterior': {'_target_': m + 'posteriors.IAFPosterior'}, "
         "'objective': {'_target_': m + 'objectives.BetaTCObjective'}})\n"
         "try:\n    checks.check_parts(cfg)\nexcept Exception as e:\n    print(e)\n"

@@ -12,6 +12,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config.schemas import BINARY_LIKELIHOODS, MONITORS, RULES, check
 from vaelab.errors import ConfigError
+from vaelab.models.capabilities import declared, kl_splits, named  # torch-free
+from vaelab.models.schedules import schedule_class  # torch-free
 
 _ABSENT = object()
 
@@ -60,36 +62,36 @@ def _node(cfg: DictConfig, group: str) -> dict[str, Any] | None:
 
 def check_parts(cfg: DictConfig) -> None:
     """Refuse the combinations of model parts that are not defined, each with why. What a
-    part can combine with is what its class declares (`factorised`, `diagonal_gaussian`,
-    `needs_diagonal_gaussian`, `extras`: `vaelab.models.capabilities`), read without torch
-    for vaelab's own parts.
+    part can combine with is what its class declares (the model's `own_posterior` and
+    `activations`, `factorised`, `diagonal_gaussian`, `needs_diagonal_gaussian`, `extras`:
+    `vaelab.models.capabilities`), read without torch for vaelab's own parts.
 
     Raises:
         ConfigError: e.g. objective=betatc with a flow posterior.
     """
-    arch, activation = (
-        OmegaConf.select(cfg, "model.arch"),
-        OmegaConf.select(cfg, "model.activation"),
-    )
-    if activation == "gated" and arch == "conv":
-        raise ConfigError(
-            "model.activation=gated makes each dense layer a gated one, and model=conv is "
-            "convolutions: use model=mlp or model=hvae, or model.activation=relu"
-        )
-    from vaelab.models.capabilities import declared, kl_splits, named  # torch-free, imports us
-
-    nodes = {group: _node(cfg, group) for group in ("prior", "posterior", "objective")}
-    prior, posterior, objective = (declared(group, node) for group, node in nodes.items())
+    nodes = {g: _node(cfg, g) for g in ("model", "prior", "posterior", "objective")}
+    model, prior, posterior, objective = (declared(g, node) for g, node in nodes.items())
     # For the messages: the class names
-    prior_name, posterior_name, objective_name = (named(g, node) for g, node in nodes.items())
+    model_name, prior_name, posterior_name, objective_name = (
+        named(g, node) for g, node in nodes.items()
+    )
+    activation = OmegaConf.select(cfg, "model.activation")
+    if activation is not None and activation not in model.activations:
+        raise ConfigError(
+            f"model.activation={activation} is not one the networks of the model "
+            f"{model_name} take ({', '.join(model.activations)}; gated makes each dense "
+            f"layer a gated one): set model.activation={model.activations[0]}, or use a "
+            "model that takes it (e.g. model=mlp)"
+        )
     dreg = OmegaConf.select(cfg, "objective.gradient") == "dreg"
     free_bits = OmegaConf.select(cfg, "objective.free_bits", default=0) or 0
-    if arch == "hvae" and not posterior.diagonal_gaussian:
+    if model.own_posterior and not posterior.diagonal_gaussian:
         raise ConfigError(
-            "model=hvae has its own posterior, q(z2|x) q(z1|x, z2) of diagonal Gaussians: "
-            f"use posterior=gaussian (or the posterior {posterior_name} with model=mlp or conv)"
+            f"the model {model_name} has its own posterior (over its stochastic layers, of "
+            f"diagonal Gaussians): use posterior=gaussian (or the posterior {posterior_name} "
+            "with model=mlp or conv)"
         )
-    if arch == "hvae":
+    if model.own_posterior:
         refused = {
             f"the objective {objective_name}": objective.needs_diagonal_gaussian,
             "objective.gradient=dreg": dreg,
@@ -98,8 +100,9 @@ def check_parts(cfg: DictConfig) -> None:
         for option, given in refused.items():
             if given:
                 raise ConfigError(
-                    f"{option} needs a diagonal Gaussian q(z|x), and model=hvae's is "
-                    f"q(z2|x) q(z1|x, z2): use model=mlp or conv, or leave out {option}"
+                    f"{option} needs a diagonal Gaussian q(z|x), and the model {model_name}'s "
+                    f"is its own (e.g. q(z2|x) q(z1|x, z2)): use model=mlp or conv, or leave "
+                    f"out {option}"
                 )
     if objective.needs_diagonal_gaussian and not posterior.diagonal_gaussian:
         raise ConfigError(
@@ -128,8 +131,6 @@ def check_parts(cfg: DictConfig) -> None:
         )
     warmup = OmegaConf.select(cfg, "kl_warmup_epochs", default=0) or 0
     if warmup > 0:
-        from vaelab.models.schedules import schedule_class  # torch-free, and imports us
-
         node = OmegaConf.select(cfg, "beta_schedule")
         schedule = schedule_class(OmegaConf.to_container(node) if node is not None else None)
         if not schedule.uses_kl_warmup:

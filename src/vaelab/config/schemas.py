@@ -45,7 +45,6 @@ from vaelab.errors import ConfigError
 # The names of every choice: the one list of each, which the builders import. Where a
 # builder maps names to code (ACTIVATIONS to nn.Module classes), tests/test_schema.py
 # checks that the map has exactly these names.
-ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = (
     "bernoulli",
@@ -78,12 +77,14 @@ OPTIMIZERS = ("adam", "adam_normgrad")
 
 
 @dataclass
-class ModelConfig:
-    arch: str = knob(one_of(ARCHS))
+class ModelArgs:
+    """The rules of the model options' arguments (conf/model: which of them an option takes
+    is its class's signature, the YAML gives the values)."""
+
     hidden_dim: int = knob(integer(1))
     activation: str = knob(one_of(ACTIVATIONS))
     # model=hvae: the size of z₂, the top layer (z₁'s is latent_dim); null: latent_dim.
-    top_dim: int | None = knob(or_null(integer(1)), default=None)
+    top_dim: int | None = knob(or_null(integer(1)))
 
 
 @dataclass
@@ -234,7 +235,8 @@ class TrainConfig:
     run_name: str | None = MISSING
     resume: str | None = MISSING
     ckpt_path: str | None = MISSING
-    model: ModelConfig = MISSING
+    # The architecture (conf/model): a `_target_` VAE class and its arguments.
+    model: dict[str, Any] = knob(nodes={"args": ModelArgs})
     data: DataConfig = MISSING
     paths: PathsConfig = MISSING
     # A default, not MISSING: OmegaConf 2.3 fails to fill a MISSING node holding Unions.
