@@ -280,7 +280,6 @@ def test_a_run_from_before_the_model_options_named_a_class_loads_evaluates_and_r
     and vaelab.schema's Hydra callback in .hydra/hydra.yaml): it loads as the class its arch
     names, evaluates, and resumes, translated once into the `_target_` form."""
     import yaml
-
     from conftest import cli
 
     tiny = ("model=mlp", "model.hidden_dim=16", "latent_dim=2", "trainer=debug", "logger=none",
