@@ -61,6 +61,15 @@ def test_model_options_instantiate(compose, name):
     assert type(model.vae) is named_class(written._target_, object, "model")
 
 
+def test_an_argument_no_model_class_takes_is_refused_in_one_line(compose):
+    """A model's node takes the arguments of the class it names (a user's model may have its
+    own): one that the class does not take is refused by name, with the ones it does."""
+    cfg = compose("model=conv", "+model.depth=3")
+    checks.validate(cfg)  # the model option's class decides, when it is built
+    with pytest.raises(ConfigError, match=r"^model.depth is not an argument of ConvVAE; its "):
+        build_module(cfg, (1, 28, 28))
+
+
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options_instantiate(compose, name):
     datamodule = instantiate(compose(f"data={name}").data, L.LightningDataModule, "data")

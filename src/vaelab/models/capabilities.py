@@ -12,6 +12,7 @@ inherits its entry). Any other part (a user's) is imported and read from its cla
 
 from typing import Any
 
+from vaelab.config.schemas import ACTIVATIONS
 from vaelab.errors import ConfigError
 from vaelab.targets import named_class
 
@@ -26,7 +27,7 @@ class ModelCapabilities:
     `activations`: the `model.activation` values its networks take."""
 
     own_posterior: bool = False
-    activations: tuple[str, ...] = ("relu", "tanh", "gated")
+    activations: tuple[str, ...] = ACTIVATIONS  # every one (`vaelab.config.schemas`)
 
 
 class ConvNetworks(ModelCapabilities):
@@ -135,13 +136,11 @@ _OLD_ARCHS = {
 def model_node(cfg: dict[str, Any] | None) -> dict[str, Any]:
     """A `model` node with its `_target_`: an old node's `arch` translated (and its
     `top_dim`, which every old node had, kept only for hvae, the one that took it); no node:
-    the default model."""
+    the default model, conv."""
     node = dict(cfg or {})
     if "_target_" in node:
         return node
-    if "arch" not in node:
-        return {"_target_": DEFAULTS["model"], **node}
-    arch = node.pop("arch")
+    arch = node.pop("arch", "conv")  # the default model then, as now (DEFAULTS)
     if arch not in _OLD_ARCHS:
         raise ConfigError(
             f"model.arch={arch} is not a model: give model._target_, e.g. "
