@@ -14,10 +14,10 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from vaelab import dashboards, plots
+from vaelab.config.schemas import checked
 from vaelab.estimators import kl_per_dim
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run, pictures_folder
-from vaelab.schema import checked
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,7 @@ class VAEPictures(L.Callback):
 
         # The most informative dims: by KL where it splits into dims, else by how much the
         # posterior means vary across the images (active units' statistic).
-        pz = vae.prior() if vae.kl_splits else None
-        kl = kl_per_dim(vae.posterior(shown), pz) if pz is not None else None
+        kl = kl_per_dim(vae, vae.posterior(shown))
         spread = kl if kl is not None else loc.var(0, correction=0)
         dims = plots.most_informative_dims(spread, self.n_traversal_dims)
         values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_values)

@@ -1,6 +1,6 @@
 """The Hydra and DDP job runtime of `vaelab train|eval|sample`: one Hydra job per run.
 
-Each job is validated (vaelab.schema) before torch is imported; a training job is named
+Each job is validated (vaelab.config) before torch is imported; a training job is named
 and grouped, shares the cores with the jobs beside it (joblib), resumes an interrupted
 run it finds (a SLURM requeue) and tells the DDP processes Lightning starts which
 resolved config to train. Inside a multirun a failed job is recorded as failed in its
@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
+from vaelab.config.checks import ConfigRejected, validate
 from vaelab.devices import check_available
 from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, exit_with, one_line
 from vaelab.runs import Run
-from vaelab.schema import ConfigRejected, validate
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from typing import IO, Any
 
 import yaml
 
+from vaelab.config.schemas import CHECKPOINTS as CHECKPOINT_CHOICES
 from vaelab.errors import VaelabError
-from vaelab.schema import CHECKPOINTS as CHECKPOINT_CHOICES
 
 CONFIG = "config.yaml"
 STATUS = "status.json"

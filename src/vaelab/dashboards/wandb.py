@@ -13,9 +13,9 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 from torch import Tensor
 
+from vaelab.config.schemas import MONITORS
 from vaelab.dashboards.base import Dashboard
 from vaelab.runs import Run, shown_paths
-from vaelab.schema import MONITORS
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,12 @@ from vaelab import dashboards, devices
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
+from vaelab.config.checks import check_likelihood
+from vaelab.config.schemas import MONITORS
 from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
+from vaelab.models.capabilities import model_node, named
 from vaelab.runs import DATA, Run
-from vaelab.schema import MONITORS, check_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in PARTS if key in cfg}
     if "disentanglement" in cfg:  # a run made before it had none
         parts["disentanglement"] = OmegaConf.to_container(cfg.disentanglement, resolve=True)
-    return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return LitVAE(model=model, **recipe, **parts, image_shape=image_shape)
 
 
 # The metrics the console shows at the end, those of the data at hand (each where logged:
@@ -192,6 +195,8 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     run = Run(cfg.resume)
     run.resume_checkpoint()  # fails early, with what to do, when there is nothing to resume
     old = run.config()
+    if "model" in old:  # a run made before the model options named their class: translated
+        old["model"] = model_node(old["model"])
     saved = OmegaConf.create(old)
     with open_dict(cfg):  # the run keeps its name and group, and so its loggers' settings
         cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
@@ -285,7 +290,7 @@ def _start_lines(cfg: DictConfig, run: Run) -> list[str]:
     """What runs, in a few lines at the start: the model, the training, the loggers and the
     run directory (the data's line comes once it is loaded, from `LitVAE.on_fit_start`)."""
     model = (
-        f"Model: {cfg.model.arch}, latent_dim={cfg.latent_dim}, "
+        f"Model: {named('model', OmegaConf.to_container(cfg.model))}, latent_dim={cfg.latent_dim}, "
         + ", ".join(f"{key}={_part(cfg.get(key))}" for key in PARTS if key in cfg)
         + f", likelihood={cfg.likelihood}, beta={cfg.beta}"
     )
