@@ -27,6 +27,8 @@ from vaelab.schema import check_fields, checked
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
+# What a training step checks for non-finite values (`LitVAE.check_finite`).
+NONFINITE = ("loss", "reconstruction term", "KL", "gradients")
 # How the epoch metrics are logged. Their values come from a torchmetrics compute(), which
 # has already reduced them across DDP processes: they are equal on every process. Lightning
 # cannot know that of a tensor and warns, unless sync_dist=True, that it should reduce them;
@@ -121,6 +123,10 @@ class LitVAE(L.LightningModule):
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
         self._mass = True  # the test's data have a probability (`has_mass`), set per test
+        # Whether the training steps' `NONFINITE` went non-finite, and the first step
+        # where one did (-1: none); on the device.
+        self._nonfinite: Tensor | None = None
+        self._nonfinite_step: Tensor | None = None
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place: the names of their weights, and so
@@ -190,24 +196,50 @@ class LitVAE(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         values = self._step(batch, "train")
         loss = values["loss"].mean()
-        # One host sync per step buys stopping before the optimizer writes NaN into the
-        # weights, so the last checkpoint stays good.
-        if not torch.isfinite(loss):
-            terms = {"reconstruction term": values["rec"], "KL": values["kl"]}
-            bad = [name for name, value in terms.items() if not torch.isfinite(value).all()]
-            raise TrainingError(
-                f"the loss is not finite at epoch {self.current_epoch}, step {self.global_step} "
-                f"({' and '.join(bad) or 'the loss'} went non-finite): training diverged; lower "
-                f"lr (now {self.hparams.lr:g}) or set trainer.gradient_clip_val (e.g. 1.0); the "
-                "last checkpoint is from before the divergence"
-            )
+        # Whether the loss and its terms are finite is recorded on the device, not read
+        # (a host sync per step): a step whose gradients are not finite is skipped by the
+        # optimizer (`on_before_optimizer_step`), and the record is read at the epoch's end
+        # and before any checkpoint is written (`check_finite`).
+        terms = [loss, values["rec"].sum(), values["kl"].sum()]
+        self._record_nonfinite(~torch.isfinite(torch.stack(terms).detach()), slice(0, 3))
         return loss
+
+    def _record_nonfinite(self, bad: Tensor, where: slice) -> None:
+        """OR `bad` into the flags at `where`; the step, if the first that went non-finite."""
+        if self._nonfinite is None:
+            self._nonfinite = torch.zeros(len(NONFINITE), dtype=torch.bool, device=bad.device)
+            self._nonfinite_step = torch.full((), -1, device=bad.device)
+        first = bad.any() & (self._nonfinite_step < 0)
+        self._nonfinite_step.masked_fill_(first, self.global_step)
+        self._nonfinite[where] |= bad
+
+    def check_finite(self) -> None:
+        """Raise if a training step's loss or gradients were not finite since the start (one
+        host sync). Those steps left the weights as they were, so checkpoints stay finite.
+
+        Raises:
+            TrainingError: training diverged, with the epoch and step it did.
+        """
+        if self._nonfinite is None or not self._nonfinite.any():
+            return
+        bad = [name for name, flag in zip(NONFINITE, self._nonfinite.tolist(), strict=True) if flag]
+        what = "loss is" if "loss" in bad else "gradients are"
+        raise TrainingError(
+            f"the {what} not finite at epoch {self.current_epoch}, step "
+            f"{int(self._nonfinite_step)} ({' and '.join(bad)} went non-finite): training "
+            f"diverged; lower lr (now {self.hparams.lr:g}) or set trainer.gradient_clip_val "
+            "(e.g. 1.0); the last checkpoint is from before the divergence"
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self.check_finite()  # a diverged run writes no checkpoint of its later steps
 
     def on_train_batch_end(self, outputs: Tensor, batch: object, batch_idx: int) -> None:
         # Logged here, at the epoch's last batch, rather than in on_train_epoch_end, which
         # Lightning calls after the callbacks' (RunHistory reads the epoch's metrics there).
         trainer = self.trainer
         if trainer.is_last_batch or 0 < trainer.max_steps <= self.global_step:
+            self.check_finite()
             self._log_means("train", suffix="_epoch")
             if self._beta_images:
                 beta = self._beta_sum / self._beta_images
@@ -314,14 +346,26 @@ class LitVAE(L.LightningModule):
             metric.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # optimizer=adam_normgrad: each parameter's gradient divided by its L2 norm (+1e-7,
-        # as vae_vampprior's AdamNormGrad) before Adam's step. Lightning calls this after
-        # the gradients are accumulated and unscaled, before they are clipped.
+        # Lightning calls this after the gradients are accumulated, reduced across processes
+        # and unscaled, before they are clipped.
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        norms = torch._foreach_norm(grads)
         if self.hparams.optimizer == "adam_normgrad":
-            grads = [p.grad for p in self.parameters() if p.grad is not None]
-            # The foreach kernels normalise every tensor in three calls (as clip_grad_norm_).
-            norms = torch._foreach_add(torch._foreach_norm(grads), 1e-7)
-            torch._foreach_div_(grads, norms)
+            # Each parameter's gradient divided by its L2 norm (+1e-7, as vae_vampprior's
+            # AdamNormGrad) before Adam's step; the foreach kernels normalise every tensor
+            # in three calls (as clip_grad_norm_).
+            torch._foreach_div_(grads, torch._foreach_add(norms, 1e-7))
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # 16-mixed: GradScaler skips the steps whose scaled gradients overflow
+        # Non-finite gradients (any process's, after DDP's reduction) never reach the
+        # weights: the fused Adam skips a step whose `found_inf` is 1, on the device, as it
+        # does for GradScaler.
+        found = ~torch.isfinite(torch.stack(norms).sum())
+        self._record_nonfinite(found[None], slice(3, 4))
+        if optimizer.defaults.get("fused"):
+            optimizer.found_inf = found.float()
+        elif found:  # another device's Adam has no such flag: a sync per step there
+            self.check_finite()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call: on a CPU, Adam's default
