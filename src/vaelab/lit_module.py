@@ -189,9 +189,21 @@ class LitVAE(L.LightningModule):
         self._beta_images += len(x)
         if self._trainer and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             # The steps Lightning sends to the loggers (its own rule, for one optimizer).
-            batch_means = {f"train/{t}_step": values[t].detach().mean() for t in self.terms}
-            self.log_dict({**batch_means, "train/beta_step": beta}, on_step=True, on_epoch=False)
+            self._log_batch_means(values, beta)
         return values
+
+    def _log_batch_means(self, values: dict[str, Tensor], beta: float) -> None:
+        """train/<term>_step and train/beta_step, straight to the loggers as Lightning would
+        send them (with the epoch, at this step): one host sync, where a `self.log` per key
+        cost about 0.5 ms of Lightning's bookkeeping each (3 ms every n-th step)."""
+        if not self.loggers:
+            return
+        means = torch.stack([values[t].detach().mean() for t in self.terms]).tolist()
+        metrics = {f"train/{t}_step": m for t, m in zip(self.terms, means, strict=True)}
+        metrics |= {"train/beta_step": beta, "epoch": self.current_epoch}
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=self.global_step)
+            logger.save()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         values = self._step(batch, "train")
