@@ -72,6 +72,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from vaelab import tracking
 from vaelab.checkpoints import Preemption
 from vaelab.config import config_dir, instantiate
 from vaelab.datamodule import VAEDataModule
@@ -175,14 +176,15 @@ def compose_train(*overrides: str) -> DictConfig:
 
 
 class StepClock(L.Callback):
-    """The end time and size of every training batch."""
+    """The end time (of `clock`) and size of every training batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.ends: list[float] = []
         self.sizes: list[int] = []
+        self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
+        self.ends.append(self.clock())
         self.sizes.append(len(batch[0]))
 
 
@@ -193,21 +195,29 @@ def images_per_second(ends: list[float], sizes: list[int]) -> float:
 
 
 def vaelab_fit(
-    cfg: DictConfig, datamodule: VAEDataModule, extra_callbacks: Iterable[L.Callback] = ()
+    cfg: DictConfig,
+    datamodule: VAEDataModule,
+    extra_callbacks: Iterable[L.Callback] = (),
+    clock: Callable[[], float] = time.perf_counter,
+    loggers: bool = False,
 ) -> Callable[[], float]:
-    """One round: the Trainer of tasks/train.py (`build_trainer`), fitting `limit_train_batches`."""
+    """One round: the Trainer of tasks/train.py (`build_trainer`), fitting `limit_train_batches`,
+    with the loggers of `cfg.logger` if `loggers`: images per second of `clock`."""
     module = build_module(cfg, datamodule.image_shape)
     Run(cfg.paths.output_dir).start(OmegaConf.to_container(cfg, resolve=True))
     compiled = False
 
     def run() -> float:
         nonlocal compiled
-        clock = StepClock()
+        steps = StepClock(clock)
         trainer_cfg = cfg if not compiled else _without_compile(cfg)  # compile once
-        trainer = build_trainer(trainer_cfg, module, [], [Preemption(), clock, *extra_callbacks])
+        callbacks = [Preemption(), steps, *extra_callbacks]
+        found = tracking.build_loggers(cfg) if loggers else []
+        trainer = build_trainer(trainer_cfg, module, found, callbacks)
         compiled = True
         trainer.fit(module, datamodule=datamodule)
-        return images_per_second(clock.ends, clock.sizes)
+        tracking.finish(found)
+        return images_per_second(steps.ends, steps.sizes)
 
     return run
 
@@ -334,8 +344,8 @@ def plain_step_loop(
 ) -> Callable[[], float]:
     """One round: the network and `VAE.elbo_terms` in a plain loop with vaelab's optimizer,
     over batches gathered from the uint8 images and binarized as the datamodule does: µs
-    per step. `compiled`: the whole step (forward, loss, backward, optimizer) under
-    torch.compile, as a user's own loop would write it."""
+    of `STEP_CLOCK` per step. `compiled`: the whole step (forward, loss, backward,
+    optimizer) under torch.compile, as a user's own loop would write it."""
     module = build_module(cfg, tuple(images.shape[1:]))
     vae = module.vae.train()
     optimizer = module.configure_optimizers()
@@ -356,18 +366,24 @@ def plain_step_loop(
         for i in range(n_batches):
             x = images[order[i * batch : (i + 1) * batch]].float() / 255
             run_step((torch.rand_like(x) < x).float())
-            ends.append(time.perf_counter())
+            ends.append(STEP_CLOCK())
         return 1e6 * (ends[-1] - ends[WARMUP - 1]) / (n_batches - WARMUP)
 
     return run
 
 
+# The step section's clock: this process's CPU time. Every contender runs on one thread,
+# so it counts their work and not the time other processes on a shared machine take.
+STEP_CLOCK = time.process_time
+
+
 def step_section(
     settings: Settings, data_dir: str, work: Path, profile: bool, extra: tuple[str, ...] = ()
 ) -> list[Row]:
-    """µs per training step of the tiny network through `vaelab train`'s Trainer (default
-    callbacks, logger and bar; and lean), against the plain loop; with `profile`, a cProfile
-    of the default path's steps, Lightning's and vaelab's functions by cumulative time."""
+    """CPU µs per training step of the tiny network through `vaelab train`'s Trainer
+    (default callbacks, CSV logger and bar; and lean), against the plain loop; with `profile`,
+    a cProfile of the default path's steps, Lightning's and vaelab's functions by
+    cumulative time. `extra`: overrides of every vaelab contender (e.g. the accelerator)."""
     n_batches = WARMUP + settings.step_batches
     common = (
         *STEP_MODEL, "data=fashion_mnist", f"paths.data_dir={data_dir}",
@@ -381,18 +397,22 @@ def step_section(
     datamodule.prepare_data()
     datamodule.setup("fit")
     images = datamodule.train_dataloader().dataset.tensors[0]
-    per_step = partial(_microseconds_per_step, batch=default.batch_size)
+
+    def per_step(cfg: DictConfig, loggers: bool = False) -> Callable[[], float]:
+        rate = vaelab_fit(cfg, datamodule, clock=STEP_CLOCK, loggers=loggers)
+        return lambda: 1e6 * cfg.batch_size / rate()
+
     contenders = {
-        "python train.py (callbacks, csv logger, bar)": per_step(vaelab_fit(default, datamodule)),
-        "the same Trainer, lean": per_step(vaelab_fit(lean, datamodule)),
+        "python train.py (callbacks, csv logger, bar)": per_step(default, loggers=True),
+        "the same Trainer, lean": per_step(lean),
         "plain loop": plain_step_loop(default, images, n_batches),
     }
     if settings.step_compiled:
-        contenders["lean, trainer.compile=true"] = per_step(vaelab_fit(compiled, datamodule))
+        contenders["lean, trainer.compile=true"] = per_step(compiled)
         contenders["plain loop, compiled"] = plain_step_loop(default, images, n_batches, True)
     with _silenced():  # the progress bar
         results = alternate(contenders, settings.rounds)
-    measure = f"µs per step, mlp hidden 16, z 2, batch 32, fashion_mnist, {n_batches - WARMUP} st."
+    measure = f"CPU µs per step, mlp hidden 16, z 2, batch 32, {n_batches - WARMUP} steps"
     floor = statistics.median(results["plain loop"])
     rows = []
     for name, values in results.items():
@@ -401,17 +421,15 @@ def step_section(
             cost = statistics.median(values) - floor
             row.ratio = f"{floor / statistics.median(values):.2f}x plain loop, {cost:+,.0f} µs"
         rows.append(row)
-        print(f"  {measure:<62} {name:<44} {spread(values)}  {row.ratio}", flush=True)
+        print(f"  {measure:<56} {name:<44} {spread(values)}  {row.ratio}", flush=True)
     if profile:
         steps = ProfileSteps()
         with _silenced():
-            vaelab_fit(default, datamodule, extra_callbacks=[steps])()
+            vaelab_fit(default, datamodule, extra_callbacks=[steps], loggers=True)()
         out = io.StringIO()
         stats = pstats.Stats(steps.profiler, stream=out).sort_stats("cumulative")
         stats.print_stats("lightning|vaelab|torchmetrics|optim", 30)
-        print(
-            f"\n--- cProfile, the default path, {settings.step_batches} steps, by cumulative time"
-        )
+        print(f"\n--- cProfile, the default path, {settings.step_batches} steps, by cumtime")
         print(out.getvalue().strip())
     return rows
 
@@ -425,10 +443,6 @@ def _silenced() -> Iterator[None]:
         contextlib.redirect_stderr(null),
     ):
         yield
-
-
-def _microseconds_per_step(images_per_second: Callable[[], float], batch: int):
-    return lambda: 1e6 * batch / images_per_second()
 
 
 # --- parts -----------------------------------------------------------------------------

@@ -27,8 +27,6 @@ from vaelab.schema import check_fields, checked
 
 STAGES = ("train", "val", "test")
 TERMS = ("loss", "elbo", "rec", "kl")
-# What a training step checks for non-finite values (`LitVAE.check_finite`).
-NONFINITE = ("loss", "reconstruction term", "KL", "gradients")
 # How the epoch metrics are logged. Their values come from a torchmetrics compute(), which
 # has already reduced them across DDP processes: they are equal on every process. Lightning
 # cannot know that of a tensor and warns, unless sync_dist=True, that it should reduce them;
@@ -123,10 +121,10 @@ class LitVAE(L.LightningModule):
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
         self._mass = True  # the test's data have a probability (`has_mass`), set per test
-        # Whether the training steps' `NONFINITE` went non-finite, and the first step
-        # where one did (-1: none); on the device.
-        self._nonfinite: Tensor | None = None
-        self._nonfinite_step: Tensor | None = None
+        # 1 once a training step's gradients were not finite, on the device: the optimizer
+        # skips every step from then on (`on_before_optimizer_step`).
+        self._found_inf: Tensor | None = None
+        self._loss = torch.zeros(())  # the last training step's
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place: the names of their weights, and so
@@ -206,41 +204,35 @@ class LitVAE(L.LightningModule):
             logger.save()
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        values = self._step(batch, "train")
-        loss = values["loss"].mean()
-        # Whether the loss and its terms are finite is recorded on the device, not read
-        # (a host sync per step): a step whose gradients are not finite is skipped by the
-        # optimizer (`on_before_optimizer_step`), and the record is read at the epoch's end
-        # and before any checkpoint is written (`check_finite`).
-        terms = [loss, values["rec"].sum(), values["kl"].sum()]
-        self._record_nonfinite(~torch.isfinite(torch.stack(terms).detach()), slice(0, 3))
+        loss = self._step(batch, "train")["loss"].mean()
+        self._loss = loss.detach()  # checked with the gradients, `on_before_optimizer_step`
         return loss
 
-    def _record_nonfinite(self, bad: Tensor, where: slice) -> None:
-        """OR `bad` into the flags at `where`; the step, if the first that went non-finite."""
-        if self._nonfinite is None:
-            self._nonfinite = torch.zeros(len(NONFINITE), dtype=torch.bool, device=bad.device)
-            self._nonfinite_step = torch.full((), -1, device=bad.device)
-        first = bad.any() & (self._nonfinite_step < 0)
-        self._nonfinite_step.masked_fill_(first, self.global_step)
-        self._nonfinite[where] |= bad
-
     def check_finite(self) -> None:
-        """Raise if a training step's loss or gradients were not finite since the start (one
-        host sync). Those steps left the weights as they were, so checkpoints stay finite.
+        """Raise if a training step's loss or gradients were not finite (one host sync). From that
+        step on the optimizer left the weights as they were (`on_before_optimizer_step`),
+        so every checkpoint holds finite weights: it is read at each epoch's end and before
+        each checkpoint is written.
 
         Raises:
-            TrainingError: training diverged, with the epoch and step it did.
+            TrainingError: training diverged, with the epoch and step where it did.
         """
-        if self._nonfinite is None or not self._nonfinite.any():
+        if self._found_inf is None or not self._found_inf:
             return
-        bad = [name for name, flag in zip(NONFINITE, self._nonfinite.tolist(), strict=True) if flag]
-        what = "loss is" if "loss" in bad else "gradients are"
+        # Adam counts the steps it took: none since the first skipped one.
+        optimizer = self.trainer.optimizers[0]
+        state = next(iter(optimizer.state.values()), {})
+        step = int(state.get("step", 0))
+        # The epoch's sums of the terms (`means`) hold a non-finite value if one step had one.
+        sums = dict(zip(self.terms, self.means["train_means"].sums.tolist(), strict=True))
+        terms = {"reconstruction term": sums["rec"], "KL": sums["kl"]}
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        what = "loss is" if not math.isfinite(sums["loss"]) else "gradients are"
         raise TrainingError(
-            f"the {what} not finite at epoch {self.current_epoch}, step "
-            f"{int(self._nonfinite_step)} ({' and '.join(bad)} went non-finite): training "
-            f"diverged; lower lr (now {self.hparams.lr:g}) or set trainer.gradient_clip_val "
-            "(e.g. 1.0); the last checkpoint is from before the divergence"
+            f"the {what} not finite at epoch {self.current_epoch}, step {step} "
+            f"({' and '.join(bad) or what.split()[0]} went non-finite): training diverged; "
+            f"lower lr (now {self.hparams.lr:g}) or set trainer.gradient_clip_val (e.g. 1.0); "
+            "the last checkpoint is from before the divergence"
         )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -361,22 +353,25 @@ class LitVAE(L.LightningModule):
         # Lightning calls this after the gradients are accumulated, reduced across processes
         # and unscaled, before they are clipped.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
-        norms = torch._foreach_norm(grads)
         if self.hparams.optimizer == "adam_normgrad":
             # Each parameter's gradient divided by its L2 norm (+1e-7, as vae_vampprior's
             # AdamNormGrad) before Adam's step; the foreach kernels normalise every tensor
             # in three calls (as clip_grad_norm_).
-            torch._foreach_div_(grads, torch._foreach_add(norms, 1e-7))
+            torch._foreach_div_(grads, torch._foreach_add(torch._foreach_norm(grads), 1e-7))
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             return  # 16-mixed: GradScaler skips the steps whose scaled gradients overflow
-        # Non-finite gradients (any process's, after DDP's reduction) never reach the
-        # weights: the fused Adam skips a step whose `found_inf` is 1, on the device, as it
-        # does for GradScaler.
-        found = ~torch.isfinite(torch.stack(norms).sum())
-        self._record_nonfinite(found[None], slice(3, 4))
+        # A non-finite loss or gradients (any process's, after DDP's reduction) never reach
+        # the weights, without a host sync: GradScaler's check sets `found_inf` to 1 on the
+        # device, and the fused Adam skips its steps while it is 1 (it is never reset: the
+        # run stops at the next `check_finite`).
+        if self._found_inf is None:
+            self._found_inf = torch.zeros((), device=grads[0].device)
+            self._unit = torch.ones((), device=grads[0].device)
+        checked = [*grads, self._loss.float()]
+        torch._amp_foreach_non_finite_check_and_unscale_(checked, self._found_inf, self._unit)
         if optimizer.defaults.get("fused"):
-            optimizer.found_inf = found.float()
-        elif found:  # another device's Adam has no such flag: a sync per step there
+            optimizer.found_inf = self._found_inf
+        else:  # another device's Adam has no such flag: a sync per step there
             self.check_finite()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
