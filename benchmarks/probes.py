@@ -124,6 +124,8 @@ class Timings(L.Callback):
         self.epoch_ends.append(self._now(pl_module))
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # one line: the processes share stderr
+            return
         timed = len(self.ends) - 2
         seconds = self.ends[-1] - self.ends[1] if timed > 0 else float("nan")
         epochs = [b - a for a, b in zip(self.epoch_ends, self.epoch_ends[1:], strict=False)]
@@ -142,4 +144,5 @@ class Timings(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         seconds = self._now(pl_module) - self.test[0]
-        report("timings", json.dumps({"test_s": seconds, "test_images": self.test_images}))
+        if trainer.is_global_zero:
+            report("timings", json.dumps({"test_s": seconds, "test_images": self.test_images}))

@@ -2,6 +2,8 @@
 
 import logging
 import math
+import os
+import shutil
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 
@@ -35,6 +37,19 @@ TERMS = ("loss", "elbo", "rec", "kl")
 REDUCED = {"sync_dist": True, "reduce_fx": "max"}
 
 log = logging.getLogger(__name__)
+
+
+def _compiler_missing() -> str | None:
+    """Why torch.compile cannot generate code here (inductor's C++ compiler for the CPU,
+    Triton for a GPU); None if it can."""
+    compiler = os.environ.get("CXX", "g++")
+    if not shutil.which(compiler):
+        return f"no C++ compiler ({compiler}) on the PATH"
+    if torch.cuda.is_available():
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    return None
 
 
 class LitVAE(L.LightningModule):
@@ -125,12 +140,46 @@ class LitVAE(L.LightningModule):
         # skips every step from then on (`on_before_optimizer_step`).
         self._found_inf: Tensor | None = None
         self._loss = torch.zeros(())  # the last training step's
+        self._compile_step = False  # `compile_networks`
+        self._compiled_objective = None
 
     def compile_networks(self) -> None:
-        """torch.compile the encoder and decoder in place: the names of their weights, and so
-        checkpoints, stay as they are. The first steps take longer while it compiles."""
+        """torch.compile the encoder and decoder in place, and the training step's maths as
+        a whole (`_training_values`: the forward pass and the loss, and with them their
+        backward pass) at the first training step: the names of the weights, and so
+        checkpoints, stay as they are. The first steps take longer while it compiles.
+
+        On a CUDA device the training step is compiled with mode="reduce-overhead" (CUDA
+        graphs: each batch size is captured once); on a CPU its random draws are those of
+        eager torch (inductor's `fallback_random`), so that a compiled run's figures equal
+        an eager run's. Where torch cannot compile (no C++ compiler for a CPU, no Triton for
+        a GPU), one line says so and training runs eager.
+        """
+        missing = _compiler_missing()
+        if missing:
+            log.warning("trainer.compile=true: %s; the model runs eager", missing)
+            return
         self.vae.encoder.compile()
         self.vae.decoder.compile()
+        self._compile_step = True
+
+    def _training_values(self, x: Tensor, weight: float) -> dict[str, Tensor]:
+        """The objective's per-image values of a training batch, under torch.compile if
+        `compile_networks` asked (its weight as a tensor: a float would recompile whenever
+        the schedule changes it)."""
+        if not self._compile_step:
+            return self.objective(self.vae, x, weight)
+        if self._compiled_objective is None:
+            cuda = x.device.type == "cuda"
+            if not cuda:
+                from torch._inductor import config as inductor
+
+                inductor.fallback_random = True
+            mode = "reduce-overhead" if cuda else None
+            self._compiled_objective = torch.compile(self.objective, mode=mode)
+        if x.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graphs are done
+        return self._compiled_objective(self.vae, x, torch.tensor(weight, device=x.device))
 
     @property
     def objective(self) -> Objective:
@@ -166,10 +215,13 @@ class LitVAE(L.LightningModule):
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, _ = batch
-        qz_x = self.vae.posterior(x)
         beta = self.kl_weight()
         weight = self.schedule_weight() if self.objective.own_beta else beta
-        values = self.objective(self.vae, x, weight, qz_x=qz_x)
+        if stage == "train":
+            values = self._training_values(x, weight)
+        else:
+            qz_x = self.vae.posterior(x)
+            values = self.objective(self.vae, x, weight, qz_x=qz_x)
         # Per-image values (B,) each: the epoch means are exact across batches and processes.
         self.means[f"{stage}_means"].update(
             torch.stack([values[term].detach() for term in self.terms])
