@@ -136,7 +136,7 @@ class LitVAE(L.LightningModule):
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
         self._mass = True  # the test's data have a probability (`has_mass`), set per test
-        # 1 once a training step's gradients were not finite, on the device: the optimizer
+        # 1 once a training step's loss or gradients were not finite, on the device: Adam
         # skips every step from then on (`on_before_optimizer_step`).
         self._found_inf: Tensor | None = None
         self._loss = torch.zeros(())  # the last training step's
@@ -417,10 +417,12 @@ class LitVAE(L.LightningModule):
         # device, and the fused Adam skips its steps while it is 1 (it is never reset: the
         # run stops at the next `check_finite`).
         if self._found_inf is None:
-            self._found_inf = torch.zeros((), device=grads[0].device)
-            self._unit = torch.ones((), device=grads[0].device)
+            self._found_inf = torch.zeros((), device=self._loss.device)
+            self._unit = torch.ones((), device=self._loss.device)
         checked = [*grads, self._loss.float()]
         torch._amp_foreach_non_finite_check_and_unscale_(checked, self._found_inf, self._unit)
+        if self.trainer.world_size > 1:  # a process's own loss: every process skips alike
+            torch.distributed.all_reduce(self._found_inf, op=torch.distributed.ReduceOp.MAX)
         if optimizer.defaults.get("fused"):
             optimizer.found_inf = self._found_inf
         else:  # another device's Adam has no such flag: a sync per step there
