@@ -12,7 +12,7 @@
 #           (antlr4-python3-runtime 4.9.3 has no wheel: build one with `pip wheel`);
 #   data/FashionMNIST/raw/   the four IDX files (e.g. from Debian's dataset-fashion-mnist),
 #           or .devdata/ holding them gzipped, unpacked here.
-# Both are git-ignored: name them when copying the working tree to the machine.
+# Keep both out of git (e.g. in .git/info/exclude) and copy them with the working tree.
 set -euo pipefail
 python="${PYTHON:-python3}"  # the Python that has torch and lightning
 cd "$(dirname "$0")/.."
