@@ -10,11 +10,11 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.config.schemas import checked
 from vaelab.data.batches import IndexBatchSampler, ResumableLoader, hold_on
 from vaelab.data.sources import build_source
 from vaelab.data.splits import DatasetSplits, file_draws, held_out
 from vaelab.errors import DataError, VaelabError
-from vaelab.schema import checked
 from vaelab.targets import option_source
 
 SPLITS = ("train", "val", "test")

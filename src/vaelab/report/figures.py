@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 from vaelab.frames import FINISHED, _same
 from vaelab.plots import save_png
 from vaelab.report import charts
-from vaelab.report.labels import _column_digits, _label, _shown_path
+from vaelab.report.labels import _column_digits, _label
 from vaelab.report.rows import Row
-from vaelab.runs import TEST_PICTURES
+from vaelab.runs import TEST_PICTURES, shown_path
 
 
 def _combinations(rows: Sequence[Row], keys: Sequence[str]) -> int:
@@ -105,7 +105,7 @@ def curves_figure(
             if row.status != FINISHED:
                 label = f"{label} ({row.status})"
             if label in curves:  # the same config and seed twice, e.g. in two sweeps
-                label = f"{label} [{_shown_path(run.path)}]"
+                label = f"{label} [{shown_path(run.path)}]"
             curves[label] = ([r["epoch"] for r in history], [r[metric] for r in history])
             drawn.append(row)
     if not curves:
@@ -138,7 +138,7 @@ def pictures_figure(
             config = {**row.config, **dict(zip(seed_keys, seeds, strict=True))}
             label = _label(config, [*keys, *seed_keys], digits) or run.name
             if label in shown:
-                label = f"{label} [{_shown_path(run.path)}]"
+                label = f"{label} [{shown_path(run.path)}]"
             shown[label] = path
     return charts.picture_grid(shown, f"test {name}") if shown else None
 

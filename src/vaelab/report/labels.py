@@ -1,9 +1,8 @@
-"""Config values and run directories as compare's table and figures show them."""
+"""Config values as compare's table and figures show them."""
 
 import json
 import math
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from vaelab.report.charts import SIGNIFICANT_DIGITS
@@ -48,25 +47,3 @@ def _label(config: dict[str, Any], keys: Sequence[str], digits: dict[str, int]) 
             k, value = k.removesuffix(TARGET), value.rsplit(".", 1)[-1]
         items.append(f"{k}={value}")
     return ", ".join(items)
-
-
-def _shown_path(path: Path) -> str:
-    """A run directory relative to the working directory when under it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path.resolve())
-
-
-def _shown_paths(paths: Sequence[Path]) -> str:
-    """Run directories, siblings in shell brace form: `outputs/multiruns/<sweep>/{0,1}`."""
-    siblings: dict[Path, list[str]] = {}
-    for path in paths:
-        siblings.setdefault(path.parent, []).append(path.name)
-    shown = []
-    for parent, names in siblings.items():
-        if len(names) == 1 or any(c in name for name in names for c in " ,{}"):
-            shown += [_shown_path(parent / name) for name in names]
-        else:
-            shown.append(f"{_shown_path(parent)}/{{{','.join(names)}}}")
-    return " ".join(shown)
