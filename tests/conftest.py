@@ -218,9 +218,13 @@ def free_port() -> int:
 
 def old_form(config_file: Path) -> None:
     """Rewrite a run's config.yaml as a vaelab before issue 22 wrote it: `beta_schedule:
-    {kind: ...}` for its `_target_`, the datamodule at `vaelab.datamodule`, and neither
-    `data.source_class` nor `data.source_args`."""
+    {kind: ...}` for its `_target_`, `model.arch` (and `top_dim`) for the model's
+    `_target_`, the datamodule at `vaelab.datamodule`, and neither `data.source_class` nor
+    `data.source_args`."""
     config = yaml.safe_load(config_file.read_text())
+    arch = config["model"].pop("_target_").rsplit(".", 1)[-1]
+    archs = {"MLPVAE": "mlp", "ConvVAE": "conv", "HierarchicalVAE": "hvae"}
+    config["model"] = {"arch": archs[arch], "top_dim": None, **config["model"]}
     kind = config["beta_schedule"].pop("_target_").rsplit(".", 1)[-1]
     kinds = {"LinearWarmup": "linear", "Constant": "constant", "Cyclical": "cyclical"}
     config["beta_schedule"] = {"kind": kinds[kind], **config["beta_schedule"]}

@@ -272,8 +272,9 @@ def test_a_checkpoint_with_the_old_kind_form_of_beta_schedule_loads_and_trains_a
 def test_a_run_of_an_earlier_vaelab_loads_its_data_by_the_datamodules_old_path(
     trained_run, tmp_path
 ):
-    """Its config.yaml names `vaelab.datamodule.VAEDataModule` (moved into vaelab.data) and
-    `beta_schedule: {kind: linear}`: Run.config() gives it in today's form, which loads."""
+    """Its config.yaml names `vaelab.datamodule.VAEDataModule` (moved into vaelab.data),
+    `beta_schedule: {kind: linear}` and `model.arch`: Run.config() gives it in today's
+    form, which loads."""
     from conftest import old_form
 
     (tmp_path / "config.yaml").write_text((trained_run / "config.yaml").read_text())

@@ -350,12 +350,12 @@ def search(root: Path, trials: int = 24) -> Path:
     rng = random.Random(0)
     for trial in range(trials):
         lr, beta = 10 ** rng.uniform(-4, -2), rng.uniform(0.25, 4.0)
-        latent_dim, arch = rng.randint(2, 64), rng.choice(["mlp", "conv"])
-        own = {"hidden": 512} if arch == "mlp" else {"channels": 32}
+        latent_dim, arch = rng.randint(2, 64), rng.choice(["MLPVAE", "ConvVAE"])
+        own = {"hidden": 512} if arch == "MLPVAE" else {"channels": 32}
         run = Run(root / str(trial))
-        model = {"arch": arch, "latent_dim": latent_dim, **own}
+        model = {"_target_": f"vaelab.models.architectures.{arch}", "latent_dim": latent_dim, **own}
         run.start({"seed": 0, "lr": lr, "beta": beta, "latent_dim": latent_dim, "model": model})
-        nll = 100 + 2 * beta + 50 / latent_dim + 1e3 * abs(lr - 1e-3) + 3 * (arch == "mlp")
+        nll = 100 + 2 * beta + 50 / latent_dim + 1e3 * abs(lr - 1e-3) + 3 * (arch == "MLPVAE")
         for epoch in range(3):
             run.append_history({"epoch": epoch, "step": epoch, "val/elbo": -nll - 10 / (1 + epoch)})
         run.finish({"val/elbo": -nll, "test/nll_iwae": nll - 3})
@@ -367,7 +367,7 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
         result = compare.run([root], out_dir=tmp_path / "out")
-    assert result.keys[:4] == ["lr", "beta", "latent_dim", "model.arch"]
+    assert result.keys[:4] == ["lr", "beta", "latent_dim", "model._target_"]
     assert set(result.keys[4:]) == {"model.hidden", "model.channels"}  # one model's each
     assert result.params == ["lr", "beta", "latent_dim"]  # model.hidden is 512 or null
     assert [p.name for p in result.plot_paths] == [
@@ -381,8 +381,8 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
         drawn(fig)
         ax = fig.axes[0]
         assert len(ax.containers) == 2  # a colour per model, not a legend line per trial
-        # model.hidden and model.channels follow from model.arch: not in the legend.
-        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]
+        # model.hidden and model.channels follow from the model's class: not in the legend.
+        assert sorted(legend_texts(fig)) == ["model=ConvVAE", "model=MLPVAE"]
         assert inside_figure(fig, fig.legends[0])
         # The points of a model differ in the other knobs too: no line joins them.
         assert {c.lines[0].get_linestyle() for c in ax.containers} == {"None"}
@@ -393,8 +393,8 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
 
     curves = drawn(figures.curves_figure(result.rows, result.keys, [], "val/elbo"))
     assert len(curves.axes[0].get_lines()) == 24
-    assert curves.axes[0].get_title() == "24 runs, a colour per model.arch"
-    assert sorted(legend_texts(curves)) == ["model.arch=conv", "model.arch=mlp"]
+    assert curves.axes[0].get_title() == "24 runs, a colour per model"
+    assert sorted(legend_texts(curves)) == ["model=ConvVAE", "model=MLPVAE"]
     assert inside_figure(curves, curves.legends[0])
 
 
@@ -402,7 +402,7 @@ def test_in_a_small_search_a_key_with_a_value_per_trial_colours_nothing(tmp_path
     result = compare.run([search(tmp_path / "search", trials=8)], out_dir=tmp_path / "out")
     for param in result.params:
         fig = drawn(figures.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False))
-        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]  # not lr=...
+        assert sorted(legend_texts(fig)) == ["model=ConvVAE", "model=MLPVAE"]  # not lr=...
     curves = drawn(figures.curves_figure(result.rows, result.keys, [], "val/elbo"))
     assert len(legend_texts(curves)) == 8  # few enough runs to name each
     assert inside_figure(curves, curves.legends[0])
@@ -575,8 +575,9 @@ def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
 
 
 def test_a_run_of_an_earlier_vaelab_is_one_row_with_todays_run_of_its_config(trained_run, tmp_path):
-    """Its config.yaml in the old form (`beta_schedule: {kind: linear}`, the datamodule's old
-    path, no data.source_class or source_args) is the same setup as today's form."""
+    """Its config.yaml in the old form (`beta_schedule: {kind: linear}`, `model.arch`, the
+    datamodule's old path, no data.source_class or source_args) is the same setup as
+    today's form."""
     import shutil
 
     from conftest import old_form

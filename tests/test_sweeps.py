@@ -355,8 +355,9 @@ def test_a_grid_stopped_and_started_again_keeps_resumes_and_adds_its_jobs(train_
 def test_runs_of_an_earlier_vaelab_in_a_sweep_started_again_are_kept_and_resumed(
     train_cli, tmp_path
 ):
-    """Their config.yaml in the old form (`beta_schedule: {kind: linear}`, the datamodule's
-    old path, no data.source_class or source_args) is the job's own config, not another."""
+    """Their config.yaml in the old form (`beta_schedule: {kind: linear}`, `model.arch`, the
+    datamodule's old path, no data.source_class or source_args) is the job's own config,
+    not another."""
     import signal
 
     from conftest import old_form, start_train, wait_for

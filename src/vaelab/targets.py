@@ -73,15 +73,20 @@ MOVED = {"vaelab.datamodule.VAEDataModule": "vaelab.data.datamodule.VAEDataModul
 
 def current_form(config: dict[str, Any]) -> dict[str, Any]:
     """A run's config in today's form: an old `beta_schedule: {kind: ...}` (or none) as its
-    `_target_` node (`schedules.schedule_node`), a `_target_` of a class that moved
-    (`MOVED`) by its path today, and a data node without `source_class` (runs made before
-    it) with its option's (`option_source`). Run.config() gives every run's config in this
-    form."""
+    `_target_` node (`schedules.schedule_node`), an old `model.arch` as the model's class
+    (`capabilities.model_node`), a `_target_` of a class that moved (`MOVED`) by its path
+    today, and a data node without `source_class` (runs made before it) with its option's
+    (`option_source`). Run.config() gives every run's config in this form."""
+    from vaelab.models.capabilities import model_node  # imports this module
     from vaelab.models.schedules import schedule_node  # imports this module
 
     config = dict(config)
     if "beta_schedule" in config or "beta" in config:  # a training run's, not an eval's
         config["beta_schedule"] = schedule_node(config.get("beta_schedule"))
+    if isinstance(config.get("model"), dict):
+        # An arch vaelab never had is left as it is: building the model says so.
+        with contextlib.suppress(ConfigError):
+            config["model"] = model_node(config["model"])
     data = config.get("data")
     if isinstance(data, dict) and data.get("_target_") in MOVED:
         data = config["data"] = {**data, "_target_": MOVED[data["_target_"]]}

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from vaelab.frames import FINISHED, _same
 from vaelab.plots import save_png
 from vaelab.report import charts
-from vaelab.report.labels import _column_digits, _label
+from vaelab.report.labels import TARGET, _column_digits, _label
 from vaelab.report.rows import Row
 from vaelab.runs import TEST_PICTURES, shown_path
 
@@ -114,7 +114,8 @@ def curves_figure(
     if _combinations(drawn, keys) > charts.MAX_LEGEND:
         colours = _colour_keys(drawn, keys) or colours
     groups = [_label(row.config, colours, digits) for row in drawn]
-    kind = "configuration" if colours == list(keys) else ", ".join(colours)
+    shown = ", ".join(k.removesuffix(TARGET) for k in colours)  # model._target_: the model
+    kind = "configuration" if colours == list(keys) else shown
     return charts.learning_curves(curves, metric=metric, groups=groups, group_kind=kind, title=data)
 
 
