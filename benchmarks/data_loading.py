@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 
 
 def write_idx(images: torch.Tensor, labels: torch.Tensor, raw: Path, prefix: str) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hydra import compose as compose_config
 from hydra import initialize_config_dir
 from omegaconf import DictConfig
@@ -213,6 +214,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def old_form(config_file: Path) -> None:
+    """Rewrite a run's config.yaml as a vaelab before issue 22 wrote it: `beta_schedule:
+    {kind: ...}` for its `_target_`, `model.arch` (and `top_dim`) for the model's
+    `_target_`, the datamodule at `vaelab.datamodule`, and neither `data.source_class` nor
+    `data.source_args`."""
+    config = yaml.safe_load(config_file.read_text())
+    arch = config["model"].pop("_target_").rsplit(".", 1)[-1]
+    archs = {"MLPVAE": "mlp", "ConvVAE": "conv", "HierarchicalVAE": "hvae"}
+    config["model"] = {"arch": archs[arch], "top_dim": None, **config["model"]}
+    kind = config["beta_schedule"].pop("_target_").rsplit(".", 1)[-1]
+    kinds = {"LinearWarmup": "linear", "Constant": "constant", "Cyclical": "cyclical"}
+    config["beta_schedule"] = {"kind": kinds[kind], **config["beta_schedule"]}
+    config["data"]["_target_"] = "vaelab.datamodule.VAEDataModule"
+    for key in ("source_class", "source_args"):
+        config["data"].pop(key, None)
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from tiny import tiny_trainer
 import vaelab
 from vaelab.api import load_run, model_batches, run_datamodule
 from vaelab.config import instantiate
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.errors import InputError, VaelabError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood
 from vaelab.lit_module import LitVAE
@@ -95,7 +95,9 @@ def test_a_run_made_before_data_source_class_reads_its_data_by_its_data_name(tra
     del config.data["source_class"]
     OmegaConf.save(config, tmp_path / "config.yaml")
     old = run_datamodule(tmp_path)
-    assert old.hparams.source_class is None and type(old.data_source).__name__ == "MNIST"
+    # Run.config() gives it in today's form: its option's source_class filled in
+    assert old.hparams.source_class == "vaelab.data.sources.MNIST"
+    assert type(old.data_source).__name__ == "MNIST"
     (x_old, _), (x_new, _) = (next(iter(model_batches(r))) for r in (tmp_path, trained_run))
     assert torch.equal(x_old, x_new)
 
@@ -265,6 +267,20 @@ def test_a_checkpoint_with_the_old_kind_form_of_beta_schedule_loads_and_trains_a
         assert model.schedule == expected
         z = torch.zeros(1, 2)
         assert torch.equal(model.vae.decoder(z), load_run(path).decoder(z))
+
+
+def test_a_run_of_an_earlier_vaelab_loads_its_data_by_the_datamodules_old_path(
+    trained_run, tmp_path
+):
+    """Its config.yaml names `vaelab.datamodule.VAEDataModule` (moved into vaelab.data),
+    `beta_schedule: {kind: linear}` and `model.arch`: Run.config() gives it in today's
+    form, which loads."""
+    from conftest import old_form
+
+    (tmp_path / "config.yaml").write_text((trained_run / "config.yaml").read_text())
+    old_form(tmp_path / "config.yaml")
+    (x_old, _), (x_new, _) = (next(iter(model_batches(r))) for r in (tmp_path, trained_run))
+    assert torch.equal(x_old, x_new)
 
 
 # The model node of a run made before the model options named their class (config.yaml),

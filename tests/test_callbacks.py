@@ -14,7 +14,7 @@ from tiny import tiny_trainer
 from torch import Tensor, nn
 
 from vaelab.callbacks import VAEPictures
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.lit_module import LitVAE
 from vaelab.models import VAE
 from vaelab.plots import PADDING

@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vaelab.data import CELEBA_CROP, load_dataset
+from vaelab.data.celeba import CELEBA_CROP
+from vaelab.data.sources import load_dataset
 from vaelab.errors import DataError
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from vaelab import cifar
-from vaelab.data import load_dataset
+from vaelab.data import cifar
+from vaelab.data.sources import load_dataset
 from vaelab.errors import DataError
 from vaelab.runs import Run
 

@@ -20,6 +20,9 @@ from figures import (
 from PIL import Image
 
 from vaelab.errors import VaelabError
+from vaelab.report import figures
+from vaelab.report.rows import data_and_likelihood
+from vaelab.report.table import ERROR_WIDTH
 from vaelab.runs import Run
 from vaelab.tasks import compare
 
@@ -196,7 +199,7 @@ def test_failed_and_running_runs_have_their_own_rows(sweep, tmp_path):
     assert failed.error.startswith("TrainingError: the loss is not finite")
     shown = table_row(result.markdown, 2, 4.0, "failed")
     assert shown["error"].startswith("TrainingError: the loss is not finite")
-    assert shown["error"].endswith("…") and len(shown["error"]) == compare.ERROR_WIDTH
+    assert shown["error"].endswith("…") and len(shown["error"]) == ERROR_WIDTH
     assert (shown["n"], shown["seed"], shown["val/elbo"]) == ("0", "2", "")
     assert table_row(result.markdown, 32, 1.0, "running")["error"] == ""
 
@@ -252,7 +255,7 @@ def test_plots_are_valid_pngs(sweep, tmp_path):
 
 def test_metric_plot_has_one_series_per_beta_with_the_seed_means(sweep, tmp_path):
     result = compare.run([sweep], out_dir=tmp_path / "out")
-    fig = compare.metric_figure(result.rows, result.keys, "test/nll_iwae", "latent_dim", True)
+    fig = figures.metric_figure(result.rows, result.keys, "test/nll_iwae", "latent_dim", True)
     ax = fig.axes[0]
     assert len(ax.containers) == 2  # one errorbar series per beta
     assert legend_texts(fig) == ["beta=1.0", "beta=4.0"]
@@ -268,7 +271,7 @@ def test_metric_plot_has_one_series_per_beta_with_the_seed_means(sweep, tmp_path
 
 def test_learning_curves_overlay_every_run_with_a_history(sweep, tmp_path):
     result = compare.run([sweep], out_dir=tmp_path / "out")
-    fig = compare.curves_figure(result.rows, result.keys, result.seed_keys, "val/elbo")
+    fig = figures.curves_figure(result.rows, result.keys, result.seed_keys, "val/elbo")
     lines = fig.axes[0].get_lines()
     assert len(lines) == 10  # 8 finished, the failed and the running run
     labels = [line.get_label() for line in lines]
@@ -302,7 +305,7 @@ def test_without_test_nll_the_default_metric_is_val_elbo_and_linear_x(tmp_path):
         run.finish({k: v for k, v in metrics(2, beta, 0).items() if k != "test/nll_iwae"})
     result = compare.run([tmp_path / "runs"])
     assert (result.metric, result.params, result.seed_keys) == ("val/elbo", ["beta"], [])
-    fig = compare.metric_figure(result.rows, result.keys, "val/elbo", "beta", False)
+    fig = figures.metric_figure(result.rows, result.keys, "val/elbo", "beta", False)
     assert fig.axes[0].get_xscale() == "linear" and not fig.legends
     assert "test/nll_iwae" not in result.metrics
 
@@ -347,12 +350,12 @@ def search(root: Path, trials: int = 24) -> Path:
     rng = random.Random(0)
     for trial in range(trials):
         lr, beta = 10 ** rng.uniform(-4, -2), rng.uniform(0.25, 4.0)
-        latent_dim, arch = rng.randint(2, 64), rng.choice(["mlp", "conv"])
-        own = {"hidden": 512} if arch == "mlp" else {"channels": 32}
+        latent_dim, arch = rng.randint(2, 64), rng.choice(["MLPVAE", "ConvVAE"])
+        own = {"hidden": 512} if arch == "MLPVAE" else {"channels": 32}
         run = Run(root / str(trial))
-        model = {"arch": arch, "latent_dim": latent_dim, **own}
+        model = {"_target_": f"vaelab.models.architectures.{arch}", "latent_dim": latent_dim, **own}
         run.start({"seed": 0, "lr": lr, "beta": beta, "latent_dim": latent_dim, "model": model})
-        nll = 100 + 2 * beta + 50 / latent_dim + 1e3 * abs(lr - 1e-3) + 3 * (arch == "mlp")
+        nll = 100 + 2 * beta + 50 / latent_dim + 1e3 * abs(lr - 1e-3) + 3 * (arch == "MLPVAE")
         for epoch in range(3):
             run.append_history({"epoch": epoch, "step": epoch, "val/elbo": -nll - 10 / (1 + epoch)})
         run.finish({"val/elbo": -nll, "test/nll_iwae": nll - 3})
@@ -364,7 +367,7 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
         result = compare.run([root], out_dir=tmp_path / "out")
-    assert result.keys[:4] == ["lr", "beta", "latent_dim", "model.arch"]
+    assert result.keys[:4] == ["lr", "beta", "latent_dim", "model._target_"]
     assert set(result.keys[4:]) == {"model.hidden", "model.channels"}  # one model's each
     assert result.params == ["lr", "beta", "latent_dim"]  # model.hidden is 512 or null
     assert [p.name for p in result.plot_paths] == [
@@ -374,12 +377,12 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
         "curves_val_elbo.png",
     ]
     for param in result.params:
-        fig = compare.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False)
+        fig = figures.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False)
         drawn(fig)
         ax = fig.axes[0]
         assert len(ax.containers) == 2  # a colour per model, not a legend line per trial
-        # model.hidden and model.channels follow from model.arch: not in the legend.
-        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]
+        # model.hidden and model.channels follow from the model's class: not in the legend.
+        assert sorted(legend_texts(fig)) == ["model=ConvVAE", "model=MLPVAE"]
         assert inside_figure(fig, fig.legends[0])
         # The points of a model differ in the other knobs too: no line joins them.
         assert {c.lines[0].get_linestyle() for c in ax.containers} == {"None"}
@@ -388,19 +391,19 @@ def test_a_search_over_many_keys_has_a_readable_plot_per_swept_number(tmp_path):
         assert not overlapping(x_tick_labels(fig))
         assert max(map(significant_digits, texts(fig))) <= 4, texts(fig)
 
-    curves = drawn(compare.curves_figure(result.rows, result.keys, [], "val/elbo"))
+    curves = drawn(figures.curves_figure(result.rows, result.keys, [], "val/elbo"))
     assert len(curves.axes[0].get_lines()) == 24
-    assert curves.axes[0].get_title() == "24 runs, a colour per model.arch"
-    assert sorted(legend_texts(curves)) == ["model.arch=conv", "model.arch=mlp"]
+    assert curves.axes[0].get_title() == "24 runs, a colour per model"
+    assert sorted(legend_texts(curves)) == ["model=ConvVAE", "model=MLPVAE"]
     assert inside_figure(curves, curves.legends[0])
 
 
 def test_in_a_small_search_a_key_with_a_value_per_trial_colours_nothing(tmp_path):
     result = compare.run([search(tmp_path / "search", trials=8)], out_dir=tmp_path / "out")
     for param in result.params:
-        fig = drawn(compare.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False))
-        assert sorted(legend_texts(fig)) == ["model.arch=conv", "model.arch=mlp"]  # not lr=...
-    curves = drawn(compare.curves_figure(result.rows, result.keys, [], "val/elbo"))
+        fig = drawn(figures.metric_figure(result.rows, result.keys, "test/nll_iwae", param, False))
+        assert sorted(legend_texts(fig)) == ["model=ConvVAE", "model=MLPVAE"]  # not lr=...
+    curves = drawn(figures.curves_figure(result.rows, result.keys, [], "val/elbo"))
     assert len(legend_texts(curves)) == 8  # few enough runs to name each
     assert inside_figure(curves, curves.legends[0])
     assert max(map(significant_digits, texts(curves))) <= 4, texts(curves)
@@ -471,7 +474,7 @@ def test_a_parallel_grid_of_real_runs_becomes_one_table_and_plots(train_cli, tmp
     from vaelab.runs import find_runs
 
     runs = compare.run([sweep], out_dir=tmp_path / "again")
-    fig = compare.pictures_figure(runs.rows, runs.keys, runs.seed_keys, "samples")
+    fig = figures.pictures_figure(runs.rows, runs.keys, runs.seed_keys, "samples")
     titles = [ax.get_title() for ax in fig.axes]
     assert len(titles) == len(find_runs([sweep])) == 8
     assert titles[:2] == ["latent_dim=2, beta=1.0, seed=0", "latent_dim=2, beta=1.0, seed=1"]
@@ -528,13 +531,13 @@ def test_runs_of_different_data_or_likelihoods_are_never_drawn_on_one_axis(tmp_p
     for likelihood, (_, label) in kinds.items():
         rows = [r for r in result.rows if r.data == label]
         assert [r.config["likelihood"] for r in rows] == [likelihood] * 2
-        fig = compare.metric_figure(rows, result.keys, "test/nll_iwae", "beta", False, label)
+        fig = figures.metric_figure(rows, result.keys, "test/nll_iwae", "beta", False, label)
         ax = fig.axes[0]
         assert ax.get_title() == label
         (series,) = ax.containers  # only this likelihood's points
         _, y = series.lines[0].get_data()
         assert list(y) == pytest.approx([r.mean["test/nll_iwae"] for r in rows])
-        curves = compare.curves_figure(rows, result.keys, result.seed_keys, "val/elbo", label)
+        curves = figures.curves_figure(rows, result.keys, result.seed_keys, "val/elbo", label)
         assert curves.axes[0].get_title().startswith(label)
     # The table keeps every run, and says what each row's figures are of.
     shown = table(result.markdown)
@@ -563,12 +566,26 @@ def test_runs_of_a_fallback_stand_in_set_are_not_averaged_with_the_real_data(tmp
 def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
     folder = {"data.name": "folder", "data.path": "/pics", "data.image_size": 32}
     grey = {**folder, "data.binarize": "none", "likelihood": "discretized_logistic"}
-    label = compare.data_and_likelihood(grey, "folder:/pics")
+    label = data_and_likelihood(grey, "folder:/pics")
     assert label == "folder /pics 32px, 8-bit, likelihood=discretized_logistic"
-    smaller = compare.data_and_likelihood({**grey, "data.image_size": 16}, "folder:/pics")
+    smaller = data_and_likelihood({**grey, "data.image_size": 16}, "folder:/pics")
     assert smaller != label  # another image shape: other figures
     binary = {**grey, "data.binarize": "static", "likelihood": "bernoulli"}
-    assert (
-        compare.data_and_likelihood(binary, None)
-        == "folder /pics 32px, binary, likelihood=bernoulli"
-    )
+    assert data_and_likelihood(binary, None) == "folder /pics 32px, binary, likelihood=bernoulli"
+
+
+def test_a_run_of_an_earlier_vaelab_is_one_row_with_todays_run_of_its_config(trained_run, tmp_path):
+    """Its config.yaml in the old form (`beta_schedule: {kind: linear}`, `model.arch`, the
+    datamodule's old path, no data.source_class or source_args) is the same setup as
+    today's form."""
+    import shutil
+
+    from conftest import old_form
+
+    for name in ("old", "new"):
+        shutil.copytree(trained_run, tmp_path / "runs" / name)
+    old_form(tmp_path / "runs" / "old" / "config.yaml")
+    result = compare.run(tmp_path / "runs", out_dir=tmp_path / "compare")
+    assert result.keys == []
+    (row,) = result.rows
+    assert row.n == 2 and row.status == "finished"

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from torchvision import datasets
 
-from vaelab.data import load_dataset
-from vaelab.datamodule import IndexBatchSampler, VAEDataModule
+from vaelab.data.batches import IndexBatchSampler
+from vaelab.data.datamodule import VAEDataModule
+from vaelab.data.sources import load_dataset
 from vaelab.errors import ConfigError, DataError, VaelabError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -301,7 +302,7 @@ def test_corrupt_debian_fallback_is_an_error_and_extracts_nothing(
     shutil.copytree(mnist_idx_root / "MNIST" / "raw", debian)
     gzip_files(debian, IDX_NAMES)
     truncate(debian / "t10k-images-idx3-ubyte.gz", 3_000)
-    monkeypatch.setattr("vaelab.data._DEBIAN_FASHION", debian)
+    monkeypatch.setattr("vaelab.data.mnist._DEBIAN_FASHION", debian)
     data_dir = tmp_path / "data"
 
     with pytest.raises(DataError) as info:
@@ -667,13 +668,13 @@ CUDA = torch.device("cuda:0")  # a device object only: nothing here touches a GP
 def test_the_splits_are_held_on_the_device_when_they_fit_else_in_host_memory(
     device, nbytes, placement, free, held
 ):
-    from vaelab.datamodule import hold_on
+    from vaelab.data.batches import hold_on
 
     assert hold_on(device, nbytes, placement, free) == held
 
 
 def test_a_device_too_small_for_the_splits_asked_for_is_refused_in_one_line():
-    from vaelab.datamodule import hold_on
+    from vaelab.data.batches import hold_on
 
     message = "the splits take 12.0 GiB but cuda:0 has 10.0 GiB free: use data.placement=auto"
     with pytest.raises(DataError, match=message):

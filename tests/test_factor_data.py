@@ -13,10 +13,12 @@ import pytest
 import torch
 from conftest import compose_command
 
-from vaelab import data, disentanglement
-from vaelab.data import DSPRITES_FILE, load_dataset
+from vaelab import disentanglement
+from vaelab.data import dsprites
+from vaelab.data.dsprites import DSPRITES_FILE
+from vaelab.data.shapes import _HALF_SIZE, _MARGIN, FACTORS, ShapesGrid, factor_grid, render
+from vaelab.data.sources import load_dataset
 from vaelab.errors import ConfigError, DataError
-from vaelab.shapes import _HALF_SIZE, _MARGIN, FACTORS, ShapesGrid, factor_grid, render
 
 GRID = ShapesGrid(shapes=3, scales=2, orientations=4, positions=4, image_size=32)
 
@@ -221,12 +223,12 @@ def test_dsprites_is_downloaded_whole_or_not_at_all(tmp_path, monkeypatch):
         monkeypatch.setenv(var, "*")
     try:
         root = tmp_path / "data"
-        monkeypatch.setattr(data, "DSPRITES_URL", "http://127.0.0.1:9/nothing.npz")  # closed
+        monkeypatch.setattr(dsprites, "DSPRITES_URL", "http://127.0.0.1:9/nothing.npz")  # closed
         with pytest.raises(DataError, match=r"could not download http://127.0.0.1:9/"):
             load_dataset("dsprites", root, download=True, allow_fallback=False)
         assert list((root / "dsprites").iterdir()) == []  # nothing half-written
         url = f"http://127.0.0.1:{server.server_port}/{DSPRITES_FILE}"
-        monkeypatch.setattr(data, "DSPRITES_URL", url)
+        monkeypatch.setattr(dsprites, "DSPRITES_URL", url)
         splits = load_dataset("dsprites", root, download=True, allow_fallback=False)
         assert len(splits.train_images) + len(splits.test_images) == len(images)
         assert [p.name for p in (root / "dsprites").iterdir()] == [DSPRITES_FILE]

@@ -11,8 +11,8 @@ import torch
 from conftest import ROOT, _offline_env
 from PIL import Image
 
-from vaelab.data import load_dataset
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
+from vaelab.data.sources import load_dataset
 from vaelab.errors import ConfigError, DataError
 from vaelab.runs import Run
 

@@ -138,7 +138,7 @@ def test_the_readme_notebook_lines_run(sweep):
 def test_compare_shows_the_summarys_mean_and_std(sweep):
     """`vaelab compare`'s rows and `Runs.summary` are one statistic over seeds."""
     from vaelab.frames import settings
-    from vaelab.tasks.compare import group_rows
+    from vaelab.report.rows import group_rows
 
     runs = vaelab.load_runs(sweep)
     summary = runs.summary()

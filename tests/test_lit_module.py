@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from tiny import tiny_trainer
 
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.errors import ConfigError, TrainingError
 from vaelab.estimators import MeansMetric
 from vaelab.lit_module import LitVAE

@@ -19,6 +19,7 @@ from torch.distributions import Normal
 
 from vaelab import plots
 from vaelab.plots import PAD_VALUE, PADDING
+from vaelab.report import charts
 
 
 def tile(grid: torch.Tensor, row: int, col: int, h: int, w: int) -> torch.Tensor:
@@ -183,7 +184,7 @@ def test_metric_vs_param_one_errorbar_series_per_label_on_a_log_axis():
         "beta=1": [(16, 95.0, 0.5), (2, 100.0, 1.0), (64, 93.0, math.nan)],
         "beta=4": [(2, 110.0, 0.2), (16, 104.0, 0.3)],
     }
-    fig = plots.metric_vs_param(series, param="latent_dim", metric="test/nll_iwae", title="t")
+    fig = charts.metric_vs_param(series, param="latent_dim", metric="test/nll_iwae", title="t")
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
     assert len(ax.containers) == 2
@@ -209,14 +210,14 @@ def test_metric_vs_param_one_errorbar_series_per_label_on_a_log_axis():
     ("xs", "scale"), [((1.0, 9.0), "linear"), ((0.0, 100.0), "linear"), ((0.5, 5.0), "log")]
 )
 def test_metric_vs_param_log_axis_only_for_positive_values_spanning_10x(xs, scale):
-    fig = plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in xs]}, param="beta", metric="m")
+    fig = charts.metric_vs_param({"": [(x, 1.0, 0.1) for x in xs]}, param="beta", metric="m")
     assert fig.axes[0].get_xscale() == scale
     assert not fig.legends  # one unlabelled series
 
 
 def test_metric_vs_param_non_numeric_values_are_categories():
     series = {"": [("mlp", 100.0, 1.0), ("conv", 90.0, 1.0)]}
-    ax = plots.metric_vs_param(series, param="model.arch", metric="test/nll_iwae").axes[0]
+    ax = charts.metric_vs_param(series, param="model.arch", metric="test/nll_iwae").axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["mlp", "conv"]
     assert ax.get_xscale() == "linear"
 
@@ -227,7 +228,7 @@ def test_learning_curves_one_line_per_run_coloured_by_group():
         "a, seed=1": ([0, 1, 2], [-121.0, -111.0, -104.0]),
         "b, seed=0": ([0], [-130.0]),
     }
-    fig = plots.learning_curves(curves, metric="val/elbo", groups=["a", "a", "b"])
+    fig = charts.learning_curves(curves, metric="val/elbo", groups=["a", "a", "b"])
     ax = fig.axes[0]
     lines = ax.get_lines()
     assert [line.get_label() for line in lines] == list(curves)
@@ -237,16 +238,16 @@ def test_learning_curves_one_line_per_run_coloured_by_group():
     assert lines[2].get_marker() == "."  # a one-epoch run is a visible point
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("epoch", "val/elbo")
     assert len(legend_texts(fig)) == 3
-    default = plots.learning_curves(curves, metric="val/elbo").axes[0].get_lines()
+    default = charts.learning_curves(curves, metric="val/elbo").axes[0].get_lines()
     assert len({line.get_color() for line in default}) == 3  # without groups: one colour each
     with pytest.raises(ValueError, match="2 group names for 3 curves"):
-        plots.learning_curves(curves, metric="val/elbo", groups=["a", "b"])
+        charts.learning_curves(curves, metric="val/elbo", groups=["a", "b"])
 
 
 def test_long_legend_labels_fit_in_the_widened_figure():
     label = "lr=0.0001164, beta=3.93, latent_dim=18, model.arch=conv, model.channels=32"
     series = {f"{label}, n={i}": [(1.0, 100.0 + i, 1.0), (4.0, 99.0 + i, 1.0)] for i in range(10)}
-    fig = drawn(plots.metric_vs_param(series, param="beta", metric="test/nll_iwae"))
+    fig = drawn(charts.metric_vs_param(series, param="beta", metric="test/nll_iwae"))
     (legend,) = fig.legends
     assert inside_figure(fig, legend)
     # The figure is widened for the legend, so the axes are not squeezed to a strip.
@@ -256,38 +257,38 @@ def test_long_legend_labels_fit_in_the_widened_figure():
 @pytest.mark.parametrize("n", [24, 7])
 def test_many_numeric_values_get_round_ticks_whose_labels_do_not_overlap(n):
     lrs = [10 ** (-4 + 2 * i / (n - 1)) + 1.234567e-9 for i in range(n)]  # 17-digit floats
-    fig = drawn(plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in lrs]}, "lr", "m"))
+    fig = drawn(charts.metric_vs_param({"": [(x, 1.0, 0.1) for x in lrs]}, "lr", "m"))
     ax = fig.axes[0]
     assert ax.get_xscale() == "log"
     labels = x_tick_labels(fig)
     assert not overlapping(labels)
     texts = [t.get_text() for t in labels if t.get_text()]
-    assert texts and all(significant_digits(t) <= plots.SIGNIFICANT_DIGITS for t in texts), texts
+    assert texts and all(significant_digits(t) <= charts.SIGNIFICANT_DIGITS for t in texts), texts
 
 
 def test_a_few_values_close_together_are_not_each_ticked():
-    fig = drawn(plots.metric_vs_param({"": [(x, 1.0, 0.1) for x in (1.0, 1.1, 9.0)]}, "b", "m"))
+    fig = drawn(charts.metric_vs_param({"": [(x, 1.0, 0.1) for x in (1.0, 1.1, 9.0)]}, "b", "m"))
     ax = fig.axes[0]
     assert list(ax.get_xticks()) != [1.0, 1.1, 9.0]
     assert not overlapping(ax.get_xticklabels())
 
 
 def test_unjoined_points_when_series_differ_in_more_than_the_param():
-    fig = plots.metric_vs_param({"": [(1, 2.0, 0.1), (2, 1.0, 0.1)]}, "b", "m", connect=False)
+    fig = charts.metric_vs_param({"": [(1, 2.0, 0.1), (2, 1.0, 0.1)]}, "b", "m", connect=False)
     (line,) = fig.axes[0].containers[0].lines[:1]
     assert line.get_linestyle() == "None" and line.get_marker() == "o"
 
 
 def test_learning_curves_of_many_runs_name_their_groups_or_nothing():
     curves = {f"lr={i}, seed={s}": ([0, 1], [-100.0 - i, -99.0]) for i in range(6) for s in (0, 1)}
-    fig = drawn(plots.learning_curves(curves, "val/elbo", groups=[k[:4] for k in curves]))
+    fig = drawn(charts.learning_curves(curves, "val/elbo", groups=[k[:4] for k in curves]))
     assert legend_texts(fig) == [f"lr={i}" for i in range(6)]  # 12 runs: a line per group
     assert inside_figure(fig, fig.legends[0])
     assert fig.axes[0].get_title() == "12 runs, a colour per configuration"
     assert {line.get_linestyle() for line in fig.axes[0].get_lines()} == {"-"}
 
     curves = {f"trial {i}": ([0, 1, 2], [-100.0, -90.0 + i, -85.0]) for i in range(24)}
-    fig = drawn(plots.learning_curves(curves, "val/elbo"))
+    fig = drawn(charts.learning_curves(curves, "val/elbo"))
     assert not fig.legends
     assert fig.axes[0].get_title() == "24 runs, too many to name"
     assert len(fig.axes[0].get_lines()) == 24
@@ -328,13 +329,13 @@ def test_a_picture_grid_shows_each_file_in_its_own_titled_panel_and_caps_them(tm
     from torchvision.utils import save_image
 
     paths = {}
-    for i in range(plots.MAX_PICTURES + 2):
+    for i in range(charts.MAX_PICTURES + 2):
         paths[f"run {i}"] = tmp_path / f"{i}.png"
         save_image(torch.full((3, 8, 8), i / 30), paths[f"run {i}"])
-    fig = plots.picture_grid(dict(list(paths.items())[:5]), "test samples")
+    fig = charts.picture_grid(dict(list(paths.items())[:5]), "test samples")
     assert [ax.get_title() for ax in fig.axes] == [f"run {i}" for i in range(5)]
     pixels = fig.axes[3].get_images()[0].get_array()
     assert pixels.shape == (8, 8, 3) and abs(float(pixels[0, 0, 0]) - 3 / 30) < 1 / 255 + 1e-6
-    capped = plots.picture_grid(paths, "test samples")
-    assert len(capped.axes) == plots.MAX_PICTURES
-    assert capped._suptitle.get_text() == f"test samples (the first {plots.MAX_PICTURES}; 2 more)"
+    capped = charts.picture_grid(paths, "test samples")
+    assert len(capped.axes) == charts.MAX_PICTURES
+    assert capped._suptitle.get_text() == f"test samples (the first {charts.MAX_PICTURES}; 2 more)"

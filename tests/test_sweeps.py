@@ -352,6 +352,41 @@ def test_a_grid_stopped_and_started_again_keeps_resumes_and_adds_its_jobs(train_
 
 
 @pytest.mark.slow
+def test_runs_of_an_earlier_vaelab_in_a_sweep_started_again_are_kept_and_resumed(
+    train_cli, tmp_path
+):
+    """Their config.yaml in the old form (`beta_schedule: {kind: linear}`, `model.arch`, the
+    datamodule's old path, no data.source_class or source_args) is the job's own config,
+    not another."""
+    import signal
+
+    from conftest import old_form, start_train, wait_for
+
+    from vaelab.runs import Run
+
+    sweep_dir = tmp_path / "outputs" / "old"
+    steps = ("trainer.max_epochs=2", "trainer.limit_train_batches=40")
+    grid = (*RUN, *steps, "callbacks.step_checkpoint.every_n_train_steps=5")
+    grid += (f"hydra.sweep.dir={sweep_dir}", "latent_dim=2,3")
+    proc = start_train(tmp_path, ("-m", *grid), "stopped")
+    wait_for(proc, sweep_dir, "1/checkpoints/last.ckpt")  # job 0 finished, job 1 runs
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 128 + signal.SIGTERM
+    for n in "01":
+        old_form(sweep_dir / n / "config.yaml")
+    finished = kept_files(sweep_dir / "0")
+
+    result = train_cli("-m", *grid)
+
+    lines = [line.split(" - ", 1)[1] for line in result.output.splitlines() if " - job " in line]
+    assert lines[0].startswith("job 0: finished run kept, not trained again")
+    assert lines[1] == f"job 1: resuming the interrupted run in {sweep_dir / '1'}"
+    assert kept_files(sweep_dir / "0") == finished
+    resumed = Run(sweep_dir / "1")
+    assert resumed.state == "finished" and len(resumed.status()["resumed_at"]) == 1
+
+
+@pytest.mark.slow
 def test_an_optuna_search_run_twice_in_one_sweep_dir_gives_new_trials_new_folders(
     train_cli, tmp_path: Path
 ):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, _offline_env, start_train, wait_for
+from conftest import ROOT, TINY, _offline_env, start_train, wait_for
 
 import vaelab
 from hydra_plugins.vaelab_config_path import entries
@@ -24,6 +24,7 @@ RUN = (
     "prior=laplace",
     "prior.scale=0.5",
     "data=arrays",
+    "data.source_args.keys=[digits,held]",  # the source's own argument: its arrays' names
     "logger=jsonl",
     "model=deep",  # mylab.models.DeepMLPVAE, with its own argument
     "model.hidden_dim=16",
@@ -66,7 +67,7 @@ def user_package(tmp_path, monkeypatch) -> Path:
     rng = np.random.default_rng(0)
     strokes = rng.random((800, 28, 28)) < np.linspace(0.05, 0.6, 28)[:, None]
     images = (strokes * 255).astype(np.uint8)
-    np.savez(tmp_path / "mine.npz", train=images[:710], test=images[710:])
+    np.savez(tmp_path / "mine.npz", digits=images[:710], held=images[710:])
     return packages
 
 
@@ -105,6 +106,7 @@ def test_a_users_model_prior_data_and_logger_train_resume_evaluate_sample_and_co
     assert config["prior"]["_target_"] == "mylab.priors.LaplacePrior"
     assert config["model"] == {"_target_": "mylab.models.DeepMLPVAE", "hidden_dim": 16, "depth": 2}
     assert config["data"]["source_class"] == "mylab.data.ArrayFile"
+    assert config["data"]["source_args"] == {"keys": ["digits", "held"]}
     assert Run(run_dir).data_source() == f"npz:{tmp_path / 'mine.npz'}"
     # the user's logger wrote both attempts' metrics, hyperparameters first
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -159,3 +161,10 @@ def test_an_unknown_option_lists_the_users_options_with_vaelabs(user_package, tr
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert "Could not find 'data/svhn'" in line and "arrays" in line and "mnist" in line
+
+
+def test_a_source_argument_its_class_does_not_take_is_one_line(train_cli):
+    result = train_cli(*TINY, "+data.source_args.keys=[digits,held]", check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "data.source_args.keys is not an argument of vaelab.data.sources.MNIST" in line

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from vaelab.errors import VaelabError
-from vaelab.runs import Run, find_runs
+from vaelab.runs import Run, find_runs, flatten
 
 # Keys that name, place or log a run rather than configure what it computes.
 IGNORED = (
@@ -38,18 +38,6 @@ FINISHED = "finished"
 CONFIG = "config."
 METRICS = "metrics."
 STATS = ["mean", "std", "count"]  # std over n - 1, as statistics.stdev; count is shown as n
-
-
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"arch": "mlp"}} -> {"model.arch": "mlp"}; lists and None are values."""
-    flat = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{name}."))
-        elif not isinstance(value, dict):
-            flat[name] = value
-    return flat
 
 
 def _same(value: Any) -> Any:

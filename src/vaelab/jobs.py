@@ -29,7 +29,7 @@ from vaelab.config import config_dir
 from vaelab.config.checks import ConfigRejected, validate
 from vaelab.devices import check_available
 from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, exit_with, one_line
-from vaelab.runs import Run
+from vaelab.runs import Run, flatten
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +218,6 @@ def _prepare_training(
 _NOT_IDENTITY = ("paths", "resume", "run_name", "group", "data.data_dir", "data.download")
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict) or not tree:
-        return {prefix.removesuffix("."): tree}
-    return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
-
-
 def config_difference(run: Run, cfg: DictConfig) -> list[str]:
     """The keys whose values differ between `cfg` and the config `run` was trained with
     (as asked for: status.json's `requested` values stand where Lightning ran others),
@@ -234,8 +228,8 @@ def config_difference(run: Run, cfg: DictConfig) -> list[str]:
         cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
         for key, value in (old.get("paths") or {}).items():  # a sweep moved is the same
             OmegaConf.update(cfg, f"paths.{key}", value, force_add=True)
-    mine = _flat(OmegaConf.to_container(cfg, resolve=True))
-    theirs = {**_flat(old), **run.status().get("requested", {})}
+    mine = flatten(OmegaConf.to_container(cfg, resolve=True))
+    theirs = {**flatten(old), **run.status().get("requested", {})}
     ignored = tuple(k + "." for k in _NOT_IDENTITY)
     return [
         f"{key} (here: {mine.get(key)}, there: {theirs.get(key)})"

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from vaelab.checkpoints import verify
 from vaelab.config import instantiate
-from vaelab.datamodule import VAEDataModule
+from vaelab.data.datamodule import VAEDataModule
 from vaelab.errors import VaelabError
 from vaelab.lit_module import LitVAE
 from vaelab.models.vae import VAE

@@ -128,6 +128,20 @@ def _images(record: dict[str, Any]) -> float:
     return float(images) if isinstance(images, int) else math.inf
 
 
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"arch": "mlp"}} -> {"model.arch": "mlp"}; lists and None are values, an
+    empty node is no key (a run without `data.source_args` has the same config as one with
+    `data.source_args: {}`). Pandas-free: the job runtime compares configs with it."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 def _moved(value: Any, old: str, new: str) -> Any:
     """`value` with every path inside the folder `old` (or `old` itself) inside `new`."""
     if isinstance(value, dict):
@@ -276,13 +290,18 @@ class Run:
 
         Paths inside the directory the run was started in (`paths.output_dir`, e.g.
         `trainer.default_root_dir` and the loggers' `save_dir`) are given inside this one:
-        a moved or copied run reads and writes its own files, never the original's.
+        a moved or copied run reads and writes its own files, never the original's. A run
+        made by an earlier vaelab is given in today's form (`vaelab.targets.current_form`),
+        so that compare, a sweep started again and loading see one form.
         """
         try:
             config = yaml.safe_load((self.path / CONFIG).read_text()) or {}
         except FileNotFoundError:
             return {}
+        from vaelab.targets import current_form  # imports hydra: only when a config is read
+
         started_in = (config.get("paths") or {}).get("output_dir")
+        config = current_form(config)
         return _moved(config, str(started_in), str(self.path)) if started_in else config
 
     def status(self) -> dict[str, Any]:

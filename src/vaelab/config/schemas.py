@@ -124,6 +124,9 @@ class DataConfig:
     image_size: int | None = knob(or_null(integer(8)), default=None)
     path: str | None = None
     grid: dict[str, Any] | None = knob(default=None, nodes={"args": ShapesGridArgs})
+    # The source class's own further arguments, by name (a user's source's; vaelab's take
+    # none): checked against its constructor when it is built (`data.sources.build_source`).
+    source_args: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass

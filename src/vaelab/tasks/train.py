@@ -21,7 +21,7 @@ from vaelab.config.checks import check_likelihood
 from vaelab.config.schemas import MONITORS
 from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
-from vaelab.models.capabilities import model_node, named
+from vaelab.models.capabilities import named
 from vaelab.runs import DATA, Run
 
 log = logging.getLogger(__name__)
@@ -194,9 +194,7 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     """
     run = Run(cfg.resume)
     run.resume_checkpoint()  # fails early, with what to do, when there is nothing to resume
-    old = run.config()
-    if "model" in old:  # a run made before the model options named their class: translated
-        old["model"] = model_node(old["model"])
+    old = run.config()  # today's form (an old run's model.arch as its class: current_form)
     saved = OmegaConf.create(old)
     with open_dict(cfg):  # the run keeps its name and group, and so its loggers' settings
         cfg.run_name, cfg.group = old.get("run_name"), old.get("group")

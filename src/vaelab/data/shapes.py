@@ -9,18 +9,21 @@ the data folder after the first generation. Unlike dSprites (Matthey et al. 2017
 values is a knob, so that a test can make a set of a few hundred images.
 """
 
+import dataclasses
 import hashlib
 import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from vaelab.errors import DataError
+from vaelab.data.splits import DatasetSplits, held_out_splits
+from vaelab.errors import ConfigError, DataError
 
 SHAPES = ("square", "ellipse", "heart")
 FACTORS = ("shape", "scale", "orientation", "x", "y")
@@ -142,3 +145,21 @@ def load_shapes(root: Path, grid: ShapesGrid) -> tuple[Tensor, Tensor, str]:
             Path(tmp).unlink(missing_ok=True)
         source = f"generated:{cache}"
     return images, factors, source
+
+
+def load_generated_shapes(
+    root: Path, image_size: int | None, grid: Mapping[str, int] | None
+) -> DatasetSplits:
+    """data=shapes: the generated ground-truth set (this module), its factors as labels."""
+    fields = dict(grid or {})
+    factors = {f.name for f in dataclasses.fields(ShapesGrid)} - {"image_size"}
+    unknown = sorted(set(fields) - factors)
+    if unknown:
+        raise ConfigError(
+            f"data.grid.{unknown[0]} is not a factor of data=shapes: give shapes, scales, "
+            "orientations or positions"
+        )
+    if image_size is not None:
+        fields["image_size"] = image_size
+    images, factors, source = load_shapes(root, ShapesGrid(**fields))
+    return held_out_splits(images, factors, source, FACTORS)

@@ -1,114 +1,27 @@
 """LightningDataModule: splits, binarization and on-device batching by index."""
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from lightning import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.config.schemas import checked
-from vaelab.data import DatasetSplits
-from vaelab.data.sources import build_source, option_source
+from vaelab.data.batches import IndexBatchSampler, ResumableLoader, hold_on
+from vaelab.data.sources import build_source
+from vaelab.data.splits import DatasetSplits, file_draws, held_out
 from vaelab.errors import DataError, VaelabError
-from vaelab.folder import file_draws, held_out
+from vaelab.targets import option_source
 
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val
 # metrics are comparable across epochs and test metrics across runs.
 _EVAL_BINARIZATION_SEED = 0
 _FINGERPRINT_CHUNK = 4096  # images hashed at a time: no second copy of a large split
-
-
-class IndexBatchSampler(Sampler[Tensor]):
-    """Yields batches of indices, each process of a DDP run getting its own shard.
-
-    The (optionally shuffled) order is padded by repeating its start to a multiple of
-    `num_replicas`, so every process gets the same number of batches, as DDP requires;
-    process `rank` takes every `num_replicas`-th index. The last batch may be smaller.
-
-    Args:
-        n: Number of examples.
-        batch_size: Indices per batch.
-        shuffle: Draw a new order every epoch from a generator seeded with (seed, epoch).
-        seed: Run seed; the same on every process so the shards stay disjoint.
-        num_replicas: Number of processes.
-        rank: Index of this process.
-    """
-
-    def __init__(
-        self,
-        n: int,
-        batch_size: int,
-        shuffle: bool,
-        seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
-    ) -> None:
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.num_replicas, self.rank = num_replicas, rank
-        self.shard_size = -(-n // num_replicas)
-        self.epoch = 0
-        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already done)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch that seeds the order (Lightning calls it on `DataLoader.sampler`)."""
-        self.epoch = epoch
-
-    def resume_at(self, epoch: int, batches_done: int) -> None:
-        """Make the next iteration over `epoch` skip the batches a checkpoint already saw."""
-        self._resume_at = (epoch, batches_done)
-
-    def __len__(self) -> int:
-        return -(-self.shard_size // self.batch_size)
-
-    def __iter__(self) -> Iterator[Tensor]:
-        if self.n == 0:
-            return
-        if self.shuffle:
-            # SeedSequence mixes the pair into one 32-bit seed; simple arithmetic like
-            # seed * 2**32 + epoch collides, as torch's CPU generator keeps only 32 bits.
-            mixed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(mixed))
-        else:
-            order = torch.arange(self.n)
-        total = self.shard_size * self.num_replicas
-        order = order.repeat(-(-total // self.n))[:total]
-        batches = order[self.rank :: self.num_replicas].split(self.batch_size)
-        skip = 0
-        if self._resume_at is not None and self._resume_at[0] == self.epoch:
-            skip = self._resume_at[1]
-        self._resume_at = None
-        yield from batches[skip:]
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader whose position Lightning stores in checkpoints, for exact mid-epoch resume.
-
-    Lightning saves `state_dict()` of a loader that has one and hands it back to
-    `load_state_dict` on resume; the position is the number of batches the training loop
-    has processed in the epoch (the loop prefetches, so the sampler's own count is ahead).
-    """
-
-    def __init__(self, dataset: TensorDataset, sampler: IndexBatchSampler, progress: Callable):
-        # A generator of its own: a DataLoader draws a seed for its workers from the global
-        # RNG each time it is iterated, which a resumed run does before restoring the RNG
-        # (Lightning starts the first epoch's iteration first), so that a run resumed from
-        # an epoch's end would draw other binarizations and z than the uninterrupted one.
-        super().__init__(
-            dataset, sampler=sampler, batch_size=None, num_workers=0, generator=torch.Generator()
-        )
-        self._progress = progress
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.sampler.epoch, "batches_done": self._progress()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class VAEDataModule(LightningDataModule):
@@ -138,7 +51,7 @@ class VAEDataModule(LightningDataModule):
         allow_fallback: Fall back to offline copies (MNIST, Fashion-MNIST).
         image_size: the source's pixels a side, where it takes one (shapes: None is 64;
             folder needs one).
-        grid: `Shapes`: values per factor (`vaelab.shapes.ShapesGrid`'s fields).
+        grid: `Shapes`: values per factor (`vaelab.data.shapes.ShapesGrid`'s fields).
         path: the source's file or folder, where it takes one (`Folder`: the folder of
             PNG and JPEG images).
         placement: where the splits are held (`hold_on`): "auto" (on the training device
@@ -147,6 +60,8 @@ class VAEDataModule(LightningDataModule):
         source_class: the `vaelab.data.sources.DataSource` subclass that reads the data, a
             dotted name (a user's own: README "Your own parts, without forking"); None (runs
             made before it): `name`'s option's.
+        source_args: the source class's own further arguments, by name (a user's source's:
+            `data.source_args.<argument>`); each must be an argument of its constructor.
     """
 
     @checked("data.")
@@ -167,11 +82,13 @@ class VAEDataModule(LightningDataModule):
         path: str | None = None,
         placement: str = "auto",
         source_class: str | None = None,
+        source_args: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         args = {"image_size": image_size, "grid": grid, "path": path}
-        self.data_source = build_source(source_class or option_source(name), args)
+        target = source_class or option_source(name)
+        self.data_source = build_source(target, args, source_args or {})
         self._loaded: DatasetSplits | None = None
         self._splits: dict[str, TensorDataset] = {}
         self._factor_names: tuple[str, ...] = ()
@@ -375,36 +292,6 @@ class VAEDataModule(LightningDataModule):
             collate_fn=collate_fn,
             pin_memory=pinned,
         )
-
-
-DEVICE_SHARE = 0.5  # data=...placement=auto: the share of a GPU's free memory the data may take
-
-
-def hold_on(
-    device: torch.device, nbytes: int, placement: str, free: int | None = None
-) -> torch.device:
-    """Where splits of `nbytes` are held for training on `device` (`data.placement`).
-
-    "auto": on a CUDA device when they take at most `DEVICE_SHARE` of its free memory
-    (`free`, read from the device when None), so that the model and its activations keep
-    the rest; otherwise in host memory. A CPU (or another accelerator) holds them itself.
-    "device": on the device, refused in one line when they cannot fit in its free memory.
-    "host": in host memory.
-    """
-    if placement == "host" or device.type == "cpu":
-        return torch.device("cpu")
-    if device.type != "cuda":
-        return device
-    if free is None:
-        free, _ = torch.cuda.mem_get_info(device)
-    if placement == "device":
-        if nbytes > free:
-            raise DataError(
-                f"data.placement=device: the splits take {nbytes / 2**30:.1f} GiB but {device} "
-                f"has {free / 2**30:.1f} GiB free: use data.placement=auto or host"
-            )
-        return device
-    return device if nbytes <= DEVICE_SHARE * free else torch.device("cpu")
 
 
 def _validation_size(val_fraction: float, val_size: int | None, n: int) -> int:
