@@ -46,7 +46,9 @@ class LitVAE(L.LightningModule):
     means `train/<term>_step` with `train/beta_step`, every `log_every_n_steps` steps, and
     `train/beta_epoch`, the epoch's mean KL weight over images. Val and
     test add `active_units` (and, for a model of several stochastic layers, per layer:
-    `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
+    `active_units_z1`, ...; for one whose KL splits by layer, `kl_per_layer`, the top-down
+    hierarchy, also `kl_z1`, ...: Monte Carlo at one draw) and `kl_dim/<i>` (posterior
+    collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
     `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip); nll
     is nats of the likelihood's log p(x) (a density's for a density), bpd bits of the
@@ -92,6 +94,8 @@ class LitVAE(L.LightningModule):
         beta_schedule: dict | None = None,
         top_dim: int | None = None,
         disentanglement: dict | None = None,
+        depth: int | None = None,
+        latent_dims: list[int] | None = None,
     ):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
@@ -99,7 +103,7 @@ class LitVAE(L.LightningModule):
         image_shape = tuple(image_shape)
         self.vae = build_vae(
             arch, image_shape, latent_dim, hidden_dim, activation, likelihood, obs_scale,
-            prior, posterior, top_dim,
+            prior, posterior, top_dim, depth, latent_dims,
         )  # fmt: skip
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)
@@ -113,6 +117,12 @@ class LitVAE(L.LightningModule):
         self.latent_stats = nn.ModuleDict(
             {s: ActiveUnitsMetric(self.vae.latent_dim, self.vae.layers) for s in ("val", "test")}
         )
+        # A model that splits its KL by stochastic layer (`kl_per_layer`, the top-down
+        # hierarchy): val and test log `kl_<layer>`, the epoch mean of each layer's KL.
+        self.layer_kls = None
+        if hasattr(self.vae, "kl_per_layer") and len(self.vae.layers) > 1:
+            layers = len(self.vae.layers)
+            self.layer_kls = nn.ModuleDict({s: MeansMetric(layers) for s in ("val", "test")})
         num_pixels = math.prod(image_shape)
         self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")
         self.nll_naive = LogLikelihoodMetric(num_pixels, "naive")
@@ -175,6 +185,8 @@ class LitVAE(L.LightningModule):
             kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)
+            if self.layer_kls is not None:
+                self.layer_kls[stage].update(self.vae.kl_per_layer(qz_x).T.detach())
             if stage == "test" and batch[1].ndim == 2:  # ground-truth factors
                 self.test_codes.update(means)
                 self.test_factors.update(batch[1])
@@ -285,7 +297,15 @@ class LitVAE(L.LightningModule):
             self.log(f"test/{name}", value, **REDUCED)
 
     def _log_means(self, stage: str, suffix: str = "", prog_bar: Sequence[str] = ()) -> None:
-        """Log the epoch means of the terms (reduced across processes by compute), reset."""
+        """Log the epoch means of the terms (reduced across processes by compute), reset;
+        in val and test also each layer's KL, `<stage>/kl_<layer>`, where the model has them."""
+        if self.layer_kls is not None and stage in self.layer_kls:
+            layer_kls = self.layer_kls[stage]
+            if layer_kls.update_called:
+                names = [name for name, _ in self.vae.layers]
+                for name, value in zip(names, layer_kls.compute(), strict=True):
+                    self.log(f"{stage}/kl_{name}", value, **REDUCED)
+                layer_kls.reset()
         metric = self.means[f"{stage}_means"]
         if not metric.update_called:  # e.g. limit_val_batches=0
             return

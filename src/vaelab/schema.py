@@ -35,7 +35,9 @@ from vaelab.errors import ConfigError
 # The names of every choice: the one list of each, which the builders import. Where a
 # builder maps names to code (ACTIVATIONS to nn.Module classes), tests/test_schema.py
 # checks that the map has exactly these names.
-ARCHS = ("mlp", "conv", "hvae")
+ARCHS = ("mlp", "conv", "hvae", "topdown", "topdown_conv")
+# The top-down hierarchies of L stochastic layers (issue 24 §1, vaelab.models.topdown).
+HIERARCHIES = ("topdown", "topdown_conv")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
 LIKELIHOODS = (
     "bernoulli",
@@ -143,6 +145,16 @@ class ModelConfig:
     activation: str = knob(one_of(ACTIVATIONS))
     # model=hvae: the size of z₂, the top layer (z₁'s is latent_dim); null: latent_dim.
     top_dim: int | None = knob(or_null(integer(1)), default=None)
+    # model=topdown(_conv): the number of stochastic layers, each of latent_dim ...
+    depth: int | None = knob(or_null(integer(1)), default=None)
+    # ... or their sizes, z1 (nearest to x) first, which replace depth and latent_dim.
+    latent_dims: list[int] | None = knob(
+        Rule(
+            "a list of positive integers, or null",
+            lambda v: v is None or (len(v) > 0 and all(_is_int(d) and d >= 1 for d in v)),
+        ),
+        default=None,
+    )
 
 
 @dataclass
@@ -556,10 +568,14 @@ def check_parts(cfg: DictConfig) -> None:
         OmegaConf.select(cfg, "model.arch"),
         OmegaConf.select(cfg, "model.activation"),
     )
-    if activation == "gated" and arch == "conv":
+    if activation == "gated" and arch in ("conv", "topdown_conv"):
         raise ConfigError(
             "model.activation=gated makes each dense layer a gated one, and model=conv is "
             "convolutions: use model=mlp or model=hvae, or model.activation=relu"
+            if arch == "conv"
+            else "model.activation=gated makes each dense layer a gated one, and "
+            "model=topdown_conv's cells are convolutions: use model=topdown, or "
+            "model.activation=relu"
         )
     from vaelab.models.capabilities import declared, kl_splits, named  # torch-free, imports us
 
@@ -569,12 +585,16 @@ def check_parts(cfg: DictConfig) -> None:
     prior_name, posterior_name, objective_name = (named(g, node) for g, node in nodes.items())
     dreg = OmegaConf.select(cfg, "objective.gradient") == "dreg"
     free_bits = OmegaConf.select(cfg, "objective.free_bits", default=0) or 0
-    if arch == "hvae" and not posterior.diagonal_gaussian:
+    hierarchy = {
+        "hvae": "q(z2|x) q(z1|x, z2)",
+        **dict.fromkeys(HIERARCHIES, "q(zL|x) ... q(z1|x, z>1)"),
+    }
+    if arch in hierarchy and not posterior.diagonal_gaussian:
         raise ConfigError(
-            "model=hvae has its own posterior, q(z2|x) q(z1|x, z2) of diagonal Gaussians: "
+            f"model={arch} has its own posterior, {hierarchy[arch]} of diagonal Gaussians: "
             f"use posterior=gaussian (or the posterior {posterior_name} with model=mlp or conv)"
         )
-    if arch == "hvae":
+    if arch in hierarchy:
         refused = {
             f"the objective {objective_name}": objective.needs_diagonal_gaussian,
             "objective.gradient=dreg": dreg,
@@ -583,9 +603,20 @@ def check_parts(cfg: DictConfig) -> None:
         for option, given in refused.items():
             if given:
                 raise ConfigError(
-                    f"{option} needs a diagonal Gaussian q(z|x), and model=hvae's is "
-                    f"q(z2|x) q(z1|x, z2): use model=mlp or conv, or leave out {option}"
+                    f"{option} needs a diagonal Gaussian q(z|x), and model={arch}'s is "
+                    f"{hierarchy[arch]}: use model=mlp or conv, or leave out {option}"
                 )
+    depth, latent_dims = (OmegaConf.select(cfg, f"model.{k}") for k in ("depth", "latent_dims"))
+    if (depth is not None or latent_dims is not None) and arch not in HIERARCHIES:
+        raise ConfigError(
+            f"model.depth and model.latent_dims are the layers of model=topdown or "
+            f"topdown_conv, not of model={arch}: leave them out, or use model=topdown"
+        )
+    if depth is not None and latent_dims is not None and depth != len(latent_dims):
+        raise ConfigError(
+            f"model.latent_dims has {len(latent_dims)} layers and model.depth={depth}: set "
+            "one of them (model.depth=null with latent_dims)"
+        )
     if objective.needs_diagonal_gaussian and not posterior.diagonal_gaussian:
         raise ConfigError(
             f"the objective {objective_name} needs the per-dimension densities of a diagonal "

@@ -13,6 +13,7 @@ from vaelab.models.hvae import HierarchicalVAE
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
+from vaelab.models.topdown import TopDownVAE
 from vaelab.models.vae import VAE
 from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.targets import named_class
@@ -29,10 +30,28 @@ def build_vae(
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
     top_dim: int | None = None,
+    depth: int | None = None,
+    latent_dims: tuple[int, ...] | None = None,
 ) -> VAE:
     """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
-    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over."""
+    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over. For
+    arch=topdown (dense) and topdown_conv, the sizes of z₁ ... z_L are `latent_dims`, else
+    `depth` layers of `latent_dim` each."""
     image_shape = tuple(image_shape)
+    # --- issue 24 §1: the top-down hierarchy (vaelab.models.topdown)
+    if arch in ("topdown", "topdown_conv"):
+        sizes = tuple(latent_dims or [latent_dim] * (depth or 1))
+        return TopDownVAE(
+            image_shape,
+            sizes,
+            hidden_dim,
+            activation,
+            likelihood,
+            obs_scale,
+            prior=build_prior(prior, sizes[-1], image_shape),
+            conv=arch == "topdown_conv",
+        )
+    # ---
     if arch == "hvae":
         top_dim = top_dim or latent_dim
         return HierarchicalVAE(
