@@ -7,23 +7,24 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG_DIR=${LOG_DIR:-/work/study-runs/hierarchies}
 DATA_DIR=${DATA_DIR:-/work/study-runs/data}
-EPOCHS=${EPOCHS:-10}
+EPOCHS=${EPOCHS:-12}
 COMMON=(
   data=fashion_mnist data.val_size=10000 "paths.data_dir=$DATA_DIR" "paths.log_dir=$LOG_DIR"
   likelihood=bernoulli batch_size=100 lr=5.0e-4 optimizer=adam_normgrad
   model.hidden_dim=300 model.activation=gated
   "max_epochs=$EPOCHS" kl_warmup_epochs=3 seed=0
-  trainer.limit_val_batches=8 trainer.limit_test_batches=8 n_importance=1000
+  trainer.limit_val_batches=2 trainer.limit_test_batches=4 n_importance=200
+  trainer.max_time=00:00:15:00
   logger=csv callbacks.pictures.every_n_epochs=100 group=hierarchies
 )
 run() {  # name, overrides...
   local name=$1; shift
-  OMP_NUM_THREADS=1 nice -n 10 python train.py "${COMMON[@]}" "run_name=$name" "$@" \
+  OMP_NUM_THREADS=1 nice -n 10 "${PYTHON:-python}" train.py "${COMMON[@]}" "run_name=$name" "$@" \
     > "$LOG_DIR/$name.out" 2>&1
 }
 mkdir -p "$LOG_DIR"
 run topdown_L1 model=topdown model.depth=1 latent_dim=40
 run topdown_L2 model=topdown model.depth=2 latent_dim=20
+run hvae model=hvae latent_dim=20 model.top_dim=20
 run topdown_L4 model=topdown model.depth=4 latent_dim=10
 run topdown_L8 model=topdown model.depth=8 latent_dim=5
-run hvae model=hvae latent_dim=20 model.top_dim=20
