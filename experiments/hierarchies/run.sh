@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # The hierarchies study (experiments/hierarchies/README.md): 1, 2, 4 and 8 stochastic layers
-# of model=topdown with the same total latent size (40) and training budget, beside
-# model=hvae (z1 and z2 of 20), on dynamically binarized Fashion-MNIST, one after another,
-# each on one thread at low priority (the machine is shared).
+# of model=topdown with the same total latent size (40) and training budget (12 epochs of
+# 200 steps of 100 images), beside model=hvae (z1 and z2 of 20), on dynamically binarized
+# Fashion-MNIST. Two lanes of one thread each at low priority (the machine is shared): the
+# 8-layer run alone in one, the others one after another in the other.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG_DIR=${LOG_DIR:-/work/study-runs/hierarchies}
 DATA_DIR=${DATA_DIR:-/work/study-runs/data}
-EPOCHS=${EPOCHS:-12}
 COMMON=(
   data=fashion_mnist data.val_size=10000 "paths.data_dir=$DATA_DIR" "paths.log_dir=$LOG_DIR"
   likelihood=bernoulli batch_size=100 lr=5.0e-4 optimizer=adam_normgrad
   model.hidden_dim=300 model.activation=gated
-  "max_epochs=$EPOCHS" kl_warmup_epochs=3 seed=0
-  trainer.limit_val_batches=2 trainer.limit_test_batches=4 n_importance=200
-  trainer.max_time=00:00:15:00
+  max_epochs=12 trainer.limit_train_batches=200 kl_warmup_epochs=3 seed=0
+  trainer.limit_val_batches=4 trainer.limit_test_batches=4 n_importance=200
+  trainer.max_time=00:00:25:00
   logger=csv callbacks.pictures.every_n_epochs=100 group=hierarchies
 )
 run() {  # name, overrides...
@@ -23,8 +23,11 @@ run() {  # name, overrides...
     > "$LOG_DIR/$name.out" 2>&1
 }
 mkdir -p "$LOG_DIR"
-run topdown_L1 model=topdown model.depth=1 latent_dim=40
-run topdown_L2 model=topdown model.depth=2 latent_dim=20
-run hvae model=hvae latent_dim=20 model.top_dim=20
-run topdown_L4 model=topdown model.depth=4 latent_dim=10
-run topdown_L8 model=topdown model.depth=8 latent_dim=5
+run topdown_L8 model=topdown model.depth=8 latent_dim=5 &
+{
+  run topdown_L1 model=topdown model.depth=1 latent_dim=40
+  run topdown_L2 model=topdown model.depth=2 latent_dim=20
+  run hvae model=hvae latent_dim=20 model.top_dim=20
+  run topdown_L4 model=topdown model.depth=4 latent_dim=10
+} &
+wait
