@@ -19,7 +19,8 @@ COMMON=(
 )
 run() {  # name, overrides...
   local name=$1; shift
-  OMP_NUM_THREADS=1 nice -n 10 "${PYTHON:-python}" train.py "${COMMON[@]}" "run_name=$name" "$@" \
+  OMP_NUM_THREADS=1 nice -n 10 "${PYTHON:-python}" train.py "${COMMON[@]}" "run_name=$name" \
+    "hydra.run.dir=$LOG_DIR/runs/$name" "$@" \
     > "$LOG_DIR/$name.out" 2>&1
 }
 mkdir -p "$LOG_DIR"
