@@ -44,7 +44,8 @@ class LitVAE(L.LightningModule):
     training), `elbo` (the true bound rec - kl), `rec` (E_q log p(x|z)) and `kl`: epoch
     means over images (in training `train/<term>_epoch`), and in training also the batch
     means `train/<term>_step` with `train/beta_step`, every `log_every_n_steps` steps, and
-    `train/beta_epoch`, the epoch's mean KL weight over images. Val and
+    `train/beta_epoch`, the epoch's mean KL weight over images, and with
+    `grad_skip_threshold`, `train/skipped_steps`, the steps skipped so far. Val and
     test add `active_units` (and, for a model of several stochastic layers, per layer:
     `active_units_z1`, ...; for one whose KL splits by layer, `kl_per_layer`, the top-down
     hierarchy, also `kl_z1`, ...: Monte Carlo at one draw) and `kl_dim/<i>` (posterior
@@ -96,6 +97,7 @@ class LitVAE(L.LightningModule):
         disentanglement: dict | None = None,
         depth: int | None = None,
         latent_dims: list[int] | None = None,
+        grad_skip_threshold: float | None = None,
     ):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
@@ -131,6 +133,9 @@ class LitVAE(L.LightningModule):
         self._beta_sum = self._beta_images = 0.0  # the epoch's KL weights, image-weighted
         self._rng_fork: AbstractContextManager | None = None
         self._mass = True  # the test's data have a probability (`has_mass`), set per test
+        # Optimizer steps skipped for a gradient norm above grad_skip_threshold, over the
+        # whole run (the checkpoint holds the count, so a resumed run counts on).
+        self.skipped_steps = 0
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place: the names of their weights, and so
@@ -221,6 +226,9 @@ class LitVAE(L.LightningModule):
         trainer = self.trainer
         if trainer.is_last_batch or 0 < trainer.max_steps <= self.global_step:
             self._log_means("train", suffix="_epoch")
+            if self.hparams.get("grad_skip_threshold") is not None:
+                skipped = float(self.skipped_steps)
+                self.log("train/skipped_steps", skipped, on_step=False, on_epoch=True, **REDUCED)
             if self._beta_images:
                 beta = self._beta_sum / self._beta_images
                 self.log("train/beta_epoch", beta, on_step=False, on_epoch=True, **REDUCED)
@@ -334,6 +342,18 @@ class LitVAE(L.LightningModule):
             metric.reset()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # grad_skip_threshold (VDVAE's skip_threshold): a step whose gradient norm is above
+        # it, or not finite, is skipped: the gradients are dropped, so the optimizer leaves
+        # those weights and its moments as they are. The norm is of the accumulated
+        # (unscaled, DDP-reduced) gradients, the same on every process.
+        threshold = self.hparams.get("grad_skip_threshold")
+        if threshold is not None:
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(grads)
+            if not norm.item() <= threshold:  # NaN too
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                return
         # optimizer=adam_normgrad: each parameter's gradient divided by its L2 norm (+1e-7,
         # as vae_vampprior's AdamNormGrad) before Adam's step. Lightning calls this after
         # the gradients are accumulated and unscaled, before they are clipped.
@@ -342,6 +362,12 @@ class LitVAE(L.LightningModule):
             # The foreach kernels normalise every tensor in three calls (as clip_grad_norm_).
             norms = torch._foreach_add(torch._foreach_norm(grads), 1e-7)
             torch._foreach_div_(grads, norms)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)  # older runs: none
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # The fused kernel updates all parameters in one call: on a CPU, Adam's default

@@ -222,6 +222,13 @@ class PicturesConfig:
 
 
 @dataclass
+class EmaConfig:
+    decay: float | None = knob(
+        noted(or_null(number(0, above=True, below=1)), "the average's weight; null: off")
+    )
+
+
+@dataclass
 class EarlyStoppingConfig:
     patience: int | None = knob(
         noted(or_null(integer(1)), "epochs after the KL warm-up; null: off")
@@ -374,6 +381,10 @@ class TrainConfig:
     lr: float = knob(number(0, above=True))
     optimizer: str = knob(one_of(OPTIMIZERS))
     n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
+    # Skip an optimizer step whose gradient norm is above this (VDVAE's skip_threshold).
+    grad_skip_threshold: float | None = knob(
+        noted(or_null(number(0, above=True)), "null: never skip"), default=None
+    )
     # The test metrics of data with ground-truth factors (data=shapes): test/mig, ...
     disentanglement: DisentanglementConfig = MISSING
     batch_size: int = knob(integer(1))
@@ -405,6 +416,7 @@ class TrainConfig:
             "pictures": PicturesConfig,
             "step_checkpoint": StepCheckpointConfig,
             "early_stopping": EarlyStoppingConfig,
+            "ema": EmaConfig,
         }
     )
     # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).
