@@ -121,7 +121,8 @@ class WeightEMA(EMAWeightAveraging):
     checkpoint's `state_dict` holds it (so the best checkpoint's test, `eval.py` and
     `load_run` use it), the raw weights and the average's state beside it
     (`current_model_state`, `averaging_state`), and `resume` restores both. `decay=None`:
-    off (the default config).
+    off (the default config). It updates before `StepCheckpoint` writes (conf/callbacks:
+    listed before it), so that a step's checkpoint holds that step's average.
 
     Outside fit (the validation and test of the best checkpoint after training) it does
     nothing: the checkpoint's `state_dict` is already the average, which Lightning's
@@ -152,8 +153,11 @@ class WeightEMA(EMAWeightAveraging):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.enabled:
-            super().on_train_end(trainer, pl_module)
+        # Not Lightning's copy of the average into the weights: a last.ckpt written after
+        # it (a run stopped inside an epoch) would hold the average as the raw weights, and
+        # a resumed run would train on from it. The test after fit loads a checkpoint,
+        # whose weights are the average.
+        pass
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._fitting(trainer):
