@@ -57,7 +57,7 @@ def test_every_prior_and_objective_trains_tests_evaluates_reloads_and_resumes(tr
         assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         (record,) = run.evaluations()
         for key in ("test/elbo", "test/nll_iwae", "test/kl_z2", "test/active_units_z1"):
-            assert record["metrics"][key] == metrics[key], (parts, key)
+            assert record[key] == metrics[key], (parts, key)
 
         more = train_cli(*RUN, *TOPDOWN, f"resume={run_dir}", "trainer.max_epochs=2")
         assert more.returncode == 0
