@@ -26,7 +26,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_every_group_has_its_documented_options():
-    assert options("model") == ["conv", "hvae", "mlp"]
+    assert options("model") == ["conv", "hvae", "mlp", "topdown", "topdown_conv"]
     assert options("data") == [
         "celeba", "cifar10", "dsprites", "fashion_mnist", "folder", "mnist", "shapes"
     ]  # fmt: skip
@@ -173,8 +173,9 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
     assert cfg.latent_dim == 16
-    assert set(cfg.model) == {"arch", "hidden_dim", "activation", "top_dim"}
+    assert set(cfg.model) == {"arch", "hidden_dim", "activation", "top_dim", "depth", "latent_dims"}
     assert cfg.model.top_dim is None  # the size of z2, for model=hvae only
+    assert cfg.model.depth is None and cfg.model.latent_dims is None  # model=topdown only
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
