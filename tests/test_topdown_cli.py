@@ -132,3 +132,22 @@ def test_undefined_combinations_are_refused_in_one_line(train_cli, overrides, me
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_convolutional_hierarchy_trains_on_colour_images(train_cli, tmp_path):
+    """model=topdown_conv on CIFAR-10's format (files written in test_cifar.py's way), with
+    its discretized logistic: bits per sub-pixel, the layers' KLs, its pictures."""
+    from test_cifar import write_batches
+
+    write_batches(tmp_path / "data" / "cifar-10-batches-py", per_batch=12)
+    run = ("data=cifar10", "model=topdown_conv", "model.hidden_dim=16", "latent_dim=3")
+    result = train_cli(*run, "trainer=debug", "logger=none", "batch_size=8", "n_importance=4")
+    (run_dir,) = result.run_dirs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["test/bpd_iwae"]) and metrics["test/bpd_iwae"] > 0
+    assert {"test/kl_z1", "test/kl_z2", "test/kl_z3"} <= metrics.keys()  # depth 3
+    vae = vaelab.load_run(run_dir)
+    assert any(type(m).__name__ == "ResidualCell" for m in vae.modules())
+    assert vae.sample(2, temperature=0.5).shape == (2, 3, 32, 32)
+    assert (run_dir / "pictures" / "test" / "samples_by_temperature.png").is_file()
