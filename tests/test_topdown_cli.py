@@ -63,6 +63,12 @@ def test_every_prior_and_objective_trains_tests_evaluates_reloads_and_resumes(tr
         assert more.returncode == 0
         assert [row["epoch"] for row in Run(run_dir).history()] == [0, 1], parts
 
+    from vaelab.tasks import compare
+
+    shown = compare.run(result.run_dirs, out_dir=tmp_path / "compare")
+    assert len(shown.rows) == 6
+    assert all(math.isfinite(row.mean["test/nll_iwae"]) for row in shown.rows)
+
 
 # test_resume.py's run (2 epochs of 40 steps, a checkpoint every 5) with the hierarchy, the
 # moving average of its weights and a skip threshold that the first steps' gradients pass.

@@ -2,23 +2,24 @@
 # The hierarchies study (experiments/hierarchies/README.md): 1, 2, 4 and 8 stochastic layers
 # of model=topdown with the same total latent size (40) and training budget (4 epochs of
 # 200 steps of 100 images), beside model=hvae (z1 and z2 of 20), on dynamically binarized
-# Fashion-MNIST. Two lanes of one thread each at low priority (the machine is shared): the
+# Fashion-MNIST; SEED=0 and SEED=1 (two calls). Two lanes of one thread each at low priority (the machine is shared): the
 # 8-layer run alone in one, the others one after another in the other.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 LOG_DIR=${LOG_DIR:-/work/study-runs/hierarchies}
 DATA_DIR=${DATA_DIR:-/work/study-runs/data}
+SEED=${SEED:-0}
 COMMON=(
   data=fashion_mnist data.val_size=10000 "paths.data_dir=$DATA_DIR" "paths.log_dir=$LOG_DIR"
   likelihood=bernoulli batch_size=100 lr=5.0e-4 optimizer=adam_normgrad
   model.hidden_dim=300 model.activation=gated
-  max_epochs=4 trainer.limit_train_batches=200 kl_warmup_epochs=1 seed=0
+  max_epochs=4 trainer.limit_train_batches=200 kl_warmup_epochs=1 "seed=$SEED"
   trainer.limit_val_batches=4 trainer.limit_test_batches=4 n_importance=100
   trainer.max_time=00:00:25:00
   logger=csv callbacks.pictures.every_n_epochs=100 group=hierarchies
 )
 run() {  # name, overrides...
-  local name=$1; shift
+  local name=${1}_seed$SEED; shift
   OMP_NUM_THREADS=1 nice -n 10 "${PYTHON:-python}" train.py "${COMMON[@]}" "run_name=$name" \
     "hydra.run.dir=$LOG_DIR/runs/$name" "$@" \
     > "$LOG_DIR/$name.out" 2>&1
