@@ -7,6 +7,8 @@ nll (K = 100) of model=topdown against its number of layers, model=hvae as a lin
 Exemplar VAE table's figures (Norouzi et al. 2020, 2,000 epochs) for scale.
 """
 
+import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -48,13 +50,28 @@ def main(root: Path) -> None:
             f"{m['val/elbo']:.2f} | {steps} |"
         )
 
+    # Over seeds: run names are <model>_seed<n> (seed 0's first runs have no suffix).
+    seeds: dict[str, list[float]] = {}
+    for name, (_, _, m, *_) in rows.items():
+        seeds.setdefault(re.sub(r"_seed\d+$", "", name), []).append(m["test/nll_iwae"])
+    print("\n| model | layers | test nll per seed | mean |")
+    print("| --- | ---: | --- | ---: |")
+    depths = {re.sub(r"_seed\d+$", "", n): d for n, (_, d, *_) in rows.items()}
+    for name, values in seeds.items():
+        shown = ", ".join(f"{v:.2f}" for v in values)
+        print(f"| {name} | {depths[name]} | {shown} | {statistics.mean(values):.2f} |")
+
     fig = Figure(figsize=(6.5, 4), layout="constrained")
     ax = fig.add_subplot()
-    topdown = sorted((d, m["test/nll_iwae"]) for a, d, m, *_ in rows.values() if a == "topdown")
-    ax.plot(*zip(*topdown, strict=True), "o-", label="model=topdown (this study)")
-    for arch, _, m, *_ in rows.values():
-        if arch == "hvae":
-            ax.axhline(m["test/nll_iwae"], color="C1", ls="--", label="model=hvae (this study)")
+    topdown = sorted(
+        (depths[n], statistics.mean(v)) for n, v in seeds.items() if n.startswith("topdown")
+    )
+    ax.plot(*zip(*topdown, strict=True), "o-", label="model=topdown, mean over seeds")
+    for name, values in seeds.items():
+        if name.startswith("topdown"):
+            ax.plot([depths[name]] * len(values), values, "x", color="C0")
+        else:
+            ax.axhline(statistics.mean(values), color="C1", ls="--", label="model=hvae, mean")
     for i, (name, value) in enumerate(PAPER.items()):
         ax.axhline(value, color=f"C{2 + i}", ls=":", label=f"{name}, paper (2,000 epochs)")
     for i, (name, value) in enumerate(OURS_30_EPOCHS.items()):
