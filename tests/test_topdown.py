@@ -13,6 +13,13 @@ from vaelab.models.encoders import MIN_SCALE
 from vaelab.models.objectives import ElboObjective, IwaeObjective
 from vaelab.models.topdown import TopDownVAE
 
+# The model options' classes (conf/model/topdown.yaml, topdown_conv.yaml, mlp.yaml).
+TARGETS = {
+    "topdown": "vaelab.models.topdown.TopDownVAE",
+    "topdown_conv": "vaelab.models.topdown.TopDownConvVAE",
+    "mlp": "vaelab.models.architectures.MLPVAE",
+}
+
 IMAGE_SHAPE = (1, 6, 6)
 H, B = 12, 5
 
@@ -22,11 +29,17 @@ def images(n: int = B, shape: tuple[int, ...] = IMAGE_SHAPE) -> torch.Tensor:
     return torch.bernoulli(torch.full((n, *shape), 0.4), generator=generator)
 
 
-def tiny(latent_dims: tuple[int, ...], arch: str = "topdown", shape=IMAGE_SHAPE) -> TopDownVAE:
+def model(option: str, activation: str, **args) -> dict:
+    """The model node of a conf/model option with small networks."""
+    return {"_target_": TARGETS[option], "hidden_dim": H, "activation": activation, **args}
+
+
+def tiny(latent_dims: tuple[int, ...], option: str = "topdown", shape=IMAGE_SHAPE) -> TopDownVAE:
     """A small hierarchy with every weight perturbed: the zero-initialised posterior and
     residual layers (q = p at the start) would hide a wrong wiring of those layers."""
     torch.manual_seed(0)
-    vae = build_vae(arch, shape, 0, H, "tanh", "bernoulli", 0.1, latent_dims=latent_dims)
+    node = model(option, "tanh", depth=None, latent_dims=latent_dims)
+    vae = build_vae(node, shape, 0, "bernoulli", 0.1)
     assert isinstance(vae, TopDownVAE) and vae.depth == len(latent_dims)
     with torch.no_grad():
         for p in vae.parameters():
@@ -88,8 +101,8 @@ def test_its_log_importance_weights_are_the_densities_written_out(latent_dims):
 def test_with_one_layer_it_is_the_one_layer_vae_on_the_same_weights():
     x = images()
     torch.manual_seed(0)
-    vae = build_vae("mlp", IMAGE_SHAPE, 4, H, "relu", "bernoulli", 0.1)
-    topdown = build_vae("topdown", IMAGE_SHAPE, 4, H, "relu", "bernoulli", 0.1, depth=1)
+    vae = build_vae(model("mlp", "relu"), IMAGE_SHAPE, 4, "bernoulli", 0.1)
+    topdown = build_vae(model("topdown", "relu", depth=1), IMAGE_SHAPE, 4, "bernoulli", 0.1)
     ours, theirs = list(topdown.parameters()), list(vae.parameters())
     assert [p.shape for p in ours] == [p.shape for p in theirs]
     with torch.no_grad():
@@ -97,12 +110,12 @@ def test_with_one_layer_it_is_the_one_layer_vae_on_the_same_weights():
             mine.copy_(other)
     for objective in (ElboObjective(num_samples=3), IwaeObjective(k=4)):
         values = []
-        for model in (vae, topdown):
-            model.zero_grad()
+        for built in (vae, topdown):
+            built.zero_grad()
             torch.manual_seed(7)
-            out = objective(model, x)
+            out = objective(built, x)
             out["loss"].mean().backward()
-            values.append((out, [p.grad.clone() for p in model.parameters()]))
+            values.append((out, [p.grad.clone() for p in built.parameters()]))
         (out_a, grads_a), (out_b, grads_b) = values
         for key in out_a:
             assert torch.allclose(out_a[key], out_b[key], atol=1e-5), key

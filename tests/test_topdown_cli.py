@@ -122,18 +122,22 @@ def test_updates_over_the_threshold_are_skipped_and_counted(train_cli):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("posterior=iaf",), "model=topdown has its own posterior"),
-        (("objective=betatc",), "needs a diagonal Gaussian q(z|x), and model=topdown's"),
+        (("posterior=iaf",), "the model TopDownVAE has its own posterior"),
+        (("objective=betatc",), "needs a diagonal Gaussian q(z|x), and the model TopDownVAE's"),
         (("objective=iwae", "objective.gradient=dreg"), "objective.gradient=dreg needs"),
         (("objective.free_bits=0.5",), "objective.free_bits needs a diagonal Gaussian"),
         (("model.latent_dims=[2,3]", "model.depth=3"), "model.latent_dims has 2 layers"),
-        (("model=mlp", "model.depth=2"), "are the layers of model=topdown"),
+        (("model=mlp", "+model.depth=2"), "model.depth is not an argument of MLPVAE"),
+        (
+            ("model=topdown_conv", "model.activation=gated"),
+            "model.activation=gated is not one the networks of the model TopDownConvVAE take",
+        ),
         (("callbacks.ema.decay=1.5",), "callbacks.ema.decay must be"),
         (("grad_skip_threshold=-1",), "grad_skip_threshold must be"),
     ],
 )
 def test_undefined_combinations_are_refused_in_one_line(train_cli, overrides, message):
-    model = () if "model=mlp" in overrides else TOPDOWN
+    model = () if any(o.startswith("model=") for o in overrides) else TOPDOWN
     result = train_cli(*RUN, *model, *overrides, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]

@@ -35,14 +35,14 @@ def main(root: Path) -> None:
         units = [k for k in metrics if k.startswith("test/active_units_z")]
         active = " / ".join(f"{metrics[k]:.0f}" for k in sorted(units, key=lambda k: int(k[19:])))
         history = run.history()
-        rows[run_dir.name] = (config["model"]["arch"], depth, metrics, kls, active, history)
+        rows[run_dir.name] = (depth, metrics, kls, active, history)
 
     print(
         "| run | layers | test nll (K = 100) | test ELBO | test KL | KL per layer, z1 first "
         "| active units (per layer) | best val ELBO | steps |"
     )
     print("| --- | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
-    for name, (_, depth, m, kls, active, history) in rows.items():
+    for name, (depth, m, kls, active, history) in rows.items():
         steps = history[-1]["step"] if history else 0
         print(
             f"| {name} | {depth} | {m['test/nll_iwae']:.2f} | {m['test/elbo']:.2f} | "
@@ -52,11 +52,11 @@ def main(root: Path) -> None:
 
     # Over seeds: run names are <model>_seed<n> (seed 0's first runs have no suffix).
     seeds: dict[str, list[float]] = {}
-    for name, (_, _, m, *_) in rows.items():
+    for name, (_, m, *_) in rows.items():
         seeds.setdefault(re.sub(r"_seed\d+$", "", name), []).append(m["test/nll_iwae"])
     print("\n| model | layers | test nll per seed | mean |")
     print("| --- | ---: | --- | ---: |")
-    depths = {re.sub(r"_seed\d+$", "", n): d for n, (_, d, *_) in rows.items()}
+    depths = {re.sub(r"_seed\d+$", "", n): d for n, (d, *_) in rows.items()}
     for name, values in seeds.items():
         shown = ", ".join(f"{v:.2f}" for v in values)
         print(f"| {name} | {depths[name]} | {shown} | {statistics.mean(values):.2f} |")

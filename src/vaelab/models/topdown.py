@@ -34,13 +34,17 @@ dense layers); NVAE and VDVAE use spatial latent maps, which this small model do
 
 import itertools
 import math
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
+from vaelab.errors import ConfigError
 from vaelab.likelihoods import Observation, observation_dist
+from vaelab.models.build import build_prior
+from vaelab.models.capabilities import OwnPosterior, OwnPosteriorConvNetworks, kl_splits
 from vaelab.models.encoders import (
     ACTIVATIONS,
     MIN_SCALE,
@@ -49,7 +53,6 @@ from vaelab.models.encoders import (
     dense_layers,
 )
 from vaelab.models.posteriors import GaussianPosterior
-from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
 
 _NO_SHAPE = Size()
@@ -306,39 +309,57 @@ class TopDown(Distribution):
         return torch.stack([*per_layer, top])
 
 
-class TopDownVAE(VAE):
-    """The top-down hierarchy: `latent_dims` are the sizes of z₁ ... z_L (bottom to top, any
-    L >= 1); `prior` is p(z_L) (N(0, I) by default, or a mixture or VampPrior over z_L).
+class TopDownVAE(VAE, OwnPosterior):
+    """The top-down hierarchy with dense networks (conf/model/topdown.yaml; 28 x 28 images):
+    z₁ ... z_L, `depth` layers of `latent_dim` each, or of the sizes `latent_dims` (any
+    L >= 1); `prior` is the prior option's node for p(z_L) (None: N(0, I); or a mixture or
+    VampPrior over z_L). Its posterior is its own (`OwnPosterior`): q(z_L|x) Π q(z_l|x, z>l).
 
     Args:
         image_shape: (C, H, W) of one x.
-        latent_dims: the layers' sizes, z₁ (nearest to x) first.
-        hidden_dim: width of every dense layer and of the top-down state.
-        activation: relu, tanh, or gated (dense layers only).
+        latent_dim: the size of each layer, with `depth`.
         likelihood: the observation model, see `vaelab.likelihoods`.
         obs_scale: standard deviation of the Gaussian likelihood.
+        hidden_dim: width of every dense layer and of the top-down state.
+        activation: relu, tanh, or gated (dense layers only).
+        depth: L, the number of stochastic layers, each of `latent_dim` (None: 1 without
+            `latent_dims`).
+        latent_dims: the layers' sizes, z₁ (nearest to x) first, instead of depth and
+            latent_dim (None: `depth` of `latent_dim`).
+        prior: the prior option's node, a prior over z_L.
         value_range: the interval x's values lie in (`VAE.check_data`).
-        prior: p(z_L).
-        conv: convolutional bottom-up and output networks with residual cells (for 32 x 32
-            and 64 x 64 colour images), else dense ones (28 x 28).
+
+    Raises:
+        ConfigError: `depth` and `latent_dims` that disagree.
     """
+
+    # Convolutional bottom-up and output networks with residual cells (`TopDownConvVAE`).
+    conv: ClassVar[bool] = False
 
     def __init__(
         self,
         image_shape: tuple[int, ...],
-        latent_dims: tuple[int, ...],
-        hidden_dim: int,
-        activation: str,
+        latent_dim: int,
         likelihood: str,
         obs_scale: float = 0.1,
+        hidden_dim: int = 256,
+        activation: str = "relu",
+        depth: int | None = 3,
+        latent_dims: Sequence[int] | None = None,
+        prior: Mapping[str, Any] | None = None,
         value_range: tuple[float, float] | None = (0.0, 1.0),
-        prior: Prior | None = None,
-        conv: bool = False,
     ):
-        image_shape, latent_dims = tuple(image_shape), tuple(latent_dims)
-        if not latent_dims or min(latent_dims) < 1:
-            raise ValueError(f"latent_dims must be positive sizes, got {latent_dims}")
-        top_dim = latent_dims[-1]
+        if depth is not None and latent_dims is not None and depth != len(latent_dims):
+            raise ConfigError(
+                f"model.latent_dims has {len(latent_dims)} layers and model.depth={depth}: set "
+                "one of them (model.depth=null with latent_dims)"
+            )
+        image_shape = tuple(image_shape)
+        if latent_dims is not None:
+            latent_dims = tuple(latent_dims)
+        else:
+            latent_dims = (latent_dim,) * (depth or 1)
+        top_dim, conv = latent_dims[-1], self.conv
         super().__init__(
             BottomUp(image_shape, latent_dims, hidden_dim, activation, conv),
             TopDownPath(image_shape, latent_dims, hidden_dim, activation, conv),
@@ -346,15 +367,10 @@ class TopDownVAE(VAE):
             likelihood,
             obs_scale,
             value_range,
-            prior=prior or StandardPrior(top_dim),
+            prior=build_prior(prior, top_dim, image_shape),
             posterior=GaussianPosterior(top_dim),
         )
         self.latent_dims = latent_dims
-        if self.prior_model.latent_dim != top_dim:
-            raise ValueError(
-                f"the prior is over z{len(latent_dims)} of {top_dim} dimensions, got one of "
-                f"{self.prior_model.latent_dim}"
-            )
         self._last: tuple[Tensor, Descent, TopDown] | None = None
 
     @property
@@ -369,8 +385,14 @@ class TopDownVAE(VAE):
     @property
     def kl_splits(self) -> bool:
         """Below the top, q(z_l|x, z_{>l}) depends on the layers above: with more than one
-        layer the KL does not split into dimensions."""
-        return self.depth == 1 and super().kl_splits
+        layer the KL does not split into dimensions; with one, q(z|x) is the posterior
+        part's (q(z₁|x)), as in the one-layer VAE."""
+        return self.depth == 1 and kl_splits(self.posterior_model, self.prior_model)
+
+    @property
+    def diagonal_gaussian_posterior(self) -> bool:
+        """With one layer, q(z|x) is the diagonal Gaussian q(z₁|x) itself."""
+        return self.depth == 1 and self.posterior_model.diagonal_gaussian
 
     # The last draw's top-down pass, reused by the log-densities and p(x|z) of that z.
 
@@ -459,3 +481,12 @@ class TopDownVAE(VAE):
         z_top = self.encoder.head(features[-1])[0]
         descent = self.decoder.descend(z_top, features[:-1], prior_below=self.depth - k)
         return self.decode(torch.cat([*descent.zs, z_top], dim=-1))
+
+
+class TopDownConvVAE(TopDownVAE, OwnPosteriorConvNetworks):
+    """The top-down hierarchy of `TopDownVAE` with convolutional residual cells in the
+    bottom-up and output networks (conf/model/topdown_conv.yaml; 32 x 32 and 64 x 64
+    colour images; latents are vectors); `activation`: relu or tanh. Arguments:
+    `TopDownVAE`'s."""
+
+    conv = True
