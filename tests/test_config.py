@@ -25,7 +25,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_every_group_has_its_documented_options():
-    assert options("model") == ["conv", "hvae", "mlp"]
+    assert options("model") == ["conv", "hvae", "mlp", "topdown", "topdown_conv"]
     assert options("data") == [
         "celeba", "cifar10", "dsprites", "fashion_mnist", "folder", "mnist", "shapes"
     ]  # fmt: skip
@@ -186,6 +186,8 @@ def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     assert cfg.latent_dim == 16
     assert set(cfg.model) == {"_target_", "hidden_dim", "activation"}
     assert compose("model=hvae").model.top_dim is None  # the size of z2: hvae's only
+    topdown = compose("model=topdown").model  # its layers: depth of latent_dim, or their sizes
+    assert topdown.depth == 3 and topdown.latent_dims is None
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
+from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, ModelSummary
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
@@ -23,8 +23,10 @@ log = logging.getLogger(__name__)
 
 PICTURES = (
     "reconstructions", "samples", "interpolations", "traversals", "manifold", "latent_scatter",
-    "traversals_by_factor",
+    "traversals_by_factor", "reconstructions_by_layers", "samples_by_temperature",
 )  # fmt: skip
+# The temperatures of `samples_by_temperature`: the scale of the layers below the top.
+TEMPERATURES = (1.0, 0.8, 0.6, 0.4)
 # Posterior means for the scatter are computed in chunks of this many images: the conv
 # encoder holds about 75 MB for 1,024, which set the test stage's peak memory.
 _ENCODE_CHUNK = 256
@@ -105,6 +107,68 @@ class WarmupEarlyStopping(EarlyStopping):
                 trainer.current_epoch,
                 self.stopping_reason_message,
             )
+
+
+class WeightEMA(EMAWeightAveraging):
+    """An exponential moving average of the weights, for evaluation (VDVAE's, NVAE's):
+    Lightning's `EMAWeightAveraging` during fit only. After every optimizer step
+    avg = decay · avg + (1 - decay) · weights; validation runs on the average, every
+    checkpoint's `state_dict` holds it (so the best checkpoint's test, `eval.py` and
+    `load_run` use it), the raw weights and the average's state beside it
+    (`current_model_state`, `averaging_state`), and `resume` restores both. `decay=None`:
+    off (the default config). It updates before `StepCheckpoint` writes (conf/callbacks:
+    listed before it), so that a step's checkpoint holds that step's average.
+
+    Outside fit (the validation and test of the best checkpoint after training) it does
+    nothing: the checkpoint's `state_dict` is already the average, which Lightning's
+    callback would swap for its own latest average or replace by the raw weights.
+
+    Args:
+        decay: the weight of the average at each step, in (0, 1), e.g. 0.999; None: off.
+    """
+
+    @checked("callbacks.ema.")
+    def __init__(self, decay: float | None = None):
+        super().__init__(decay=decay if decay is not None else 0.999)
+        self.enabled = decay is not None
+
+    def _fitting(self, trainer: L.Trainer) -> bool:
+        return self.enabled and trainer.state.fn == TrainerFn.FITTING
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.enabled:
+            super().setup(trainer, pl_module, stage)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.enabled:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Not Lightning's copy of the average into the weights: a last.ckpt written after
+        # it (a run stopped inside an epoch) would hold the average as the raw weights, and
+        # a resumed run would train on from it. The test after fit loads a checkpoint,
+        # whose weights are the average.
+        pass
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._fitting(trainer):
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._fitting(trainer):
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._fitting(trainer):
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
 
 class VAEPictures(L.Callback):
@@ -191,8 +255,9 @@ class VAEPictures(L.Callback):
                 that has them: adds `traversals_by_factor`.
 
         Returns:
-            {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2
-            and "traversals_by_factor" without `factors`.
+            {name: picture} for the names in `PICTURES`, without "manifold" unless D == 2,
+            "traversals_by_factor" without `factors`, and the last two but for a hierarchy
+            (`_hierarchy_pictures`).
         """
         x = x[: self.n_test_images]
         chunks = x.split(_ENCODE_CHUNK)
@@ -229,7 +294,28 @@ class VAEPictures(L.Callback):
         )
         if factors is not None:
             pictures["traversals_by_factor"] = self._traversals_by_factor(vae, loc, *factors)
+        if len(vae.layers) > 1 and hasattr(vae, "reconstruct_from_top"):
+            pictures.update(self._hierarchy_pictures(vae, shown))
         return pictures
+
+    def _hierarchy_pictures(self, vae: VAE, x: Tensor) -> dict[str, Figure]:
+        """A hierarchy's (`vaelab.models.topdown`): reconstructions keeping only the top k
+        of its L layers of x's code, the rest drawn from the prior (what each layer holds),
+        and samples with the layers below the top at lower temperatures."""
+        x = x[: self.nrow]
+        depth = len(vae.layers)
+        rows = [x, *(vae.reconstruct_from_top(x, k) for k in range(depth, 0, -1))]
+        grid = plots.image_grid(torch.cat(rows), len(x))
+        labels = ["x", *(f"top {k} of {depth}" for k in range(depth, 0, -1))]
+        by_layers = plots.labelled_rows(grid, labels, "reconstructions from the top layers")
+        samples = [
+            vae.sample(self.nrow, torch.Generator().manual_seed(self.seed), temperature=t)
+            for t in TEMPERATURES
+        ]
+        grid = plots.image_grid(torch.cat(samples), self.nrow)
+        labels = [f"t = {t:g}" for t in TEMPERATURES]
+        by_temperature = plots.labelled_rows(grid, labels, "samples at a temperature")
+        return {"reconstructions_by_layers": by_layers, "samples_by_temperature": by_temperature}
 
     def _traversals_by_factor(
         self, vae: VAE, loc: Tensor, factors: Tensor, names: tuple[str, ...]

@@ -62,9 +62,12 @@ class LitVAE(L.LightningModule):
     training), `elbo` (the true bound rec - kl), `rec` (E_q log p(x|z)) and `kl`: epoch
     means over images (in training `train/<term>_epoch`), and in training also the batch
     means `train/<term>_step` with `train/beta_step`, every `log_every_n_steps` steps, and
-    `train/beta_epoch`, the epoch's mean KL weight over images. Val and
+    `train/beta_epoch`, the epoch's mean KL weight over images, and with
+    `grad_skip_threshold`, `train/skipped_steps`, the steps skipped so far. Val and
     test add `active_units` (and, for a model of several stochastic layers, per layer:
-    `active_units_z1`, ...) and `kl_dim/<i>` (posterior collapse diagnostics); test adds
+    `active_units_z1`, ...; for one whose KL splits by layer, `kl_per_layer`, the top-down
+    hierarchy, also `kl_z1`, ...: Monte Carlo at one draw) and `kl_dim/<i>` (posterior
+    collapse diagnostics); test adds
     the importance-sampled `nll_iwae`, `bpd_iwae`, `ess_iwae` and the naive prior-sampling
     `nll_naive`, `bpd_naive`, each with `n_importance` samples per image (0: skip); nll
     is nats of the likelihood's log p(x) (a density's for a density), bpd bits of the
@@ -111,6 +114,7 @@ class LitVAE(L.LightningModule):
         objective: dict | None = None,
         beta_schedule: dict | None = None,
         disentanglement: dict | None = None,
+        grad_skip_threshold: float | None = None,
         arch: str | None = None,
         hidden_dim: int | None = None,
         activation: str | None = None,
@@ -145,6 +149,12 @@ class LitVAE(L.LightningModule):
         self.latent_stats = nn.ModuleDict(
             {s: ActiveUnitsMetric(self.vae.latent_dim, self.vae.layers) for s in ("val", "test")}
         )
+        # A model that splits its KL by stochastic layer (`kl_per_layer`, the top-down
+        # hierarchy): val and test log `kl_<layer>`, the epoch mean of each layer's KL.
+        self.layer_kls = None
+        if hasattr(self.vae, "kl_per_layer") and len(self.vae.layers) > 1:
+            layers = len(self.vae.layers)
+            self.layer_kls = nn.ModuleDict({s: MeansMetric(layers) for s in ("val", "test")})
         num_pixels = math.prod(image_shape)
         self.nll_iwae = LogLikelihoodMetric(num_pixels, "iwae")
         self.nll_naive = LogLikelihoodMetric(num_pixels, "naive")
@@ -159,6 +169,9 @@ class LitVAE(L.LightningModule):
         self._loss = torch.zeros(())  # the last training step's
         self._compile_step = False  # `compile_networks`
         self._compiled_objective = None
+        # Optimizer steps skipped for a gradient norm above grad_skip_threshold, over the
+        # whole run (the checkpoint holds the count, so a resumed run counts on).
+        self.skipped_steps = 0
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place, and the training step's maths as
@@ -247,6 +260,8 @@ class LitVAE(L.LightningModule):
             kl_dims = kl_per_dim(self.vae, qz_x)
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)
+            if self.layer_kls is not None:
+                self.layer_kls[stage].update(self.vae.kl_per_layer(qz_x).T.detach())
             if stage == "test" and batch[1].ndim == 2:  # ground-truth factors
                 self.test_codes.update(means)
                 self.test_factors.update(batch[1])
@@ -305,6 +320,10 @@ class LitVAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # a diverged run writes no checkpoint of its later steps
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)  # older runs: none
 
     def on_train_batch_end(self, outputs: Tensor, batch: object, batch_idx: int) -> None:
         # Logged here, at the epoch's last batch, rather than in on_train_epoch_end, which
@@ -313,6 +332,9 @@ class LitVAE(L.LightningModule):
         if trainer.is_last_batch or 0 < trainer.max_steps <= self.global_step:
             self.check_finite()
             self._log_means("train", suffix="_epoch")
+            if self.hparams.get("grad_skip_threshold") is not None:
+                skipped = float(self.skipped_steps)
+                self.log("train/skipped_steps", skipped, on_step=False, on_epoch=True, **REDUCED)
             if self._beta_images:
                 beta = self._beta_sum / self._beta_images
                 self.log("train/beta_epoch", beta, on_step=False, on_epoch=True, **REDUCED)
@@ -389,7 +411,15 @@ class LitVAE(L.LightningModule):
             self.log(f"test/{name}", value, **REDUCED)
 
     def _log_means(self, stage: str, suffix: str = "", prog_bar: Sequence[str] = ()) -> None:
-        """Log the epoch means of the terms (reduced across processes by compute), reset."""
+        """Log the epoch means of the terms (reduced across processes by compute), reset;
+        in val and test also each layer's KL, `<stage>/kl_<layer>`, where the model has them."""
+        if self.layer_kls is not None and stage in self.layer_kls:
+            layer_kls = self.layer_kls[stage]
+            if layer_kls.update_called:
+                names = [name for name, _ in self.vae.layers]
+                for name, value in zip(names, layer_kls.compute(), strict=True):
+                    self.log(f"{stage}/kl_{name}", value, **REDUCED)
+                layer_kls.reset()
         metric = self.means[f"{stage}_means"]
         if not metric.update_called:  # e.g. limit_val_batches=0
             return
@@ -421,6 +451,17 @@ class LitVAE(L.LightningModule):
         # Lightning calls this after the gradients are accumulated, reduced across processes
         # and unscaled, before they are clipped.
         grads = [p.grad for p in self.parameters() if p.grad is not None]
+        # grad_skip_threshold (VDVAE's skip_threshold): a step whose gradient norm is above
+        # it, or not finite, is skipped: the gradients are dropped, so the optimizer leaves
+        # those weights and its moments as they are. The norm is of the accumulated
+        # (unscaled, DDP-reduced) gradients, the same on every process.
+        threshold = self.hparams.get("grad_skip_threshold")
+        if threshold is not None:
+            norm = torch.nn.utils.get_total_norm(grads)
+            if not norm.item() <= threshold:  # NaN too
+                optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                return
         if self.hparams.optimizer == "adam_normgrad":
             # Each parameter's gradient divided by its L2 norm (+1e-7, as vae_vampprior's
             # AdamNormGrad) before Adam's step; the foreach kernels normalise every tensor

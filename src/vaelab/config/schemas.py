@@ -85,6 +85,15 @@ class ModelArgs:
     activation: str = knob(one_of(ACTIVATIONS))
     # model=hvae: the size of z₂, the top layer (z₁'s is latent_dim); null: latent_dim.
     top_dim: int | None = knob(or_null(integer(1)))
+    # model=topdown(_conv): the number of stochastic layers, each of latent_dim ...
+    depth: int | None = knob(or_null(integer(1)))
+    # ... or their sizes, z1 (nearest to x) first, which replace depth and latent_dim.
+    latent_dims: list[int] | None = knob(
+        Rule(
+            "a list of positive integers, or null",
+            lambda v: v is None or (len(v) > 0 and all(is_int(d) and d >= 1 for d in v)),
+        )
+    )
 
 
 @dataclass
@@ -152,6 +161,13 @@ class PicturesConfig:
     seed: int = knob(SEED)
     nrow: int = knob(integer(1))
     png_scale: int = knob(integer(1))
+
+
+@dataclass
+class EmaConfig:
+    decay: float | None = knob(
+        noted(or_null(number(0, above=True, below=1)), "the average's weight; null: off")
+    )
 
 
 @dataclass
@@ -225,6 +241,10 @@ class TrainConfig:
     lr: float = knob(number(0, above=True))
     optimizer: str = knob(one_of(OPTIMIZERS))
     n_importance: int = knob(noted(integer(0), "0: no test log-likelihood"))
+    # Skip an optimizer step whose gradient norm is above this (VDVAE's skip_threshold).
+    grad_skip_threshold: float | None = knob(
+        noted(or_null(number(0, above=True)), "null: never skip"), default=None
+    )
     # The test metrics of data with ground-truth factors (data=shapes): test/mig, ...
     disentanglement: DisentanglementConfig = MISSING
     batch_size: int = knob(integer(1))
@@ -257,6 +277,7 @@ class TrainConfig:
             "pictures": PicturesConfig,
             "step_checkpoint": StepCheckpointConfig,
             "early_stopping": EarlyStoppingConfig,
+            "ema": EmaConfig,
         }
     )
     # A cluster's SLURM settings, from a git-ignored conf/local/ (hydra/launcher=slurm).

@@ -38,6 +38,10 @@ class OwnPosterior(ModelCapabilities):
     own_posterior = True
 
 
+class OwnPosteriorConvNetworks(OwnPosterior, ConvNetworks):
+    """A hierarchy of convolutional networks (model=topdown_conv)."""
+
+
 class PriorCapabilities:
     """`factorised`: p(z) is an Independent over the latent dimensions (with a closed-form
     KL per dimension against a factorised posterior).
@@ -98,6 +102,8 @@ DECLARED: dict[str, type] = {
     _MODELS + "architectures.MLPVAE": ModelCapabilities,
     _MODELS + "architectures.ConvVAE": ConvNetworks,
     _MODELS + "hvae.HierarchicalVAE": OwnPosterior,
+    _MODELS + "topdown.TopDownVAE": OwnPosterior,
+    _MODELS + "topdown.TopDownConvVAE": OwnPosteriorConvNetworks,
     _MODELS + "priors.StandardPrior": StandardNormalPrior,
     _MODELS + "priors.MixturePrior": PriorCapabilities,
     _MODELS + "priors.VampPrior": PriorCapabilities,

@@ -37,6 +37,7 @@ RECIPE = (
     "lr",
     "optimizer",
     "n_importance",
+    "grad_skip_threshold",
 )
 # The model parts' config groups (conf/prior, posterior, objective, beta_schedule); a run
 # made before they existed has none of them, and gets each part's default.
