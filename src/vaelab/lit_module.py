@@ -19,7 +19,8 @@ from vaelab.estimators import (
     kl_per_dim,
     update_estimates,
 )
-from vaelab.models import build_objective, build_part_class, build_vae
+from vaelab.models import build_likelihood, build_objective, build_part_class, build_vae
+from vaelab.models.capabilities import likelihood_node
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
@@ -65,7 +66,10 @@ class LitVAE(L.LightningModule):
     eval.py with the same seed and K), and evaluating does not change the training run.
 
     The model is `vaelab.models.build_vae`'s: `arch` (mlp, conv, or hvae, with z₁ of
-    `latent_dim` and z₂ of `top_dim`), the prior and posterior configs.
+    `latent_dim` and z₂ of `top_dim`), the likelihood, prior and posterior configs. The
+    likelihood is a node of conf/likelihood/ (`{"_target_": ..., "obs_scale": 0.1}`); a
+    checkpoint made before them holds an option's name and a top-level `obs_scale`, read
+    as that option (`vaelab.models.capabilities.likelihood_node`).
     """
 
     eval_seed: int = 0
@@ -77,8 +81,8 @@ class LitVAE(L.LightningModule):
         latent_dim: int = 16,
         hidden_dim: int = 256,
         activation: str = "relu",
-        likelihood: str = "bernoulli",
-        obs_scale: float = 0.1,
+        likelihood: dict | str | None = None,
+        obs_scale: float | None = None,
         beta: float = 1.0,
         num_samples: int = 1,
         kl_warmup_epochs: float = 0.0,
@@ -95,10 +99,12 @@ class LitVAE(L.LightningModule):
     ):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
+        node = likelihood_node(likelihood, obs_scale)
+        check_fields(node, "likelihood.")
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = build_vae(
-            arch, image_shape, latent_dim, hidden_dim, activation, likelihood, obs_scale,
+            arch, image_shape, latent_dim, hidden_dim, activation, build_likelihood(node),
             prior, posterior, top_dim,
         )  # fmt: skip
         self._objective: Objective | None = None

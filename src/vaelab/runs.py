@@ -42,6 +42,7 @@ from typing import IO, Any
 import yaml
 
 from vaelab.errors import VaelabError
+from vaelab.models.capabilities import translate_old_config
 from vaelab.schema import CHECKPOINTS as CHECKPOINT_CHOICES
 
 CONFIG = "config.yaml"
@@ -282,6 +283,8 @@ class Run:
             config = yaml.safe_load((self.path / CONFIG).read_text()) or {}
         except FileNotFoundError:
             return {}
+        # A run made before conf/likelihood/ in today's form, read so by every reader.
+        config = translate_old_config(config)
         started_in = (config.get("paths") or {}).get("output_dir")
         return _moved(config, str(started_in), str(self.path)) if started_in else config
 

@@ -5,7 +5,7 @@ misspelt key) while Hydra composes. A value's rule is in its field (`knob`): `va
 checks a composed config with the rules (`RULES`, read from the fields) right after
 composition, before torch is imported, and the classes built from Python (LitVAE, the
 data module, the callbacks, the model parts) check their arguments with the same rules
-(`@checked`). The lists of choices (ARCHS, LIKELIHOODS, ...) are here, once; the data
+(`@checked`). The lists of choices (ARCHS, ACTIVATIONS, ...) are here, once; the data
 sources are the options of conf/data/ themselves (`data.source_class`).
 
 conf/train.yaml, eval.yaml and sample.yaml start their defaults list with their schema
@@ -37,19 +37,6 @@ from vaelab.errors import ConfigError
 # checks that the map has exactly these names.
 ARCHS = ("mlp", "conv", "hvae")
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
-LIKELIHOODS = (
-    "bernoulli",
-    "continuous_bernoulli",
-    "gaussian",
-    "gaussian_learned",
-    "discretized_logistic",
-)
-BINARY_LIKELIHOODS = ("bernoulli",)
-# Whose log_prob is a density of x in [0, 1] (or R), not the mass of a discrete value: the
-# probability of an 8-bit level is the density times a bin's width (`vaelab.estimators`).
-DENSITY_LIKELIHOODS = ("continuous_bernoulli", "gaussian", "gaussian_learned")
-# A scale per sub-pixel learned with the networks, starting at obs_scale.
-LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
 BINARIZATIONS = ("dynamic", "static", "none")
 PLACEMENTS = ("auto", "device", "host")
 CHECKPOINTS = ("best", "last")
@@ -249,6 +236,15 @@ class ObjectiveArgs:
 
 
 @dataclass
+class LikelihoodArgs:
+    obs_scale: float = knob(
+        noted(number(0, above=True), "the Gaussian's standard deviation, a learned scale's start")
+    )
+    components: int = knob(noted(integer(1), "logistics in each pixel's mixture"))
+    coupled: bool = knob(BOOLEAN)
+
+
+@dataclass
 class BetaScheduleArgs:
     cycles: int = knob(integer(1))
     ratio: float = knob(
@@ -354,8 +350,8 @@ class TrainConfig:
     seed: int = knob(SEED)
     latent_dim: int = knob(integer(1))
     beta: float = knob(noted(number(0), "1: the ELBO itself"))
-    likelihood: str = knob(one_of(LIKELIHOODS))
-    obs_scale: float = knob(number(0, above=True))
+    # Refused when set: it is the likelihood's now (likelihood.obs_scale).
+    obs_scale: float | None = None
     num_samples: int = knob(NUM_SAMPLES)
     # a number of epochs, kept as typed
     kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
@@ -380,8 +376,9 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     # A default, not MISSING: OmegaConf 2.3 fails to fill a MISSING node holding Unions.
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    # The model parts (conf/prior, posterior, objective, beta_schedule): a `_target_` class
-    # and its arguments, whose combinations `check_parts` checks.
+    # The model parts (conf/likelihood, prior, posterior, objective, beta_schedule): a
+    # `_target_` class and its arguments, whose combinations `check_parts` checks.
+    likelihood: dict[str, Any] = knob(nodes={"args": LikelihoodArgs})
     prior: dict[str, Any] = knob(nodes={"args": PriorArgs})
     posterior: dict[str, Any] = knob(nodes={"args": PosteriorArgs})
     objective: dict[str, Any] = knob(nodes={"args": ObjectiveArgs})
@@ -533,8 +530,13 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     _refuse_added_keys(cfg)
     values = {key: _select(cfg, key) for key in RULES[command]}
     check({key: value for key, value in values.items() if value is not _ABSENT}, command=command)
-    check_likelihood(values.get("likelihood"), values.get("data.binarize"))
     if command == "train":
+        if OmegaConf.select(cfg, "obs_scale") is not None:
+            raise ConfigError(
+                "obs_scale is now the likelihood's: use likelihood.obs_scale=... (with "
+                "likelihood=gaussian, gaussian_learned or discretized_logistic)"
+            )
+        check_likelihood(_node(cfg, "likelihood"), values.get("data.binarize"))
         check_parts(cfg)
 
 
@@ -624,11 +626,16 @@ def check_parts(cfg: DictConfig) -> None:
             )
 
 
-def check_likelihood(likelihood: str | None, binarize: str | None) -> None:
-    """A likelihood of binary pixels needs binarized data."""
-    if likelihood in BINARY_LIKELIHOODS and binarize == "none":
+def check_likelihood(likelihood: Mapping[str, Any] | str | None, binarize: str | None) -> None:
+    """A likelihood of binary pixels (one that declares `binary`) needs binarized data.
+    `likelihood`: its node (or an old run's option name)."""
+    from vaelab.models.capabilities import declared, likelihood_node  # torch-free
+
+    node = likelihood_node(likelihood)
+    if declared("likelihood", node).binary and binarize == "none":
+        name = node.get("name") or node["_target_"]
         raise ConfigError(
-            f"likelihood={likelihood} needs binary pixels but data.binarize=none: use "
+            f"likelihood={name} needs binary pixels but data.binarize=none: use "
             "data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"
         )
 

@@ -15,6 +15,7 @@ __all__ = [
     "VAE",
     "build_decoder",
     "build_encoder",
+    "build_likelihood",
     "build_objective",
     "build_part",
     "build_part_class",

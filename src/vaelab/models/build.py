@@ -1,5 +1,6 @@
 """The builders of a VAE and its parts: each part is named by a `_target_` in its config
-group (conf/prior, conf/posterior, conf/objective) and built from typed primitives.
+group (conf/prior, conf/posterior, conf/objective, conf/likelihood) and built from typed
+primitives.
 `build_vae` wires them for an architecture (`model.arch`): mlp and conv, or hvae, the
 two-level VAE."""
 
@@ -7,6 +8,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from vaelab.likelihoods import BernoulliLikelihood, Likelihood
+from vaelab.models.capabilities import likelihood_node
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
 from vaelab.models.hvae import HierarchicalVAE
@@ -24,15 +27,17 @@ def build_vae(
     latent_dim: int,
     hidden_dim: int,
     activation: str,
-    likelihood: str,
-    obs_scale: float,
+    likelihood: Likelihood,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
     top_dim: int | None = None,
 ) -> VAE:
-    """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
-    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over."""
+    """The VAE of an architecture, its likelihood and its parts' configs: the decoder
+    gives the likelihood's parameters (`Likelihood.param_shape`). For arch=hvae,
+    `latent_dim` is the size of z₁ and `top_dim` (default: the same) of z₂, which the
+    prior is over."""
     image_shape = tuple(image_shape)
+    param_shape = likelihood.param_shape(image_shape)
     if arch == "hvae":
         top_dim = top_dim or latent_dim
         return HierarchicalVAE(
@@ -42,15 +47,13 @@ def build_vae(
             hidden_dim,
             activation,
             likelihood,
-            obs_scale,
             prior=build_prior(prior, top_dim, image_shape),
         )
     return VAE(
         build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
-        build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
+        build_decoder(arch, param_shape, latent_dim, hidden_dim, activation),
         latent_dim,
         likelihood,
-        obs_scale,
         prior=build_prior(prior, latent_dim, image_shape),
         posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
     )
@@ -68,8 +71,14 @@ def build_part(
     return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
 
 
+def build_likelihood(cfg: Any = None, obs_scale: float | None = None) -> Likelihood:
+    """The likelihood of a `likelihood` node (an old run's option name and `obs_scale`
+    translated, `likelihood_node`), Bernoulli without one."""
+    return build_part(likelihood_node(cfg, obs_scale), BernoulliLikelihood, Likelihood, "likelihood")
+
+
 def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, where: str) -> type:
-    """The class a config node (`where`: prior, posterior, objective) names, `default`
+    """The class a config node (`where`: prior, posterior, objective, likelihood) names, `default`
     without a `_target_`; a checkpoint's hyperparameters are such nodes, so anything but a
     subclass of the part's `base` is refused without being called (`named_class`)."""
     return named_class(cfg["_target_"], base, where) if cfg and "_target_" in cfg else default

@@ -22,7 +22,8 @@ from torch.distributions import Distribution, constraints
 from vaelab.models.encoders import GaussianHead, dense_layers
 from vaelab.models.posteriors import GaussianPosterior
 from vaelab.models.priors import Prior, StandardPrior
-from vaelab.models.vae import VAE
+from vaelab.likelihoods import Likelihood
+from vaelab.models.vae import VAE, as_likelihood
 
 _NO_SHAPE = Size()
 
@@ -168,20 +169,21 @@ class HierarchicalVAE(VAE):
         top_dim: int,
         hidden_dim: int,
         activation: str,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
         value_range: tuple[float, float] | None = (0.0, 1.0),
         prior: Prior | None = None,
     ):
-        image_shape = tuple(image_shape)
+        image_shape, likelihood = tuple(image_shape), as_likelihood(likelihood)
         encoder = TwoLevelEncoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
-        decoder = TwoLevelDecoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
+        decoder = TwoLevelDecoder(
+            likelihood.param_shape(image_shape), bottom_dim, top_dim, hidden_dim, activation
+        )
         super().__init__(
             encoder,
             decoder,
             bottom_dim + top_dim,
             likelihood,
-            obs_scale,
+            None,
             value_range,
             prior=prior or StandardPrior(top_dim),
             posterior=GaussianPosterior(top_dim),
