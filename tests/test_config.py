@@ -93,18 +93,20 @@ DATA_DEFAULTS = {
 @pytest.mark.parametrize("name", options("data"))
 def test_each_data_option_brings_the_likelihood_and_binarization_that_suit_it(compose, name):
     cfg = compose(f"data={name}")
-    assert (cfg.likelihood, cfg.data.binarize) == DATA_DEFAULTS[name]
+    assert (cfg.likelihood.name, cfg.data.binarize) == DATA_DEFAULTS[name]
     schema.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
 
 
 def test_an_explicit_likelihood_or_binarization_wins_over_the_datas(compose):
     cfg = compose("data=cifar10", "likelihood=gaussian")
-    assert (cfg.likelihood, cfg.data.binarize) == ("gaussian", "none")
+    assert (cfg.likelihood.name, cfg.data.binarize) == ("gaussian", "none")
+    cfg = compose("data=cifar10", "likelihood=logistic_mixture", "likelihood.components=5")
+    assert (cfg.likelihood.name, cfg.likelihood.components) == ("logistic_mixture", 5)
     cfg = compose("data=folder", "data.binarize=dynamic", "likelihood=bernoulli")
-    assert (cfg.likelihood, cfg.data.binarize) == ("bernoulli", "dynamic")
+    assert (cfg.likelihood.name, cfg.data.binarize) == ("bernoulli", "dynamic")
     # and an experiment, composed after the data, wins too
     cfg = compose("data=cifar10", "experiment=beta_vae")
-    assert cfg.likelihood == "discretized_logistic" and cfg.beta == 4.0
+    assert cfg.likelihood.name == "discretized_logistic" and cfg.beta == 4.0
 
 
 @pytest.mark.parametrize("name", options("trainer"))
@@ -161,7 +163,7 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
     loc, scale = model.vae.encoder(x)
     assert loc.shape == scale.shape == (5, 2)
     assert model.vae.decoder(loc).shape == (5, 1, 28, 28)
-    assert model.hparams.num_samples == 3 and model.vae.likelihood == "gaussian"
+    assert model.hparams.num_samples == 3 and model.vae.likelihood.name == "gaussian"
 
     torch.manual_seed(0)
     rec, kl = model.vae.elbo_terms(x, num_samples=3)
@@ -206,7 +208,7 @@ EXEMPLAR_PROTOCOL = {
     "data.name": "fashion_mnist",
     "data.binarize": "dynamic",
     "data.val_size": 10_000,
-    "likelihood": "bernoulli",
+    "likelihood.name": "bernoulli",
     "model.hidden_dim": 300,
     "model.activation": "gated",
     "latent_dim": 40,

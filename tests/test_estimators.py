@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from conftest import option_node
 from oracles import LinearGaussian
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
@@ -25,7 +26,7 @@ from vaelab.estimators import (
 )
 from vaelab.likelihoods import MIN_LOG_SCALE
 from vaelab.lit_module import LitVAE
-from vaelab.models import build_vae
+from vaelab.models import build_likelihood, build_vae
 from vaelab.models.vae import VAE
 from vaelab.runs import Run
 
@@ -330,12 +331,16 @@ def test_a_density_of_binary_pixels_has_no_bits_per_dimension():
         ("gaussian", None, None),
         ("bernoulli", True, "nll"),
         ("discretized_logistic", False, "nll"),
+        ("logistic_mixture", False, "nll"),  # of RGB below, its channels coupled
     ],
 )
 def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary, bits):
+    """Each option of conf/likelihood/ as its file builds it."""
     torch.manual_seed(0)
-    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1)
-    x = uniform_bytes(20, 16).view(20, 1, 4, 4)
+    node = option_node("likelihood", likelihood)
+    shape = (3, 4, 4) if likelihood == "logistic_mixture" else (1, 4, 4)
+    vae = build_vae("mlp", shape, 2, 8, "relu", build_likelihood(node))
+    x = uniform_bytes(20, math.prod(shape)).view(20, *shape)
     if likelihood == "bernoulli":
         x = x.round()
     out = evaluate_log_likelihood(vae, [x], num_samples=4, binary=binary)
@@ -343,7 +348,7 @@ def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary
         assert "bpd_iwae" not in out and "bpd_naive" not in out
         return
     for name in ("iwae", "naive"):
-        density_bits = out[f"nll_{name}"] / (16 * math.log(2))
+        density_bits = out[f"nll_{name}"] / (math.prod(shape) * math.log(2))
         if bits == "nll":  # a mass: the model's log p(x) is the data's
             assert out[f"bpd_{name}"] == pytest.approx(density_bits, rel=1e-5)
         else:  # a density on uniform bytes: the masses of their levels, 8 bits or more

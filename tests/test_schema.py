@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import compose_command, options
+from conftest import compose_command, option_node, options
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -56,7 +56,7 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 # Every option of the groups whose nodes' keys differ by option, as the groups' files are.
 PART_OPTIONS = [
     f"{group}={option}"
-    for group in ("prior", "posterior", "objective", "beta_schedule", "data")
+    for group in ("prior", "posterior", "objective", "beta_schedule", "data", "likelihood")
     for option in options(group)
 ]
 
@@ -119,12 +119,28 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
             if (arch, activation) != ("conv", GATED):  # refused by validate
                 vae = models.build_vae(arch, (1, 28, 28), 2, 8, activation, "bernoulli", 0.1)
                 assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
-    params = torch.zeros(2, 1, 4, 4)
-    for name in schema.LIKELIHOODS:
-        p_x = likelihoods.observation_dist(name, params, 3, log_scale=torch.zeros(1, 4, 4))
-        assert p_x.log_prob(params).shape == (2,)
-    with pytest.raises(ValueError, match="unknown likelihood"):
-        likelihoods.observation_dist("poisson", params, 3)
+    x = torch.zeros(2, 1, 4, 4)
+    for name in options("likelihood"):  # the group is the list
+        likelihood = models.build_likelihood(option_node("likelihood", name))
+        assert isinstance(likelihood, likelihoods.Likelihood) and likelihood.name == name
+        params = torch.zeros(2, *likelihood.param_shape((1, 4, 4)))
+        p_x = likelihood.observation(params, 3, log_scale=torch.zeros(1, 4, 4))
+        assert p_x.log_prob(x).shape == (2,)
+
+
+def test_each_likelihood_option_gives_its_classs_arguments_with_the_classs_defaults():
+    """The option file is the class's typed arguments (and the option's name): the
+    defaults that Python callers get are the YAML's."""
+    from vaelab.likelihoods import Likelihood
+    from vaelab.targets import named_class
+
+    for name in options("likelihood"):
+        node = option_node("likelihood", name)
+        cls = named_class(node.pop("_target_"), Likelihood, "likelihood")
+        assert node.pop("name") == name
+        parameters = inspect.signature(cls).parameters
+        assert set(parameters) - {"name"} == set(node), name
+        assert {key: parameters[key].default for key in node} == node, name
 
 
 @pytest.mark.parametrize(
@@ -173,7 +189,9 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("n_importance=-1", "n_importance must be an integer >= 0"),
         ("max_epochs=0", "max_epochs must be a positive integer, or -1 (no limit), got 0"),
         ("seed=-1", "seed must be an integer in [0, 4294967295]"),
-        ("likelihood=poisson", "likelihood must be one of bernoulli, continuous_bernoulli, "),
+        ("likelihood=gaussian likelihood.obs_scale=0", "likelihood.obs_scale must be a number > 0 (the Gaussian's"),
+        ("likelihood=logistic_mixture likelihood.components=0", "likelihood.components must be"),
+        ("obs_scale=0.05", "obs_scale is now the likelihood's: use likelihood.obs_scale=..."),
         ("model.arch=resnet", "model.arch must be one of mlp, conv, hvae, got 'resnet'"),
         ("model.activation=gelu", "model.activation must be one of relu, tanh, gated, got 'ge"),
         ("model=conv model.activation=gated", "model.activation=gated makes each dense layer"),
@@ -288,7 +306,7 @@ CLI_CASES = {
     "num_samples": ("num_samples=0", "num_samples must be a positive integer", ""),
     "val_fraction": ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1)", ""),
     "pictures": ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs", ""),
-    "likelihood": ("likelihood=poisson", "likelihood must be one of", "gaussian"),
+    "likelihood": ("likelihood=poisson", "In 'train': Could not find 'likelihood/poisson'", "gaussian"),
     "binarize": ("data.binarize=maybe", "data.binarize must be one of", "dynamic"),
     "arch": ("model.arch=resnet", "model.arch must be one of mlp, conv", ""),
     "activation": ("model.activation=gelu", "model.activation must be one of relu, tanh", ""),
@@ -405,7 +423,7 @@ def test_vaelabs_parts_inherit_the_declarations_the_check_reads_without_torch():
 
     for target, declaration in DECLARED.items():
         assert issubclass(named_class(target, object, "test"), declaration), target
-    for group in ("prior", "posterior", "objective"):
+    for group in ("prior", "posterior", "objective", "likelihood"):
         for option in (config_dir() / group).glob("*.yaml"):
             assert OmegaConf.load(option)._target_ in DECLARED, option
     code = (

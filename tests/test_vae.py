@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import option_node, options
 from oracles import LinearGaussian
 from tiny import tiny_trainer
 from torch.distributions import kl_divergence
@@ -12,13 +13,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.errors import InputError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
-from vaelab.likelihoods import LIKELIHOODS
 from vaelab.lit_module import LitVAE
 from vaelab.models import ARCHS
 
 
+# Every option of conf/likelihood/, as its file builds it.
+LIKELIHOODS = options("likelihood")
+
+
 def small_vae(arch: str = "mlp", likelihood: str = "bernoulli") -> LitVAE:
-    return LitVAE(arch=arch, latent_dim=4, hidden_dim=32, likelihood=likelihood)
+    node = option_node("likelihood", likelihood)
+    return LitVAE(arch=arch, latent_dim=4, hidden_dim=32, likelihood=node)
 
 
 def images(likelihood: str, batch_size: int = 3) -> torch.Tensor:

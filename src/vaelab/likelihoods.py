@@ -388,9 +388,8 @@ class DiscretizedLogisticMixture(Distribution):
         if not self.coupled or self.channels == 1:
             return self.loc
         xk = x.unsqueeze(-4)  # over the components
-        return torch.stack(
-            [self._loc_given(xk, c, self.loc, self.coeffs) for c in range(self.channels)], -3
-        )
+        locs = [self._loc_given(xk, c, self.loc, self.coeffs) for c in range(self.channels)]
+        return torch.stack(torch.broadcast_tensors(*locs), -3)
 
     def log_prob(self, value: Tensor) -> Tensor:
         """log P(x): (...) nats, the masses of the 8-bit values of every pixel's channels."""

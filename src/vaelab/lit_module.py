@@ -105,7 +105,7 @@ class LitVAE(L.LightningModule):
         image_shape = tuple(image_shape)
         self.vae = build_vae(
             arch, image_shape, latent_dim, hidden_dim, activation, build_likelihood(node),
-            prior, posterior, top_dim,
+            None, prior, posterior, top_dim,
         )  # fmt: skip
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)

@@ -16,7 +16,7 @@ from vaelab.models.hvae import HierarchicalVAE
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
-from vaelab.models.vae import VAE
+from vaelab.models.vae import VAE, as_likelihood
 from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.targets import named_class
 
@@ -27,16 +27,18 @@ def build_vae(
     latent_dim: int,
     hidden_dim: int,
     activation: str,
-    likelihood: Likelihood,
+    likelihood: Likelihood | str,
+    obs_scale: float | None = None,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
     top_dim: int | None = None,
 ) -> VAE:
     """The VAE of an architecture, its likelihood and its parts' configs: the decoder
-    gives the likelihood's parameters (`Likelihood.param_shape`). For arch=hvae,
+    gives the likelihood's parameters (`Likelihood.param_shape`). A likelihood given by an
+    option's name takes `obs_scale` (`vaelab.models.vae.as_likelihood`). For arch=hvae,
     `latent_dim` is the size of z₁ and `top_dim` (default: the same) of z₂, which the
     prior is over."""
-    image_shape = tuple(image_shape)
+    image_shape, likelihood = tuple(image_shape), as_likelihood(likelihood, obs_scale)
     param_shape = likelihood.param_shape(image_shape)
     if arch == "hvae":
         top_dim = top_dim or latent_dim
