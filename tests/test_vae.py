@@ -16,7 +16,6 @@ from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_
 from vaelab.lit_module import LitVAE
 from vaelab.models import ARCHS
 
-
 # Every option of conf/likelihood/, as its file builds it.
 LIKELIHOODS = options("likelihood")
 

@@ -221,7 +221,8 @@ class Likelihood(LikelihoodCapabilities):
 
     def data_channels(self, param_channels: int) -> int:
         """The channels of x whose parameters have `param_channels` channels."""
-        found = [c for c in range(1, param_channels + 1) if self.param_channels(c) == param_channels]
+        channels = range(1, param_channels + 1)
+        found = [c for c in channels if self.param_channels(c) == param_channels]
         if not found:
             raise ValueError(f"{self!r} has no data of {param_channels} parameter channels")
         return found[0]
@@ -326,7 +327,7 @@ class LogisticMixtureLikelihood(Likelihood, EightBitMass):
     ) -> "Observation":
         # The mixture is over whole pixels: its distribution already has one x as its event.
         if event_dims != 3:
-            raise ValueError(f"likelihood={self.name} is of images (C, H, W), not of {event_dims}-d x")
+            raise ValueError(f"likelihood={self.name} is of images (C, H, W), not {event_dims}-d x")
         mixture = DiscretizedLogisticMixture(
             params.float(), self.components, self.coupled, validate_args=False
         )
@@ -361,7 +362,8 @@ class DiscretizedLogisticMixture(Distribution):
     ):
         k, *batch, (p, h, w) = components, *params.shape[:-3], params.shape[-3:]
         per_component = p // k
-        c = next((c for c in range(1, p + 1) if 1 + 2 * c + coupled * _pairs(c) == per_component), 0)
+        sizes = {1 + 2 * c + coupled * _pairs(c): c for c in range(1, p + 1)}
+        c = sizes.get(per_component, 0)
         if not c or per_component * k != p:
             raise ValueError(f"{p} parameter channels are no mixture of {k} components")
         self.components, self.coupled, self.channels = k, coupled, c
@@ -378,7 +380,7 @@ class DiscretizedLogisticMixture(Distribution):
         loc (..., K or none, C, H, W)'s, shifted by the coefficients of the pairs (channel, j)."""
         shifted = loc[..., channel, :, :]
         if coeffs is not None:
-            first = _pairs(channel)  # the pairs (c, j), j < c, in the order (1, 0), (2, 0), (2, 1), ...
+            first = _pairs(channel)  # the pairs (c, j), j < c, ordered (1, 0), (2, 0), (2, 1), ...
             for j in range(channel):
                 shifted = shifted + coeffs[..., first + j, :, :] * x[..., j, :, :]
         return shifted

@@ -76,7 +76,8 @@ def build_part(
 def build_likelihood(cfg: Any = None, obs_scale: float | None = None) -> Likelihood:
     """The likelihood of a `likelihood` node (an old run's option name and `obs_scale`
     translated, `likelihood_node`), Bernoulli without one."""
-    return build_part(likelihood_node(cfg, obs_scale), BernoulliLikelihood, Likelihood, "likelihood")
+    node = likelihood_node(cfg, obs_scale)
+    return build_part(node, BernoulliLikelihood, Likelihood, "likelihood")
 
 
 def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, where: str) -> type:

@@ -19,10 +19,10 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from vaelab.likelihoods import Likelihood
 from vaelab.models.encoders import GaussianHead, dense_layers
 from vaelab.models.posteriors import GaussianPosterior
 from vaelab.models.priors import Prior, StandardPrior
-from vaelab.likelihoods import Likelihood
 from vaelab.models.vae import VAE, as_likelihood
 
 _NO_SHAPE = Size()
