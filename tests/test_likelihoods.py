@@ -3,12 +3,16 @@ masses, tails, gradients, mean and draws, the masses a density puts on the 8-bit
 the learned scales inside a VAE, and the mixture of discretized logistics (PixelCNN++)."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from conftest import cli, tiny
 from scipy.stats import norm
 
+from vaelab import load_run
 from vaelab.likelihoods import (
     MIN_LOG_SCALE,
     BinnedContinuousBernoulli,
@@ -16,10 +20,13 @@ from vaelab.likelihoods import (
     DiscretizedLogistic,
     DiscretizedLogisticLikelihood,
     DiscretizedLogisticMixture,
+    GaussianLikelihood,
     LearnedGaussianLikelihood,
     LogisticMixtureLikelihood,
 )
 from vaelab.lit_module import LitVAE
+from vaelab.runs import Run
+from vaelab.tasks import compare
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 
@@ -313,3 +320,57 @@ def test_a_mixtures_draws_are_8_bit_and_follow_its_masses(coupled):
     colours = rgb.sample((50,))
     assert colours.shape == (50, 1, 3, 6, 1) and colours.min() >= 0 and colours.max() <= 1
     assert ((colours * 255).round() == colours * 255).all()
+
+
+# --- runs: the likelihood options through the real CLI, and runs made before them ----------
+
+
+def _old_form(run_dir: Path, likelihood: str, obs_scale: float) -> None:
+    """Rewrite a run as runs made before conf/likelihood/ wrote it: config.yaml and every
+    checkpoint's hyperparameters name the option and give a top-level obs_scale."""
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["likelihood"]["name"] == likelihood  # today's form, written by train.py
+    old = {"likelihood": likelihood, "obs_scale": obs_scale}
+    config = {**old, **{k: v for k, v in config.items() if k not in old}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["hyper_parameters"].update(old)
+        torch.save(checkpoint, path)
+
+
+def test_a_run_made_before_the_likelihood_options_evaluates_loads_compares_and_resumes(
+    train_cli, tmp_path
+):
+    """A real run of likelihood=gaussian with a standard deviation of 0.2, rewritten into
+    the old form (`likelihood: gaussian`, `obs_scale: 0.2` at the top): eval.py gives the
+    figures training gave (so the old top-level scale is read: 0.1, the default, gives
+    others), load_run builds its likelihood, compare labels it, and it resumes."""
+    overrides = tiny(
+        "likelihood=gaussian",
+        "likelihood.obs_scale=0.2",
+        "data.binarize=none",
+        "latent_dim=2",
+        "n_importance=4",
+        "callbacks.pictures.every_n_epochs=100",
+    )
+    (run_dir,) = train_cli(*overrides).run_dirs
+    trained = Run(run_dir).metrics()
+    _old_form(run_dir, "gaussian", 0.2)
+
+    args = (f"run_dir={run_dir}", "n_importance=4", "trainer.limit_test_batches=2")
+    result = cli("eval.py", *args, cwd=tmp_path / "eval")  # the batches training tested
+    assert result.returncode == 0, result.stderr[-3000:]
+    (evaluation,) = Run(run_dir).evaluations()
+    for key in ("test/nll_iwae", "test/bpd_iwae"):
+        assert evaluation[key] == pytest.approx(trained[key], rel=1e-5), key
+
+    vae = load_run(run_dir)
+    assert type(vae.likelihood) is GaussianLikelihood and vae.likelihood.obs_scale == 0.2
+    (row,) = compare.run([run_dir], out_dir=tmp_path / "compare").rows
+    assert row.data.endswith(", 8-bit, likelihood=gaussian")  # mnist or its stand-in set
+
+    train_cli(*overrides, f"resume={run_dir}", "trainer.max_epochs=2")
+    run = Run(run_dir)
+    assert run.state == "finished" and [row["epoch"] for row in run.history()] == [0, 1]
+    assert run.config()["likelihood"]["obs_scale"] == 0.2
