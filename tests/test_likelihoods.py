@@ -374,3 +374,24 @@ def test_a_run_made_before_the_likelihood_options_evaluates_loads_compares_and_r
     run = Run(run_dir)
     assert run.state == "finished" and [row["epoch"] for row in run.history()] == [0, 1]
     assert run.config()["likelihood"]["obs_scale"] == 0.2
+
+
+def test_a_run_on_mnists_grey_levels_trains_with_a_mixture_of_discretized_logistics(train_cli):
+    """Two components of one channel: the decoder gives 2 (1 + 2) = 6 values per pixel;
+    a discrete likelihood, so the bits per sub-pixel are the nats over 784 ln 2, above 0."""
+    overrides = tiny(
+        "likelihood=logistic_mixture",
+        "likelihood.components=2",
+        "data.binarize=none",
+        "latent_dim=2",
+        "n_importance=4",
+        "callbacks.pictures.every_n_epochs=100",
+    )
+    (run_dir,) = train_cli(*overrides).run_dirs
+    metrics = Run(run_dir).metrics()
+    assert metrics["test/bpd_iwae"] * 784 * math.log(2) == pytest.approx(metrics["test/nll_iwae"])
+    assert metrics["test/bpd_iwae"] > 0
+    vae = load_run(run_dir)
+    assert type(vae.likelihood) is LogisticMixtureLikelihood and vae.likelihood.components == 2
+    assert vae.decoder(torch.zeros(1, 2)).shape == (1, 6, 28, 28)
+    assert vae.data_shape == (1, 28, 28) and vae.sample(3).shape == (3, 1, 28, 28)
