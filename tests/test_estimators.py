@@ -408,7 +408,7 @@ def test_a_density_on_uniform_bytes_costs_8_bits_and_the_console_shows_it(
         f"data.data_dir={mnist_idx_root}",
         "data.binarize=none,dynamic",
         "likelihood=gaussian_learned",
-        "obs_scale=0.3",  # starts near the bytes' spread, the best Gaussian's scale (0.29)
+        "likelihood.obs_scale=0.3",  # near the bytes' spread, the best Gaussian's scale (0.29)
         "model=mlp",
         "latent_dim=2",
         "trainer=debug",
