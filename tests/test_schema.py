@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "lightning", "wandb")
 
 
-GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment")
+GROUPS = ("model", "likelihood", "data", "trainer", "logger", "callbacks", "paths", "experiment")
 
 
 @pytest.mark.parametrize(
@@ -348,6 +348,9 @@ print(json.dumps({{"code": code, "imported": [m for m in {HEAVY!r} if m in sys.m
     [
         ("train", "latent_dim=0"),
         ("train", "-m", "latent_dim=0", "model=mlp,conv"),  # before the sweep launches a job
+        ("train", "data.binarize=none"),  # the Bernoulli likelihood declares `binary`
+        ("train", "likelihood=logistic_mixture", "likelihood.components=0"),
+        ("train", "obs_scale=0.05"),
         ("eval", "checkpoint=worst"),
         ("sample", "n=0"),
     ],
