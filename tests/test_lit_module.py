@@ -27,7 +27,17 @@ from vaelab.lit_module import LitVAE
         ({"num_samples": 0}, "num_samples"),
         ({"kl_warmup_epochs": -1}, "kl_warmup_epochs"),
         ({"lr": 0}, "lr"),
-        ({"obs_scale": 0}, "obs_scale"),
+        ({"likelihood": "gaussian", "obs_scale": 0}, "likelihood.obs_scale must be a number > 0"),
+        (
+            {
+                "likelihood": {
+                    "_target_": "vaelab.likelihoods.LogisticMixtureLikelihood",
+                    "components": 0,
+                }
+            },
+            "likelihood.components must be a positive integer",
+        ),
+        ({"likelihood": {"_target_": "pathlib.Path"}}, "likelihood._target_ names pathlib.Path"),
         ({"n_importance": -1}, "n_importance"),
         ({"optimizer": "sgd"}, "optimizer must be one of adam, adam_normgrad"),
     ],
