@@ -27,6 +27,7 @@ from vaelab.models.capabilities import (
     LearnedScaleMass,
     LikelihoodCapabilities,
 )
+from vaelab.schema import checked
 
 __all__ = [
     "BernoulliLikelihood",
@@ -270,6 +271,7 @@ class ContinuousBernoulliLikelihood(Likelihood, EightBitDensity):
 class GaussianLikelihood(Likelihood, EightBitDensity):
     """A Gaussian of the decoder's mean and a fixed standard deviation `obs_scale`."""
 
+    @checked("likelihood.")
     def __init__(self, obs_scale: float = 0.1, name: str | None = None):
         super().__init__(name)
         self.obs_scale = obs_scale
@@ -282,6 +284,7 @@ class LearnedGaussianLikelihood(Likelihood, LearnedScaleDensity):
     """A Gaussian of the decoder's mean and a standard deviation per sub-pixel learned with
     the networks, starting at `obs_scale`."""
 
+    @checked("likelihood.")
     def __init__(self, obs_scale: float = 0.1, name: str | None = None):
         super().__init__(name)
         self.obs_scale = obs_scale
@@ -295,6 +298,7 @@ class DiscretizedLogisticLikelihood(Likelihood, LearnedScaleMass):
     """8-bit data: `DiscretizedLogistic` of the decoder's location and a scale per
     sub-pixel learned with the networks, starting at `obs_scale`."""
 
+    @checked("likelihood.")
     def __init__(self, obs_scale: float = 0.1, name: str | None = None):
         super().__init__(name)
         self.obs_scale = obs_scale
@@ -315,6 +319,7 @@ class LogisticMixtureLikelihood(Likelihood, EightBitMass):
         name: the option's name.
     """
 
+    @checked("likelihood.")
     def __init__(self, components: int = 10, coupled: bool = True, name: str | None = None):
         super().__init__(name)
         self.components, self.coupled = components, coupled

@@ -100,7 +100,6 @@ class LitVAE(L.LightningModule):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
         node = likelihood_node(likelihood, obs_scale)
-        check_fields(node, "likelihood.")
         self.save_hyperparameters()
         image_shape = tuple(image_shape)
         self.vae = build_vae(
