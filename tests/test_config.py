@@ -34,7 +34,9 @@ def test_every_group_has_its_documented_options():
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
 
 
-PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule")
+PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule", "likelihood")
+# Keys of an option file that are no argument default: a likelihood's `name`, its label.
+LABELS = ("_target_", "name")
 
 
 @pytest.mark.parametrize(
@@ -43,13 +45,15 @@ PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule")
 def test_an_option_files_values_are_its_classs_defaults(compose, option):
     """Defaults live once: where a part's class has a default for an argument its option file
     gives, the two are equal (an interpolated value, e.g. ${beta}, as the config resolves
-    it); an argument without a default has its one value in the YAML."""
+    it); an argument without a default has its one value in the YAML. Every key is an
+    argument of the class."""
     group, name = option.split("=")
     written = OmegaConf.load(config_dir() / group / f"{name}.yaml")
     resolved = compose(option)[group]
     parameters = inspect.signature(named_class(written._target_, object, group)).parameters
     for key in written:
-        if key != "_target_" and parameters[key].default is not inspect.Parameter.empty:
+        assert key in parameters or key == "_target_", f"{option}: {key}"
+        if key not in LABELS and parameters[key].default is not inspect.Parameter.empty:
             assert resolved[key] == parameters[key].default, f"{option}: {key}"
 
 

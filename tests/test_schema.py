@@ -128,21 +128,6 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
         assert p_x.log_prob(x).shape == (2,)
 
 
-def test_each_likelihood_option_gives_its_classs_arguments_with_the_classs_defaults():
-    """The option file is the class's typed arguments (and the option's name): the
-    defaults that Python callers get are the YAML's."""
-    from vaelab.likelihoods import Likelihood
-    from vaelab.targets import named_class
-
-    for name in options("likelihood"):
-        node = option_node("likelihood", name)
-        cls = named_class(node.pop("_target_"), Likelihood, "likelihood")
-        assert node.pop("name") == name
-        parameters = inspect.signature(cls).parameters
-        assert set(parameters) - {"name"} == set(node), name
-        assert {key: parameters[key].default for key in node} == node, name
-
-
 @pytest.mark.parametrize(
     ("override", "key", "expected"),
     [
