@@ -14,15 +14,18 @@ from torch.utils.data import DataLoader, TensorDataset
 from vaelab.errors import InputError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
 from vaelab.lit_module import LitVAE
-from vaelab.models import ARCHS
+
+ARCHS = options("model")
 
 # Every option of conf/likelihood/, as its file builds it.
 LIKELIHOODS = options("likelihood")
 
 
 def small_vae(arch: str = "mlp", likelihood: str = "bernoulli") -> LitVAE:
-    node = option_node("likelihood", likelihood)
-    return LitVAE(arch=arch, latent_dim=4, hidden_dim=32, likelihood=node)
+    """The model option `arch` (its option file), with hidden layers of 32 units, and the
+    likelihood option `likelihood` (its option file)."""
+    node = {**option_node("model", arch), "hidden_dim": 32}
+    return LitVAE(model=node, latent_dim=4, likelihood=option_node("likelihood", likelihood))
 
 
 def images(likelihood: str, batch_size: int = 3) -> torch.Tensor:
@@ -119,7 +122,8 @@ def test_shapes_and_signs(arch, likelihood):
     assert (scale > 0).all()
     assert rec.shape == kl.shape == (3,)
     assert torch.isfinite(rec).all() and torch.isfinite(kl).all()
-    assert (kl >= 0).all()
+    if vae.kl_splits:  # in closed form; hvae's Monte Carlo KL is >= 0 only in expectation
+        assert (kl >= 0).all()
     assert log_w.shape == (5, 3)
     assert torch.isfinite(log_w).all()
 

@@ -19,6 +19,7 @@ from torch.distributions import (
 )
 from torch.distributions.utils import _sum_rightmost
 
+from vaelab.config.schemas import checked
 from vaelab.models.capabilities import (
     BinaryLikelihood,
     EightBitDensity,
@@ -27,7 +28,6 @@ from vaelab.models.capabilities import (
     LearnedScaleMass,
     LikelihoodCapabilities,
 )
-from vaelab.schema import checked
 
 __all__ = [
     "BernoulliLikelihood",
@@ -249,7 +249,8 @@ class Likelihood(LikelihoodCapabilities):
             raise ValueError(f"likelihood={self.name} needs its learned log_scale")
         # No argument validation: its check that x is in the support is a full pass over x
         # and a host sync in every log_prob (with K samples, over x expanded K times). The
-        # data module and the config check (`vaelab.schema.check_likelihood`) guarantee it.
+        # data module and the config check (`vaelab.config.checks.check_likelihood`)
+        # guarantee it.
         return Observation(self.distribution(params, log_scale), event_dims, validate_args=False)
 
 

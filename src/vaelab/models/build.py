@@ -1,64 +1,42 @@
-"""The builders of a VAE and its parts: each part is named by a `_target_` in its config
-group (conf/prior, conf/posterior, conf/objective, conf/likelihood) and built from typed
-primitives.
-`build_vae` wires them for an architecture (`model.arch`): mlp and conv, or hvae, the
-two-level VAE."""
+"""The builders of a VAE and its parts: each is named by a `_target_` in its config group
+(conf/model, conf/likelihood, conf/prior, conf/posterior, conf/objective) and built from
+typed primitives. `build_vae` builds the model option's class with the likelihood, and the
+model builds its prior and posterior."""
 
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from vaelab.errors import ConfigError
 from vaelab.likelihoods import BernoulliLikelihood, Likelihood
-from vaelab.models.capabilities import likelihood_node
-from vaelab.models.decoders import build_decoder
-from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
-from vaelab.models.hvae import HierarchicalVAE
+from vaelab.models.capabilities import likelihood_node, model_node
+from vaelab.models.encoders import ACTIVATIONS  # noqa: F401  (vaelab.models.ACTIVATIONS)
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE, as_likelihood
-from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.targets import named_class
 
 
 def build_vae(
-    arch: str,
+    model: Mapping[str, Any] | None,
     image_shape: tuple[int, ...],
     latent_dim: int,
-    hidden_dim: int,
-    activation: str,
     likelihood: Likelihood | str,
     obs_scale: float | None = None,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
-    top_dim: int | None = None,
 ) -> VAE:
-    """The VAE of an architecture, its likelihood and its parts' configs: the decoder
-    gives the likelihood's parameters (`Likelihood.param_shape`). A likelihood given by an
-    option's name takes `obs_scale` (`vaelab.models.vae.as_likelihood`). For arch=hvae,
-    `latent_dim` is the size of z₁ and `top_dim` (default: the same) of z₂, which the
-    prior is over."""
-    image_shape, likelihood = tuple(image_shape), as_likelihood(likelihood, obs_scale)
-    param_shape = likelihood.param_shape(image_shape)
-    if arch == "hvae":
-        top_dim = top_dim or latent_dim
-        return HierarchicalVAE(
-            image_shape,
-            latent_dim,
-            top_dim,
-            hidden_dim,
-            activation,
-            likelihood,
-            prior=build_prior(prior, top_dim, image_shape),
-        )
-    return VAE(
-        build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
-        build_decoder(arch, param_shape, latent_dim, hidden_dim, activation),
-        latent_dim,
-        likelihood,
-        prior=build_prior(prior, latent_dim, image_shape),
-        posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
-    )
+    """The VAE a `model` node names (`_target_`, a `VAE` subclass, and its arguments; an old
+    run's `arch` translated; None: the default, conv), with its likelihood, whose parameters
+    its decoder gives (`Likelihood.param_shape`; a likelihood given by an option's name takes
+    `obs_scale`, `vaelab.models.vae.as_likelihood`), and the prior and posterior nodes, which
+    it builds over its latent (a model with its own posterior takes none)."""
+    return build_part(
+        model_node(dict(model or {})), VAE, VAE, "model", image_shape=tuple(image_shape),
+        latent_dim=latent_dim, likelihood=as_likelihood(likelihood, obs_scale), obs_scale=None,
+        prior=prior, posterior=posterior,
+    )  # fmt: skip
 
 
 def build_part(
@@ -70,6 +48,14 @@ def build_part(
     cls = build_part_class(cfg, default, base, where)
     cfg = {k: v for k, v in (cfg or {}).items() if k != "_target_"}
     accepted = inspect.signature(cls).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    unknown = [k for k in cfg if k in context or not (k in accepted or open_ended)]
+    if unknown:  # a key added to the node (+model.depth=3), which no class of it takes
+        own = [name for name in accepted if name not in context]
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not an argument of {cls.__name__}; its arguments: "
+            f"{', '.join(own)}"
+        )
     return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
 
 
