@@ -287,6 +287,19 @@ def test_an_old_checkpoints_model_keys_build_the_class_its_arch_named(old, name)
     assert not {"hidden_dim", "activation", "top_dim"} & set(model.hparams)
 
 
+def test_an_old_checkpoints_likelihood_is_saved_as_the_node_it_is_read_as():
+    """Checkpoints made before conf/likelihood/ hold an option's name and a top-level
+    obs_scale: read once into the likelihood node, which is what is saved (as the model's)."""
+    model = LitVAE(latent_dim=2, n_importance=0, likelihood="gaussian", obs_scale=0.2)
+    assert model.vae.likelihood.obs_scale == 0.2
+    assert model.hparams.likelihood == {
+        "_target_": "vaelab.likelihoods.GaussianLikelihood",
+        "name": "gaussian",
+        "obs_scale": 0.2,
+    }
+    assert "obs_scale" not in model.hparams
+
+
 class OverflowAtStep(L.Callback):
     """Makes one weight's gradient infinite at `step` (as an overflow in the backward pass
     would), and records the weights before each optimizer step."""
