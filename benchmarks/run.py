@@ -27,7 +27,9 @@ range. Sections:
            plain loop over batches in memory (the floor); and
            the mixture density log p(z) of 500 components (vaelab's matrix form against
            torch's MixtureSameFamily); and the discretized logistic likelihood's log p(x|z)
-           with its gradient (vaelab's tail-safe form against the plain formula).
+           with its gradient (vaelab's tail-safe form against the plain formula), and the
+           mixture of 10 discretized logistics with coupled channels (PixelCNN++'s) against
+           that one discretized logistic: what the mixture's likelihood costs.
   eval     decoder evaluations/s of `iw_log_likelihood` (K = 1,000, model=mlp, untrained)
            against the decoder alone at its best chunk size, the decoder and the
            likelihood's log-density of the images at that size (what any estimator must
@@ -502,6 +504,7 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
         rows += against("parts", measure, results, "floor")
     rows += mixture_density_rows(settings)
     rows += discretized_logistic_rows(settings)
+    rows += logistic_mixture_rows(settings)
     return rows
 
 
@@ -539,6 +542,42 @@ def discretized_logistic_rows(settings: Settings) -> list[Row]:
     results = alternate({"vaelab": timed(ours), "plain formula": timed(plain)}, settings.rounds)
     measure = f"images/s, log p(x|z) + backward, discretized logistic, {n} x 3x32x32"
     return against("parts", measure, results, "plain formula")
+
+
+def logistic_mixture_rows(settings: Settings) -> list[Row]:
+    """log p(x|z) and its gradient for the batch of `discretized_logistic_rows`: vaelab's
+    `DiscretizedLogisticMixture` of 10 components, RGB coupled (100 decoder channels, as
+    `likelihood=logistic_mixture`), against one `DiscretizedLogistic` of a learned scale
+    per sub-pixel (`likelihood=discretized_logistic`): the mixture's cost."""
+    from vaelab.likelihoods import DiscretizedLogistic, LogisticMixtureLikelihood
+
+    g = torch.Generator().manual_seed(0)
+    n = 128 if settings is FULL else 32
+    x = torch.randint(0, 256, (n, 3, 32, 32), generator=g).float() / 255
+    likelihood = LogisticMixtureLikelihood(components=10, coupled=True)
+    params = torch.randn(n, likelihood.param_channels(3), 32, 32, generator=g).requires_grad_()
+    loc = torch.rand(n, 3, 32, 32, generator=g).requires_grad_()
+    log_scale = torch.full((3, 32, 32), -3.0).requires_grad_()
+
+    def mixture() -> Tensor:
+        return likelihood.observation(params, 3).log_prob(x)
+
+    def single() -> Tensor:
+        return DiscretizedLogistic(loc, log_scale).log_prob(x)
+
+    def timed(log_prob: Callable[[], Tensor]) -> Callable[[], float]:
+        def run() -> float:
+            start = time.perf_counter()
+            for _ in range(5):
+                log_prob().sum().backward()
+            return 5 * n / (time.perf_counter() - start)
+
+        return run
+
+    contenders = {"vaelab": timed(mixture), "one logistic": timed(single)}
+    results = alternate(contenders, settings.rounds)
+    measure = f"images/s, log p(x|z) + backward, 10-logistic mixture, {n} x 3x32x32"
+    return against("parts", measure, results, "one logistic")
 
 
 def against(section: str, measure: str, results: dict[str, list[float]], other: str) -> list[Row]:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from hydra import compose as compose_config
 from hydra import initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vaelab.config import config_dir
 
@@ -67,6 +67,11 @@ def options(group: str) -> list[str]:
     """A config group's options: its files (and those in its subfolders: experiment=models/vamp)."""
     folder = config_dir() / group
     return sorted(p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.yaml"))
+
+
+def option_node(group: str, name: str) -> dict:
+    """An option file's node as it is (conf/<group>/<name>.yaml), e.g. a likelihood's."""
+    return OmegaConf.to_container(OmegaConf.load(config_dir() / group / f"{name}.yaml"))
 
 
 def compose_command(command: str, *overrides: str, hydra: bool = False) -> DictConfig:

@@ -134,6 +134,4 @@ class MixtureOfOnePriorVAE(VAE):
 
 def with_monte_carlo_kl(vae: VAE) -> MixtureOfOnePriorVAE:
     """`vae`'s encoder and decoder (shared, not copied) under the mixture-of-one prior."""
-    return MixtureOfOnePriorVAE(
-        vae.encoder, vae.decoder, vae.latent_dim, vae.likelihood, vae.obs_scale
-    )
+    return MixtureOfOnePriorVAE(vae.encoder, vae.decoder, vae.latent_dim, vae.likelihood)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from vaelab import load_run
 from vaelab.data import cifar
 from vaelab.data.sources import load_dataset
 from vaelab.errors import DataError
@@ -114,10 +115,21 @@ def test_the_archive_is_downloaded_checked_and_moved_into_place_whole(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_run_on_cifar10_trains_a_conv_model_with_a_discretized_logistic(train_cli, tmp_path):
+@pytest.mark.parametrize(
+    ("likelihood", "overrides"),
+    [
+        ("discretized_logistic", ()),  # what data=cifar10 brings
+        # PixelCNN++'s mixture, its channels coupled: 3 (1 + 6 + 3) = 30 output channels
+        ("logistic_mixture", ("likelihood=logistic_mixture", "likelihood.components=3")),
+    ],
+)
+def test_a_run_on_cifar10_trains_a_conv_model_with_a_discrete_likelihood(
+    train_cli, tmp_path, likelihood, overrides
+):
     write_batches(tmp_path / "data" / "cifar-10-batches-py", per_batch=12)
     result = train_cli(
         "data=cifar10",  # brings data.binarize=none and likelihood=discretized_logistic
+        *overrides,
         "model=conv",
         "model.hidden_dim=32",
         "latent_dim=4",
@@ -130,9 +142,13 @@ def test_a_run_on_cifar10_trains_a_conv_model_with_a_discretized_logistic(train_
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["data_source"].startswith("batches:")
     config = Run(run_dir).config()
-    assert (config["likelihood"], config["data"]["binarize"]) == ("discretized_logistic", "none")
+    assert (config["likelihood"]["name"], config["data"]["binarize"]) == (likelihood, "none")
     # A discrete likelihood of 256 levels: masses at most 1, so bits per sub-pixel above 0
     # (a density of grey levels can give fewer than 0).
     assert metrics["test/bpd_iwae"] * 3072 * np.log(2) == pytest.approx(metrics["test/nll_iwae"])
     assert metrics["test/bpd_iwae"] > 0
     assert (run_dir / "pictures" / "test" / "samples.png").is_file()
+    if likelihood == "logistic_mixture":  # its decoder gives the mixture's parameters
+        vae = load_run(run_dir)
+        assert vae.decoder(torch.zeros(1, 4)).shape == (1, 30, 32, 32)
+        assert vae.data_shape == (3, 32, 32) and vae.sample(2).shape == (2, 3, 32, 32)

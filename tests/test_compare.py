@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import option_node
 from figures import (
     drawn,
     inside_figure,
@@ -494,8 +495,11 @@ def test_the_table_names_a_model_part_by_its_class_and_the_csv_keeps_its_target(
     assert "vaelab.models.priors.VampPrior" in result.csv_path.read_text()
 
 
-def make_data_run(run_dir: Path, beta: float, likelihood: str, binarize: str, source: str) -> Run:
-    """A finished run of `likelihood` on MNIST's binarized or 8-bit pixels from `source`."""
+def make_data_run(
+    run_dir: Path, beta: float, likelihood: str | dict, binarize: str, source: str
+) -> Run:
+    """A finished run of `likelihood` (an option's node, or its name as runs made before
+    conf/likelihood/ wrote it) on MNIST's binarized or 8-bit pixels from `source`."""
     run = Run(run_dir)
     settings = config(run.path, 2, beta, 0)
     settings["likelihood"] = likelihood
@@ -515,12 +519,20 @@ def test_runs_of_different_data_or_likelihoods_are_never_drawn_on_one_axis(tmp_p
         "gaussian_learned": ("none", "mnist, 8-bit, likelihood=gaussian_learned"),
     }
     for likelihood, (binarize, _) in kinds.items():
-        for beta in BETAS:
+        for i, beta in enumerate(BETAS):
+            # A run of before conf/likelihood/ and one of today: the same likelihood.
+            written = option_node("likelihood", likelihood) if i else likelihood
             make_data_run(
-                tmp_path / "runs" / f"{likelihood}-{beta}", beta, likelihood, binarize, "idx:"
+                tmp_path / "runs" / f"{likelihood}-{beta}", beta, written, binarize, "idx:"
             )
     result = compare.run([tmp_path / "runs"], out_dir=tmp_path / "out")
-    assert sorted(result.keys) == ["beta", "data.binarize", "likelihood"]
+    assert sorted(result.keys) == [
+        "beta",
+        "data.binarize",
+        "likelihood._target_",
+        "likelihood.name",
+        "likelihood.obs_scale",  # gaussian_learned's starting scale; bernoulli has none
+    ]
     # One plot of each kind per data set and likelihood, each titled by it.
     assert sorted(p.name for p in result.plot_paths) == [
         "curves_val_elbo_mnist-8-bit-likelihood-gaussian_learned.png",
@@ -530,7 +542,7 @@ def test_runs_of_different_data_or_likelihoods_are_never_drawn_on_one_axis(tmp_p
     ]
     for likelihood, (_, label) in kinds.items():
         rows = [r for r in result.rows if r.data == label]
-        assert [r.config["likelihood"] for r in rows] == [likelihood] * 2
+        assert [r.config["likelihood.name"] for r in rows] == [likelihood] * 2
         fig = figures.metric_figure(rows, result.keys, "test/nll_iwae", "beta", False, label)
         ax = fig.axes[0]
         assert ax.get_title() == label
@@ -565,12 +577,12 @@ def test_runs_of_a_fallback_stand_in_set_are_not_averaged_with_the_real_data(tmp
 
 def test_a_runs_figures_are_of_its_data_set_image_size_pixels_and_likelihood():
     folder = {"data.name": "folder", "data.path": "/pics", "data.image_size": 32}
-    grey = {**folder, "data.binarize": "none", "likelihood": "discretized_logistic"}
+    grey = {**folder, "data.binarize": "none", "likelihood.name": "discretized_logistic"}
     label = data_and_likelihood(grey, "folder:/pics")
     assert label == "folder /pics 32px, 8-bit, likelihood=discretized_logistic"
     smaller = data_and_likelihood({**grey, "data.image_size": 16}, "folder:/pics")
     assert smaller != label  # another image shape: other figures
-    binary = {**grey, "data.binarize": "static", "likelihood": "bernoulli"}
+    binary = {**grey, "data.binarize": "static", "likelihood.name": "bernoulli"}
     assert data_and_likelihood(binary, None) == "folder /pics 32px, binary, likelihood=bernoulli"
 
 

@@ -33,7 +33,9 @@ def test_every_group_has_its_documented_options():
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
 
 
-PART_GROUPS = ("model", "prior", "posterior", "objective", "beta_schedule")
+PART_GROUPS = ("model", "prior", "posterior", "objective", "beta_schedule", "likelihood")
+# Keys of an option file that are no argument default: a likelihood's `name`, its label.
+LABELS = ("_target_", "name")
 
 
 @pytest.mark.parametrize(
@@ -42,13 +44,15 @@ PART_GROUPS = ("model", "prior", "posterior", "objective", "beta_schedule")
 def test_an_option_files_values_are_its_classs_defaults(compose, option):
     """Defaults live once: where a part's class has a default for an argument its option file
     gives, the two are equal (an interpolated value, e.g. ${beta}, as the config resolves
-    it); an argument without a default has its one value in the YAML."""
+    it); an argument without a default has its one value in the YAML. Every key is an
+    argument of the class."""
     group, name = option.split("=")
     written = OmegaConf.load(config_dir() / group / f"{name}.yaml")
     resolved = compose(option)[group]
     parameters = inspect.signature(named_class(written._target_, object, group)).parameters
     for key in written:
-        if key != "_target_" and parameters[key].default is not inspect.Parameter.empty:
+        assert key in parameters or key == "_target_", f"{option}: {key}"
+        if key not in LABELS and parameters[key].default is not inspect.Parameter.empty:
             assert resolved[key] == parameters[key].default, f"{option}: {key}"
 
 
@@ -103,18 +107,20 @@ DATA_DEFAULTS = {
 @pytest.mark.parametrize("name", options("data"))
 def test_each_data_option_brings_the_likelihood_and_binarization_that_suit_it(compose, name):
     cfg = compose(f"data={name}")
-    assert (cfg.likelihood, cfg.data.binarize) == DATA_DEFAULTS[name]
+    assert (cfg.likelihood.name, cfg.data.binarize) == DATA_DEFAULTS[name]
     checks.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
 
 
 def test_an_explicit_likelihood_or_binarization_wins_over_the_datas(compose):
     cfg = compose("data=cifar10", "likelihood=gaussian")
-    assert (cfg.likelihood, cfg.data.binarize) == ("gaussian", "none")
+    assert (cfg.likelihood.name, cfg.data.binarize) == ("gaussian", "none")
+    cfg = compose("data=cifar10", "likelihood=logistic_mixture", "likelihood.components=5")
+    assert (cfg.likelihood.name, cfg.likelihood.components) == ("logistic_mixture", 5)
     cfg = compose("data=folder", "data.binarize=dynamic", "likelihood=bernoulli")
-    assert (cfg.likelihood, cfg.data.binarize) == ("bernoulli", "dynamic")
+    assert (cfg.likelihood.name, cfg.data.binarize) == ("bernoulli", "dynamic")
     # and an experiment, composed after the data, wins too
     cfg = compose("data=cifar10", "experiment=beta_vae")
-    assert cfg.likelihood == "discretized_logistic" and cfg.beta == 4.0
+    assert cfg.likelihood.name == "discretized_logistic" and cfg.beta == 4.0
 
 
 @pytest.mark.parametrize("name", options("trainer"))
@@ -172,7 +178,7 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
     loc, scale = model.vae.encoder(x)
     assert loc.shape == scale.shape == (5, 2)
     assert model.vae.decoder(loc).shape == (5, 1, 28, 28)
-    assert model.hparams.num_samples == 3 and model.vae.likelihood == "gaussian"
+    assert model.hparams.num_samples == 3 and model.vae.likelihood.name == "gaussian"
 
     torch.manual_seed(0)
     rec, kl = model.vae.elbo_terms(x, num_samples=3)
@@ -219,7 +225,7 @@ EXEMPLAR_PROTOCOL = {
     "data.name": "fashion_mnist",
     "data.binarize": "dynamic",
     "data.val_size": 10_000,
-    "likelihood": "bernoulli",
+    "likelihood.name": "bernoulli",
     "model.hidden_dim": 300,
     "model.activation": "gated",
     "latent_dim": 40,

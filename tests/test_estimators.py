@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from conftest import option_node
 from oracles import LinearGaussian
 from torch import nn
 from torch.distributions import Independent, Normal, kl_divergence
@@ -25,7 +26,7 @@ from vaelab.estimators import (
 )
 from vaelab.likelihoods import MIN_LOG_SCALE
 from vaelab.lit_module import LitVAE
-from vaelab.models import build_vae
+from vaelab.models import build_likelihood, build_vae
 from vaelab.models.architectures import MLPVAE
 from vaelab.models.priors import StandardPrior
 from vaelab.models.vae import VAE
@@ -361,12 +362,16 @@ def test_a_density_of_binary_pixels_has_no_bits_per_dimension():
         ("gaussian", None, None),
         ("bernoulli", True, "nll"),
         ("discretized_logistic", False, "nll"),
+        ("logistic_mixture", False, "nll"),  # of RGB below, its channels coupled
     ],
 )
 def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary, bits):
+    """Each option of conf/likelihood/ as its file builds it."""
     torch.manual_seed(0)
-    vae = MLPVAE((1, 4, 4), 2, likelihood, 0.1, hidden_dim=8)
-    x = uniform_bytes(20, 16).view(20, 1, 4, 4)
+    node = option_node("likelihood", likelihood)
+    shape = (3, 4, 4) if likelihood == "logistic_mixture" else (1, 4, 4)
+    vae = MLPVAE(shape, 2, build_likelihood(node), hidden_dim=8)
+    x = uniform_bytes(20, math.prod(shape)).view(20, *shape)
     if likelihood == "bernoulli":
         x = x.round()
     out = evaluate_log_likelihood(vae, [x], num_samples=4, binary=binary)
@@ -374,7 +379,7 @@ def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary
         assert "bpd_iwae" not in out and "bpd_naive" not in out
         return
     for name in ("iwae", "naive"):
-        density_bits = out[f"nll_{name}"] / (16 * math.log(2))
+        density_bits = out[f"nll_{name}"] / (math.prod(shape) * math.log(2))
         if bits == "nll":  # a mass: the model's log p(x) is the data's
             assert out[f"bpd_{name}"] == pytest.approx(density_bits, rel=1e-5)
         else:  # a density on uniform bytes: the masses of their levels, 8 bits or more
@@ -434,7 +439,7 @@ def test_a_density_on_uniform_bytes_costs_8_bits_and_the_console_shows_it(
         f"data.data_dir={mnist_idx_root}",
         "data.binarize=none,dynamic",
         "likelihood=gaussian_learned",
-        "obs_scale=0.3",  # starts near the bytes' spread, the best Gaussian's scale (0.29)
+        "likelihood.obs_scale=0.3",  # near the bytes' spread, the best Gaussian's scale (0.29)
         "model=mlp",
         "latent_dim=2",
         "trainer=debug",

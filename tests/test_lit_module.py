@@ -27,7 +27,17 @@ from vaelab.lit_module import LitVAE
         ({"num_samples": 0}, "num_samples"),
         ({"kl_warmup_epochs": -1}, "kl_warmup_epochs"),
         ({"lr": 0}, "lr"),
-        ({"obs_scale": 0}, "obs_scale"),
+        ({"likelihood": "gaussian", "obs_scale": 0}, "likelihood.obs_scale must be a number > 0"),
+        (
+            {
+                "likelihood": {
+                    "_target_": "vaelab.likelihoods.LogisticMixtureLikelihood",
+                    "components": 0,
+                }
+            },
+            "likelihood.components must be a positive integer",
+        ),
+        ({"likelihood": {"_target_": "pathlib.Path"}}, "likelihood._target_ names pathlib.Path"),
         ({"n_importance": -1}, "n_importance"),
         ({"optimizer": "sgd"}, "optimizer must be one of adam, adam_normgrad"),
     ],
@@ -275,6 +285,19 @@ def test_an_old_checkpoints_model_keys_build_the_class_its_arch_named(old, name)
     assert model.hparams.model["_target_"].endswith(f".{name}")
     assert model.hparams.model["hidden_dim"] == 8 and "arch" not in model.hparams
     assert not {"hidden_dim", "activation", "top_dim"} & set(model.hparams)
+
+
+def test_an_old_checkpoints_likelihood_is_saved_as_the_node_it_is_read_as():
+    """Checkpoints made before conf/likelihood/ hold an option's name and a top-level
+    obs_scale: read once into the likelihood node, which is what is saved (as the model's)."""
+    model = LitVAE(latent_dim=2, n_importance=0, likelihood="gaussian", obs_scale=0.2)
+    assert model.vae.likelihood.obs_scale == 0.2
+    assert model.hparams.likelihood == {
+        "_target_": "vaelab.likelihoods.GaussianLikelihood",
+        "name": "gaussian",
+        "obs_scale": 0.2,
+    }
+    assert "obs_scale" not in model.hparams
 
 
 class OverflowAtStep(L.Callback):

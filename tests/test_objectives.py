@@ -85,7 +85,7 @@ class ScaledPosteriorVAE(VAE):
 
 def as_flow(vae: VAE) -> ScaledPosteriorVAE:
     latent_dim = vae.latent_dim
-    return ScaledPosteriorVAE(vae.encoder, vae.decoder, latent_dim, vae.likelihood, vae.obs_scale)
+    return ScaledPosteriorVAE(vae.encoder, vae.decoder, latent_dim, vae.likelihood)
 
 
 # ELBO and free bits

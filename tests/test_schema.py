@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from conftest import compose_command, options
+from conftest import compose_command, option_node, options
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "lightning", "wandb")
 
 
-GROUPS = ("model", "data", "trainer", "logger", "callbacks", "paths", "experiment")
+GROUPS = ("model", "likelihood", "data", "trainer", "logger", "callbacks", "paths", "experiment")
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 # Every option of the groups whose nodes' keys differ by option, as the groups' files are.
 PART_OPTIONS = [
     f"{group}={option}"
-    for group in ("model", "prior", "posterior", "objective", "beta_schedule", "data")
+    for group in ("model", "prior", "posterior", "objective", "beta_schedule", "data", "likelihood")
     for option in options(group)
 ]
 
@@ -121,12 +121,13 @@ def test_the_builders_know_every_name_the_schema_allows_and_no_other():
             node["activation"] = activation
             vae = models.build_vae(node, (1, 28, 28), 2, "bernoulli", 0.1)
             assert vae.decode(torch.zeros(1, vae.latent_dim)).shape == (1, 1, 28, 28)
-    params = torch.zeros(2, 1, 4, 4)
-    for name in schemas.LIKELIHOODS:
-        p_x = likelihoods.observation_dist(name, params, 3, log_scale=torch.zeros(1, 4, 4))
-        assert p_x.log_prob(params).shape == (2,)
-    with pytest.raises(ValueError, match="unknown likelihood"):
-        likelihoods.observation_dist("poisson", params, 3)
+    x = torch.zeros(2, 1, 4, 4)
+    for name in options("likelihood"):  # the group is the list
+        likelihood = models.build_likelihood(option_node("likelihood", name))
+        assert isinstance(likelihood, likelihoods.Likelihood) and likelihood.name == name
+        params = torch.zeros(2, *likelihood.param_shape((1, 4, 4)))
+        p_x = likelihood.observation(params, 3, log_scale=torch.zeros(1, 4, 4))
+        assert p_x.log_prob(x).shape == (2,)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,9 @@ def test_eval_refuses_a_trainer_argument_of_training_only():
         ("n_importance=-1", "n_importance must be an integer >= 0"),
         ("max_epochs=0", "max_epochs must be a positive integer, or -1 (no limit), got 0"),
         ("seed=-1", "seed must be an integer in [0, 4294967295]"),
-        ("likelihood=poisson", "likelihood must be one of bernoulli, continuous_bernoulli, "),
+        ("likelihood=gaussian likelihood.obs_scale=0", "likelihood.obs_scale must be a number > 0"),
+        ("likelihood=logistic_mixture likelihood.components=0", "likelihood.components must be"),
+        ("obs_scale=0.05", "obs_scale is now the likelihood's: use likelihood.obs_scale=..."),
         ("model._target_=resnet", "model._target_ names resnet, which cannot be imported"),
         ("model.activation=gelu", "model.activation must be one of relu, tanh, gated, got 'ge"),
         ("model=conv model.activation=gated", "model.activation=gated is not one the networks "),
@@ -289,7 +292,7 @@ CLI_CASES = {
     "num_samples": ("num_samples=0", "num_samples must be a positive integer", ""),
     "val_fraction": ("data.val_fraction=0", "data.val_fraction must be a number in (0, 1)", ""),
     "pictures": ("callbacks.pictures.every_n_epochs=0", "callbacks.pictures.every_n_epochs", ""),
-    "likelihood": ("likelihood=poisson", "likelihood must be one of", "gaussian"),
+    "likelihood": ("likelihood=poisson", "In 'train': Could not find 'likelihood/", "gaussian"),
     "binarize": ("data.binarize=maybe", "data.binarize must be one of", "dynamic"),
     "arch": ("model._target_=resnet", "model._target_ names resnet, which cannot be", ""),
     "activation": ("model.activation=gelu", "model.activation must be one of relu, tanh", ""),
@@ -331,6 +334,9 @@ print(json.dumps({{"code": code, "imported": [m for m in {HEAVY!r} if m in sys.m
     [
         ("train", "latent_dim=0"),
         ("train", "-m", "latent_dim=0", "model=mlp,conv"),  # before the sweep launches a job
+        ("train", "data.binarize=none"),  # the Bernoulli likelihood declares `binary`
+        ("train", "likelihood=logistic_mixture", "likelihood.components=0"),
+        ("train", "obs_scale=0.05"),
         ("eval", "checkpoint=worst"),
         ("sample", "n=0"),
     ],
@@ -406,7 +412,7 @@ def test_vaelabs_parts_inherit_the_declarations_the_check_reads_without_torch():
 
     for target, declaration in DECLARED.items():
         assert issubclass(named_class(target, object, "test"), declaration), target
-    for group in ("model", "prior", "posterior", "objective"):
+    for group in ("model", "prior", "posterior", "objective", "likelihood"):
         for option in (config_dir() / group).glob("*.yaml"):
             assert OmegaConf.load(option)._target_ in DECLARED, option
     code = (

@@ -5,26 +5,27 @@ import math
 
 import pytest
 import torch
-from conftest import options
-from omegaconf import OmegaConf
+from conftest import option_node, options
 from oracles import LinearGaussian
 from tiny import tiny_trainer
 from torch.distributions import kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
-from vaelab.config import config_dir
 from vaelab.errors import InputError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
-from vaelab.likelihoods import LIKELIHOODS
 from vaelab.lit_module import LitVAE
 
 ARCHS = options("model")
 
+# Every option of conf/likelihood/, as its file builds it.
+LIKELIHOODS = options("likelihood")
+
 
 def small_vae(arch: str = "mlp", likelihood: str = "bernoulli") -> LitVAE:
-    """The model option `arch` (its option file), with hidden layers of 32 units."""
-    node = {**OmegaConf.load(config_dir() / "model" / f"{arch}.yaml"), "hidden_dim": 32}
-    return LitVAE(model=node, latent_dim=4, likelihood=likelihood)
+    """The model option `arch` (its option file), with hidden layers of 32 units, and the
+    likelihood option `likelihood` (its option file)."""
+    node = {**option_node("model", arch), "hidden_dim": 32}
+    return LitVAE(model=node, latent_dim=4, likelihood=option_node("likelihood", likelihood))
 
 
 def images(likelihood: str, batch_size: int = 3) -> torch.Tensor:
@@ -121,7 +122,8 @@ def test_shapes_and_signs(arch, likelihood):
     assert (scale > 0).all()
     assert rec.shape == kl.shape == (3,)
     assert torch.isfinite(rec).all() and torch.isfinite(kl).all()
-    assert (kl >= 0).all()
+    if vae.kl_splits:  # in closed form; hvae's Monte Carlo KL is >= 0 only in expectation
+        assert (kl >= 0).all()
     assert log_w.shape == (5, 3)
     assert torch.isfinite(log_w).all()
 

@@ -1,4 +1,8 @@
-"""The one place observation distributions p(x|z) are built from decoder outputs."""
+"""The likelihoods p(x|z): each a class (`Likelihood`) named by its option file,
+conf/likelihood/<name>.yaml, that builds the observation distribution from the decoder's
+outputs and declares what it is (`vaelab.models.capabilities.LikelihoodCapabilities`:
+binary, a density, a mass of 8-bit levels, a learned scale, its parameters per sub-pixel).
+The distributions they build are here too: those of 8-bit data with their `log_mass`."""
 
 import math
 
@@ -15,25 +19,29 @@ from torch.distributions import (
 )
 from torch.distributions.utils import _sum_rightmost
 
-# The names, those whose support is {0, 1} (they need binarized data), those whose log_prob
-# is a density rather than a discrete mass, and those with a learned scale: the schema's.
-from vaelab.config.schemas import (
-    BINARY_LIKELIHOODS,
-    DENSITY_LIKELIHOODS,
-    LEARNED_SCALE_LIKELIHOODS,
-    LIKELIHOODS,
+from vaelab.config.schemas import checked
+from vaelab.models.capabilities import (
+    BinaryLikelihood,
+    EightBitDensity,
+    EightBitMass,
+    LearnedScaleDensity,
+    LearnedScaleMass,
+    LikelihoodCapabilities,
 )
 
 __all__ = [
-    "BINARY_LIKELIHOODS",
-    "DENSITY_LIKELIHOODS",
-    "LEARNED_SCALE_LIKELIHOODS",
-    "LIKELIHOODS",
+    "BernoulliLikelihood",
     "BinnedContinuousBernoulli",
     "BinnedNormal",
+    "ContinuousBernoulliLikelihood",
     "DiscretizedLogistic",
+    "DiscretizedLogisticLikelihood",
+    "DiscretizedLogisticMixture",
+    "GaussianLikelihood",
+    "LearnedGaussianLikelihood",
+    "Likelihood",
+    "LogisticMixtureLikelihood",
     "Observation",
-    "observation_dist",
 ]
 
 _BINS = 255  # 8-bit values k / 255, k = 0 .. 255: the bins are 1 / 255 wide
@@ -192,41 +200,251 @@ class Observation(Independent):
         return total.to(value.dtype)
 
 
-def observation_dist(
-    name: str,
-    params: Tensor,
-    event_dims: int,
-    obs_scale: float = 0.1,
-    log_scale: Tensor | None = None,
-) -> Observation:
-    """p(x|z) with `event_dims` trailing dimensions summed in `log_prob`.
+class Likelihood(LikelihoodCapabilities):
+    """p(x|z) from the decoder's unconstrained outputs. A subclass builds `distribution`
+    and declares its capabilities (`vaelab.models.capabilities`); its constructor's typed
+    arguments are the keys of its option file.
 
     Args:
-        name: one of `LIKELIHOODS`.
-        params: unconstrained decoder output: logits, or the Gaussian or logistic location.
-        event_dims: how many trailing dimensions of `params` make one observation.
-        obs_scale: standard deviation of the Gaussian likelihood (fixed, not learned).
-        log_scale: the learned log-scale of `LEARNED_SCALE_LIKELIHOODS`, one per
-            sub-pixel (the shape of one x), broadcast over the batch.
+        name: the option's name, the likelihood's label in messages and compare's tables
+            (default: the class's name).
     """
-    # Densities in float32 even under mixed precision: log-probs sum hundreds of terms.
-    params = params.float()
-    # No argument validation: its check that x is in the support is a full pass over x and
-    # a host sync in every log_prob (with K samples, over x expanded K times). The data
-    # module and the config check (`vaelab.config.checks.check_likelihood`) guarantee the support.
-    if name in LEARNED_SCALE_LIKELIHOODS and log_scale is None:
-        raise ValueError(f"likelihood={name} needs its learned log_scale")
-    if name == "bernoulli":
-        base = Bernoulli(logits=params, validate_args=False)
-    elif name == "continuous_bernoulli":
-        base = BinnedContinuousBernoulli(logits=params, validate_args=False)
-    elif name == "gaussian":
-        base = BinnedNormal(params, obs_scale, validate_args=False)
-    elif name == "gaussian_learned":
+
+    def __init__(self, name: str | None = None):
+        self.name = name or type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def param_shape(self, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The decoder's output for one x of `data_shape` (C, ...): `param_channels` of C."""
+        return (self.param_channels(data_shape[0]), *data_shape[1:])
+
+    def data_channels(self, param_channels: int) -> int:
+        """The channels of x whose parameters have `param_channels` channels."""
+        channels = range(1, param_channels + 1)
+        found = [c for c in channels if self.param_channels(c) == param_channels]
+        if not found:
+            raise ValueError(f"{self!r} has no data of {param_channels} parameter channels")
+        return found[0]
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
+        """The distribution of each sub-pixel, batch shape `params`'s."""
+        raise NotImplementedError
+
+    def observation(
+        self, params: Tensor, event_dims: int, log_scale: Tensor | None = None
+    ) -> "Observation":
+        """p(x|z) with `event_dims` trailing dimensions of x summed in `log_prob`.
+
+        Args:
+            params: the decoder's outputs, (..., *`param_shape`).
+            event_dims: how many trailing dimensions make one x.
+            log_scale: the VAE's learned log-scale (`learned_scale`), the shape of one x,
+                broadcast over the batch.
+        """
+        # Densities in float32 even under mixed precision: log-probs sum hundreds of terms.
+        params = params.float()
+        if self.learned_scale and log_scale is None:
+            raise ValueError(f"likelihood={self.name} needs its learned log_scale")
+        # No argument validation: its check that x is in the support is a full pass over x
+        # and a host sync in every log_prob (with K samples, over x expanded K times). The
+        # data module and the config check (`vaelab.config.checks.check_likelihood`)
+        # guarantee it.
+        return Observation(self.distribution(params, log_scale), event_dims, validate_args=False)
+
+
+class BernoulliLikelihood(Likelihood, BinaryLikelihood):
+    """Binary pixels: the decoder gives the logits."""
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
+        return Bernoulli(logits=params, validate_args=False)
+
+
+class ContinuousBernoulliLikelihood(Likelihood, EightBitDensity):
+    """Grey levels in [0, 1]: the continuous Bernoulli of the decoder's logits (Loaiza-Ganem
+    & Cunningham 2019)."""
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
+        return BinnedContinuousBernoulli(logits=params, validate_args=False)
+
+
+class GaussianLikelihood(Likelihood, EightBitDensity):
+    """A Gaussian of the decoder's mean and a fixed standard deviation `obs_scale`."""
+
+    @checked("likelihood.")
+    def __init__(self, obs_scale: float = 0.1, name: str | None = None):
+        super().__init__(name)
+        self.obs_scale = obs_scale
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
+        return BinnedNormal(params, self.obs_scale, validate_args=False)
+
+
+class LearnedGaussianLikelihood(Likelihood, LearnedScaleDensity):
+    """A Gaussian of the decoder's mean and a standard deviation per sub-pixel learned with
+    the networks, starting at `obs_scale`."""
+
+    @checked("likelihood.")
+    def __init__(self, obs_scale: float = 0.1, name: str | None = None):
+        super().__init__(name)
+        self.obs_scale = obs_scale
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
         scale = torch.exp(log_scale.float().clamp(min=MIN_LOG_SCALE))
-        base = BinnedNormal(params, scale.expand_as(params), validate_args=False)
-    elif name == "discretized_logistic":
-        base = DiscretizedLogistic(params, log_scale.float(), validate_args=False)
-    else:
-        raise ValueError(f"unknown likelihood {name!r}; choose one of {', '.join(LIKELIHOODS)}")
-    return Observation(base, event_dims, validate_args=False)
+        return BinnedNormal(params, scale.expand_as(params), validate_args=False)
+
+
+class DiscretizedLogisticLikelihood(Likelihood, LearnedScaleMass):
+    """8-bit data: `DiscretizedLogistic` of the decoder's location and a scale per
+    sub-pixel learned with the networks, starting at `obs_scale`."""
+
+    @checked("likelihood.")
+    def __init__(self, obs_scale: float = 0.1, name: str | None = None):
+        super().__init__(name)
+        self.obs_scale = obs_scale
+
+    def distribution(self, params: Tensor, log_scale: Tensor | None) -> Distribution:
+        return DiscretizedLogistic(params, log_scale.float(), validate_args=False)
+
+
+class LogisticMixtureLikelihood(Likelihood, EightBitMass):
+    """8-bit data: `DiscretizedLogisticMixture`, PixelCNN++'s likelihood (Salimans et al.
+    2017), of `components` logistics per pixel whose weights, locations and scales (and,
+    `coupled`, channel coefficients) the decoder gives.
+
+    Args:
+        components: K, the logistics of each pixel's mixture.
+        coupled: the location of each channel depends linearly on the pixel's earlier
+            channels (RGB: G on R, B on R and G), by coefficients per component.
+        name: the option's name.
+    """
+
+    @checked("likelihood.")
+    def __init__(self, components: int = 10, coupled: bool = True, name: str | None = None):
+        super().__init__(name)
+        self.components, self.coupled = components, coupled
+
+    def param_channels(self, channels: int) -> int:
+        return self.components * (1 + 2 * channels + (_pairs(channels) if self.coupled else 0))
+
+    def observation(
+        self, params: Tensor, event_dims: int, log_scale: Tensor | None = None
+    ) -> "Observation":
+        # The mixture is over whole pixels: its distribution already has one x as its event.
+        if event_dims != 3:
+            raise ValueError(f"likelihood={self.name} is of images (C, H, W), not {event_dims}-d x")
+        mixture = DiscretizedLogisticMixture(
+            params.float(), self.components, self.coupled, validate_args=False
+        )
+        return Observation(mixture, 0, validate_args=False)
+
+
+def _pairs(channels: int) -> int:
+    """The channel coefficients of one component: one per pair j < c."""
+    return channels * (channels - 1) // 2
+
+
+class DiscretizedLogisticMixture(Distribution):
+    """Images x (..., C, H, W) of 8-bit values: each pixel a mixture of K components, each
+    component a product over the channels of `DiscretizedLogistic`s, the location of
+    channel c shifted by Σ_{j<c} a_kcj x_j when `coupled` (PixelCNN++: the mean of G
+    depends on R, that of B on R and G). Batch shape (...), event shape (C, H, W).
+
+    Args:
+        params: (..., K (1 + 2C + [C (C − 1) / 2]), H, W), along the channels: the K
+            mixture logits, the K·C locations, the K·C log-scales and, `coupled`, the
+            K·C(C−1)/2 coefficients (through tanh, so in (−1, 1)), each block component-major.
+        components: K.
+        coupled: whether the coefficients are there.
+    """
+
+    arg_constraints = {}  # noqa: RUF012
+    support = constraints.interval(0.0, 1.0)
+    has_rsample = False
+
+    def __init__(
+        self, params: Tensor, components: int, coupled: bool, validate_args: bool | None = None
+    ):
+        k, *batch, (p, h, w) = components, *params.shape[:-3], params.shape[-3:]
+        per_component = p // k
+        sizes = {1 + 2 * c + coupled * _pairs(c): c for c in range(1, p + 1)}
+        c = sizes.get(per_component, 0)
+        if not c or per_component * k != p:
+            raise ValueError(f"{p} parameter channels are no mixture of {k} components")
+        self.components, self.coupled, self.channels = k, coupled, c
+        sizes = [k, k * c, k * c, k * _pairs(c) if coupled else 0]
+        logits, loc, log_scale, coeffs = params.split(sizes, dim=-3)
+        self.logits = logits  # (..., K, H, W)
+        self.loc = loc.unflatten(-3, (k, c))  # (..., K, C, H, W)
+        self.log_scale = log_scale.unflatten(-3, (k, c))
+        self.coeffs = torch.tanh(coeffs).unflatten(-3, (k, _pairs(c))) if coupled else None
+        super().__init__(torch.Size(batch), torch.Size((c, h, w)), validate_args=validate_args)
+
+    def _loc_given(self, x: Tensor, channel: int, loc: Tensor, coeffs: Tensor | None) -> Tensor:
+        """The location of `channel` given the earlier channels of x (..., C, H, W):
+        loc (..., K or none, C, H, W)'s, shifted by the coefficients of the pairs (channel, j)."""
+        shifted = loc[..., channel, :, :]
+        if coeffs is not None:
+            first = _pairs(channel)  # the pairs (c, j), j < c, ordered (1, 0), (2, 0), (2, 1), ...
+            for j in range(channel):
+                shifted = shifted + coeffs[..., first + j, :, :] * x[..., j, :, :]
+        return shifted
+
+    def _locs(self, x: Tensor) -> Tensor:
+        """Each component's locations given x: (..., K, C, H, W)."""
+        if not self.coupled or self.channels == 1:
+            return self.loc
+        xk = x.unsqueeze(-4)  # over the components
+        locs = [self._loc_given(xk, c, self.loc, self.coeffs) for c in range(self.channels)]
+        return torch.stack(torch.broadcast_tensors(*locs), -3)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log P(x): (...) nats, the masses of the 8-bit values of every pixel's channels."""
+        per_channel = DiscretizedLogistic(self._locs(value), self.log_scale).log_prob(
+            value.unsqueeze(-4)
+        )  # (..., K, C, H, W)
+        log_weights = torch.log_softmax(self.logits, dim=-3)
+        per_pixel = torch.logsumexp(log_weights + per_channel.sum(-3), dim=-3)  # (..., H, W)
+        return per_pixel.sum((-2, -1))
+
+    def log_mass(self, value: Tensor) -> Tensor:
+        """log P(x) of 8-bit values: `log_prob`, already the mass of each pixel's values."""
+        return self.log_prob(value)
+
+    def _component(self, sample_shape: torch.Size) -> tuple[Tensor, Tensor, Tensor | None]:
+        """A component per pixel drawn by its weight: its locations, log-scales (each
+        (*sample_shape, ..., C, H, W)) and coefficients."""
+        weights = torch.distributions.Categorical(logits=self.logits.movedim(-3, -1))
+        index = weights.sample(sample_shape).unsqueeze(-3)  # (*s, ..., 1, H, W)
+
+        def pick(t: Tensor) -> Tensor:
+            t = t.expand(*sample_shape, *t.shape)
+            at = index.unsqueeze(-3).expand(*index.shape[:-3], 1, t.shape[-3], *t.shape[-2:])
+            return t.gather(-4, at).squeeze(-4)
+
+        coeffs = pick(self.coeffs) if self.coeffs is not None else None
+        return pick(self.loc), pick(self.log_scale), coeffs
+
+    def sample(self, sample_shape: torch.Size = _NO_SHAPE) -> Tensor:
+        """Draws of 8-bit images: a component per pixel, then its channels in order, each
+        given the values drawn before it."""
+        with torch.no_grad():
+            loc, log_scale, coeffs = self._component(torch.Size(sample_shape))
+            x = torch.zeros_like(loc)
+            for c in range(self.channels):
+                at = self._loc_given(x, c, loc, coeffs)
+                x[..., c, :, :] = DiscretizedLogistic(at, log_scale[..., c, :, :]).sample()
+            return x
+
+    @property
+    def mean(self) -> Tensor:
+        """E[x]: (..., C, H, W). Exact without coupling; with it, each component's channel
+        at the location given its earlier channels' means, exact where the logistics' mass
+        lies inside [0, 1] (a bin's mean is linear in its location there)."""
+        means = torch.zeros_like(self.loc)  # (..., K, C, H, W)
+        for c in range(self.channels):
+            at = self._loc_given(means, c, self.loc, self.coeffs)
+            means[..., c, :, :] = DiscretizedLogistic(at, self.log_scale[..., c, :, :]).mean
+        weights = torch.softmax(self.logits, dim=-3).unsqueeze(-3)  # (..., K, 1, H, W)
+        return (weights * means).sum(-4)

@@ -22,8 +22,8 @@ from vaelab.estimators import (
     kl_per_dim,
     update_estimates,
 )
-from vaelab.models import build_objective, build_part_class, build_vae
-from vaelab.models.capabilities import model_node
+from vaelab.models import build_likelihood, build_objective, build_part_class, build_vae
+from vaelab.models.capabilities import likelihood_node, model_node
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
@@ -90,7 +90,10 @@ class LitVAE(L.LightningModule):
     configs. `arch`, `hidden_dim`, `activation` and `top_dim` are the hyperparameters of a
     checkpoint made before the model options named their class (the old model node's keys,
     at the top level): they are read once into `model` (`capabilities.model_node`), which
-    is what is saved; give `model` instead.
+    is what is saved; give `model` instead. The likelihood is a node of conf/likelihood/
+    (`{"_target_": ..., "obs_scale": 0.1}`); a checkpoint made before them holds an
+    option's name and a top-level `obs_scale`, read once as that option's node
+    (`capabilities.likelihood_node`), which is what is saved.
     """
 
     eval_seed: int = 0
@@ -100,8 +103,8 @@ class LitVAE(L.LightningModule):
         self,
         model: dict | None = None,
         latent_dim: int = 16,
-        likelihood: str = "bernoulli",
-        obs_scale: float = 0.1,
+        likelihood: dict | str | None = None,
+        obs_scale: float | None = None,
         beta: float = 1.0,
         num_samples: int = 1,
         kl_warmup_epochs: float = 0.0,
@@ -131,11 +134,12 @@ class LitVAE(L.LightningModule):
             )
         model = model_node({**old, "top_dim": top_dim} if old else model)
         check_fields({k: v for k, v in model.items() if k != "_target_"}, "model.")
-        self.save_hyperparameters(ignore=["model", *LEGACY_MODEL_KEYS])
-        self.save_hyperparameters({"model": model})
+        likelihood = likelihood_node(likelihood, obs_scale)
+        self.save_hyperparameters(ignore=["model", "likelihood", "obs_scale", *LEGACY_MODEL_KEYS])
+        self.save_hyperparameters({"model": model, "likelihood": likelihood})
         image_shape = tuple(image_shape)
         self.vae = build_vae(
-            model, image_shape, latent_dim, likelihood, obs_scale, prior, posterior
+            model, image_shape, latent_dim, build_likelihood(likelihood), None, prior, posterior
         )
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)

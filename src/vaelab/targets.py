@@ -76,11 +76,13 @@ def current_form(config: dict[str, Any]) -> dict[str, Any]:
     `_target_` node (`schedules.schedule_node`), an old `model.arch` as the model's class
     (`capabilities.model_node`), a `_target_` of a class that moved (`MOVED`) by its path
     today, and a data node without `source_class` (runs made before it) with its option's
-    (`option_source`). Run.config() gives every run's config in this form."""
-    from vaelab.models.capabilities import model_node  # imports this module
+    (`option_source`), and an old `likelihood: <option>` with a top-level `obs_scale` as the
+    likelihood's node (`capabilities.translate_old_config`). Run.config() gives every run's
+    config in this form."""
+    from vaelab.models.capabilities import model_node, translate_old_config  # imports this
     from vaelab.models.schedules import schedule_node  # imports this module
 
-    config = dict(config)
+    config = translate_old_config(dict(config))
     if "beta_schedule" in config or "beta" in config:  # a training run's, not an eval's
         config["beta_schedule"] = schedule_node(config.get("beta_schedule"))
     if isinstance(config.get("model"), dict):

@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from vaelab.likelihoods import Likelihood
 from vaelab.models.build import build_posterior, build_prior
 from vaelab.models.encoders import GaussianHead, dense_layers
 from vaelab.models.vae import VAE
@@ -28,33 +29,33 @@ class DeepEncoder(nn.Module):
 
 class DeepMLPVAE(VAE):
     """Encoder and decoder of `depth` dense layers of `hidden_dim` units (relu). vaelab gives
-    image_shape, latent_dim, likelihood, obs_scale and the prior and posterior nodes; the
-    option file gives hidden_dim and depth. What it can combine with: `VAE`'s defaults
+    image_shape, latent_dim, the likelihood (whose parameters the decoder gives, of
+    `likelihood.param_shape`) and the prior and posterior nodes; the option file gives
+    hidden_dim and depth. What it can combine with: `VAE`'s defaults
     (the posterior option's q(z|x); `activations` does not apply, it has no such key)."""
 
     def __init__(
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood,
         hidden_dim: int = 64,
         depth: int = 3,
         prior: Mapping[str, Any] | None = None,
         posterior: Mapping[str, Any] | None = None,
     ):
         image_shape = tuple(image_shape)
+        param_shape = likelihood.param_shape(image_shape)
         decoder = nn.Sequential(
             *dense_layers([latent_dim, *[hidden_dim] * depth], "relu"),
-            nn.Linear(hidden_dim, math.prod(image_shape)),
-            nn.Unflatten(-1, image_shape),
+            nn.Linear(hidden_dim, math.prod(param_shape)),
+            nn.Unflatten(-1, param_shape),
         )
         super().__init__(
             DeepEncoder(image_shape, latent_dim, hidden_dim, depth),
             decoder,
             latent_dim,
             likelihood,
-            obs_scale,
             prior=build_prior(prior, latent_dim, image_shape),
             posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
         )

@@ -4,15 +4,16 @@ data's binarization, and the Hydra callback that runs them before a job starts. 
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vaelab.config.schemas import BINARY_LIKELIHOODS, MONITORS, RULES, check
+from vaelab.config.schemas import MONITORS, RULES, check
 from vaelab.errors import ConfigError
-from vaelab.models.capabilities import declared, kl_splits, named  # torch-free
+from vaelab.models.capabilities import declared, kl_splits, likelihood_node, named  # torch-free
 from vaelab.models.schedules import schedule_class  # torch-free
 
 _ABSENT = object()
@@ -50,8 +51,13 @@ def validate(cfg: DictConfig, command: str = "train") -> None:
     _refuse_added_keys(cfg)
     values = {key: _select(cfg, key) for key in RULES[command]}
     check({key: value for key, value in values.items() if value is not _ABSENT}, command=command)
-    check_likelihood(values.get("likelihood"), values.get("data.binarize"))
     if command == "train":
+        if OmegaConf.select(cfg, "obs_scale") is not None:
+            raise ConfigError(
+                "obs_scale is now the likelihood's: use likelihood.obs_scale=... (with "
+                "likelihood=gaussian, gaussian_learned or discretized_logistic)"
+            )
+        check_likelihood(_node(cfg, "likelihood"), values.get("data.binarize"))
         check_parts(cfg)
 
 
@@ -140,11 +146,14 @@ def check_parts(cfg: DictConfig) -> None:
             )
 
 
-def check_likelihood(likelihood: str | None, binarize: str | None) -> None:
-    """A likelihood of binary pixels needs binarized data."""
-    if likelihood in BINARY_LIKELIHOODS and binarize == "none":
+def check_likelihood(likelihood: Mapping[str, Any] | str | None, binarize: str | None) -> None:
+    """A likelihood of binary pixels (one that declares `binary`) needs binarized data.
+    `likelihood`: its node (or an old run's option name)."""
+    node = likelihood_node(likelihood)
+    if declared("likelihood", node).binary and binarize == "none":
+        name = node.get("name") or node["_target_"]
         raise ConfigError(
-            f"likelihood={likelihood} needs binary pixels but data.binarize=none: use "
+            f"likelihood={name} needs binary pixels but data.binarize=none: use "
             "data.binarize=dynamic or static, or likelihood=continuous_bernoulli or gaussian"
         )
 

@@ -6,7 +6,7 @@ misspelt key) while Hydra composes. A value's rule is in its field (`knob`,
 rules (`RULES`, read from the fields) right after composition, before torch is imported,
 and the classes built from Python (LitVAE, the data module, the callbacks, the model
 parts) check their arguments with the same rules (`@checked`). The lists of the choices
-that are values, not option files (LIKELIHOODS, ...), are here, once.
+that are values, not option files (ACTIVATIONS, ...), are here, once.
 
 conf/train.yaml, eval.yaml and sample.yaml start their defaults list with their schema
 (`schema/train@_here_`, ...), conf/callbacks/default.yaml with `/schema/pictures@pictures`;
@@ -27,6 +27,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from vaelab.config.rules import (
+    BOOLEAN,
     NUM_SAMPLES,
     SEED,
     Rule,
@@ -46,19 +47,6 @@ from vaelab.errors import ConfigError
 # builder maps names to code (ACTIVATIONS to nn.Module classes), tests/test_schema.py
 # checks that the map has exactly these names.
 ACTIVATIONS = ("relu", "tanh", "gated")  # gated: each dense layer a GatedDense
-LIKELIHOODS = (
-    "bernoulli",
-    "continuous_bernoulli",
-    "gaussian",
-    "gaussian_learned",
-    "discretized_logistic",
-)
-BINARY_LIKELIHOODS = ("bernoulli",)
-# Whose log_prob is a density of x in [0, 1] (or R), not the mass of a discrete value: the
-# probability of an 8-bit level is the density times a bin's width (`vaelab.estimators`).
-DENSITY_LIKELIHOODS = ("continuous_bernoulli", "gaussian", "gaussian_learned")
-# A scale per sub-pixel learned with the networks, starting at obs_scale.
-LEARNED_SCALE_LIKELIHOODS = ("gaussian_learned", "discretized_logistic")
 BINARIZATIONS = ("dynamic", "static", "none")
 PLACEMENTS = ("auto", "device", "host")
 CHECKPOINTS = ("best", "last")
@@ -210,6 +198,15 @@ class ObjectiveArgs:
 
 
 @dataclass
+class LikelihoodArgs:
+    obs_scale: float = knob(
+        noted(number(0, above=True), "the Gaussian's standard deviation, a learned scale's start")
+    )
+    components: int = knob(noted(integer(1), "logistics in each pixel's mixture"))
+    coupled: bool = knob(BOOLEAN)
+
+
+@dataclass
 class BetaScheduleArgs:
     cycles: int = knob(integer(1))
     ratio: float = knob(
@@ -233,8 +230,8 @@ class TrainConfig:
     seed: int = knob(SEED)
     latent_dim: int = knob(integer(1))
     beta: float = knob(noted(number(0), "1: the ELBO itself"))
-    likelihood: str = knob(one_of(LIKELIHOODS))
-    obs_scale: float = knob(number(0, above=True))
+    # Refused when set: it is the likelihood's now (likelihood.obs_scale).
+    obs_scale: float | None = None
     num_samples: int = knob(NUM_SAMPLES)
     # a number of epochs, kept as typed
     kl_warmup_epochs: int | float = knob(noted(number(0), "0: no warm-up"))
@@ -264,8 +261,9 @@ class TrainConfig:
     paths: PathsConfig = MISSING
     # A default, not MISSING: OmegaConf 2.3 fails to fill a MISSING node holding Unions.
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
-    # The model parts (conf/prior, posterior, objective, beta_schedule): a `_target_` class
-    # and its arguments, whose combinations `check_parts` checks.
+    # The model parts (conf/likelihood, prior, posterior, objective, beta_schedule): a
+    # `_target_` class and its arguments, whose combinations `check_parts` checks.
+    likelihood: dict[str, Any] = knob(nodes={"args": LikelihoodArgs})
     prior: dict[str, Any] = knob(nodes={"args": PriorArgs})
     posterior: dict[str, Any] = knob(nodes={"args": PosteriorArgs})
     objective: dict[str, Any] = knob(nodes={"args": ObjectiveArgs})

@@ -1,6 +1,6 @@
 """The model parts and their builders: a VAE (a model option's class: its networks) is an
-encoder, a decoder, a prior and a posterior, trained by an objective, its KL weighted by a
-beta schedule; each part is named by a `_target_` in its config group and built by
+encoder, a decoder, a likelihood, a prior and a posterior, trained by an objective, its KL
+weighted by a beta schedule; each part is named by a `_target_` in its config group and built by
 `vaelab.models.build`.
 
 The builders are exported here on first use (PEP 562): the torch-free modules of this
@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "ACTIVATIONS",
     "VAE",
+    "build_likelihood",
     "build_objective",
     "build_part",
     "build_part_class",

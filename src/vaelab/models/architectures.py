@@ -9,23 +9,26 @@ from typing import Any
 
 from torch import nn
 
+from vaelab.likelihoods import Likelihood
 from vaelab.models.build import build_posterior, build_prior
 from vaelab.models.capabilities import ConvNetworks
 from vaelab.models.decoders import ConvDecoder, MLPDecoder
 from vaelab.models.encoders import ConvEncoder, MLPEncoder
-from vaelab.models.vae import VAE
+from vaelab.models.vae import VAE, as_likelihood
 
 
 class NetworkVAE(VAE):
     """A VAE of one encoder and one decoder network of a kind (`encoder_class`,
-    `decoder_class`, each built from image_shape, latent_dim, hidden_dim, activation),
-    and the prior and posterior options over its latent.
+    `decoder_class`, each built from a shape, latent_dim, hidden_dim, activation: the
+    encoder's of x, the decoder's of the likelihood's parameters), and the prior and
+    posterior options over its latent.
 
     Args:
         image_shape: (C, H, W).
         latent_dim: D.
-        likelihood: the observation model, see `vaelab.likelihoods`.
-        obs_scale: the Gaussian likelihood's standard deviation (its start, if learned).
+        likelihood: p(x|z), a `vaelab.likelihoods.Likelihood`, whose parameters the
+            decoder gives (`Likelihood.param_shape`); or an option's name, see `VAE`.
+        obs_scale: of a likelihood given by its name only, see `VAE`.
         hidden_dim: width of the networks' hidden layers.
         activation: their nonlinearity (`vaelab.models.encoders.dense_layers`).
         prior: the prior option's node (`_target_` and arguments; None: N(0, I)).
@@ -40,8 +43,8 @@ class NetworkVAE(VAE):
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         *,
         hidden_dim: int,
         activation: str,
@@ -49,14 +52,14 @@ class NetworkVAE(VAE):
         posterior: Mapping[str, Any] | None = None,
         value_range: tuple[float, float] | None = (0.0, 1.0),
     ):
-        image_shape = tuple(image_shape)
-        network = (image_shape, latent_dim, hidden_dim, activation)
+        image_shape, likelihood = tuple(image_shape), as_likelihood(likelihood, obs_scale)
+        network = (latent_dim, hidden_dim, activation)
         super().__init__(
-            self.encoder_class(*network),
-            self.decoder_class(*network),
+            self.encoder_class(image_shape, *network),
+            self.decoder_class(likelihood.param_shape(image_shape), *network),
             latent_dim,
             likelihood,
-            obs_scale,
+            None,
             value_range,
             prior=build_prior(prior, latent_dim, image_shape),
             # a flow posterior conditions on the encoder's last hidden features
@@ -74,8 +77,8 @@ class MLPVAE(NetworkVAE):
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         hidden_dim: int = 512,
         activation: str = "relu",
         prior: Mapping[str, Any] | None = None,
@@ -99,8 +102,8 @@ class ConvVAE(NetworkVAE, ConvNetworks):
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         hidden_dim: int = 256,
         activation: str = "relu",
         prior: Mapping[str, Any] | None = None,

@@ -1,18 +1,20 @@
 """The builders of a VAE and its parts: each is named by a `_target_` in its config group
-(conf/model, conf/prior, conf/posterior, conf/objective) and built from typed primitives.
-`build_vae` builds the model option's class, which builds its prior and posterior."""
+(conf/model, conf/likelihood, conf/prior, conf/posterior, conf/objective) and built from
+typed primitives. `build_vae` builds the model option's class with the likelihood, and the
+model builds its prior and posterior."""
 
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from vaelab.errors import ConfigError
-from vaelab.models.capabilities import model_node
+from vaelab.likelihoods import BernoulliLikelihood, Likelihood
+from vaelab.models.capabilities import likelihood_node, model_node
 from vaelab.models.encoders import ACTIVATIONS  # noqa: F401  (vaelab.models.ACTIVATIONS)
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
-from vaelab.models.vae import VAE
+from vaelab.models.vae import VAE, as_likelihood
 from vaelab.targets import named_class
 
 
@@ -20,18 +22,20 @@ def build_vae(
     model: Mapping[str, Any] | None,
     image_shape: tuple[int, ...],
     latent_dim: int,
-    likelihood: str,
-    obs_scale: float,
+    likelihood: Likelihood | str,
+    obs_scale: float | None = None,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
 ) -> VAE:
     """The VAE a `model` node names (`_target_`, a `VAE` subclass, and its arguments; an old
-    run's `arch` translated; None: the default, conv), with the prior and posterior nodes,
-    which it builds over its latent (a model with its own posterior takes none)."""
+    run's `arch` translated; None: the default, conv), with its likelihood, whose parameters
+    its decoder gives (`Likelihood.param_shape`; a likelihood given by an option's name takes
+    `obs_scale`, `vaelab.models.vae.as_likelihood`), and the prior and posterior nodes, which
+    it builds over its latent (a model with its own posterior takes none)."""
     return build_part(
         model_node(dict(model or {})), VAE, VAE, "model", image_shape=tuple(image_shape),
-        latent_dim=latent_dim, likelihood=likelihood, obs_scale=obs_scale, prior=prior,
-        posterior=posterior,
+        latent_dim=latent_dim, likelihood=as_likelihood(likelihood, obs_scale), obs_scale=None,
+        prior=prior, posterior=posterior,
     )  # fmt: skip
 
 
@@ -55,8 +59,15 @@ def build_part(
     return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
 
 
+def build_likelihood(cfg: Any = None, obs_scale: float | None = None) -> Likelihood:
+    """The likelihood of a `likelihood` node (an old run's option name and `obs_scale`
+    translated, `likelihood_node`), Bernoulli without one."""
+    node = likelihood_node(cfg, obs_scale)
+    return build_part(node, BernoulliLikelihood, Likelihood, "likelihood")
+
+
 def build_part_class(cfg: Mapping[str, Any] | None, default: type, base: type, where: str) -> type:
-    """The class a config node (`where`: prior, posterior, objective) names, `default`
+    """The class a config node (`where`: prior, posterior, objective, likelihood) names, `default`
     without a `_target_`; a checkpoint's hyperparameters are such nodes, so anything but a
     subclass of the part's `base` is refused without being called (`named_class`)."""
     return named_class(cfg["_target_"], base, where) if cfg and "_target_" in cfg else default

@@ -1,7 +1,7 @@
 """What each kind of model part can do, declared by its class: the composition check
-(`vaelab.config.checks.check_parts`), the model (`VAE.kl_splits`, read by the diagnostics,
-the pictures and the objectives) and the objectives' builder read these attributes, never
-a class name.
+(`vaelab.config.checks.check_parts`, `check_likelihood`), the model (`VAE.kl_splits`, read
+by the diagnostics, the pictures and the objectives; `VAE.density`, read by the estimators)
+and the objectives' builder read these attributes, never a class name.
 
 Torch-free, so that a bad combination of vaelab's own parts is reported before torch is
 imported (0.4 s, where importing the part modules costs 1.2 s more): the part classes
@@ -10,6 +10,7 @@ inherit their declarations from here, and `DECLARED` finds vaelab's own classes'
 inherits its entry). Any other part (a user's) is imported and read from its class.
 """
 
+from collections.abc import Mapping
 from typing import Any
 
 from vaelab.config.schemas import ACTIVATIONS
@@ -72,6 +73,50 @@ class ObjectiveCapabilities:
     own_beta: bool = False
 
 
+class LikelihoodCapabilities:
+    """What p(x|z) (`vaelab.likelihoods.Likelihood`) is.
+
+    `binary`: its support is {0, 1}, so it needs binarized data.
+    `density`: its log_prob is a density of x, not the mass of a discrete value; the
+    probability of an 8-bit level is then the mass of the level's bin (`log_mass`).
+    `eight_bit`: it gives the probability of 8-bit levels k/255 (`log_mass`), so bits per
+    sub-pixel of 8-bit data.
+    `learned_scale`: a scale per sub-pixel learned with the networks (the VAE's
+    `log_obs_scale`), starting at the likelihood's `obs_scale`.
+    """
+
+    binary: bool = False
+    density: bool = False
+    eight_bit: bool = False
+    learned_scale: bool = False
+
+    def param_channels(self, channels: int) -> int:
+        """The decoder's output channels for data of `channels` channels: one parameter per
+        sub-pixel, unless the likelihood says otherwise (a mixture's several)."""
+        return channels
+
+
+class BinaryLikelihood(LikelihoodCapabilities):
+    binary = True
+
+
+class EightBitDensity(LikelihoodCapabilities):
+    density = True
+    eight_bit = True
+
+
+class LearnedScaleDensity(EightBitDensity):
+    learned_scale = True
+
+
+class EightBitMass(LikelihoodCapabilities):
+    eight_bit = True
+
+
+class LearnedScaleMass(EightBitMass):
+    learned_scale = True
+
+
 class FactorisedPrior(PriorCapabilities):
     factorised = True
 
@@ -98,6 +143,7 @@ class TotalCorrelation(ObjectiveCapabilities):
 
 # vaelab's own parts, by `_target_`: the declaration each class inherits.
 _MODELS = "vaelab.models."
+_LIKELIHOODS = "vaelab.likelihoods."
 DECLARED: dict[str, type] = {
     _MODELS + "architectures.MLPVAE": ModelCapabilities,
     _MODELS + "architectures.ConvVAE": ConvNetworks,
@@ -112,6 +158,12 @@ DECLARED: dict[str, type] = {
     _MODELS + "objectives.ElboObjective": ObjectiveCapabilities,
     _MODELS + "objectives.IwaeObjective": ImportanceWeighted,
     _MODELS + "objectives.BetaTCObjective": TotalCorrelation,
+    _LIKELIHOODS + "BernoulliLikelihood": BinaryLikelihood,
+    _LIKELIHOODS + "ContinuousBernoulliLikelihood": EightBitDensity,
+    _LIKELIHOODS + "GaussianLikelihood": EightBitDensity,
+    _LIKELIHOODS + "LearnedGaussianLikelihood": LearnedScaleDensity,
+    _LIKELIHOODS + "DiscretizedLogisticLikelihood": LearnedScaleMass,
+    _LIKELIHOODS + "LogisticMixtureLikelihood": EightBitMass,
 }
 # Without a node: what `vaelab.models.build` builds.
 DEFAULTS = {
@@ -119,6 +171,7 @@ DEFAULTS = {
     "prior": _MODELS + "priors.StandardPrior",
     "posterior": _MODELS + "posteriors.GaussianPosterior",
     "objective": _MODELS + "objectives.ElboObjective",
+    "likelihood": _LIKELIHOODS + "BernoulliLikelihood",
 }
 # What a part of each group declares: a part (`Prior`, ...) inherits its group's.
 BASES = {
@@ -126,6 +179,7 @@ BASES = {
     "prior": PriorCapabilities,
     "posterior": PosteriorCapabilities,
     "objective": ObjectiveCapabilities,
+    "likelihood": LikelihoodCapabilities,
 }
 
 
@@ -165,9 +219,9 @@ def named(group: str, node: dict[str, Any] | None) -> str:
 
 
 def declared(group: str, node: dict[str, Any] | None) -> type:
-    """What the part of a config node (`group`: model, prior, posterior or objective)
-    declares it can do: vaelab's own from `DECLARED`, torch-free; any other class, imported
-    and checked (`vaelab.targets.named_class`)."""
+    """What the part of a config node (`group`: model, likelihood, prior, posterior or
+    objective) declares it can do: vaelab's own from `DECLARED`, torch-free; any other
+    class, imported and checked (`vaelab.targets.named_class`)."""
     if group == "model":
         node = model_node(node)
     target = (node or {}).get("_target_") or DEFAULTS[group]
@@ -176,6 +230,52 @@ def declared(group: str, node: dict[str, Any] | None) -> type:
     # A user's part: its module (and torch) imported, the class read if it declares what a
     # part of the group can do; building it checks it against the part's own base class.
     return named_class(target, BASES[group], group)
+
+
+# Runs made before conf/likelihood/ wrote `likelihood: <option>` and a top-level `obs_scale`
+# (in config.yaml and the checkpoint's hyperparameters); translated only by `likelihood_node`.
+_OLD_LIKELIHOODS = {
+    "bernoulli": "BernoulliLikelihood",
+    "continuous_bernoulli": "ContinuousBernoulliLikelihood",
+    "gaussian": "GaussianLikelihood",
+    "gaussian_learned": "LearnedGaussianLikelihood",
+    "discretized_logistic": "DiscretizedLogisticLikelihood",
+}
+_OLD_SCALED = ("gaussian", "gaussian_learned", "discretized_logistic")
+OLD_OBS_SCALE = 0.1  # the top-level default those runs had
+
+
+def likelihood_node(likelihood: Any, obs_scale: float | None = None) -> dict[str, Any]:
+    """A `likelihood` node with its `_target_`: a node as it is; an old run's option name
+    (and its top-level `obs_scale`) as the node its option file gives today.
+
+    Raises:
+        ConfigError: a name that was never an option.
+    """
+    if isinstance(likelihood, Mapping):
+        return dict(likelihood)
+    name = likelihood or "bernoulli"  # the default before the node
+    if name not in _OLD_LIKELIHOODS:
+        raise ConfigError(
+            f"likelihood={name} is not a likelihood: give a likelihood node with its "
+            f"_target_, e.g. {_LIKELIHOODS}GaussianLikelihood (the options: conf/likelihood/)"
+        )
+    node = {"_target_": _LIKELIHOODS + _OLD_LIKELIHOODS[name], "name": name}
+    if name in _OLD_SCALED:
+        node["obs_scale"] = OLD_OBS_SCALE if obs_scale is None else obs_scale
+    return node
+
+
+def translate_old_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config with an old `likelihood: <option>` and top-level `obs_scale` in the
+    form of today (`likelihood_node`); a config of today as it is."""
+    if "likelihood" not in config and "obs_scale" not in config:
+        return config
+    config = dict(config)
+    obs_scale = config.pop("obs_scale", None)
+    if "likelihood" in config or obs_scale is not None:
+        config["likelihood"] = likelihood_node(config.get("likelihood"), obs_scale)
+    return config
 
 
 def kl_splits(posterior: PosteriorCapabilities, prior: PriorCapabilities) -> bool:

@@ -20,11 +20,12 @@ import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from vaelab.likelihoods import Likelihood
 from vaelab.models.build import build_prior
 from vaelab.models.capabilities import OwnPosterior
 from vaelab.models.encoders import GaussianHead, dense_layers
 from vaelab.models.posteriors import GaussianPosterior
-from vaelab.models.vae import VAE
+from vaelab.models.vae import VAE, as_likelihood
 
 _NO_SHAPE = Size()
 
@@ -166,8 +167,9 @@ class HierarchicalVAE(VAE, OwnPosterior):
     Args:
         image_shape: (C, H, W).
         latent_dim: D₁, the size of z₁.
-        likelihood: the observation model, see `vaelab.likelihoods`.
-        obs_scale: the Gaussian likelihood's standard deviation (its start, if learned).
+        likelihood: p(x|z), a `vaelab.likelihoods.Likelihood`, whose parameters the
+            decoder gives (`Likelihood.param_shape`); or an option's name, see `VAE`.
+        obs_scale: of a likelihood given by its name only, see `VAE`.
         hidden_dim: width of every hidden layer.
         activation: relu, tanh or gated (each dense layer a `GatedDense`).
         top_dim: D₂, the size of z₂ (None: latent_dim).
@@ -179,8 +181,8 @@ class HierarchicalVAE(VAE, OwnPosterior):
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         hidden_dim: int = 300,
         activation: str = "gated",
         top_dim: int | None = None,
@@ -188,14 +190,17 @@ class HierarchicalVAE(VAE, OwnPosterior):
         value_range: tuple[float, float] | None = (0.0, 1.0),
     ):
         image_shape, bottom_dim, top_dim = tuple(image_shape), latent_dim, top_dim or latent_dim
+        likelihood = as_likelihood(likelihood, obs_scale)
         encoder = TwoLevelEncoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
-        decoder = TwoLevelDecoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
+        decoder = TwoLevelDecoder(
+            likelihood.param_shape(image_shape), bottom_dim, top_dim, hidden_dim, activation
+        )
         super().__init__(
             encoder,
             decoder,
             bottom_dim + top_dim,
             likelihood,
-            obs_scale,
+            None,
             value_range,
             prior=build_prior(prior, top_dim, image_shape),
             posterior=GaussianPosterior(top_dim),

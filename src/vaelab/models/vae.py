@@ -9,13 +9,7 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from vaelab.errors import InputError
-from vaelab.likelihoods import (
-    BINARY_LIKELIHOODS,
-    DENSITY_LIKELIHOODS,
-    LEARNED_SCALE_LIKELIHOODS,
-    Observation,
-    observation_dist,
-)
+from vaelab.likelihoods import Likelihood, Observation
 from vaelab.models.capabilities import ModelCapabilities, kl_splits
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
@@ -29,6 +23,15 @@ MODEL_READY = (
 MEAN_SAMPLES = 64
 
 
+def as_likelihood(likelihood: Likelihood | str, obs_scale: float | None = None) -> Likelihood:
+    """A likelihood as it is; an option's name (with `obs_scale`), the option's likelihood."""
+    if isinstance(likelihood, Likelihood):
+        return likelihood
+    from vaelab.models.build import build_likelihood  # the builder imports this module
+
+    return build_likelihood(likelihood, obs_scale)
+
+
 class VAE(nn.Module, ModelCapabilities):
     """A prior p(z), a posterior q(z|x) from the encoder, and p(x|z) from the decoder. What
     a model can combine with: `ModelCapabilities` (its subclass declares; the model options
@@ -38,10 +41,13 @@ class VAE(nn.Module, ModelCapabilities):
         encoder: maps x (B, ...) to (loc, scale), each (B, D); with a posterior that needs
             a context (`posterior.context_dim > 0`), `encoder(x, with_context=True)` gives
             (loc, scale, h).
-        decoder: maps z (B, D) to likelihood parameters shaped like one batch of x.
+        decoder: maps z (B, D) to the likelihood's parameters (B, *`likelihood.param_shape`
+            of one x).
         latent_dim: D.
-        likelihood: name of the observation model, see `vaelab.likelihoods`.
-        obs_scale: standard deviation of the Gaussian likelihood.
+        likelihood: p(x|z), a `vaelab.likelihoods.Likelihood`; or, as runs made before
+            conf/likelihood/ name it, an option's name ("gaussian"), with `obs_scale`.
+        obs_scale: of a likelihood given by its name only: the Gaussian's standard
+            deviation, the starting scale of a learned one.
         value_range: the interval the values of x lie in, which `check_data` enforces:
             (0, 1), the intensities of vaelab's images; None for data on the real line.
         prior: p(z), see `vaelab.models.priors` (default N(0, I)).
@@ -54,8 +60,8 @@ class VAE(nn.Module, ModelCapabilities):
         encoder: nn.Module,
         decoder: nn.Module,
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         value_range: tuple[float, float] | None = (0.0, 1.0),
         prior: Prior | None = None,
         posterior: Posterior | None = None,
@@ -64,15 +70,15 @@ class VAE(nn.Module, ModelCapabilities):
         self.encoder = encoder
         self.decoder = decoder
         self.latent_dim = latent_dim
-        self.likelihood = likelihood
-        self.obs_scale = obs_scale
+        self.likelihood = likelihood = as_likelihood(likelihood, obs_scale)
         self.value_range = value_range
         self.prior_model = prior or StandardPrior(latent_dim)
         self.posterior_model = posterior or GaussianPosterior(latent_dim)
         # The learned scale of p(x|z), one per sub-pixel, for the likelihoods that have one.
         self.log_obs_scale = None
-        if likelihood in LEARNED_SCALE_LIKELIHOODS:
-            self.log_obs_scale = nn.Parameter(torch.full(self.data_shape, math.log(obs_scale)))
+        if likelihood.learned_scale:
+            start = math.log(likelihood.obs_scale)
+            self.log_obs_scale = nn.Parameter(torch.full(self.data_shape, start))
 
     @property
     def layers(self) -> tuple[tuple[str, int], ...]:
@@ -83,8 +89,9 @@ class VAE(nn.Module, ModelCapabilities):
     def density(self) -> bool:
         """log p(x|z) is a density of x (gaussian, continuous_bernoulli), not the mass of a
         discrete value (bernoulli, discretized_logistic): the probability of 8-bit data is
-        then its `log_mass`, that of binary data is none (`log_px_z`)."""
-        return self.likelihood in DENSITY_LIKELIHOODS
+        then its `log_mass`, that of binary data is none (`log_px_z`). What the likelihood
+        declares (`vaelab.models.capabilities.LikelihoodCapabilities`)."""
+        return self.likelihood.density
 
     @property
     def kl_splits(self) -> bool:
@@ -131,9 +138,7 @@ class VAE(nn.Module, ModelCapabilities):
         params = self.decoder(z.reshape(-1, z.shape[-1]))
         params = params.reshape(*z.shape[:-1], *params.shape[1:])
         event_dims = params.dim() - (z.dim() - 1)
-        return observation_dist(
-            self.likelihood, params, event_dims, self.obs_scale, self.log_obs_scale
-        )
+        return self.likelihood.observation(params, event_dims, self.log_obs_scale)
 
     def elbo_terms(
         self, x: Tensor, num_samples: int = 1, qz_x: Distribution | None = None
@@ -186,11 +191,13 @@ class VAE(nn.Module, ModelCapabilities):
 
     @cached_property
     def data_shape(self) -> tuple[int, ...]:
-        """Shape of one x, (C, H, W) for images: the decoder's output for one latent."""
+        """Shape of one x, (C, H, W) for images: the decoder's output for one latent, with
+        the channels of the data its parameters are of (a mixture has several per channel)."""
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for batch size 1.
             z = torch.zeros(1, self.latent_dim, device=self.device)
-            return tuple(self.decoder.forward(z).shape[1:])
+            channels, *rest = self.decoder.forward(z).shape[1:]
+            return (self.likelihood.data_channels(channels), *rest)
 
     @torch.no_grad()
     def check_data(self, x: Tensor) -> None:
@@ -208,7 +215,7 @@ class VAE(nn.Module, ModelCapabilities):
             raise InputError(f"x has shape {tuple(x.shape)}, this VAE takes ({wanted}): {fix}")
         if x.numel() == 0:
             return
-        binary = self.likelihood in BINARY_LIKELIHOODS
+        binary = self.likelihood.binary
         lo, hi = torch.aminmax(x)
         # x (1 - x) is 0 only at 0 and 1.
         grey = (x * (1 - x)).ne(0).any().to(x.dtype) if binary else torch.zeros_like(lo)
@@ -225,7 +232,7 @@ class VAE(nn.Module, ModelCapabilities):
                 )
         if grey:
             raise InputError(
-                f"likelihood={self.likelihood} needs binary pixels (0 or 1), got other values "
+                f"likelihood={self.likelihood.name} needs binary pixels (0 or 1), got other values "
                 f"in [{lo:g}, {hi:g}]: binarize, e.g. torch.bernoulli(x), or {MODEL_READY}"
             )
 

@@ -36,7 +36,7 @@ def data_and_likelihood(flat: dict[str, Any], source: str | None) -> str:
     parts = [
         " ".join(str(d) for d in data if d is not None),
         pixels if "data.binarize" in flat else None,
-        f"likelihood={flat['likelihood']}" if flat.get("likelihood") else None,
+        f"likelihood={flat['likelihood.name']}" if flat.get("likelihood.name") else None,
     ]
     return ", ".join(p for p in parts if p)
 

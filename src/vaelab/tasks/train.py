@@ -29,8 +29,6 @@ log = logging.getLogger(__name__)
 # The training recipe: top-level knobs, read here only (the `model` group is the architecture).
 RECIPE = (
     "latent_dim",
-    "likelihood",
-    "obs_scale",
     "beta",
     "num_samples",
     "kl_warmup_epochs",
@@ -39,9 +37,9 @@ RECIPE = (
     "n_importance",
     "grad_skip_threshold",
 )
-# The model parts' config groups (conf/prior, posterior, objective, beta_schedule); a run
-# made before they existed has none of them, and gets each part's default.
-PARTS = ("prior", "posterior", "objective", "beta_schedule")
+# The model parts' config groups (conf/likelihood, prior, posterior, objective,
+# beta_schedule); a run made before they existed has none of them, and gets each part's default.
+PARTS = ("prior", "posterior", "objective", "beta_schedule", "likelihood")
 
 
 def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
@@ -291,7 +289,7 @@ def _start_lines(cfg: DictConfig, run: Run) -> list[str]:
     model = (
         f"Model: {named('model', OmegaConf.to_container(cfg.model))}, latent_dim={cfg.latent_dim}, "
         + ", ".join(f"{key}={_part(cfg.get(key))}" for key in PARTS if key in cfg)
-        + f", likelihood={cfg.likelihood}, beta={cfg.beta}"
+        + f", beta={cfg.beta}"
     )
     trainer = cfg.trainer
     training = (
