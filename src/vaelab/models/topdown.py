@@ -42,7 +42,7 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
 from vaelab.errors import ConfigError
-from vaelab.likelihoods import Observation, observation_dist
+from vaelab.likelihoods import Likelihood, Observation
 from vaelab.models.build import build_prior
 from vaelab.models.capabilities import OwnPosterior, OwnPosteriorConvNetworks, kl_splits
 from vaelab.models.encoders import (
@@ -53,7 +53,7 @@ from vaelab.models.encoders import (
     dense_layers,
 )
 from vaelab.models.posteriors import GaussianPosterior
-from vaelab.models.vae import VAE
+from vaelab.models.vae import VAE, as_likelihood
 
 _NO_SHAPE = Size()
 
@@ -318,8 +318,9 @@ class TopDownVAE(VAE, OwnPosterior):
     Args:
         image_shape: (C, H, W) of one x.
         latent_dim: the size of each layer, with `depth`.
-        likelihood: the observation model, see `vaelab.likelihoods`.
-        obs_scale: standard deviation of the Gaussian likelihood.
+        likelihood: p(x|z), a `vaelab.likelihoods.Likelihood`, whose parameters the
+            output network gives (`param_shape`).
+        obs_scale: of a likelihood given by its name only, see `VAE`.
         hidden_dim: width of every dense layer and of the top-down state.
         activation: relu, tanh, or gated (dense layers only).
         depth: L, the number of stochastic layers, each of `latent_dim` (None: 1 without
@@ -340,8 +341,8 @@ class TopDownVAE(VAE, OwnPosterior):
         self,
         image_shape: tuple[int, ...],
         latent_dim: int,
-        likelihood: str,
-        obs_scale: float = 0.1,
+        likelihood: Likelihood | str,
+        obs_scale: float | None = None,
         hidden_dim: int = 256,
         activation: str = "relu",
         depth: int | None = 3,
@@ -354,7 +355,7 @@ class TopDownVAE(VAE, OwnPosterior):
                 f"model.latent_dims has {len(latent_dims)} layers and model.depth={depth}: set "
                 "one of them (model.depth=null with latent_dims)"
             )
-        image_shape = tuple(image_shape)
+        image_shape, likelihood = tuple(image_shape), as_likelihood(likelihood, obs_scale)
         if latent_dims is not None:
             latent_dims = tuple(latent_dims)
         else:
@@ -362,7 +363,9 @@ class TopDownVAE(VAE, OwnPosterior):
         top_dim, conv = latent_dims[-1], self.conv
         super().__init__(
             BottomUp(image_shape, latent_dims, hidden_dim, activation, conv),
-            TopDownPath(image_shape, latent_dims, hidden_dim, activation, conv),
+            TopDownPath(
+                likelihood.param_shape(image_shape), latent_dims, hidden_dim, activation, conv
+            ),
             sum(latent_dims),
             likelihood,
             obs_scale,
@@ -437,9 +440,7 @@ class TopDownVAE(VAE, OwnPosterior):
         params = self.decoder.output(state.reshape(-1, state.shape[-1]))
         params = params.reshape(*z.shape[:-1], *params.shape[1:])
         event_dims = params.dim() - (z.dim() - 1)
-        return observation_dist(
-            self.likelihood, params, event_dims, self.obs_scale, self.log_obs_scale
-        )
+        return self.likelihood.observation(params, event_dims, self.log_obs_scale)
 
     def kl_per_layer(self, qz_x: Distribution) -> Tensor:
         """KL(q || p) of each layer at one draw z ~ q(z|x), the Monte Carlo estimate
