@@ -37,7 +37,7 @@ def evaluation_bytes(vae: VAE, mass: bool = False) -> int:
     try:
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for the hooks.
-            params = vae.decoder.forward(torch.zeros(1, vae.latent_dim, device=vae.device))
+            params = vae.decoder.forward(torch.zeros(1, vae.decoder_input_dim, device=vae.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -147,7 +147,8 @@ def naive_log_likelihood(
     sample misses it: at equal K it is far below the importance-weighted estimate. The
     prior draws do not depend on x, so one set of K draws serves the whole batch: the
     decoder runs K times instead of K·B times. Each image's estimate is the usual one;
-    only the errors of different images are correlated. Chunked, and x checked, like
+    only the errors of different images are correlated. A conditional model's p(z|y)
+    differs per image: its K draws are drawn per image, of log p(x|y). Chunked, and x checked, like
     `iw_log_likelihood`.
     """
     if check:
@@ -164,7 +165,8 @@ def naive_log_likelihood(
     lse = torch.full((1 + mass, x.shape[0]), -math.inf, device=x.device)
     pz = vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        z = pz.sample((k, 1))  # (k, 1, D), broadcast over the batch
+        # (k, 1, D), broadcast over the batch; a p(z|y) per image (batch shape (B,)): (k, B, D)
+        z = pz.sample((k,) if pz.batch_shape else (k, 1))
         log_px_z = vae.log_px_z(vae.observation(z), x, mass)  # (k, B) or (2, k, B)
         lse = torch.logaddexp(lse, log_px_z.logsumexp(-2))
     estimate = lse - math.log(num_samples)

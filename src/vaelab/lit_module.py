@@ -20,6 +20,7 @@ from vaelab.estimators import (
     update_estimates,
 )
 from vaelab.models import build_objective, build_part_class, build_vae
+from vaelab.models.conditional import given
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
@@ -65,7 +66,10 @@ class LitVAE(L.LightningModule):
     eval.py with the same seed and K), and evaluating does not change the training run.
 
     The model is `vaelab.models.build_vae`'s: `arch` (mlp, conv, or hvae, with z₁ of
-    `latent_dim` and z₂ of `top_dim`), the prior and posterior configs.
+    `latent_dim` and z₂ of `top_dim`), the prior and posterior configs; with `condition`
+    (condition=labels, resolved from the data) the conditional VAE, whose every term and
+    estimate is given the batch's labels: elbo, iwae, nll_iwae and nll_naive are then of
+    log p(x|y).
     """
 
     eval_seed: int = 0
@@ -92,6 +96,7 @@ class LitVAE(L.LightningModule):
         beta_schedule: dict | None = None,
         top_dim: int | None = None,
         disentanglement: dict | None = None,
+        condition: dict | None = None,
     ):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
@@ -99,7 +104,7 @@ class LitVAE(L.LightningModule):
         image_shape = tuple(image_shape)
         self.vae = build_vae(
             arch, image_shape, latent_dim, hidden_dim, activation, likelihood, obs_scale,
-            prior, posterior, top_dim,
+            prior, posterior, top_dim, condition,
         )  # fmt: skip
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)
@@ -161,6 +166,10 @@ class LitVAE(L.LightningModule):
         return self.hparams.beta * self.schedule_weight()
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        with given(self.vae, batch[1]):  # a conditional VAE's terms are given y (issue 24)
+            return self._conditioned_step(batch, stage)
+
+    def _conditioned_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, _ = batch
         qz_x = self.vae.posterior(x)
         beta = self.kl_weight()
@@ -255,9 +264,10 @@ class LitVAE(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
         if self.hparams.n_importance > 0:
-            x, _ = batch
+            x, y = batch
             k = self.hparams.n_importance  # the datamodule's batches are model-ready
-            update_estimates(self.nll_iwae, self.nll_naive, self.vae, x, k, mass=self._mass)
+            with given(self.vae, y):  # a conditional VAE's: of log p(x|y)
+                update_estimates(self.nll_iwae, self.nll_naive, self.vae, x, k, mass=self._mass)
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", prog_bar=["elbo"])

@@ -232,6 +232,17 @@ class PriorArgs:
 
 
 @dataclass
+class ConditionArgs:
+    # condition=labels on data with factors: the factors' names (null: all of them)
+    factors: list[str] | None = knob(
+        or_null(
+            Rule("a list of factor names", lambda v: isinstance(v, (list, tuple)) and len(v) > 0)
+        ),
+        default=None,
+    )
+
+
+@dataclass
 class PosteriorArgs:
     steps: int = knob(noted(integer(1), "flow steps; posterior=gaussian has none"))
     hidden_dim: int = knob(integer(1))
@@ -386,6 +397,8 @@ class TrainConfig:
     posterior: dict[str, Any] = knob(nodes={"args": PosteriorArgs})
     objective: dict[str, Any] = knob(nodes={"args": ObjectiveArgs})
     beta_schedule: dict[str, Any] = knob(nodes={"args": BetaScheduleArgs})
+    # condition=labels: a conditional VAE (vaelab.models.conditional); none: {}
+    condition: dict[str, Any] = knob(nodes={"args": ConditionArgs})
     # Passed to Lightning as they are (Lightning checks them), but for vaelab's own.
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = knob(
@@ -605,6 +618,7 @@ def check_parts(cfg: DictConfig) -> None:
             "not: use posterior=gaussian with prior=standard, or "
             "set objective.free_bits=0"
         )
+    _check_condition(cfg, arch, prior, prior_name)
     monitor = OmegaConf.select(cfg, "monitor")
     if monitor in MONITORS[1:] and monitor.split("/", 1)[1] not in objective.extras:
         raise ConfigError(
@@ -622,6 +636,28 @@ def check_parts(cfg: DictConfig) -> None:
                 f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear's warm-up, "
                 f"which {schedule.__name__} does not take: set kl_warmup_epochs=0"
             )
+
+
+def _check_condition(cfg: DictConfig, arch: str, prior: type, prior_name: str) -> None:
+    """Issue 24's conditional VAE: condition=labels with the parts it is defined for."""
+    condition = _node(cfg, "condition")
+    if not (condition and condition.get("_target_")):
+        if prior.needs_condition:
+            raise ConfigError(
+                f"the prior {prior_name} is p(z|y), for a conditional model: add "
+                "condition=labels, or use prior=standard"
+            )
+        return
+    if arch not in ("mlp", "conv"):
+        raise ConfigError(
+            f"condition=labels is defined for model=mlp and conv, not model={arch}: use "
+            "model=mlp or conv, or condition=none"
+        )
+    if prior.encodes:
+        raise ConfigError(
+            f"the prior {prior_name} runs the encoder on its pseudo-inputs, which a conditional "
+            "encoder cannot without their labels: use prior=standard, mog or per_class"
+        )
 
 
 def check_likelihood(likelihood: str | None, binarize: str | None) -> None:

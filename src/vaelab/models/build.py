@@ -29,10 +29,21 @@ def build_vae(
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
     top_dim: int | None = None,
+    condition: Mapping[str, Any] | None = None,
 ) -> VAE:
     """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
-    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over."""
+    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over. With a
+    resolved `condition` node, the conditional VAE (`vaelab.models.conditional`)."""
     image_shape = tuple(image_shape)
+    if condition:  # issue 24: the conditional VAE
+        from vaelab.models.conditional import build_conditional_vae
+
+        return build_conditional_vae(
+            condition, arch, image_shape, latent_dim, hidden_dim, activation, likelihood,
+            obs_scale,
+            lambda dim, code_dim: build_prior(prior, dim, image_shape, code_dim=code_dim),
+            lambda: build_posterior(posterior, latent_dim, context_dim=hidden_dim),
+        )  # fmt: skip
     if arch == "hvae":
         top_dim = top_dim or latent_dim
         return HierarchicalVAE(
@@ -89,10 +100,15 @@ def part_classes(
     )
 
 
-def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
+def build_prior(
+    cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple, **context: Any
+) -> Prior:
+    """The prior of `cfg`; `context` (a conditional model's `code_dim`) fills the
+    arguments its class takes."""
     return build_part(
-        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape
-    )
+        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape,
+        **context,
+    )  # fmt: skip
 
 
 def build_posterior(cfg: Mapping[str, Any] | None, latent_dim: int, context_dim: int) -> Posterior:

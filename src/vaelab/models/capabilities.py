@@ -16,9 +16,13 @@ from vaelab.targets import named_class
 
 class PriorCapabilities:
     """`factorised`: p(z) is an Independent over the latent dimensions (with a closed-form
-    KL per dimension against a factorised posterior)."""
+    KL per dimension against a factorised posterior). `needs_condition`: it is p(z|y), for
+    a conditional model only (condition=labels). `encodes`: its density runs the encoder
+    (the VampPrior's q(z|u_k)), which a conditional model's encoder cannot without labels."""
 
     factorised: bool = False
+    needs_condition: bool = False
+    encodes: bool = False
 
 
 class PosteriorCapabilities:
@@ -46,6 +50,14 @@ class FactorisedPrior(PriorCapabilities):
     factorised = True
 
 
+class ConditionalPrior(FactorisedPrior):
+    needs_condition = True
+
+
+class EncodingPrior(PriorCapabilities):
+    encodes = True
+
+
 class DiagonalGaussianPosterior(PosteriorCapabilities):
     factorised = True
     diagonal_gaussian = True
@@ -67,7 +79,8 @@ _MODELS = "vaelab.models."
 DECLARED: dict[str, type] = {
     _MODELS + "priors.StandardPrior": FactorisedPrior,
     _MODELS + "priors.MixturePrior": PriorCapabilities,
-    _MODELS + "priors.VampPrior": PriorCapabilities,
+    _MODELS + "priors.VampPrior": EncodingPrior,
+    _MODELS + "conditional.ClassPrior": ConditionalPrior,
     _MODELS + "posteriors.GaussianPosterior": DiagonalGaussianPosterior,
     _MODELS + "posteriors.IAFPosterior": PosteriorCapabilities,
     _MODELS + "objectives.ElboObjective": ObjectiveCapabilities,

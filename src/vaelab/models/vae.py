@@ -99,6 +99,12 @@ class VAE(nn.Module):
         )
 
     @property
+    def decoder_input_dim(self) -> int:
+        """The length of the decoder's input: D, or more for a model that joins something
+        to z (a conditional VAE's label code)."""
+        return self.latent_dim
+
+    @property
     def device(self) -> torch.device:
         """Where the model's weights (or, without any, its buffers) are."""
         return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
@@ -182,7 +188,7 @@ class VAE(nn.Module):
         """Shape of one x, (C, H, W) for images: the decoder's output for one latent."""
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for batch size 1.
-            z = torch.zeros(1, self.latent_dim, device=self.device)
+            z = torch.zeros(1, self.decoder_input_dim, device=self.device)
             return tuple(self.decoder.forward(z).shape[1:])
 
     @torch.no_grad()
