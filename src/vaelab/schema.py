@@ -21,7 +21,7 @@ import difflib
 import functools
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,15 +231,16 @@ class PriorArgs:
     components: int = knob(noted(integer(1), "mixture components or pseudo-inputs"))
 
 
+FACTOR_NAMES = Rule(
+    "a list of factor names",
+    lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0,
+)
+
+
 @dataclass
 class ConditionArgs:
     # condition=labels on data with factors: the factors' names (null: all of them)
-    factors: list[str] | None = knob(
-        or_null(
-            Rule("a list of factor names", lambda v: isinstance(v, (list, tuple)) and len(v) > 0)
-        ),
-        default=None,
-    )
+    factors: list[str] | None = knob(or_null(FACTOR_NAMES), default=None)
 
 
 @dataclass

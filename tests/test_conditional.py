@@ -1,0 +1,146 @@
+"""The conditional VAE (condition=labels, issue 24 §2): through the real CLI, and an
+independent check that it generates the class it is asked for."""
+
+import json
+import re
+
+import pytest
+import torch
+from conftest import cli, tiny
+from PIL import Image
+
+import vaelab
+from vaelab.errors import InputError
+from vaelab.estimators import iw_log_likelihood
+from vaelab.models.conditional import ConditionalVAE, given
+from vaelab.runs import Run
+
+CLASSIFY = "experiments/conditional/classify.py"
+
+
+@pytest.mark.slow
+def test_a_classifier_of_the_real_images_labels_each_class_s_samples_as_that_class(
+    train_cli, tmp_path
+):
+    """A CVAE of MNIST trained a few epochs through the CLI; a classifier that
+    classify.py trains on the real training images (never on the VAE's output) gives
+    each class's conditional samples that class far above chance (0.1)."""
+    overrides = tiny(
+        "condition=labels", "trainer=cpu", "max_epochs=4", "batch_size=64", "latent_dim=2",
+        "model.hidden_dim=256", "callbacks.pictures.every_n_epochs=100",
+    )  # fmt: skip
+    (run_dir,) = train_cli(*overrides).run_dirs
+    out = tmp_path / "table.md"
+    args = (str(run_dir), "--steps", "200", "--per-class", "50", "--out", str(out))
+    proc = cli(CLASSIFY, *args, cwd=tmp_path / "classify")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    real, generated = torch.tensor(found["real"]), torch.tensor(found["generated"])
+    assert real.mean() > 0.8, found  # the classifier itself works
+    assert generated.mean() > 0.5 and (generated > 0.2).sum() >= 8, found
+    assert re.search(r"^\| mean \| 0\.\d+ \| 0\.\d+ \|$", out.read_text(), re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_a_conditional_run_trains_tests_evaluates_samples_and_resumes(train_cli, tmp_path):
+    """prior=per_class (a learned p(z|y)) with objective=iwae: the test's estimates are of
+    log p(x|y), the pictures a row per class, eval, sample and resume work from its files."""
+    overrides = tiny(
+        "condition=labels", "prior=per_class", "objective=iwae", "n_importance=3",
+        "callbacks.pictures.every_n_epochs=100",
+    )  # fmt: skip
+    (run_dir,) = train_cli(*overrides).run_dirs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"test/nll_iwae", "test/nll_naive", "test/iwae", "test/elbo"} <= set(metrics)
+    pictures = {p.stem for p in (run_dir / "pictures" / "test").glob("*.png")}
+    assert {"samples", "traversals", "reconstructions", "latent_scatter"} <= pictures
+    samples = Image.open(run_dir / "pictures" / "test" / "samples.png")
+    # A row per class (10) of `nrow` (8) images of 28 pixels and 2-pixel padding, x2.
+    assert samples.size == (2 * (8 * 30 + 2), 2 * (10 * 30 + 2))
+
+    vae = vaelab.load_run(run_dir)
+    assert isinstance(vae, ConditionalVAE)
+    x, y = next(iter(vaelab.model_batches(run_dir, "test")))
+    x, y = x[:16], y[:16]
+    with given(vae, y):
+        log_px_y = iw_log_likelihood(vae, x, 4)[0]
+        # p(z|y) differs per class: the same images given other labels score otherwise.
+    with given(vae, (y + 1) % 10):
+        other = iw_log_likelihood(vae, x, 4)[0]
+    assert log_px_y.shape == (16,) and not torch.allclose(log_px_y, other)
+    with pytest.raises(InputError, match="give the labels"):
+        vae.posterior(x)
+
+    evaluated = cli("eval.py", f"run_dir={run_dir}", "n_importance=5", cwd=tmp_path / "e")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    evaluation = Run(run_dir).evaluation()
+    assert evaluation["n_importance"] == 5 and evaluation["test/nll_iwae"] > 0
+    sampled = cli("sample.py", f"run_dir={run_dir}", "n=20", cwd=tmp_path / "s")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert (run_dir / "samples.png").is_file()
+
+    train_cli(*overrides, f"resume={run_dir}", "trainer.max_epochs=2")
+    history = Run(run_dir).history()
+    assert [row["epoch"] for row in history] == [0, 1]
+
+
+@pytest.mark.slow
+def test_conditioning_on_a_chosen_factor_of_shapes(train_cli):
+    """data=shapes: condition.factors=[shape] conditions on the first factor only, its
+    pictures' rows are its values."""
+    result = train_cli(
+        *tiny(
+            "data=shapes",
+            "data.image_size=32",
+            "data.grid.scales=2",
+            "data.grid.orientations=2",
+            "data.grid.positions=4",
+            "condition=labels",
+            "condition.factors=[shape]",
+            "callbacks.pictures.every_n_epochs=100",
+        )
+    )
+    (run_dir,) = result.run_dirs
+    ckpt = torch.load(next((run_dir / "checkpoints").glob("*.ckpt")), weights_only=False)
+    condition = ckpt["hyper_parameters"]["condition"]
+    assert condition["columns"] == [0] and condition["sizes"] == [3], condition
+    samples = Image.open(run_dir / "pictures" / "test" / "samples.png")
+    assert samples.size[1] == 2 * (3 * 34 + 2)  # a row per shape, 32-pixel images
+
+
+def _flat_folder(path):
+    """Six grey PNGs in one folder: images without classes."""
+    path.mkdir(parents=True)
+    for i in range(6):
+        Image.new("L", (8, 8), 40 * i).save(path / f"{i}.png")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("model=hvae",), "condition=labels is defined for model=mlp and conv, not model=hvae"),
+        (("prior=vamp",), "runs the encoder on its pseudo-inputs"),
+        (("condition.factors=[shape]",), "condition.factors is for data with ground-truth"),
+    ],
+)
+def test_conditional_combinations_that_are_not_defined_are_refused_in_one_line(
+    train_cli, overrides, message
+):
+    result = train_cli(*tiny("condition=labels", *overrides), check=False)
+    assert result.returncode != 0 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_per_class_prior_without_a_condition_and_data_without_labels_are_refused(
+    train_cli, tmp_path
+):
+    result = train_cli(*tiny("prior=per_class"), check=False)
+    assert result.returncode != 0 and "add condition=labels" in result.output
+    folder = _flat_folder(tmp_path / "flat")
+    result = train_cli(
+        *tiny("data=folder", f"data.path={folder}", "data.image_size=8", "condition=labels"),
+        check=False,
+    )
+    assert result.returncode != 0 and "condition=labels needs labels" in result.output
+    assert "Traceback" not in result.output
