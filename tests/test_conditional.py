@@ -8,14 +8,45 @@ import pytest
 import torch
 from conftest import cli, tiny
 from PIL import Image
+from torch.distributions import Bernoulli, Independent, Normal
 
 import vaelab
 from vaelab.errors import InputError
-from vaelab.estimators import iw_log_likelihood
-from vaelab.models.conditional import ConditionalVAE, given
+from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood
+from vaelab.models import build_vae
+from vaelab.models.conditional import TARGET, ConditionalVAE, given
 from vaelab.runs import Run
 
 CLASSIFY = "experiments/conditional/classify.py"
+
+
+def test_the_log_weights_are_those_of_p_x_given_y_computed_from_the_networks():
+    """log p(x|z, y) + log p(z|y) - log q(z|x, y) at z ~ q(z|x, y), the importance weights
+    of every estimate of log p(x|y), against the networks called by hand on [x, y], [z, y]
+    and the per-class prior's Gaussian of each image's class."""
+    torch.manual_seed(0)
+    condition = {"_target_": TARGET, "sizes": [3], "columns": None, "names": ["class"]}
+    prior = {"_target_": "vaelab.models.conditional.ClassPrior"}
+    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", "bernoulli", 0.1, prior, None, None, condition)
+    with torch.no_grad():  # per-class Gaussians apart (they start equal, at N(0, I))
+        vae.prior_model.loc.normal_()
+        vae.prior_model.log_scale.normal_(0, 0.3)
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.5))
+    y = torch.tensor([0, 1, 2, 1, 0])
+    with given(vae, y):
+        torch.manual_seed(1)
+        log_w = vae.log_importance_weights(x, 7)  # (7, 5)
+
+    code = torch.nn.functional.one_hot(y, 3).float()
+    loc, scale = vae.encoder(torch.cat([x.flatten(1), code], 1))
+    qz_x = Independent(Normal(loc, scale), 1)
+    torch.manual_seed(1)
+    z = qz_x.sample((7,))
+    logits = vae.decoder(torch.cat([z, code.expand(7, -1, -1)], -1).flatten(0, 1))
+    log_px_z = Bernoulli(logits=logits.view(7, 5, 1, 4, 4)).log_prob(x).sum((-3, -2, -1))
+    pz_y = Independent(Normal(vae.prior_model.loc[y], vae.prior_model.log_scale[y].exp()), 1)
+    expected = log_px_z + pz_y.log_prob(z) - qz_x.log_prob(z)
+    torch.testing.assert_close(log_w, expected)
 
 
 @pytest.mark.slow
@@ -70,6 +101,7 @@ def test_a_conditional_run_trains_tests_evaluates_samples_and_resumes(train_cli,
     assert log_px_y.shape == (16,) and not torch.allclose(log_px_y, other)
     with pytest.raises(InputError, match="give the labels"):
         vae.posterior(x)
+    assert evaluate_log_likelihood(vae, [(x, y)], 3)["nll_iwae"] > 0  # (x, y) batches
 
     evaluated = cli("eval.py", f"run_dir={run_dir}", "n_importance=5", cwd=tmp_path / "e")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -5,12 +5,14 @@ All log-likelihoods are nats per image; anything named `nll` is positive nats.
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, kl_divergence
 from torchmetrics import Metric
 
+from vaelab.models.conditional import given
 from vaelab.models.vae import VAE
 
 # Memory that the decoder evaluations of one chunk may hold at once. On a CPU a chunk
@@ -407,7 +409,9 @@ def evaluate_log_likelihood(
     Args:
         vae: the model.
         batches: model-ready images (B, ...), or tuples whose first entry is the images:
-            e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once.
+            e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once. A conditional
+            VAE (`vaelab.models.conditional`) needs the tuples (x, y): its estimates are
+            then of log p(x|y).
         num_samples: K for both estimators.
         max_batch: bound on decoder evaluations per chunk; None: by the device.
         binary: the images are binarized (True) or 8-bit levels (False); None: unknown,
@@ -435,8 +439,11 @@ def evaluate_log_likelihood(
             if iwae is None:
                 iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
                 naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
-            update_estimates(iwae, naive, vae, x, num_samples, max_batch, mass=mass)
-            rec, kl = vae.elbo_terms(x)
+            labelled = isinstance(batch, tuple | list) and len(batch) > 1
+            # A conditional VAE's estimates are given the batch's labels: of log p(x|y).
+            with given(vae, batch[1]) if labelled else nullcontext():
+                update_estimates(iwae, naive, vae, x, num_samples, max_batch, mass=mass)
+                rec, kl = vae.elbo_terms(x)
             sum_elbo += float((rec - kl).sum())
             count += x.shape[0]
     finally:
