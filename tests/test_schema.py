@@ -56,7 +56,7 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 # Every option of the groups whose nodes' keys differ by option, as the groups' files are.
 PART_OPTIONS = [
     f"{group}={option}"
-    for group in ("prior", "posterior", "objective", "beta_schedule", "data")
+    for group in ("prior", "posterior", "objective", "beta_schedule", "condition", "data")
     for option in options(group)
 ]
 
