@@ -2,6 +2,7 @@
 independent check that it generates the class it is asked for."""
 
 import json
+import math
 import re
 
 import pytest
@@ -12,7 +13,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 import vaelab
 from vaelab.errors import InputError
-from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood
+from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
 from vaelab.models import build_vae
 from vaelab.models.conditional import TARGET, ConditionalVAE, given
 from vaelab.runs import Run
@@ -47,6 +48,16 @@ def test_the_log_weights_are_those_of_p_x_given_y_computed_from_the_networks():
     pz_y = Independent(Normal(vae.prior_model.loc[y], vae.prior_model.log_scale[y].exp()), 1)
     expected = log_px_z + pz_y.log_prob(z) - qz_x.log_prob(z)
     torch.testing.assert_close(log_w, expected)
+
+    # The naive estimate draws z ~ p(z|y) for each image, not one set for the batch.
+    with given(vae, y):
+        torch.manual_seed(2)
+        naive = naive_log_likelihood(vae, x, 6)
+    torch.manual_seed(2)
+    z = pz_y.sample((6,))  # (6, 5, 2)
+    logits = vae.decoder(torch.cat([z, code.expand(6, -1, -1)], -1).flatten(0, 1))
+    log_px_z = Bernoulli(logits=logits.view(6, 5, 1, 4, 4)).log_prob(x).sum((-3, -2, -1))
+    torch.testing.assert_close(naive, log_px_z.logsumexp(0) - math.log(6))
 
 
 @pytest.mark.slow
