@@ -187,3 +187,23 @@ def test_a_per_class_prior_without_a_condition_and_data_without_labels_are_refus
     )
     assert result.returncode != 0 and "condition=labels needs labels" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("posterior=iaf", "objective=iwae", "prior=mog"),  # the flow's context: [x, y]'s
+        ("objective=betatc", "prior=per_class"),  # the aggregate q(z) over (x, y) pairs
+    ],
+)
+def test_the_convolutional_cvae_trains_with_other_parts(train_cli, parts):
+    """model=conv takes y as constant channels of x; a flow posterior, the mixture prior,
+    iwae and betatc work with it."""
+    overrides = tiny("model=conv", "condition=labels", "n_importance=3", *parts)
+    (run_dir,) = train_cli(*overrides, "callbacks.pictures.every_n_epochs=100").run_dirs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert math.isfinite(metrics["test/nll_iwae"]) and math.isfinite(metrics["test/elbo"])
+    vae = vaelab.load_run(run_dir)
+    assert vae.channels and vae.encoder.body[0].in_channels == 1 + 10
+    assert vae.sample(10, y=torch.arange(10)).shape == (10, 1, 28, 28)
