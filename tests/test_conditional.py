@@ -12,8 +12,9 @@ from PIL import Image
 from torch.distributions import Bernoulli, Independent, Normal
 
 import vaelab
-from vaelab.errors import InputError
+from vaelab.errors import ConfigError, InputError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
+from vaelab.lit_module import LitVAE
 from vaelab.models import build_vae
 from vaelab.models.conditional import TARGET, ConditionalVAE, given
 from vaelab.runs import Run
@@ -180,6 +181,8 @@ def test_a_per_class_prior_without_a_condition_and_data_without_labels_are_refus
 ):
     result = train_cli(*tiny("prior=per_class"), check=False)
     assert result.returncode != 0 and "add condition=labels" in result.output
+    with pytest.raises(ConfigError, match="add condition=labels"):  # and from Python
+        LitVAE(arch="mlp", prior={"_target_": "vaelab.models.conditional.ClassPrior"})
     folder = _flat_folder(tmp_path / "flat")
     result = train_cli(
         *tiny("data=folder", f"data.path={folder}", "data.image_size=8", "condition=labels"),

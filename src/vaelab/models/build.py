@@ -7,6 +7,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from vaelab.errors import ConfigError
 from vaelab.models.decoders import build_decoder
 from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
 from vaelab.models.hvae import HierarchicalVAE
@@ -105,6 +106,11 @@ def build_prior(
 ) -> Prior:
     """The prior of `cfg`; `context` (a conditional model's `code_dim`) fills the
     arguments its class takes."""
+    if build_part_class(cfg, StandardPrior, Prior, "prior").needs_condition and not context:
+        raise ConfigError(
+            "this prior is p(z|y), for a conditional model: add condition=labels, or use "
+            "prior=standard"
+        )
     return build_part(
         cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape,
         **context,
