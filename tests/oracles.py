@@ -119,7 +119,12 @@ class MixtureOfOnePriorVAE(VAE):
 
     The density is unchanged, so every closed form above still holds, but torch.distributions
     registers no KL for a MixtureSameFamily: objectives take their Monte Carlo KL branch.
+    As a mixture prior does, it declares a KL that does not split into dimensions.
     """
+
+    @property
+    def kl_splits(self) -> bool:
+        return False
 
     def prior(self) -> Distribution:
         loc, scale = self.prior_model.loc, self.prior_model.scale

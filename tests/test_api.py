@@ -265,3 +265,52 @@ def test_a_checkpoint_with_the_old_kind_form_of_beta_schedule_loads_and_trains_a
         assert model.schedule == expected
         z = torch.zeros(1, 2)
         assert torch.equal(model.vae.decoder(z), load_run(path).decoder(z))
+
+
+# The model node of a run made before the model options named their class (config.yaml),
+# and, at the top level, of its checkpoints' hyperparameters.
+OLD_MODEL = {"arch": "mlp", "hidden_dim": 16, "activation": "relu", "top_dim": None}
+
+
+@pytest.mark.slow
+def test_a_run_from_before_the_model_options_named_a_class_loads_evaluates_and_resumes(
+    train_cli, tmp_path
+):
+    """A run of `model.arch: mlp` (config.yaml, its checkpoints' top-level hyperparameters,
+    and vaelab.schema's Hydra callback in .hydra/hydra.yaml): it loads as the class its arch
+    names, evaluates, and resumes, translated once into the `_target_` form."""
+    import yaml
+    from conftest import cli
+
+    tiny = ("model=mlp", "model.hidden_dim=16", "latent_dim=2", "trainer=debug", "logger=none",
+            "batch_size=32", "n_importance=0", "callbacks.pictures.every_n_epochs=100")  # fmt: skip
+    (run_dir,) = train_cli(*tiny).run_dirs
+    x = torch.bernoulli(torch.full((3, 1, 28, 28), 0.2))
+    codes = load_run(run_dir, checkpoint="last").encode(x)
+
+    config_file = run_dir / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    assert config["model"]["_target_"] == "vaelab.models.architectures.MLPVAE"
+    config_file.write_text(yaml.safe_dump({**config, "model": OLD_MODEL}))
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)
+        hyperparameters = checkpoint["hyper_parameters"]
+        del hyperparameters["model"]
+        hyperparameters.update(OLD_MODEL)
+        torch.save(checkpoint, path)
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    hydra = hydra_file.read_text()
+    assert "vaelab.config.checks.ValidateBeforeJobs" in hydra
+    hydra_file.write_text(hydra.replace("vaelab.config.checks.", "vaelab.schema."))
+
+    vae = load_run(run_dir, checkpoint="last")
+    assert type(vae).__name__ == "MLPVAE" and torch.equal(vae.encode(x), codes)
+    evaluated = cli("eval.py", f"run_dir={run_dir}", "n_importance=2", cwd=tmp_path / "eval")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    train_cli(f"resume={run_dir}", "model=mlp", "model.hidden_dim=16", "max_epochs=2")
+    model = yaml.safe_load(config_file.read_text())["model"]
+    assert model == {"_target_": "vaelab.models.architectures.MLPVAE", "hidden_dim": 16,
+                     "activation": "relu"}  # fmt: skip
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["hyper_parameters"]["model"] == model and "arch" not in last["hyper_parameters"]
+    assert last["epoch"] == 1  # it trained a second epoch

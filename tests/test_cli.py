@@ -9,9 +9,9 @@ import torch
 from conftest import TINY
 from omegaconf import OmegaConf
 
+from vaelab.dashboards import name_and_group
 from vaelab.runs import find_runs
 from vaelab.tasks import compare
-from vaelab.tracking import name_and_group
 
 
 def vaelab(*args: str, cwd: Path) -> subprocess.CompletedProcess:

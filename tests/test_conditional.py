@@ -29,7 +29,8 @@ def test_the_log_weights_are_those_of_p_x_given_y_computed_from_the_networks():
     torch.manual_seed(0)
     condition = {"_target_": TARGET, "sizes": [3], "columns": None, "names": ["class"]}
     prior = {"_target_": "vaelab.models.conditional.ClassPrior"}
-    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", "bernoulli", 0.1, prior, None, None, condition)
+    model = {"_target_": "vaelab.models.architectures.MLPVAE", "hidden_dim": 8}
+    vae = build_vae(model, (1, 4, 4), 2, "bernoulli", 0.1, prior, None, condition)
     with torch.no_grad():  # per-class Gaussians apart (they start equal, at N(0, I))
         vae.prior_model.loc.normal_()
         vae.prior_model.log_scale.normal_(0, 0.3)
@@ -182,7 +183,10 @@ def test_a_per_class_prior_without_a_condition_and_data_without_labels_are_refus
     result = train_cli(*tiny("prior=per_class"), check=False)
     assert result.returncode != 0 and "add condition=labels" in result.output
     with pytest.raises(ConfigError, match="add condition=labels"):  # and from Python
-        LitVAE(arch="mlp", prior={"_target_": "vaelab.models.conditional.ClassPrior"})
+        LitVAE(
+            model={"_target_": "vaelab.models.architectures.MLPVAE"},
+            prior={"_target_": "vaelab.models.conditional.ClassPrior"},
+        )
     folder = _flat_folder(tmp_path / "flat")
     result = train_cli(
         *tiny("data=folder", f"data.path={folder}", "data.image_size=8", "condition=labels"),

@@ -11,16 +11,15 @@ from conftest import options
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 
-from vaelab import schema
+from vaelab import dashboards
 from vaelab.callbacks import WarmupEarlyStopping
-from vaelab.config import config_dir, instantiate, trainer_args
+from vaelab.config import checks, config_dir, instantiate, trainer_args
 from vaelab.data.sources import DataSource, build_source, option_source
 from vaelab.datamodule import VAEDataModule
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
 from vaelab.targets import named_class
 from vaelab.tasks.train import build_module
-from vaelab.tracking import RunCSVLogger, build_loggers
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -34,7 +33,7 @@ def test_every_group_has_its_documented_options():
     assert options("logger") == ["csv", "mlflow", "none", "tensorboard", "wandb"]
 
 
-PART_GROUPS = ("prior", "posterior", "objective", "beta_schedule")
+PART_GROUPS = ("model", "prior", "posterior", "objective", "beta_schedule")
 
 
 @pytest.mark.parametrize(
@@ -57,7 +56,18 @@ def test_an_option_files_values_are_its_classs_defaults(compose, option):
 def test_model_options_instantiate(compose, name):
     model = build_module(compose(f"model={name}"), (1, 28, 28))
     assert isinstance(model, LitVAE)
-    assert model.hparams.arch == name
+    written = OmegaConf.load(config_dir() / "model" / f"{name}.yaml")
+    assert model.hparams.model == dict(written)
+    assert type(model.vae) is named_class(written._target_, object, "model")
+
+
+def test_an_argument_no_model_class_takes_is_refused_in_one_line(compose):
+    """A model's node takes the arguments of the class it names (a user's model may have its
+    own): one that the class does not take is refused by name, with the ones it does."""
+    cfg = compose("model=conv", "+model.depth=3")
+    checks.validate(cfg)  # the model option's class decides, when it is built
+    with pytest.raises(ConfigError, match=r"^model.depth is not an argument of ConvVAE; its "):
+        build_module(cfg, (1, 28, 28))
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -94,7 +104,7 @@ DATA_DEFAULTS = {
 def test_each_data_option_brings_the_likelihood_and_binarization_that_suit_it(compose, name):
     cfg = compose(f"data={name}")
     assert (cfg.likelihood, cfg.data.binarize) == DATA_DEFAULTS[name]
-    schema.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
+    checks.check_likelihood(cfg.likelihood, cfg.data.binarize)  # a pair that runs
 
 
 def test_an_explicit_likelihood_or_binarization_wins_over_the_datas(compose):
@@ -136,11 +146,12 @@ def test_any_argument_of_lightnings_trainer_reaches_it(compose):
 
 
 @pytest.mark.parametrize(
-    ("name", "expected"), [("wandb", [WandbLogger]), ("csv", [RunCSVLogger]), ("none", [])]
+    ("name", "expected"),
+    [("wandb", [WandbLogger]), ("csv", [dashboards.RunCSVLogger]), ("none", [])],
 )
 def test_logger_options_instantiate(compose, name, expected, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    loggers = build_loggers(compose(f"logger={name}"))
+    loggers = dashboards.build(compose(f"logger={name}"))
     assert [type(logger) for logger in loggers] == expected
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -173,8 +184,8 @@ def test_top_level_knobs_flow_into_encoder_decoder_and_loss(compose):
 def test_resolved_config_has_no_missing_values(compose, tmp_path: Path):
     cfg = compose("model=conv", "latent_dim=16")
     assert cfg.latent_dim == 16
-    assert set(cfg.model) == {"arch", "hidden_dim", "activation", "top_dim"}
-    assert cfg.model.top_dim is None  # the size of z2, for model=hvae only
+    assert set(cfg.model) == {"_target_", "hidden_dim", "activation"}
+    assert compose("model=hvae").model.top_dim is None  # the size of z2: hvae's only
     assert cfg.trainer.max_epochs == cfg.max_epochs
     assert cfg.data.batch_size == cfg.batch_size
 
@@ -224,24 +235,28 @@ EXEMPLAR_PROTOCOL = {
     "posterior._target_": "vaelab.models.posteriors.GaussianPosterior",
 }
 PRIORS = "vaelab.models.priors."
+MODELS, HVAE = "vaelab.models.architectures.", "vaelab.models.hvae.HierarchicalVAE"
 ELBO, IWAE = "vaelab.models.objectives.ElboObjective", "vaelab.models.objectives.IwaeObjective"
 EXEMPLAR_ROWS = {
-    "vae_gaussian": {"model.arch": "mlp", "prior._target_": PRIORS + "StandardPrior"},
+    "vae_gaussian": {
+        "model._target_": MODELS + "MLPVAE",
+        "prior._target_": PRIORS + "StandardPrior",
+    },
     "vae_vamp": {
-        "model.arch": "mlp",
+        "model._target_": MODELS + "MLPVAE",
         "prior._target_": PRIORS + "VampPrior",
         "prior.components": 500,
     },
     "iwae_gaussian": {
-        "model.arch": "mlp",
+        "model._target_": MODELS + "MLPVAE",
         "prior._target_": PRIORS + "StandardPrior",
         "objective._target_": IWAE,
         "objective.k": 5,
         "monitor": "val/iwae",
     },
-    "hvae_gaussian": {"model.arch": "hvae", "prior._target_": PRIORS + "StandardPrior"},
+    "hvae_gaussian": {"model._target_": HVAE, "prior._target_": PRIORS + "StandardPrior"},
     "hvae_vamp": {
-        "model.arch": "hvae",
+        "model._target_": HVAE,
         "prior._target_": PRIORS + "VampPrior",
         "prior.components": 500,
     },
@@ -259,7 +274,7 @@ def test_each_exemplar_row_sets_the_whole_protocol(compose, row):
     expected = {"objective._target_": ELBO, "monitor": "val/elbo", **EXEMPLAR_PROTOCOL}
     expected.update(EXEMPLAR_ROWS[row])
     assert {key: OmegaConf.select(cfg, key) for key in expected} == expected
-    schema.validate(cfg)
+    checks.validate(cfg)
     model = build_module(cfg, (1, 28, 28))
     assert model.hparams.optimizer == "adam_normgrad" and model.hparams.kl_warmup_epochs == 100
     (stopping,) = [

@@ -26,6 +26,8 @@ from vaelab.estimators import (
 from vaelab.likelihoods import MIN_LOG_SCALE
 from vaelab.lit_module import LitVAE
 from vaelab.models import build_vae
+from vaelab.models.architectures import MLPVAE
+from vaelab.models.priors import StandardPrior
 from vaelab.models.vae import VAE
 from vaelab.runs import Run
 
@@ -174,24 +176,53 @@ def test_kl_per_dim_sums_to_the_vae_kl(model, x):
     vae = model.vae(**PERTURBATION)
     with torch.no_grad():
         qz_x, pz = vae.posterior(x), vae.prior()
-        per_dim = kl_per_dim(qz_x, pz)
+        per_dim = kl_per_dim(vae, qz_x)
         kl = kl_divergence(qz_x, pz)
     assert per_dim.shape == (len(x), model.latent_dim)
     assert (per_dim >= 0).all()
     assert torch.allclose(per_dim.sum(-1), kl)
-    standard = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
-    assert torch.equal(kl_per_dim(standard, pz), torch.zeros(2, 3))
+    d = model.latent_dim
+    standard = Independent(Normal(torch.zeros(2, d), torch.ones(2, d)), 1)  # p(z) itself
+    assert torch.equal(kl_per_dim(vae, standard), torch.zeros(2, d))
 
 
-def test_kl_per_dim_is_undefined_for_a_mixture_prior_or_a_flow_posterior():
-    from vaelab.models.posteriors import IAFPosterior
-    from vaelab.models.priors import MixturePrior
+class RenamedStandardPrior(StandardPrior):
+    """A user's N(0, I) under another class name: factorised, as it declares."""
 
-    q = Independent(Normal(torch.zeros(2, 3), torch.ones(2, 3)), 1)
-    assert kl_per_dim(q, MixturePrior(3, 4).distribution()) is None
-    flow = IAFPosterior(3, steps=1, context_dim=2, hidden_dim=4)
-    qf = flow(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 2))
-    assert kl_per_dim(qf, Independent(Normal(torch.zeros(3), torch.ones(3)), 1)) is None
+
+MODELS = "vaelab.models."
+
+
+@pytest.mark.parametrize(
+    ("parts", "splits"),
+    [
+        ({}, True),
+        ({"prior": {"_target_": MODELS + "priors.MixturePrior", "components": 4}}, False),
+        (
+            {
+                "posterior": {
+                    "_target_": MODELS + "posteriors.IAFPosterior",
+                    "steps": 1,
+                    "hidden_dim": 4,
+                }
+            },
+            False,
+        ),
+        ({"prior": {"_target_": f"{__name__}.RenamedStandardPrior"}}, True),
+        ({"model": MODELS + "hvae.HierarchicalVAE"}, False),  # q(z1|x, z2): its own posterior
+    ],
+)
+def test_kl_per_dim_is_defined_where_the_parts_declare_a_factorised_kl(parts, splits):
+    """By what the model's parts declare (`kl_splits`), not by their class names: None for
+    a mixture prior, a flow posterior or a model with its own posterior."""
+    torch.manual_seed(0)
+    model = {"_target_": parts.pop("model", MODELS + "architectures.MLPVAE"), "hidden_dim": 4}
+    vae = build_vae(model, (1, 4, 4), 3, "bernoulli", 0.1, **parts)
+    x = torch.bernoulli(torch.full((2, 1, 4, 4), 0.5))
+    per_dim = kl_per_dim(vae, vae.posterior(x))
+    assert (per_dim is not None) == splits == vae.kl_splits
+    if splits:
+        assert torch.allclose(per_dim.sum(-1), kl_divergence(vae.posterior(x), vae.prior()))
 
 
 def test_active_units_counts_the_dims_that_vary():
@@ -204,7 +235,7 @@ def test_active_units_counts_the_dims_that_vary():
 
     scales = torch.rand(1000, 6, generator=g) + 0.1
     q = Independent(Normal(means, scales), 1)
-    kl_dims = kl_per_dim(q, Independent(Normal(torch.zeros(6), torch.ones(6)), 1))
+    kl_dims = kl_per_dim(MLPVAE((1, 2, 2), 6, "bernoulli", hidden_dim=4), q)  # p(z) = N(0, I)
     metric = ActiveUnitsMetric(latent_dim=6)
     metric.update(means[:300], kl_dims[:300])
     metric.update(means[300:], kl_dims[300:])
@@ -289,7 +320,7 @@ def test_a_sharp_density_on_uniform_bytes_costs_at_least_8_bits():
 def test_log_P_comes_from_the_draws_and_weights_of_log_p(likelihood):
     """One pass over the decoder: the masses draw nothing, so log p(x) is the same with
     them; a mass's log P(x) is its log p(x); images in groups (max_batch 8 < 12 images)."""
-    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1).eval()
+    vae = MLPVAE((1, 4, 4), 2, likelihood, 0.1, hidden_dim=8).eval()
     x = uniform_bytes(12, 16).view(12, 1, 4, 4)
     if likelihood == "bernoulli":
         x = x.round()
@@ -334,7 +365,7 @@ def test_a_density_of_binary_pixels_has_no_bits_per_dimension():
 )
 def test_evaluate_log_likelihood_reads_what_the_likelihood_is(likelihood, binary, bits):
     torch.manual_seed(0)
-    vae = build_vae("mlp", (1, 4, 4), 2, 8, "relu", likelihood, 0.1)
+    vae = MLPVAE((1, 4, 4), 2, likelihood, 0.1, hidden_dim=8)
     x = uniform_bytes(20, 16).view(20, 1, 4, 4)
     if likelihood == "bernoulli":
         x = x.round()

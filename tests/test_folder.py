@@ -147,22 +147,22 @@ def test_a_run_on_a_folder_of_colour_images_trains_and_draws(train_cli, classes)
 
 
 def test_the_conv_model_is_sized_by_the_images_and_refuses_a_side_it_cannot_give_back():
-    from vaelab.models import build_vae
+    from vaelab.models.architectures import ConvVAE
 
     for shape, stages in (((1, 28, 28), 2), ((3, 32, 32), 2), ((3, 64, 64), 3), ((1, 128, 96), 4)):
-        vae = build_vae("conv", shape, 4, 16, "relu", "bernoulli", 0.1)
+        vae = ConvVAE(shape, 4, "bernoulli", 0.1, hidden_dim=16)
         convs = [m for m in vae.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
         assert len(convs) == stages and convs[0].in_channels == shape[0]
         assert vae.decode(torch.zeros(2, 4)).shape == (2, *shape)
         assert vae.encode(torch.zeros(2, *shape)).shape == (2, 4)
     # The two-stage network of 28 x 28 images keeps its weights' names (old checkpoints).
-    names = set(build_vae("conv", (1, 28, 28), 4, 16, "relu", "bernoulli", 0.1).state_dict())
+    names = set(ConvVAE((1, 28, 28), 4, "bernoulli", 0.1, hidden_dim=16).state_dict())
     assert {"encoder.body.0.weight", "encoder.body.2.weight", "encoder.body.5.weight"} <= names
     assert {"decoder.net.5.weight", "decoder.net.7.weight"} <= names
     with pytest.raises(ConfigError, match=r"model=conv halves 30 x 30 images 2 times, .* by 4"):
-        build_vae("conv", (3, 30, 30), 4, 16, "relu", "bernoulli", 0.1)
+        ConvVAE((3, 30, 30), 4, "bernoulli", 0.1, hidden_dim=16)
     with pytest.raises(ConfigError, match=r"halves 60 x 60 images 3 times, so .* by 8: set"):
-        build_vae("conv", (3, 60, 60), 4, 16, "relu", "bernoulli", 0.1)
+        ConvVAE((3, 60, 60), 4, "bernoulli", 0.1, hidden_dim=16)
 
 
 def test_a_path_given_with_a_tilde_is_the_home_folders(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 from torch.distributions import Independent, Normal
 
 from vaelab.estimators import iw_log_likelihood
-from vaelab.models import build_vae
+from vaelab.models.architectures import MLPVAE
 from vaelab.models.encoders import GatedDense
 from vaelab.models.hvae import HierarchicalVAE, TwoLevel
 from vaelab.models.objectives import ElboObjective, IwaeObjective
@@ -19,7 +19,10 @@ IMAGE_SHAPE = (1, 4, 4)
 
 def tiny(prior: dict | None = None, activation: str = "gated") -> HierarchicalVAE:
     torch.manual_seed(0)
-    vae = build_vae("hvae", IMAGE_SHAPE, D1, H, activation, "bernoulli", 0.1, prior, top_dim=D2)
+    vae = HierarchicalVAE(
+        IMAGE_SHAPE, D1, "bernoulli", 0.1, hidden_dim=H, activation=activation, top_dim=D2,
+        prior=prior,
+    )  # fmt: skip
     assert isinstance(vae, HierarchicalVAE)
     return vae
 
@@ -138,7 +141,7 @@ def test_a_gated_dense_layer_is_a_linear_map_times_a_sigmoid_gate():
 
 @pytest.mark.parametrize("activation", ["relu", "gated"])
 def test_the_one_level_mlp_takes_the_gated_layer_and_keeps_its_weight_names(activation):
-    vae = build_vae("mlp", IMAGE_SHAPE, 2, H, activation, "bernoulli", 0.1)
+    vae = MLPVAE(IMAGE_SHAPE, 2, "bernoulli", 0.1, hidden_dim=H, activation=activation)
     names = set(vae.state_dict())
     if activation == "relu":  # the names the checkpoints of earlier versions hold
         assert {"encoder.body.1.weight", "encoder.body.3.weight", "decoder.net.0.weight"} <= names

@@ -257,3 +257,21 @@ def test_adam_normgrad_is_adam_on_gradients_of_unit_norm(mnist_idx_root, tmp_pat
     assert largest_gap(trained, start) > lr  # it trained: 4 steps of about lr each
     assert largest_gap(trained, normalised) < 1e-6
     assert largest_gap(trained, raw) > 100 * largest_gap(trained, normalised)
+
+
+@pytest.mark.parametrize(
+    ("old", "name"),
+    [
+        ({"arch": "mlp", "hidden_dim": 8, "activation": "tanh", "top_dim": None}, "MLPVAE"),
+        ({"arch": "hvae", "hidden_dim": 8, "activation": "gated", "top_dim": 2}, "HierarchicalVAE"),
+        ({"hidden_dim": 8, "activation": "relu", "top_dim": None}, "ConvVAE"),  # arch's default
+    ],
+)
+def test_an_old_checkpoints_model_keys_build_the_class_its_arch_named(old, name):
+    """Checkpoints made before the model options named their class hold the model node's
+    keys at the top of their hyperparameters: read once into the `model` node, saved so."""
+    model = LitVAE(latent_dim=2, n_importance=0, **old)
+    assert type(model.vae).__name__ == name
+    assert model.hparams.model["_target_"].endswith(f".{name}")
+    assert model.hparams.model["hidden_dim"] == 8 and "arch" not in model.hparams
+    assert not {"hidden_dim", "activation", "top_dim"} & set(model.hparams)

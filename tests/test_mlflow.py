@@ -14,6 +14,7 @@ import pytest
 from conftest import compose_command, free_port, tiny, train_in
 
 RUN = tiny("logger=mlflow", "n_importance=4", "~local")
+MLP = "vaelab.models.architectures.MLPVAE"  # model=mlp
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_a_sweep_is_a_parent_run_with_a_child_per_job_holding_params_metrics_pic
     assert parents["tags.mlflow.runName"].item() == sweep_dir.name
     assert set(children["tags.mlflow.parentRunId"]) == {parents["run_id"].item()}
     assert children["params.latent_dim"].tolist() == ["2", "3"]
-    assert set(children["params.model/arch"]) == {"mlp"}
+    assert set(children["params.model/_target_"]) == {MLP}
     client = MlflowClient(tracking_uri=f"sqlite:///{sweep / 'mlflow.db'}")
     for job, run_id in zip(("0", "1"), children["run_id"], strict=True):
         run_dir = sweep_dir / job
@@ -158,7 +159,7 @@ def test_a_first_run_on_a_new_store_in_a_new_folder_keeps_vaelabs_log_lines(trai
     result = train_cli(*RUN, f"paths.log_dir={logs}", f"hydra.run.dir={run_dir}")
     assert len(_runs(logs)) == 1
     train_log = (run_dir / "train.log").read_text()
-    for line in ("Model: mlp", "Data: mnist", "Final metrics (nats per image"):
+    for line in ("Model: MLPVAE", "Data: mnist", "Final metrics (nats per image"):
         assert line in result.stdout, result.output[-3000:]
         assert line in train_log, train_log[-3000:]
     assert "alembic" not in result.output + train_log  # nor the migration's own lines

@@ -72,7 +72,10 @@ def pooled(values: torch.Tensor, repeats: int) -> tuple[torch.Tensor, torch.Tens
 
 
 class ScaledPosteriorVAE(VAE):
-    """q(z|x) pushed through z -> 2z: a TransformedDistribution, as a flow posterior is."""
+    """q(z|x) pushed through z -> 2z: a TransformedDistribution, as a flow posterior is; the
+    model's own posterior, not a diagonal Gaussian, as it declares."""
+
+    own_posterior = True
 
     def posterior(self, x):
         return TransformedDistribution(

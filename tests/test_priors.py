@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
+from vaelab.models.capabilities import StandardNormalPrior
 from vaelab.models.encoders import MLPEncoder
 from vaelab.models.posteriors import GaussianPosterior, IAFPosterior, Posterior, kl_term
 from vaelab.models.priors import (
@@ -18,6 +19,7 @@ from vaelab.models.priors import (
     StandardPrior,
     VampPrior,
 )
+from vaelab.models.vae import VAE
 
 B, D, S = 4, 3, 6
 IMAGE_SHAPE = (1, 4, 4)
@@ -188,3 +190,28 @@ def test_shapes_and_kl_kind_for_every_prior_and_posterior(prior, posterior):
     assert kl.shape == (B,) and torch.isfinite(kl).all()
     closed = prior == "standard" and posterior == "gaussian"
     assert kind == ("closed_form" if closed else "monte_carlo")
+
+
+class UnitNormalPrior(Prior, StandardNormalPrior):
+    """A user's N(0, I), not a StandardPrior: standard normal, as it declares."""
+
+    def distribution(self, encode=None) -> Distribution:
+        zeros = torch.zeros(self.latent_dim)
+        return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+
+
+@pytest.mark.parametrize(
+    ("prior", "standard"),
+    [
+        (lambda d: UnitNormalPrior(d), True),
+        (lambda d: StandardPrior(d), True),
+        (lambda d: MixturePrior(d, 3), False),
+        (lambda d: StandardPrior(d - 1), False),  # over part of z only, as hvae's over z2
+    ],
+)
+def test_a_standard_normal_prior_is_what_the_prior_declares_not_its_class(prior, standard):
+    """`VAE.standard_normal_prior` (samples drawn with torch.randn, the draws of earlier
+    versions) reads the prior's declaration over the whole of z, not its class name."""
+    d = 3
+    vae = VAE(MLPEncoder((1, 4, 4), d, 8), nn.Linear(d, 16), d, "bernoulli", prior=prior(d))
+    assert vae.standard_normal_prior is standard

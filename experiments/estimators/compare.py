@@ -98,7 +98,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     hp = model.hparams
-    title = f"{hp.arch} VAE, latent_dim={hp.latent_dim}, {len(x)} test images"
+    title = f"{type(model.vae).__name__}, latent_dim={hp.latent_dim}, {len(x)} test images"
     lines = [
         f"{title}; ELBO = {elbo_value:.2f} nats",
         "",

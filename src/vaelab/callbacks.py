@@ -7,21 +7,18 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelSummary
-from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import Tensor
 from torchmetrics import Metric
 
-from vaelab import plots
+from vaelab import dashboards, plots
+from vaelab.config.schemas import checked
 from vaelab.estimators import kl_per_dim
 from vaelab.models.conditional import ConditionalVAE, conditional_pictures
 from vaelab.models.vae import VAE, posterior_mean
-from vaelab.runs import PICTURES as PICTURES_DIR
 from vaelab.runs import Run, pictures_folder
-from vaelab.schema import checked
-from vaelab.tracking import RunCSVLogger
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +51,7 @@ class RunHistory(L.Callback):
         if trainer.is_global_zero and trainer.global_step > 0:
             run = Run(trainer.default_root_dir)
             run.truncate_history(trainer.global_step)
-            for logger in trainer.loggers:  # the CSV's rows too, as history.jsonl's
-                if isinstance(logger, RunCSVLogger):
-                    logger.resume_at(trainer.global_step)
+            dashboards.resumed(trainer.loggers, trainer.global_step)  # the CSV's rows too
             rows = run.history()
             self._recorded_step = rows[-1].get("step") if rows else None
 
@@ -218,8 +213,7 @@ class VAEPictures(L.Callback):
 
         # The most informative dims: by KL where it splits into dims, else by how much the
         # posterior means vary across the images (active units' statistic).
-        pz = vae.prior() if vae.kl_splits else None
-        kl = kl_per_dim(vae.posterior(shown), pz) if pz is not None else None
+        kl = kl_per_dim(vae, vae.posterior(shown))
         spread = kl if kl is not None else loc.var(0, correction=0)
         dims = plots.most_informative_dims(spread, self.n_traversal_dims)
         values = torch.linspace(-self.traversal_range, self.traversal_range, self.traversal_values)
@@ -294,20 +288,8 @@ class VAEPictures(L.Callback):
                 picture = picture.repeat_interleave(self.png_scale, 2)
             path = plots.save_png(picture, out_dir / f"{name}.png")
             paths.append(path)
-            key, step = f"{stage}/pictures/{name}", trainer.global_step
-            for logger in trainer.loggers:
-                if isinstance(logger, WandbLogger):
-                    # A file path: W&B copies the PNG itself into the run's media.
-                    logger.log_image(key=key, images=[str(path)], step=step)
-                elif isinstance(logger, TensorBoardLogger):  # its Images tab
-                    if isinstance(picture, Figure):
-                        logger.experiment.add_figure(key, picture, step, close=False)
-                    else:
-                        logger.experiment.add_image(key, picture, step)
-                elif isinstance(logger, MLFlowLogger):  # the run's artifacts, as the files
-                    logger.experiment.log_artifact(
-                        logger.run_id, str(path), f"{PICTURES_DIR}/{folder}"
-                    )
+            key = f"{stage}/pictures/{name}"
+            dashboards.log_picture(trainer.loggers, key, picture, path, trainer.global_step)
         return paths
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

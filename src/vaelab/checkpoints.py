@@ -22,9 +22,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from vaelab.config.schemas import checked
 from vaelab.errors import VaelabError, one_line
 from vaelab.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, Run, pid_alive
-from vaelab.schema import checked
 
 
 def verify(path: str | Path) -> Path:

@@ -3,7 +3,7 @@
 train, eval and sample are Hydra applications (configs in conf/train.yaml, eval.yaml,
 sample.yaml) whose jobs `vaelab.jobs` runs; compare takes paths. A user error (vaelab's
 own, or a config Hydra or OmegaConf rejects) is printed as one line `vaelab: error: ...`
-with exit status 2. The values of a composed config are checked (vaelab.schema) before
+with exit status 2. The values of a composed config are checked (vaelab.config) before
 torch is imported. Inside a multirun a failed job is recorded as failed in its run
 directory and the sweep goes on; the command then exits 2.
 """
@@ -19,9 +19,9 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab import jobs
+from vaelab.config.checks import ConfigRejected
 from vaelab.errors import EXIT_USER_ERROR, Interrupted, VaelabError, exit_with
 from vaelab.jobs import DDP_CONFIG_ENV
-from vaelab.schema import ConfigRejected
 
 # How the parallel and submitit launchers report a job whose process was killed.
 _KILLED_JOB = ("UncompletedJobError", "TerminatedWorkerError")
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(str(e), e.exit_code)
     except VaelabError as e:
         _fail(str(e))
-    except ConfigRejected as e:  # by vaelab.schema's Hydra callback, before any job
+    except ConfigRejected as e:  # by vaelab.config.checks' Hydra callback, before any job
         _fail(str(e.error))
     except (HydraException, OmegaConfBaseException) as e:  # before OSError: Hydra's
         _fail(_config_error(e))  # MissingConfigException is one

@@ -11,11 +11,11 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
+from vaelab.config.schemas import checked
 from vaelab.data import DatasetSplits
 from vaelab.data.sources import build_source, option_source
 from vaelab.errors import DataError, VaelabError
 from vaelab.folder import file_draws, held_out
-from vaelab.schema import checked
 
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val

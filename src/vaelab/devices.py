@@ -14,8 +14,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from vaelab.config.checks import ConfigRejected
 from vaelab.errors import ConfigError
-from vaelab.schema import ConfigRejected
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from contextlib import nullcontext
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, kl_divergence
+from torch.distributions import Distribution, kl_divergence
 from torchmetrics import Metric
 
 from vaelab.models.conditional import given
@@ -175,13 +175,20 @@ def naive_log_likelihood(
     return estimate if mass else estimate[0]
 
 
-def kl_per_dim(qz_x: Distribution, pz: Distribution) -> Tensor | None:
+def kl_per_dim(vae: VAE, qz_x: Distribution) -> Tensor | None:
     """KL(q(z_d|x) || p(z_d)) per latent dimension: (B, D) nats that sum to the KL, where
-    both are factorised with a closed form per dimension (diagonal Gaussians); else None:
-    the KL of a flow posterior or a mixture prior does not split into dimensions."""
-    if not (isinstance(qz_x, Independent) and isinstance(pz, Independent)):
+    the model's posterior and prior declare a factorised KL (`VAE.kl_splits`) and torch has
+    its closed form per dimension (diagonal Gaussians); else None: the KL of a flow
+    posterior or a mixture prior does not split into dimensions.
+
+    Args:
+        vae: the model whose q(z|x) it is; its prior p(z) is built here.
+        qz_x: `vae.posterior(x)`, batch shape (B,).
+    """
+    if not vae.kl_splits:
         return None
-    try:
+    pz = vae.prior()
+    try:  # whether torch registers a closed form is a fact of the two distributions' types
         kl = kl_divergence(qz_x.base_dist, pz.base_dist)
     except NotImplementedError:
         return None

@@ -1,6 +1,6 @@
 """The Hydra and DDP job runtime of `vaelab train|eval|sample`: one Hydra job per run.
 
-Each job is validated (vaelab.schema) before torch is imported; a training job is named
+Each job is validated (vaelab.config) before torch is imported; a training job is named
 and grouped, shares the cores with the jobs beside it (joblib), resumes an interrupted
 run it finds (a SLURM requeue) and tells the DDP processes Lightning starts which
 resolved config to train. Inside a multirun a failed job is recorded as failed in its
@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from vaelab.config import config_dir
+from vaelab.config.checks import ConfigRejected, validate
 from vaelab.devices import check_available
 from vaelab.errors import ConfigError, Interrupted, JobFailed, VaelabError, exit_with, one_line
 from vaelab.runs import Run
-from vaelab.schema import ConfigRejected, validate
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def _prepare_training(
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from vaelab import tracking
+    from vaelab import dashboards
 
     run = Run(cfg.paths.output_dir)
     first = rank_zero_only.rank == 0  # DDP under SLURM: every process runs the job
@@ -205,7 +205,7 @@ def _prepare_training(
             log.info("job %d: new run in %s", hydra_cfg.job.num, run.path)
     if not cfg.get("resume"):  # a resumed run keeps its name and group
         sweep_dir = hydra_cfg.sweep.dir if multirun else None
-        tracking.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
+        dashboards.name_and_group(cfg, hydra_cfg.job.override_dirname, sweep_dir)
     _share_cores(hydra_cfg.launcher)
     # Lightning's DDP processes re-run this command: they train this job's config rather
     # than compose the command line again (which would re-run the sweep).

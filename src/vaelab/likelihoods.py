@@ -17,7 +17,7 @@ from torch.distributions.utils import _sum_rightmost
 
 # The names, those whose support is {0, 1} (they need binarized data), those whose log_prob
 # is a density rather than a discrete mass, and those with a learned scale: the schema's.
-from vaelab.schema import (
+from vaelab.config.schemas import (
     BINARY_LIKELIHOODS,
     DENSITY_LIKELIHOODS,
     LEARNED_SCALE_LIKELIHOODS,
@@ -213,7 +213,7 @@ def observation_dist(
     params = params.float()
     # No argument validation: its check that x is in the support is a full pass over x and
     # a host sync in every log_prob (with K samples, over x expanded K times). The data
-    # module and the config check (`vaelab.schema.check_likelihood`) guarantee the support.
+    # module and the config check (`vaelab.config.checks.check_likelihood`) guarantee the support.
     if name in LEARNED_SCALE_LIKELIHOODS and log_scale is None:
         raise ValueError(f"likelihood={name} needs its learned log_scale")
     if name == "bernoulli":

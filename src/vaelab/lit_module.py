@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 
-from vaelab.errors import TrainingError
+from vaelab.config.schemas import check_fields, checked
+from vaelab.errors import ConfigError, TrainingError
 from vaelab.estimators import (
     ActiveUnitsMetric,
     LogLikelihoodMetric,
@@ -20,13 +21,15 @@ from vaelab.estimators import (
     update_estimates,
 )
 from vaelab.models import build_objective, build_part_class, build_vae
+from vaelab.models.capabilities import model_node
 from vaelab.models.conditional import given
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
-from vaelab.schema import check_fields, checked
 
 STAGES = ("train", "val", "test")
+# LitVAE's arguments of old checkpoints: their model node's keys, at the top level.
+LEGACY_MODEL_KEYS = ("arch", "hidden_dim", "activation", "top_dim")
 TERMS = ("loss", "elbo", "rec", "kl")
 # How the epoch metrics are logged. Their values come from a torchmetrics compute(), which
 # has already reduced them across DDP processes: they are equal on every process. Lightning
@@ -65,22 +68,24 @@ class LitVAE(L.LightningModule):
     give the same figures wherever they are computed (history.jsonl, metrics.json,
     eval.py with the same seed and K), and evaluating does not change the training run.
 
-    The model is `vaelab.models.build_vae`'s: `arch` (mlp, conv, or hvae, with z₁ of
-    `latent_dim` and z₂ of `top_dim`), the prior and posterior configs; with `condition`
-    (condition=labels, resolved from the data) the conditional VAE, whose every term and
-    estimate is given the batch's labels: elbo, iwae, nll_iwae and nll_naive are then of
-    log p(x|y).
+    The model is `vaelab.models.build_vae`'s: the `model` node (a conf/model option: its
+    `_target_`, a `VAE` subclass, and its arguments; None: conv), the prior and posterior
+    configs. `arch`, `hidden_dim`, `activation` and `top_dim` are the hyperparameters of a
+    checkpoint made before the model options named their class (the old model node's keys,
+    at the top level): they are read once into `model` (`capabilities.model_node`), which
+    is what is saved; give `model` instead.
+    With `condition` (condition=labels, resolved from the data) the conditional VAE of the
+    model's class, whose every term and estimate is given the batch's labels: elbo, iwae,
+    nll_iwae and nll_naive are then of log p(x|y).
     """
 
     eval_seed: int = 0
 
-    @checked("", "model.")
+    @checked("")
     def __init__(
         self,
-        arch: str = "conv",
+        model: dict | None = None,
         latent_dim: int = 16,
-        hidden_dim: int = 256,
-        activation: str = "relu",
         likelihood: str = "bernoulli",
         obs_scale: float = 0.1,
         beta: float = 1.0,
@@ -94,18 +99,30 @@ class LitVAE(L.LightningModule):
         posterior: dict | None = None,
         objective: dict | None = None,
         beta_schedule: dict | None = None,
-        top_dim: int | None = None,
         disentanglement: dict | None = None,
         condition: dict | None = None,
+        arch: str | None = None,
+        hidden_dim: int | None = None,
+        activation: str | None = None,
+        top_dim: int | None = None,
     ):
         super().__init__()
         check_fields(disentanglement or {}, "disentanglement.")
-        self.save_hyperparameters()
+        old = {"arch": arch, "hidden_dim": hidden_dim, "activation": activation}
+        old = {key: value for key, value in old.items() if value is not None}
+        if old and model is not None:
+            raise ConfigError(
+                f"LitVAE takes the model node (model=) or an old checkpoint's {', '.join(old)}, "
+                "not both: give them as model={'_target_': ..., 'hidden_dim': ...}"
+            )
+        model = model_node({**old, "top_dim": top_dim} if old else model)
+        check_fields({k: v for k, v in model.items() if k != "_target_"}, "model.")
+        self.save_hyperparameters(ignore=["model", *LEGACY_MODEL_KEYS])
+        self.save_hyperparameters({"model": model})
         image_shape = tuple(image_shape)
         self.vae = build_vae(
-            arch, image_shape, latent_dim, hidden_dim, activation, likelihood, obs_scale,
-            prior, posterior, top_dim, condition,
-        )  # fmt: skip
+            model, image_shape, latent_dim, likelihood, obs_scale, prior, posterior, condition
+        )
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)
         # The objective's class, for its extras: built in `setup`, with the data's size.
@@ -180,8 +197,7 @@ class LitVAE(L.LightningModule):
             torch.stack([values[term].detach() for term in self.terms])
         )
         if stage != "train":
-            pz = self.vae.prior() if self.vae.kl_splits else None
-            kl_dims = kl_per_dim(qz_x, pz) if pz is not None else None
+            kl_dims = kl_per_dim(self.vae, qz_x)
             means, noise = posterior_mean_and_noise(qz_x)
             self.latent_stats[stage].update(means, kl_dims, noise)
             if stage == "test" and batch[1].ndim == 2:  # ground-truth factors

@@ -41,8 +41,8 @@ from typing import IO, Any
 
 import yaml
 
+from vaelab.config.schemas import CHECKPOINTS as CHECKPOINT_CHOICES
 from vaelab.errors import VaelabError
-from vaelab.schema import CHECKPOINTS as CHECKPOINT_CHOICES
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -616,3 +616,25 @@ def find_runs(paths: Iterable[str | Path]) -> list[Run]:
             "a multirun directory (outputs/multiruns/<time>) or a parent of runs"
         )
     return sorted(found.values(), key=lambda run: _natural_key(run.path))
+
+
+def shown_path(path: Path) -> str:
+    """A run directory relative to the working directory when under it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def shown_paths(paths: Iterable[Path]) -> str:
+    """Run directories, siblings in shell brace form: `outputs/multiruns/<sweep>/{0,1}`."""
+    siblings: dict[Path, list[str]] = {}
+    for path in paths:
+        siblings.setdefault(path.parent, []).append(path.name)
+    shown = []
+    for parent, names in siblings.items():
+        if len(names) == 1 or any(c in name for name in names for c in " ,{}"):
+            shown += [shown_path(parent / name) for name in names]
+        else:
+            shown.append(f"{shown_path(parent)}/{{{','.join(names)}}}")
+    return " ".join(shown)

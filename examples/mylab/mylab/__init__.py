@@ -1,1 +1,1 @@
-"""mylab: a user's own prior, data source and logger for vaelab, found without forking it."""
+"""mylab: a user's own model, prior, data source and logger for vaelab, found without forking it."""

@@ -1,9 +1,10 @@
-"""The model parts and their builders: a VAE is an encoder, a decoder, a prior and a
-posterior, trained by an objective, its KL weighted by a beta schedule; each part is named
-by a `_target_` in its config group and built by `vaelab.models.build`.
+"""The model parts and their builders: a VAE (a model option's class: its networks) is an
+encoder, a decoder, a prior and a posterior, trained by an objective, its KL weighted by a
+beta schedule; each part is named by a `_target_` in its config group and built by
+`vaelab.models.build`.
 
 The builders are exported here on first use (PEP 562): the torch-free modules of this
-package (the beta schedules) are then imported by the config check without torch.
+package (the capabilities, the beta schedules) are then imported by the config check without torch.
 """
 
 import importlib
@@ -11,10 +12,7 @@ from typing import Any
 
 __all__ = [
     "ACTIVATIONS",
-    "ARCHS",
     "VAE",
-    "build_decoder",
-    "build_encoder",
     "build_objective",
     "build_part",
     "build_part_class",

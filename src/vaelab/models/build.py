@@ -1,71 +1,48 @@
-"""The builders of a VAE and its parts: each part is named by a `_target_` in its config
-group (conf/prior, conf/posterior, conf/objective) and built from typed primitives.
-`build_vae` wires them for an architecture (`model.arch`): mlp and conv, or hvae, the
-two-level VAE."""
+"""The builders of a VAE and its parts: each is named by a `_target_` in its config group
+(conf/model, conf/prior, conf/posterior, conf/objective) and built from typed primitives.
+`build_vae` builds the model option's class, which builds its prior and posterior."""
 
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from vaelab.errors import ConfigError
-from vaelab.models.decoders import build_decoder
-from vaelab.models.encoders import ACTIVATIONS, build_encoder  # noqa: F401  (vaelab.models.*)
-from vaelab.models.hvae import HierarchicalVAE
+from vaelab.models.capabilities import model_node
+from vaelab.models.encoders import ACTIVATIONS  # noqa: F401  (vaelab.models.ACTIVATIONS)
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.posteriors import GaussianPosterior, Posterior
 from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
-from vaelab.schema import ARCHS  # noqa: F401  (re-exported as vaelab.models.ARCHS)
 from vaelab.targets import named_class
 
 
 def build_vae(
-    arch: str,
+    model: Mapping[str, Any] | None,
     image_shape: tuple[int, ...],
     latent_dim: int,
-    hidden_dim: int,
-    activation: str,
     likelihood: str,
     obs_scale: float,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
-    top_dim: int | None = None,
     condition: Mapping[str, Any] | None = None,
 ) -> VAE:
-    """The VAE of an architecture and its parts' configs. For arch=hvae, `latent_dim` is the
-    size of z₁ and `top_dim` (default: the same) of z₂, which the prior is over. With a
-    resolved `condition` node, the conditional VAE (`vaelab.models.conditional`)."""
-    image_shape = tuple(image_shape)
+    """The VAE a `model` node names (`_target_`, a `VAE` subclass, and its arguments; an old
+    run's `arch` translated; None: the default, conv), with the prior and posterior nodes,
+    which it builds over its latent (a model with its own posterior takes none). With a
+    resolved `condition` node (condition=labels), the conditional VAE of that model class
+    (`vaelab.models.conditional.build_conditional_vae`)."""
     if condition:  # issue 24: the conditional VAE
         from vaelab.models.conditional import build_conditional_vae
 
         return build_conditional_vae(
-            condition, arch, image_shape, latent_dim, hidden_dim, activation, likelihood,
-            obs_scale,
-            lambda dim, code_dim: build_prior(prior, dim, image_shape, code_dim=code_dim),
-            lambda: build_posterior(posterior, latent_dim, context_dim=hidden_dim),
+            condition, model_node(dict(model or {})), tuple(image_shape), latent_dim,
+            likelihood, obs_scale, prior, posterior,
         )  # fmt: skip
-    if arch == "hvae":
-        top_dim = top_dim or latent_dim
-        return HierarchicalVAE(
-            image_shape,
-            latent_dim,
-            top_dim,
-            hidden_dim,
-            activation,
-            likelihood,
-            obs_scale,
-            prior=build_prior(prior, top_dim, image_shape),
-        )
-    return VAE(
-        build_encoder(arch, image_shape, latent_dim, hidden_dim, activation),
-        build_decoder(arch, image_shape, latent_dim, hidden_dim, activation),
-        latent_dim,
-        likelihood,
-        obs_scale,
-        prior=build_prior(prior, latent_dim, image_shape),
-        posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
-    )
+    return build_part(
+        model_node(dict(model or {})), VAE, VAE, "model", image_shape=tuple(image_shape),
+        latent_dim=latent_dim, likelihood=likelihood, obs_scale=obs_scale, prior=prior,
+        posterior=posterior,
+    )  # fmt: skip
 
 
 def build_part(
@@ -77,6 +54,14 @@ def build_part(
     cls = build_part_class(cfg, default, base, where)
     cfg = {k: v for k, v in (cfg or {}).items() if k != "_target_"}
     accepted = inspect.signature(cls).parameters
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    unknown = [k for k in cfg if k in context or not (k in accepted or open_ended)]
+    if unknown:  # a key added to the node (+model.depth=3), which no class of it takes
+        own = [name for name in accepted if name not in context]
+        raise ConfigError(
+            f"{where}.{unknown[0]} is not an argument of {cls.__name__}; its arguments: "
+            f"{', '.join(own)}"
+        )
     return cls(**cfg, **{k: v for k, v in context.items() if k in accepted})
 
 

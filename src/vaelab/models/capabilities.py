@@ -1,6 +1,7 @@
 """What each kind of model part can do, declared by its class: the composition check
-(`vaelab.schema.check_parts`), the model (`VAE.kl_splits`, read by the diagnostics and the
-pictures) and the objectives' builder read these attributes, never a class name.
+(`vaelab.config.checks.check_parts`), the model (`VAE.kl_splits`, read by the diagnostics,
+the pictures and the objectives) and the objectives' builder read these attributes, never
+a class name.
 
 Torch-free, so that a bad combination of vaelab's own parts is reported before torch is
 imported (0.4 s, where importing the part modules costs 1.2 s more): the part classes
@@ -11,16 +12,52 @@ inherits its entry). Any other part (a user's) is imported and read from its cla
 
 from typing import Any
 
+from vaelab.config.schemas import ACTIVATIONS
+from vaelab.errors import ConfigError
 from vaelab.targets import named_class
+
+
+class ModelCapabilities:
+    """What a model (`conf/model`, a `VAE` subclass: its networks and how its latent is laid
+    out) can combine with.
+    `own_posterior`: q(z|x) is the model's own (e.g. over several stochastic layers), not
+    the posterior group's: only a `diagonal_gaussian` posterior option (its top layer's),
+    and q(z|x) itself is no diagonal Gaussian, so no objective that needs one, no DReG and no
+    free bits.
+    `activations`: the `model.activation` values its networks take.
+    `label_input`: how a conditional model's labels y (their one-hot code) enter its
+    encoder network (condition=labels, `vaelab.models.conditional`): "features", joined to
+    the flattened x; "channels", as constant channels of x; None: the model cannot be
+    conditioned. Its decoder then takes [z, y]."""
+
+    own_posterior: bool = False
+    activations: tuple[str, ...] = ACTIVATIONS  # every one (`vaelab.config.schemas`)
+    label_input: str | None = None
+
+
+class DenseNetworks(ModelCapabilities):
+    label_input = "features"
+
+
+class ConvNetworks(ModelCapabilities):
+    activations = ("relu", "tanh")  # convolutions: no gated dense layers
+    label_input = "channels"
+
+
+class OwnPosterior(ModelCapabilities):
+    own_posterior = True
 
 
 class PriorCapabilities:
     """`factorised`: p(z) is an Independent over the latent dimensions (with a closed-form
-    KL per dimension against a factorised posterior). `needs_condition`: it is p(z|y), for
-    a conditional model only (condition=labels). `encodes`: its density runs the encoder
-    (the VampPrior's q(z|u_k)), which a conditional model's encoder cannot without labels."""
+    KL per dimension against a factorised posterior).
+    `standard_normal`: p(z) is N(0, I) over its dimensions (drawn with torch.randn).
+    `needs_condition`: it is p(z|y), for a conditional model only (condition=labels).
+    `encodes`: its density runs the encoder (the VampPrior's q(z|u_k)), which a conditional
+    model's encoder cannot without labels."""
 
     factorised: bool = False
+    standard_normal: bool = False
     needs_condition: bool = False
     encodes: bool = False
 
@@ -50,6 +87,10 @@ class FactorisedPrior(PriorCapabilities):
     factorised = True
 
 
+class StandardNormalPrior(FactorisedPrior):
+    standard_normal = True
+
+
 class ConditionalPrior(FactorisedPrior):
     needs_condition = True
 
@@ -77,7 +118,10 @@ class TotalCorrelation(ObjectiveCapabilities):
 # vaelab's own parts, by `_target_`: the declaration each class inherits.
 _MODELS = "vaelab.models."
 DECLARED: dict[str, type] = {
-    _MODELS + "priors.StandardPrior": FactorisedPrior,
+    _MODELS + "architectures.MLPVAE": DenseNetworks,
+    _MODELS + "architectures.ConvVAE": ConvNetworks,
+    _MODELS + "hvae.HierarchicalVAE": OwnPosterior,
+    _MODELS + "priors.StandardPrior": StandardNormalPrior,
     _MODELS + "priors.MixturePrior": PriorCapabilities,
     _MODELS + "priors.VampPrior": EncodingPrior,
     _MODELS + "conditional.ClassPrior": ConditionalPrior,
@@ -89,27 +133,61 @@ DECLARED: dict[str, type] = {
 }
 # Without a node: what `vaelab.models.build` builds.
 DEFAULTS = {
+    "model": _MODELS + "architectures.ConvVAE",
     "prior": _MODELS + "priors.StandardPrior",
     "posterior": _MODELS + "posteriors.GaussianPosterior",
     "objective": _MODELS + "objectives.ElboObjective",
 }
 # What a part of each group declares: a part (`Prior`, ...) inherits its group's.
 BASES = {
+    "model": ModelCapabilities,
     "prior": PriorCapabilities,
     "posterior": PosteriorCapabilities,
     "objective": ObjectiveCapabilities,
 }
 
 
+# Runs made before the model options named their class wrote `arch: <option>` instead of a
+# `_target_` (in config.yaml and, with the other model keys at its top level, the
+# checkpoint's hyperparameters); read only here.
+_OLD_ARCHS = {
+    "mlp": _MODELS + "architectures.MLPVAE",
+    "conv": _MODELS + "architectures.ConvVAE",
+    "hvae": _MODELS + "hvae.HierarchicalVAE",
+}
+
+
+def model_node(cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """A `model` node with its `_target_`: an old node's `arch` translated (and its
+    `top_dim`, which every old node had, kept only for hvae, the one that took it); no node:
+    the default model, conv."""
+    node = dict(cfg or {})
+    if "_target_" in node:
+        return node
+    arch = node.pop("arch", "conv")  # the default model then, as now (DEFAULTS)
+    if arch not in _OLD_ARCHS:
+        raise ConfigError(
+            f"model.arch={arch} is not a model: give model._target_, e.g. "
+            f"{DEFAULTS['model']}, or model=<option> (conf/model)"
+        )
+    if arch != "hvae":  # it had no effect there
+        node.pop("top_dim", None)
+    return {"_target_": _OLD_ARCHS[arch], **node}
+
+
 def named(group: str, node: dict[str, Any] | None) -> str:
     """The class name of the part a node names (its default without one)."""
+    if group == "model":
+        node = model_node(node)
     return ((node or {}).get("_target_") or DEFAULTS[group]).rsplit(".", 1)[-1]
 
 
 def declared(group: str, node: dict[str, Any] | None) -> type:
-    """What the part of a config node (`group`: prior, posterior or objective) declares it
-    can do: vaelab's own from `DECLARED`, torch-free; any other class, imported and checked
-    (`vaelab.targets.named_class`)."""
+    """What the part of a config node (`group`: model, prior, posterior or objective)
+    declares it can do: vaelab's own from `DECLARED`, torch-free; any other class, imported
+    and checked (`vaelab.targets.named_class`)."""
+    if group == "model":
+        node = model_node(node)
     target = (node or {}).get("_target_") or DEFAULTS[group]
     if target in DECLARED:
         return DECLARED[target]

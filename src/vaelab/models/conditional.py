@@ -7,7 +7,9 @@ in what the data say (`resolve_condition`: which label columns, how many values 
 so a checkpoint's hyperparameters rebuild the model without the data. y enters the networks
 as one-hot codes (one block per conditioned label, E numbers in all), concatenated:
 
-- the encoder sees [flatten(x), y] (model=mlp) or x with E constant channels (model=conv);
+- the encoder sees [flatten(x), y] or x with E constant channels, as the model class
+  declares (`ModelCapabilities.label_input`: model=mlp "features", model=conv "channels");
+  its networks are the model class's own (`NetworkVAE.encoder_class`, `decoder_class`);
 - the decoder sees [z, y];
 - p(z) is the prior group's, or `prior=per_class` (`ClassPrior`), a diagonal Gaussian whose
   mean and log-scale are linear in the one-hot code: one Gaussian per class for class labels.
@@ -17,6 +19,7 @@ VAE: inside `given(vae, y)` a `ConditionalVAE` answers them for the batch's labe
 ELBO, the IWAE bound and the estimators are those of log p(x|y).
 """
 
+import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -144,14 +147,15 @@ class ConditionalVAE(VAE):
     for the labels y of the batch.
 
     Args:
-        encoder: built for the joined input (`join`): flattened x and the code (mlp), or x
-            with E more channels (conv).
+        encoder: built for the joined input (`join`): flattened x and the code, or x with
+            E more channels (as the model class declares, its `label_input`).
         decoder: built for latents of D + E numbers, [z, code].
         latent_dim: D.
         likelihood, obs_scale, value_range, posterior: as `VAE`'s.
         prior: p(z), or a `ClassPrior` p(z|y).
         condition: the labels and their code.
-        channels: join the code to x as channels (conv) rather than to flattened x (mlp).
+        channels: join the code to x as channels (label_input "channels", model=conv)
+            rather than to flattened x ("features", model=mlp).
     """
 
     def __init__(
@@ -165,9 +169,10 @@ class ConditionalVAE(VAE):
         channels: bool,
         prior: Prior | None = None,
         posterior: nn.Module | None = None,
+        value_range: tuple[float, float] | None = (0.0, 1.0),
     ):
         super().__init__(
-            encoder, decoder, latent_dim, likelihood, obs_scale, prior=prior, posterior=posterior
+            encoder, decoder, latent_dim, likelihood, obs_scale, value_range, prior, posterior
         )
         self.condition = condition
         self.channels = channels
@@ -275,51 +280,70 @@ def given(vae: nn.Module, y: Tensor) -> AbstractContextManager:
 
 def build_conditional_vae(
     condition: Mapping[str, Any],
-    arch: str,
+    model: Mapping[str, Any],
     image_shape: tuple[int, ...],
     latent_dim: int,
-    hidden_dim: int,
-    activation: str,
     likelihood: str,
     obs_scale: float,
-    build_prior: Any,
-    build_posterior: Any,
+    prior: Mapping[str, Any] | None,
+    posterior: Mapping[str, Any] | None,
 ) -> ConditionalVAE:
-    """The conditional VAE of `arch` (mlp or conv) for a resolved condition node
-    (`resolve_condition`); `build_prior(latent_dim, code_dim)` and `build_posterior()` build
-    the prior and posterior groups' parts."""
-    from vaelab.models.decoders import build_decoder
-    from vaelab.models.encoders import build_encoder
+    """The conditional VAE of a `model` node's class for a resolved condition node
+    (`resolve_condition`), with the prior and posterior nodes: the class's own networks
+    (`NetworkVAE.encoder_class`, `decoder_class`) built with its arguments (the node's, else
+    the class's defaults), the encoder for x joined to y's code as its declared
+    `label_input` says, the decoder for [z, code].
 
-    if arch not in CHANNELS:
+    Raises:
+        ConfigError: a model that declares no `label_input` (model=hvae), or an argument
+            its class does not take.
+    """
+    from vaelab.models.architectures import NetworkVAE
+    from vaelab.models.build import build_part_class, build_posterior, build_prior
+
+    cls = build_part_class(model, NetworkVAE, VAE, "model")
+    if not (cls.label_input and issubclass(cls, NetworkVAE)):
         raise ConfigError(
-            f"condition=labels is defined for model=mlp and conv, not model={arch}: use "
-            "model=mlp or conv, or condition=none"
+            f"condition=labels needs a model whose networks take the labels (one that "
+            f"declares label_input, e.g. model=mlp or conv), not the model {cls.__name__}: "
+            "use model=mlp or conv, or condition=none"
         )
-    args = {k: v for k, v in condition.items() if k != "_target_"}
-    label = LabelCondition(**args)
+    context = dict(
+        image_shape=image_shape, latent_dim=latent_dim, likelihood=likelihood, obs_scale=obs_scale
+    )
+    args = {k: v for k, v in model.items() if k != "_target_"}
+    accepted = inspect.signature(cls).parameters
+    unknown = [k for k in args if k in context or k not in accepted or k in ("prior", "posterior")]
+    if unknown:
+        raise ConfigError(
+            f"model.{unknown[0]} is not an argument of {cls.__name__}; its arguments: "
+            f"{', '.join(n for n in accepted if n not in (*context, 'prior', 'posterior'))}"
+        )
+    bound = inspect.signature(cls).bind(**context, **args)
+    bound.apply_defaults()  # the class's own defaults: as the unconditional model's
+    hidden_dim, activation = bound.arguments["hidden_dim"], bound.arguments["activation"]
+    label = LabelCondition(**{k: v for k, v in condition.items() if k != "_target_"})
     code_dim = label.code_dim
     channels, height, width = image_shape
+    as_channels = cls.label_input == "channels"
     joined = (
         (channels + code_dim, height, width)
-        if CHANNELS[arch]
+        if as_channels
         else (channels * height * width + code_dim,)
     )
     return ConditionalVAE(
-        build_encoder(arch, joined, latent_dim, hidden_dim, activation),
-        build_decoder(arch, image_shape, latent_dim + code_dim, hidden_dim, activation),
+        cls.encoder_class(joined, latent_dim, hidden_dim, activation),
+        cls.decoder_class(image_shape, latent_dim + code_dim, hidden_dim, activation),
         latent_dim,
         likelihood,
         obs_scale,
         label,
-        CHANNELS[arch],
-        prior=build_prior(latent_dim, code_dim),
-        posterior=build_posterior(),
+        as_channels,
+        prior=build_prior(prior, latent_dim, image_shape, code_dim=code_dim),
+        # a flow posterior conditions on the encoder's last hidden features
+        posterior=build_posterior(posterior, latent_dim, context_dim=hidden_dim),
+        value_range=bound.arguments["value_range"],
     )
-
-
-# How each architecture's encoder takes the code: as channels (conv) or after flattened x.
-CHANNELS = {"mlp": False, "conv": True}
 
 
 def resolve_condition(node: Mapping[str, Any] | None, datamodule: Any) -> dict[str, Any] | None:

@@ -63,16 +63,3 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         return self.net(z)
-
-
-DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
-
-
-def build_decoder(
-    arch: str,
-    image_shape: tuple[int, ...],
-    latent_dim: int,
-    hidden_dim: int,
-    activation: str = "relu",
-) -> nn.Module:
-    return DECODERS[arch](tuple(image_shape), latent_dim, hidden_dim, activation)

@@ -121,16 +121,3 @@ class ConvEncoder(nn.Module):
     def forward(self, x: Tensor, with_context: bool = False) -> tuple[Tensor, ...]:
         h = self.body(x)
         return (*self.head(h), h) if with_context else self.head(h)
-
-
-ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
-
-
-def build_encoder(
-    arch: str,
-    image_shape: tuple[int, ...],
-    latent_dim: int,
-    hidden_dim: int,
-    activation: str = "relu",
-) -> nn.Module:
-    return ENCODERS[arch](tuple(image_shape), latent_dim, hidden_dim, activation)

@@ -13,15 +13,17 @@ The VampPrior is over z₂: the mixture of q(z₂|u_k).
 """
 
 import math
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
+from vaelab.models.build import build_prior
+from vaelab.models.capabilities import OwnPosterior
 from vaelab.models.encoders import GaussianHead, dense_layers
 from vaelab.models.posteriors import GaussianPosterior
-from vaelab.models.priors import Prior, StandardPrior
 from vaelab.models.vae import VAE
 
 _NO_SHAPE = Size()
@@ -154,26 +156,38 @@ class TwoLevelDecoder(nn.Module):
         return GaussianPosterior(self.bottom_dim)(*self.prior_head(self.prior_body(z2)))
 
 
-class HierarchicalVAE(VAE):
-    """The two-level VAE: z = (z₁, z₂) with z₁ of `bottom_dim` and z₂ of `top_dim`
-    dimensions; `prior` is p(z₂) (N(0, I) by default, or a mixture or VampPrior over z₂).
+class HierarchicalVAE(VAE, OwnPosterior):
+    """The two-level VAE: z = (z₁, z₂) with z₁ of `latent_dim` and z₂ of `top_dim`
+    dimensions; `prior` is the prior option's node for p(z₂) (None: N(0, I); or a mixture
+    or VampPrior over z₂). Its posterior is its own (`OwnPosterior`): q(z₂|x) q(z₁|x, z₂).
 
     `layers` names the two parts of z for the diagnostics (active units per layer).
+
+    Args:
+        image_shape: (C, H, W).
+        latent_dim: D₁, the size of z₁.
+        likelihood: the observation model, see `vaelab.likelihoods`.
+        obs_scale: the Gaussian likelihood's standard deviation (its start, if learned).
+        hidden_dim: width of every hidden layer.
+        activation: relu, tanh or gated (each dense layer a `GatedDense`).
+        top_dim: D₂, the size of z₂ (None: latent_dim).
+        prior: the prior option's node, a prior over z₂.
+        value_range: see `VAE`.
     """
 
     def __init__(
         self,
         image_shape: tuple[int, ...],
-        bottom_dim: int,
-        top_dim: int,
-        hidden_dim: int,
-        activation: str,
+        latent_dim: int,
         likelihood: str,
         obs_scale: float = 0.1,
+        hidden_dim: int = 300,
+        activation: str = "gated",
+        top_dim: int | None = None,
+        prior: Mapping[str, Any] | None = None,
         value_range: tuple[float, float] | None = (0.0, 1.0),
-        prior: Prior | None = None,
     ):
-        image_shape = tuple(image_shape)
+        image_shape, bottom_dim, top_dim = tuple(image_shape), latent_dim, top_dim or latent_dim
         encoder = TwoLevelEncoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
         decoder = TwoLevelDecoder(image_shape, bottom_dim, top_dim, hidden_dim, activation)
         super().__init__(
@@ -183,20 +197,10 @@ class HierarchicalVAE(VAE):
             likelihood,
             obs_scale,
             value_range,
-            prior=prior or StandardPrior(top_dim),
+            prior=build_prior(prior, top_dim, image_shape),
             posterior=GaussianPosterior(top_dim),
         )
         self.bottom_dim, self.top_dim = bottom_dim, top_dim
-        if self.prior_model.latent_dim != top_dim:
-            raise ValueError(
-                f"the prior is over z2 of {top_dim} dimensions, got one of "
-                f"{self.prior_model.latent_dim}"
-            )
-
-    @property
-    def kl_splits(self) -> bool:
-        """q(z1|x, z2) depends on z2: the KL does not split into dimensions."""
-        return False
 
     @property
     def layers(self) -> tuple[tuple[str, int], ...]:

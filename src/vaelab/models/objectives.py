@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, Normal, kl_divergence
 
+from vaelab.config.rules import integer
+from vaelab.config.schemas import checked
 from vaelab.errors import ConfigError
 from vaelab.models.capabilities import (
     ImportanceWeighted,
@@ -26,13 +28,16 @@ from vaelab.models.capabilities import (
     TotalCorrelation,
 )
 from vaelab.models.posteriors import kl_term
-from vaelab.schema import checked, integer
 
 KL_KINDS = ("closed_form", "monte_carlo")
 
 
 class LatentModel(Protocol):
-    """What objectives use of a model (`vaelab.models.VAE` is one)."""
+    """What objectives use of a model (`vaelab.models.VAE` is one): its distributions, and
+    what its parts declare of them (`kl_splits`, `diagonal_gaussian_posterior`)."""
+
+    kl_splits: bool  # the KL is a sum over latent dimensions
+    diagonal_gaussian_posterior: bool  # q(z|x) is Independent(Normal(loc, scale), 1)
 
     def posterior(self, x: Tensor) -> Distribution: ...  # q(z|x): batch (B,), event (D,)
 
@@ -83,10 +88,18 @@ class ElboObjective(Objective):
         z = qz_x.rsample((self.num_samples,))  # (S, B, D)
         rec = vae.observation(z).log_prob(x).mean(0)
         kl, self.kl_kind = kl_term(qz_x, pz, z)
-        kl_loss = kl if self.free_bits == 0 else self._free_bits_kl(qz_x, pz, z)
+        kl_loss = kl if self.free_bits == 0 else self._free_bits_kl(vae, qz_x, pz, z)
         return {"loss": -(rec - beta * kl_loss), "elbo": rec - kl, "rec": rec, "kl": kl}
 
-    def _free_bits_kl(self, qz_x: Distribution, pz: Distribution, z: Tensor) -> Tensor:
+    def _free_bits_kl(
+        self, vae: LatentModel, qz_x: Distribution, pz: Distribution, z: Tensor
+    ) -> Tensor:
+        if not vae.kl_splits:
+            raise ConfigError(
+                "free bits need the KL per latent dimension, so a factorised q(z|x) and a "
+                "factorised p(z), which this model's posterior and prior do not declare: set "
+                "free_bits=0, or use a Gaussian posterior and the standard prior"
+            )
         kl_dims = _kl_per_dim(qz_x, pz, z)  # (B, D)
         above_floor = kl_dims.mean(0) > self.free_bits  # (D,)
         return torch.where(above_floor, kl_dims, self.free_bits).sum(-1)
@@ -130,7 +143,7 @@ class IwaeObjective(Objective, ImportanceWeighted):
         z = qz_x.rsample((self.k,))  # (k, B, D)
         log_px_z = vae.observation(z).log_prob(x)  # (k, B)
         # DReG: q's parameters detached, so the encoder reaches the weights only through z.
-        qz_x_in_weights = _detached(qz_x) if dreg else qz_x
+        qz_x_in_weights = _detached(vae, qz_x) if dreg else qz_x
         log_ratio = qz_x_in_weights.log_prob(z) - pz.log_prob(z)  # log q(z|x) - log p(z)
         iwae = _log_mean_exp(log_px_z - log_ratio)
         log_w = log_px_z - beta * log_ratio
@@ -188,7 +201,7 @@ class BetaTCObjective(Objective, TotalCorrelation):
         self, vae: LatentModel, x: Tensor, beta: float = 1.0, qz_x: Distribution | None = None
     ) -> dict[str, Tensor]:
         qz_x = vae.posterior(x) if qz_x is None else qz_x
-        _require_diagonal_normal(qz_x, "beta-TC needs the per-dimension densities of q(z|x)")
+        _require_diagonal_gaussian(vae, "beta-TC needs the per-dimension densities of q(z|x)")
         pz = vae.prior()
         z = qz_x.rsample()  # (B, D)
         rec = vae.observation(z).log_prob(x)
@@ -230,6 +243,8 @@ def minibatch_log_qz(qz_x: Distribution, z: Tensor, dataset_size: int) -> tuple[
         z: (M, D), z_i drawn from q(z|x_i).
         dataset_size: N >= M.
     """
+    # A function of a distribution (users call it with their own): what it reads, the
+    # per-dimension Normals, is the object's own, so the object is what is checked.
     _require_diagonal_normal(qz_x, "the aggregate posterior needs per-dimension densities")
     num = z.shape[0]
     if num > dataset_size:
@@ -252,15 +267,9 @@ def minibatch_log_qz(qz_x: Distribution, z: Tensor, dataset_size: int) -> tuple[
 
 
 def _kl_per_dim(qz_x: Distribution, pz: Distribution, z: Tensor) -> Tensor:
-    """KL(q(z_d|x) || p(z_d)) per latent dimension: (B, D) nats, closed form where registered,
-    else Monte Carlo at the draws z (S, B, D)."""
-    for name, dist in (("q(z|x)", qz_x), ("p(z)", pz)):
-        if not (isinstance(dist, Independent) and dist.reinterpreted_batch_ndims == 1):
-            raise ConfigError(
-                f"free bits need the KL per latent dimension, so a factorised {name}; got "
-                f"{type(dist).__name__}: set free_bits=0, or use a Gaussian posterior and the "
-                "standard prior"
-            )
+    """KL(q(z_d|x) || p(z_d)) per latent dimension of a factorised q(z|x) and p(z) (their
+    parts declare it: `kl_splits`): (B, D) nats, closed form where torch registers one for
+    the two distributions, else Monte Carlo at the draws z (S, B, D)."""
     try:
         return kl_divergence(qz_x.base_dist, pz.base_dist)
     except NotImplementedError:
@@ -279,9 +288,18 @@ def _require_diagonal_normal(qz_x: Distribution, why: str) -> None:
         )
 
 
-def _detached(qz_x: Distribution) -> Distribution:
+def _require_diagonal_gaussian(vae: LatentModel, why: str) -> None:
+    """What the model's posterior declares (`diagonal_gaussian_posterior`)."""
+    if not vae.diagonal_gaussian_posterior:
+        raise ConfigError(
+            f"{why}: it works with a diagonal Gaussian posterior only, which this model's "
+            "q(z|x) is not; use the Gaussian posterior (and a model without its own posterior)"
+        )
+
+
+def _detached(vae: LatentModel, qz_x: Distribution) -> Distribution:
     """q(z|x) with its parameters cut from the graph: same density, no gradient to them."""
-    _require_diagonal_normal(qz_x, "gradient=dreg evaluates q(z|x) at detached parameters")
+    _require_diagonal_gaussian(vae, "gradient=dreg evaluates q(z|x) at detached parameters")
     normal = qz_x.base_dist
     return Independent(
         Normal(normal.loc.detach(), normal.scale.detach(), validate_args=False),

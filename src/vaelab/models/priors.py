@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from vaelab.models.capabilities import EncodingPrior, FactorisedPrior, PriorCapabilities
+from vaelab.models.capabilities import EncodingPrior, PriorCapabilities, StandardNormalPrior
 
 Encode = Callable[[Tensor], Distribution]
 
@@ -35,7 +35,7 @@ class Prior(nn.Module, PriorCapabilities):
         raise NotImplementedError
 
 
-class StandardPrior(Prior, FactorisedPrior):
+class StandardPrior(Prior, StandardNormalPrior):
     """p(z) = N(0, I)."""
 
     def __init__(self, latent_dim: int):

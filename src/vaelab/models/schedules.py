@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vaelab.config.schemas import check_fields
 from vaelab.errors import ConfigError
-from vaelab.schema import check_fields
 from vaelab.targets import named_class
 
 

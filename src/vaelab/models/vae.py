@@ -16,7 +16,7 @@ from vaelab.likelihoods import (
     Observation,
     observation_dist,
 )
-from vaelab.models.capabilities import kl_splits
+from vaelab.models.capabilities import ModelCapabilities, kl_splits
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -29,8 +29,10 @@ MODEL_READY = (
 MEAN_SAMPLES = 64
 
 
-class VAE(nn.Module):
-    """A prior p(z), a posterior q(z|x) from the encoder, and p(x|z) from the decoder.
+class VAE(nn.Module, ModelCapabilities):
+    """A prior p(z), a posterior q(z|x) from the encoder, and p(x|z) from the decoder. What
+    a model can combine with: `ModelCapabilities` (its subclass declares; the model options
+    are subclasses, `vaelab.models.architectures`, `vaelab.models.hvae`).
 
     Args:
         encoder: maps x (B, ...) to (loc, scale), each (B, D); with a posterior that needs
@@ -87,16 +89,21 @@ class VAE(nn.Module):
     @property
     def kl_splits(self) -> bool:
         """The KL of q(z|x) from p(z) is a sum over the latent dimensions: what its posterior
-        and prior declare (`vaelab.models.capabilities.kl_splits`)."""
-        return kl_splits(self.posterior_model, self.prior_model)
+        and prior declare (`vaelab.models.capabilities.kl_splits`), where q(z|x) is the
+        posterior part's (not the model's `own_posterior`)."""
+        return not self.own_posterior and kl_splits(self.posterior_model, self.prior_model)
+
+    @property
+    def diagonal_gaussian_posterior(self) -> bool:
+        """q(z|x) is Independent(Normal(loc, scale), 1): the posterior part declares it, and
+        it is q(z|x) itself (not the top layer's of a model's `own_posterior`)."""
+        return not self.own_posterior and self.posterior_model.diagonal_gaussian
 
     @property
     def standard_normal_prior(self) -> bool:
-        """p(z) is N(0, I) over the whole of z (not only over the top layer of a hierarchy)."""
-        return (
-            isinstance(self.prior_model, StandardPrior)
-            and self.prior_model.latent_dim == self.latent_dim
-        )
+        """p(z) is N(0, I) over the whole of z (not only over the top layer of a hierarchy):
+        the prior declares it (`standard_normal`) and covers every latent dimension."""
+        return self.prior_model.standard_normal and self.prior_model.latent_dim == self.latent_dim
 
     @property
     def decoder_input_dim(self) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vaelab import plots
+from vaelab import dashboards, plots
 from vaelab.errors import VaelabError
 from vaelab.frames import (
     FINISHED,
@@ -37,7 +37,7 @@ from vaelab.frames import (
     over_seeds,
     settings,
 )
-from vaelab.runs import COMPARE, COMPARE_CSV, TEST_PICTURES, Run, find_runs
+from vaelab.runs import COMPARE, COMPARE_CSV, TEST_PICTURES, Run, find_runs, shown_path
 
 HEADLINE_METRICS = (
     "val/elbo",
@@ -225,74 +225,6 @@ def _mean_text(mean: float, std: float) -> str:
     return text if math.isnan(std) else f"{text} ± {std:.{decimals}f}"
 
 
-def _shown_path(path: Path) -> str:
-    """A run directory relative to the working directory when under it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path.resolve())
-
-
-def _shown_paths(paths: Sequence[Path]) -> str:
-    """Run directories, siblings in shell brace form: `outputs/multiruns/<sweep>/{0,1}`."""
-    siblings: dict[Path, list[str]] = {}
-    for path in paths:
-        siblings.setdefault(path.parent, []).append(path.name)
-    shown = []
-    for parent, names in siblings.items():
-        if len(names) == 1 or any(c in name for name in names for c in " ,{}"):
-            shown += [_shown_path(parent / name) for name in names]
-        else:
-            shown.append(f"{_shown_path(parent)}/{{{','.join(names)}}}")
-    return " ".join(shown)
-
-
-def _wandb_cell(runs: Sequence[Run]) -> str:
-    """Each run's W&B url; runs without one by their directory ("offline: outputs/...")."""
-    urls, local = [], {}
-    for run in runs:
-        recorded = run.wandb()
-        if recorded.get("url"):
-            urls.append(recorded["url"])
-        else:
-            mode = "offline" if recorded.get("mode") == "offline" else "no W&B"
-            local.setdefault(mode, []).append(run.path)
-    return " ".join([*urls, *(f"{mode}: {_shown_paths(p)}" for mode, p in local.items())])
-
-
-def _tensorboard_dir(run: Run) -> Path | None:
-    """The run's TensorBoard log folder, if its config has a TensorBoard logger."""
-    for logger in (run.config().get("logger") or {}).values():
-        if str((logger or {}).get("_target_", "")).endswith("TensorBoardLogger"):
-            return (
-                Path(logger["save_dir"])
-                / str(logger.get("name") or "")
-                / str(logger.get("version") or "")
-            )
-    return None
-
-
-def _dashboard_cells(runs: Sequence[Run]) -> dict[str, str]:
-    """Where the runs are in TensorBoard and MLflow, for the dashboards they used: the
-    log folders `tensorboard --logdir` takes, and the MLflow run ids with their store."""
-    cells = {}
-    folders = [d for d in map(_tensorboard_dir, runs) if d is not None]
-    if folders:
-        cells["tensorboard"] = _shown_paths(folders)
-    stores: dict[str, list[str]] = {}
-    for recorded in filter(None, (run.mlflow() for run in runs)):
-        stores.setdefault(recorded["tracking_uri"], []).append(recorded["run_id"])
-    if stores:
-        cells["mlflow"] = " ".join(f"{' '.join(ids)} in {uri}" for uri, ids in stores.items())
-    return cells
-
-
-def _dashboards(rows: Sequence[Row]) -> list[str]:
-    """The dashboards besides W&B that any of the rows' runs used: their columns."""
-    used = {name for row in rows for name in _dashboard_cells(row.runs)}
-    return [name for name in ("tensorboard", "mlflow") if name in used]
-
-
 def _short(error: str | None) -> str:
     if not error:
         return ""
@@ -371,8 +303,8 @@ def markdown_table(
     about four significant digits (`_digits`)."""
     head, with_error = _columns(rows, keys, seed_keys, metrics)
     head = [h.removesuffix(TARGET) for h in head]  # prior._target_: the prior
-    dashboards = _dashboards(rows)
-    header = [*head, *metrics, *(["error"] if with_error else []), "wandb", *dashboards]
+    boards = dashboards.columns([row.runs for row in rows])
+    header = [*head, *metrics, *(["error"] if with_error else []), *boards]
     digits = _column_digits(rows, keys)
     cells = []
     for row in rows:
@@ -382,9 +314,8 @@ def markdown_table(
             values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
         error = [_short(row.error)] if with_error else []
         book = _bookkeeping_cells(row, head)
-        links = _dashboard_cells(row.runs)
-        others = [links.get(name, "") for name in dashboards]
-        cells.append([*config, *book, *values, *error, _wandb_cell(row.runs), *others])
+        links = dashboards.links(row.runs)
+        cells.append([*config, *book, *values, *error, *(links.get(b, "") for b in boards)])
     n_at = head.index("n")
     right = {n_at, *range(n_at + 2, len(head) + len(metrics))}  # n, K and metrics
     cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
@@ -409,18 +340,18 @@ def write_csv(
 ) -> Path:
     """The table with exact numbers: `<metric>` (mean) and `<metric>_std` columns."""
     head, _ = _columns(rows, keys, seed_keys, metrics)
-    dashboards = _dashboards(rows)
+    boards = dashboards.columns([row.runs for row in rows])
     records = []
     for row in rows:
-        links = _dashboard_cells(row.runs)
+        links = dashboards.links(row.runs)
         text = [*_config_cells(row, keys, seed_keys), *_bookkeeping_cells(row, head)]
         record: dict[str, Any] = dict(zip(head, text, strict=True))
         for name in metrics:
             record[name], record[f"{name}_std"] = row.mean.get(name), row.std.get(name)
-        record |= {"error": row.error or "", "wandb": _wandb_cell(row.runs)}
-        records.append(record | {name: links.get(name, "") for name in dashboards})
+        record["error"] = row.error or ""
+        records.append(record | {name: links.get(name, "") for name in boards})
     metric_columns = [c for name in metrics for c in (name, f"{name}_std")]
-    columns = [*head, *metric_columns, "error", "wandb", *dashboards]
+    columns = [*head, *metric_columns, "error", *boards]
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(records, columns=columns).astype({c: float for c in metric_columns})
     # Floats as Python writes them (repr: every digit), NaN as an empty cell.
@@ -588,7 +519,7 @@ def curves_figure(
             if row.status != FINISHED:
                 label = f"{label} ({row.status})"
             if label in curves:  # the same config and seed twice, e.g. in two sweeps
-                label = f"{label} [{_shown_path(run.path)}]"
+                label = f"{label} [{shown_path(run.path)}]"
             curves[label] = ([r["epoch"] for r in history], [r[metric] for r in history])
             drawn.append(row)
     if not curves:
@@ -621,7 +552,7 @@ def pictures_figure(
             config = {**row.config, **dict(zip(seed_keys, seeds, strict=True))}
             label = _label(config, [*keys, *seed_keys], digits) or run.name
             if label in shown:
-                label = f"{label} [{_shown_path(run.path)}]"
+                label = f"{label} [{shown_path(run.path)}]"
             shown[label] = path
     return plots.picture_grid(shown, f"test {name}") if shown else None
 

@@ -5,7 +5,7 @@ samples per image, adds the record to the run's eval_metrics.json (one per check
 and number of test images) and logs the metrics to W&B: online into the run's own W&B run
 (the id its run directory records), next to its training curves; offline into a W&B run of
 its own. Into the training's TensorBoard and MLflow runs, if it had them, as
-eval_k<K>/test/... (`tracking.log_evaluation`).
+eval_k<K>/test/... (`dashboards.log_evaluation`).
 """
 
 import logging
@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig
 
-from vaelab import tracking
+from vaelab import dashboards
 from vaelab.checkpoints import verify
 from vaelab.config import instantiate, trainer_args
 from vaelab.errors import VaelabError
@@ -76,25 +76,24 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "seed": cfg.seed,
         "ckpt_path": ckpt.relative_to(run_dir.path).as_posix(),
     }
-    logger = tracking.attach(run_dir, cfg.wandb_mode, evaluation)
-    loggers = [logger] if logger else []
+    loggers = dashboards.attach(run_dir, cfg.wandb_mode, evaluation)
     trainer: L.Trainer = instantiate(
         trainer_cfg, L.Trainer, "trainer", logger=loggers or False, default_root_dir=run_dir.path
     )
     try:
         (results,) = trainer.test(model, datamodule=datamodule)
-        wandb_run = tracking.describe(loggers)
+        wandb_run = dashboards.describe(loggers)
     finally:
-        tracking.finish(loggers)
+        dashboards.finish(loggers)
     metrics = {key: float(value) for key, value in results.items()}
-    dashboards = tracking.log_evaluation(run_dir, metrics, cfg.n_importance)
+    logged_to = dashboards.log_evaluation(run_dir, metrics, cfg.n_importance)
     record: dict[str, Any] = {
         **metrics,
         **evaluation,
         "test_images": tested_images(trainer, datamodule),
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wandb": wandb_run,
-        "dashboards": dashboards,  # the training's TensorBoard and MLflow runs it went into
+        "dashboards": logged_to,  # the training's TensorBoard and MLflow runs it went into
     }
     out = run_dir.add_evaluation(record)
     log.info("Metrics written to %s", out)

@@ -6,11 +6,11 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
+from vaelab.config.schemas import check
 from vaelab.errors import VaelabError
 from vaelab.loading import load_run
 from vaelab.plots import image_grid, save_png
 from vaelab.runs import SAMPLES, find_checkpoint, run_dir_of
-from vaelab.schema import check
 
 log = logging.getLogger(__name__)
 

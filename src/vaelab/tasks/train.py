@@ -13,15 +13,17 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from vaelab import devices, tracking
+from vaelab import dashboards, devices
 from vaelab.callbacks import RunHistory
 from vaelab.checkpoints import AtomicCheckpointIO, Preemption, RngState, verify
 from vaelab.config import instantiate, trainer_args
+from vaelab.config.checks import check_likelihood
+from vaelab.config.schemas import MONITORS
 from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
+from vaelab.models.capabilities import model_node, named
 from vaelab.models.conditional import resolve_condition
 from vaelab.runs import DATA, Run
-from vaelab.schema import MONITORS, check_likelihood
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,8 @@ def build_module(
         parts["disentanglement"] = OmegaConf.to_container(cfg.disentanglement, resolve=True)
     if condition:  # issue 24: only a conditional run has the key, as its hyperparameter
         parts["condition"] = condition
-    return LitVAE(**cfg.model, **recipe, **parts, image_shape=image_shape)
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    return LitVAE(model=model, **recipe, **parts, image_shape=image_shape)
 
 
 # The metrics the console shows at the end, those of the data at hand (each where logged:
@@ -199,6 +202,8 @@ def resumed_config(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     run = Run(cfg.resume)
     run.resume_checkpoint()  # fails early, with what to do, when there is nothing to resume
     old = run.config()
+    if "model" in old:  # a run made before the model options named their class: translated
+        old["model"] = model_node(old["model"])
     saved = OmegaConf.create(old)
     with open_dict(cfg):  # the run keeps its name and group, and so its loggers' settings
         cfg.run_name, cfg.group = old.get("run_name"), old.get("group")
@@ -288,11 +293,11 @@ def _part(node: object) -> str:
     return str(node.get("_target_") or node.get("kind") or "default").rsplit(".", 1)[-1]
 
 
-def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
+def _start_lines(cfg: DictConfig, run: Run) -> list[str]:
     """What runs, in a few lines at the start: the model, the training, the loggers and the
     run directory (the data's line comes once it is loaded, from `LitVAE.on_fit_start`)."""
     model = (
-        f"Model: {cfg.model.arch}, latent_dim={cfg.latent_dim}, "
+        f"Model: {named('model', OmegaConf.to_container(cfg.model))}, latent_dim={cfg.latent_dim}, "
         + ", ".join(f"{key}={_part(cfg.get(key))}" for key in PARTS if key in cfg)
         + f", likelihood={cfg.likelihood}, beta={cfg.beta}"
     )
@@ -301,7 +306,7 @@ def _start_lines(cfg: DictConfig, loggers: list, run: Run) -> list[str]:
         f"Training: up to {cfg.max_epochs} epochs, batch {cfg.batch_size}, {cfg.optimizer} at "
         f"lr {cfg.lr:g}, {trainer.accelerator} x {trainer.devices}, precision {trainer.precision}"
     )
-    names = [type(logger).__name__.removesuffix("Logger").lower() for logger in loggers]
+    names = list(cfg.get("logger") or {})  # as the loggers are chosen: logger=[wandb,csv]
     return [model, training, f"Loggers: {', '.join(names) or 'none'}; run directory: {run.path}"]
 
 
@@ -347,28 +352,27 @@ def _train(
     condition = resolve_condition(node, datamodule)
     model = build_module(cfg, datamodule.image_shape, condition)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
-    loggers = tracking.build_loggers(cfg)
+    loggers = dashboards.build(cfg)
     preemption = Preemption()
     try:
         trainer = build_trainer(cfg, model, loggers, [preemption])
         if trainer.is_global_zero:
-            tracking.record(run, loggers)
+            dashboards.record(run, loggers)
             run.record_data(datamodule.fingerprint())
             devices.warn_about_cpu_processes(trainer, cfg.trainer)
             _record_precision(cfg, trainer.precision, run)
         if trainer.is_global_zero:
-            log.info("\n".join(_start_lines(cfg, loggers, run)))
-        for logger in tracking.hyperparameter_loggers(loggers, resumed=bool(cfg.get("resume"))):
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            log.info("\n".join(_start_lines(cfg, run)))
+        dashboards.log_config(loggers, cfg, resumed=bool(cfg.get("resume")))
         metrics = _fit_and_test(monitored(cfg), trainer, model, datamodule, ckpt_path, run)
-        tracking.log_final(loggers, cfg, metrics)
+        dashboards.log_final(loggers, cfg, metrics)
         return metrics
     except SIGTERMException:
         raise _interrupted(preemption, trainer, run) from None
     except MisconfigurationException as e:  # Lightning's word for a user error
         raise ConfigError(one_line(e).removeprefix("MisconfigurationException: ")) from e
     finally:
-        tracking.finish(loggers)
+        dashboards.finish(loggers)
 
 
 def run(cfg: DictConfig) -> dict[str, object]:

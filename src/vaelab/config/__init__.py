@@ -1,5 +1,7 @@
-"""Where the Hydra configs live, and instantiation that builds only the class a node may
-name (a run's config.yaml and checkpoints are data) and keeps vaelab's own errors whole."""
+"""The config: where the Hydra configs live, and instantiation that builds only the class a
+node may name (a run's config.yaml and checkpoints are data) and keeps vaelab's own errors
+whole. Its modules: `rules` (what a value may be), `schemas` (the type and rule of every
+knob), `trainer` (the Trainer's arguments) and `checks` (a composed config's checks)."""
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -10,16 +12,17 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # The YAML files name their schemas (conf/train.yaml: `schema/train@_here_`): importing
-# vaelab.schema registers them, so whoever finds conf/ through `config_dir` can compose it.
-import vaelab.schema  # noqa: F401
+# vaelab.config.schemas registers them, so whoever finds conf/ through `config_dir` can
+# compose it.
+import vaelab.config.schemas  # noqa: F401
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.targets import named_class
 
 
 def config_dir() -> Path:
     """conf/ packaged inside the wheel, else the repository's conf/ (editable install)."""
-    packaged = Path(__file__).parent / "conf"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf"
+    packaged = Path(__file__).parents[1] / "conf"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[3] / "conf"
 
 
 def _nested_targets(node: Any, key: str) -> Iterator[str]:
