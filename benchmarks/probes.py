@@ -6,8 +6,10 @@ callback that only reads a clock or /proc. They print one line each, `VAELAB_BEN
 which run.py parses.
 """
 
+import json
 import os
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -81,3 +83,66 @@ class PhasePeakRSS(L.Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         self._boundary("test")
+
+
+class Timings(L.Callback):
+    """Prints, at the end of fit and of testing, the run's timings as one JSON line
+    (`VAELAB_BENCH timings {...}`): seconds per training step from the end of the second
+    batch to the end of the last (the first ones compile and allocate), images per second
+    over them, seconds per epoch (validation included), the epochs run, and the test
+    stage's seconds and images. On a GPU the clock is read after a synchronisation, at
+    those boundaries only."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = []
+        self.images = 0
+        self.epoch_ends: list[float] = []
+        self.test: list[float] = []
+        self.test_images = 0
+
+    @staticmethod
+    def _now(pl_module) -> float:
+        if pl_module.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.epoch_ends.append(self._now(pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        last = trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
+        if len(self.ends) < 2 or last:  # the second batch's end starts the timing
+            self.ends.append(self._now(pl_module))
+        else:
+            self.ends.append(0.0)
+        if len(self.ends) > 2:
+            self.images += len(batch[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.epoch_ends.append(self._now(pl_module))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:  # one line: the processes share stderr
+            return
+        timed = len(self.ends) - 2
+        seconds = self.ends[-1] - self.ends[1] if timed > 0 else float("nan")
+        epochs = [b - a for a, b in zip(self.epoch_ends, self.epoch_ends[1:], strict=False)]
+        report("timings", json.dumps({
+            "step_s": seconds / timed if timed > 0 else None,
+            "images_per_s": self.images / seconds if timed > 0 else None,
+            "epoch_s": statistics.median(epochs) if epochs else None,
+            "epochs": len(epochs),
+        }))  # fmt: skip
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.test = [self._now(pl_module)]
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args) -> None:
+        self.test_images += len(batch[0])
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        seconds = self._now(pl_module) - self.test[0]
+        if trainer.is_global_zero:
+            report("timings", json.dumps({"test_s": seconds, "test_images": self.test_images}))

@@ -1,6 +1,6 @@
 """Speed and memory of vaelab against hand-written baselines and floors: figures and ratios.
 
-    python benchmarks/run.py [--quick] [--sections train,eval,startup,memory] [--threads N]
+    python benchmarks/run.py [--quick] [--sections train,step,eval,...] [--threads N] [--profile]
 
 Each contender of a comparison runs in this one process (or, for start-up and memory, in
 fresh subprocesses) and the contenders alternate round by round (A B C A B C ...), so that
@@ -13,6 +13,13 @@ range. Sections:
            and loss in a hand-written loop over a torchvision DataLoader, and that loop over
            batches already binarized in memory (the compute floor); and vaelab with
            `trainer.compile=true` (its compilation falls in the warm-up batches).
+  step     CPU µs per training step of a tiny network (mlp, hidden 16, z 2, batch 32, on
+           Fashion-MNIST): the `vaelab train` Trainer with the default callbacks, a CSV
+           logger and the progress bar, the same Trainer lean, and each with
+           `trainer.compile=true`, against the network and `VAE.elbo_terms` in a plain loop
+           with vaelab's fused Adam (and that loop compiled whole); what a step costs
+           beyond the plain loop is the framework's. `--profile`: a cProfile of the
+           default path's steps, Lightning's and vaelab's functions by cumulative time.
   parts    training images/s of the model parts on the MNIST fallback, model=mlp with
            `objective=iwae objective.k=5`, `prior=vamp` (500 pseudo-inputs, encoded once per
            step) or `posterior=iaf`, and `model=hvae` (two stochastic layers), each
@@ -40,6 +47,7 @@ steady figures where two threads on two busy cores are both slow and erratic.
 """
 
 import argparse
+import contextlib
 import cProfile
 import datetime
 import io
@@ -55,7 +63,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -71,6 +79,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from vaelab import tracking
 from vaelab.checkpoints import Preemption
 from vaelab.config import config_dir, instantiate
 from vaelab.datamodule import VAEDataModule
@@ -81,7 +90,7 @@ from vaelab.tasks.train import build_module, build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
-SECTIONS = ("train", "parts", "eval", "startup", "memory")
+SECTIONS = ("train", "step", "parts", "eval", "startup", "memory")
 BATCH = 128
 WARMUP = 2  # training batches left out of the timing: first-call allocations, caches
 TRAIN_OVERRIDES = (
@@ -115,6 +124,8 @@ class Settings:
     startup_rounds: int
     probe_rounds: int  # fresh processes per eval contender for its peak RSS
     memory_overrides: tuple[str, ...]  # added to the default command of the memory section
+    step_batches: int  # steps per round of the step section, after the warm-up
+    step_compiled: bool = True  # the step section's compiled rows
 
 
 # Quick: one epoch and one test batch (of 256 images, as every test batch) for the memory run.
@@ -126,6 +137,7 @@ QUICK = Settings(
     startup_rounds=2,
     probe_rounds=1,
     memory_overrides=("max_epochs=1", "trainer.limit_test_batches=1"),
+    step_batches=200,
 )
 FULL = Settings(
     rounds=5,
@@ -135,6 +147,7 @@ FULL = Settings(
     startup_rounds=5,
     probe_rounds=3,
     memory_overrides=(),
+    step_batches=600,
 )
 
 
@@ -170,14 +183,15 @@ def compose_train(*overrides: str) -> DictConfig:
 
 
 class StepClock(L.Callback):
-    """The end time and size of every training batch."""
+    """The end time (of `clock`) and size of every training batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.ends: list[float] = []
         self.sizes: list[int] = []
+        self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.ends.append(time.perf_counter())
+        self.ends.append(self.clock())
         self.sizes.append(len(batch[0]))
 
 
@@ -188,21 +202,29 @@ def images_per_second(ends: list[float], sizes: list[int]) -> float:
 
 
 def vaelab_fit(
-    cfg: DictConfig, datamodule: VAEDataModule, extra_callbacks: Iterable[L.Callback] = ()
+    cfg: DictConfig,
+    datamodule: VAEDataModule,
+    extra_callbacks: Iterable[L.Callback] = (),
+    clock: Callable[[], float] = time.perf_counter,
+    loggers: bool = False,
 ) -> Callable[[], float]:
-    """One round: the Trainer of tasks/train.py (`build_trainer`), fitting `limit_train_batches`."""
+    """One round: the Trainer of tasks/train.py (`build_trainer`), fitting `limit_train_batches`,
+    with the loggers of `cfg.logger` if `loggers`: images per second of `clock`."""
     module = build_module(cfg, datamodule.image_shape)
     Run(cfg.paths.output_dir).start(OmegaConf.to_container(cfg, resolve=True))
     compiled = False
 
     def run() -> float:
         nonlocal compiled
-        clock = StepClock()
+        steps = StepClock(clock)
         trainer_cfg = cfg if not compiled else _without_compile(cfg)  # compile once
-        trainer = build_trainer(trainer_cfg, module, [], [Preemption(), clock, *extra_callbacks])
+        callbacks = [Preemption(), steps, *extra_callbacks]
+        found = tracking.build_loggers(cfg) if loggers else []
+        trainer = build_trainer(trainer_cfg, module, found, callbacks)
         compiled = True
         trainer.fit(module, datamodule=datamodule)
-        return images_per_second(clock.ends, clock.sizes)
+        tracking.finish(found)
+        return images_per_second(steps.ends, steps.sizes)
 
     return run
 
@@ -307,6 +329,127 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 rows.append(row)
                 print(f"  {measure:<62} {name:<16} {spread(values)}", flush=True)
     return rows
+
+
+# --- step ------------------------------------------------------------------------------
+
+# The tiny network of the per-step section: what is left of a step is the framework's.
+STEP_MODEL = ("model=mlp", "model.hidden_dim=16", "latent_dim=2", "batch_size=32")
+# The default command's callbacks, a CSV logger and the progress bar (its output thrown away),
+# with validation and testing cut off: only training steps are timed.
+STEP_DEFAULT = (
+    "logger=csv",
+    "trainer.limit_val_batches=0",
+    "trainer.max_epochs=1",
+    "n_importance=0",
+    "data.download=false",
+)
+
+
+def plain_step_loop(
+    cfg: DictConfig, images: Tensor, n_batches: int, compiled: bool = False
+) -> Callable[[], float]:
+    """One round: the network and `VAE.elbo_terms` in a plain loop with vaelab's optimizer,
+    over batches gathered from the uint8 images and binarized as the datamodule does: µs
+    of `STEP_CLOCK` per step. `compiled`: the whole step (forward, loss, backward,
+    optimizer) under torch.compile, as a user's own loop would write it."""
+    module = build_module(cfg, tuple(images.shape[1:]))
+    vae = module.vae.train()
+    optimizer = module.configure_optimizers()
+    batch = cfg.batch_size
+
+    def step(x: Tensor) -> None:
+        rec, kl = vae.elbo_terms(x)
+        loss = -(rec - kl).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    run_step = torch.compile(step) if compiled else step
+
+    def run() -> float:
+        order = torch.randperm(len(images))
+        ends = []
+        for i in range(n_batches):
+            x = images[order[i * batch : (i + 1) * batch]].float() / 255
+            run_step((torch.rand_like(x) < x).float())
+            ends.append(STEP_CLOCK())
+        return 1e6 * (ends[-1] - ends[WARMUP - 1]) / (n_batches - WARMUP)
+
+    return run
+
+
+# The step section's clock: this process's CPU time. Every contender runs on one thread,
+# so it counts their work and not the time other processes on a shared machine take.
+STEP_CLOCK = time.process_time
+
+
+def step_section(
+    settings: Settings, data_dir: str, work: Path, profile: bool, extra: tuple[str, ...] = ()
+) -> list[Row]:
+    """CPU µs per training step of the tiny network through `vaelab train`'s Trainer
+    (default callbacks, CSV logger and bar; and lean), against the plain loop; with `profile`,
+    a cProfile of the default path's steps, Lightning's and vaelab's functions by
+    cumulative time. `extra`: overrides of every vaelab contender (e.g. the accelerator)."""
+    n_batches = WARMUP + settings.step_batches
+    common = (
+        *STEP_MODEL, "data=fashion_mnist", f"paths.data_dir={data_dir}",
+        f"paths.output_dir={work / 'run'}", f"trainer.limit_train_batches={n_batches}", *extra,
+    )  # fmt: skip
+    default = compose_train(*STEP_DEFAULT, *common)
+    lean = compose_train(*TRAIN_OVERRIDES, *common)
+    compiled = compose_train(*TRAIN_OVERRIDES, *common, "trainer.compile=true")
+    L.seed_everything(default.seed, workers=True)
+    datamodule = instantiate(default.data, L.LightningDataModule, "data")
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    images = datamodule.train_dataloader().dataset.tensors[0]
+
+    def per_step(cfg: DictConfig, loggers: bool = False) -> Callable[[], float]:
+        rate = vaelab_fit(cfg, datamodule, clock=STEP_CLOCK, loggers=loggers)
+        return lambda: 1e6 * cfg.batch_size / rate()
+
+    contenders = {
+        "python train.py (callbacks, csv logger, bar)": per_step(default, loggers=True),
+        "the same Trainer, lean": per_step(lean),
+        "plain loop": plain_step_loop(default, images, n_batches),
+    }
+    if settings.step_compiled:
+        contenders["lean, trainer.compile=true"] = per_step(compiled)
+        contenders["plain loop, compiled"] = plain_step_loop(default, images, n_batches, True)
+    with _silenced():  # the progress bar
+        results = alternate(contenders, settings.rounds)
+    measure = f"CPU µs per step, mlp hidden 16, z 2, batch 32, {n_batches - WARMUP} steps"
+    floor = statistics.median(results["plain loop"])
+    rows = []
+    for name, values in results.items():
+        row = Row("step", measure, name, spread(values))
+        if name != "plain loop":
+            cost = statistics.median(values) - floor
+            row.ratio = f"{floor / statistics.median(values):.2f}x plain loop, {cost:+,.0f} µs"
+        rows.append(row)
+        print(f"  {measure:<56} {name:<44} {spread(values)}  {row.ratio}", flush=True)
+    if profile:
+        steps = ProfileSteps()
+        with _silenced():
+            vaelab_fit(default, datamodule, extra_callbacks=[steps], loggers=True)()
+        out = io.StringIO()
+        stats = pstats.Stats(steps.profiler, stream=out).sort_stats("cumulative")
+        stats.print_stats("lightning|vaelab|torchmetrics|optim", 30)
+        print(f"\n--- cProfile, the default path, {settings.step_batches} steps, by cumtime")
+        print(out.getvalue().strip())
+    return rows
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """The progress bar's output (stdout, stderr) thrown away."""
+    with (
+        open(os.devnull, "w") as null,
+        contextlib.redirect_stdout(null),
+        contextlib.redirect_stderr(null),
+    ):
+        yield
 
 
 # --- parts -----------------------------------------------------------------------------
@@ -779,6 +922,9 @@ def main() -> None:
         "on a machine busy with other work, 1 gives steadier figures",
     )
     parser.add_argument("--data-dir", default="data", help="as paths.data_dir")
+    parser.add_argument(
+        "--profile", action="store_true", help="the step section: a cProfile of its steps too"
+    )
     parser.add_argument("--probe", help=argparse.SUPPRESS)  # one memory measurement
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
@@ -800,6 +946,8 @@ def main() -> None:
             print(f"\n## {section}", flush=True)
             if section == "train":
                 rows += train_section(settings, data_dir, work)
+            elif section == "step":
+                rows += step_section(settings, data_dir, work, args.profile)
             elif section == "parts":
                 rows += parts_section(settings, data_dir, work)
             elif section == "eval":

@@ -10,7 +10,7 @@ from lightning.pytorch.loggers import CSVLogger
 from tiny import tiny_trainer
 
 from vaelab.datamodule import VAEDataModule
-from vaelab.errors import ConfigError
+from vaelab.errors import ConfigError, TrainingError
 from vaelab.estimators import MeansMetric
 from vaelab.lit_module import LitVAE
 
@@ -275,3 +275,36 @@ def test_an_old_checkpoints_model_keys_build_the_class_its_arch_named(old, name)
     assert model.hparams.model["_target_"].endswith(f".{name}")
     assert model.hparams.model["hidden_dim"] == 8 and "arch" not in model.hparams
     assert not {"hidden_dim", "activation", "top_dim"} & set(model.hparams)
+
+
+class OverflowAtStep(L.Callback):
+    """Makes one weight's gradient infinite at `step` (as an overflow in the backward pass
+    would), and records the weights before each optimizer step."""
+
+    def __init__(self, step):
+        self.step, self.weights = step, []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.weights.append([p.detach().clone() for p in pl_module.parameters()])
+        if trainer.global_step == self.step:
+            next(pl_module.parameters()).grad[0] = float("inf")
+
+
+def test_a_step_with_non_finite_gradients_never_reaches_the_weights(mnist_idx_root, tmp_path):
+    datamodule = VAEDataModule(
+        data_dir=str(mnist_idx_root), download=False, allow_fallback=False, batch_size=64
+    )
+    model = LitVAE(
+        model={"_target_": "vaelab.models.architectures.MLPVAE"}, latent_dim=2, n_importance=0
+    )
+    overflow = OverflowAtStep(1)
+    trainer = tiny_trainer(
+        tmp_path, max_steps=3, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[overflow]
+    )
+    # Training goes on without a host sync per step; the record is read at the end.
+    with pytest.raises(TrainingError, match="the gradients are not finite at epoch 0, step 1 "):
+        trainer.fit(model, datamodule=datamodule)
+    before_0, before_1, before_2 = overflow.weights
+    assert not all(torch.equal(a, b) for a, b in zip(before_0, before_1, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before_1, before_2, strict=True))  # skipped
+    assert all(torch.isfinite(p).all() for p in model.parameters())
