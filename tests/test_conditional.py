@@ -62,6 +62,26 @@ def test_the_log_weights_are_those_of_p_x_given_y_computed_from_the_networks():
     torch.testing.assert_close(naive, log_px_z.logsumexp(0) - math.log(6))
 
 
+def test_the_conditional_model_is_the_model_option_s_class_networks_joined_as_declared():
+    """condition=labels builds the networks of the model node's class with its arguments
+    (the class's defaults where the node has none), y's code joined as the class declares
+    (`label_input`); a model that declares none, or an argument its class does not take,
+    is refused in one line."""
+    condition = {"_target_": TARGET, "sizes": [3], "columns": None, "names": ["class"]}
+    mlp = {"_target_": "vaelab.models.architectures.MLPVAE"}
+    vae = build_vae(mlp, (1, 4, 4), 2, "bernoulli", 0.1, None, None, condition)
+    assert not vae.channels and vae.encoder.body[1].in_features == 16 + 3
+    assert vae.encoder.body[1].out_features == 512  # MLPVAE's default hidden_dim
+    conv = {"_target_": "vaelab.models.architectures.ConvVAE", "hidden_dim": 8}
+    vae = build_vae(conv, (1, 8, 8), 2, "bernoulli", 0.1, None, None, condition)
+    assert vae.channels and vae.encoder.body[0].in_channels == 1 + 3
+    hvae = {"_target_": "vaelab.models.hvae.HierarchicalVAE"}
+    with pytest.raises(ConfigError, match="declares label_input"):
+        build_vae(hvae, (1, 4, 4), 2, "bernoulli", 0.1, None, None, condition)
+    with pytest.raises(ConfigError, match=r"model\.depth is not an argument of MLPVAE"):
+        build_vae({**mlp, "depth": 3}, (1, 4, 4), 2, "bernoulli", 0.1, None, None, condition)
+
+
 @pytest.mark.slow
 def test_a_classifier_of_the_real_images_labels_each_class_s_samples_as_that_class(
     train_cli, tmp_path
@@ -164,7 +184,7 @@ def _flat_folder(path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("model=hvae",), "condition=labels is defined for model=mlp and conv, not model=hvae"),
+        (("model=hvae",), "condition=labels needs a model whose networks take the labels"),
         (("prior=vamp",), "runs the encoder on its pseudo-inputs"),
         (("condition.factors=[shape]",), "condition.factors is for data with ground-truth"),
     ],

@@ -218,7 +218,7 @@ class ConditionalVAE(VAE):
 
     def prior(self) -> Distribution:
         """p(z|y) (batch shape (B,)) for a `ClassPrior`, else the prior group's p(z)."""
-        if isinstance(self.prior_model, ClassPrior):
+        if self.prior_model.needs_condition:  # a p(z|y) (`ClassPrior`): given the code
             return self.prior_model.given(self.code)
         return super().prior()
 
@@ -422,9 +422,8 @@ def conditional_pictures(
             x[:n], vae.decode(loc[:n], y[:n]), settings.nrow
         ),
     }
-    with given(vae, y[:n]):
-        pz = vae.prior() if vae.kl_splits else None
-        kl = kl_per_dim(vae.posterior(x[:n]), pz) if pz is not None else None
+    with given(vae, y[:n]):  # p(z|y) of a per-class prior: each image's own
+        kl = kl_per_dim(vae, vae.posterior(x[:n]))
     spread = kl if kl is not None else loc.var(0, correction=0)
     dims = plots.most_informative_dims(spread, settings.n_traversal_dims)
     span = settings.traversal_range
