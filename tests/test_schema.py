@@ -55,7 +55,16 @@ def test_every_rule_names_a_key_of_the_config(compose, command):
 # Every option of the groups whose nodes' keys differ by option, as the groups' files are.
 PART_OPTIONS = [
     f"{group}={option}"
-    for group in ("model", "prior", "posterior", "objective", "beta_schedule", "data", "likelihood")
+    for group in (
+        "model",
+        "prior",
+        "posterior",
+        "objective",
+        "beta_schedule",
+        "condition",
+        "data",
+        "likelihood",
+    )
     for option in options(group)
 ]
 

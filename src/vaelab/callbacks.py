@@ -16,6 +16,7 @@ from torchmetrics import Metric
 from vaelab import dashboards, plots
 from vaelab.config.schemas import checked
 from vaelab.estimators import kl_per_dim
+from vaelab.models.conditional import ConditionalVAE, conditional_pictures
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run, pictures_folder
 
@@ -353,13 +354,16 @@ class VAEPictures(L.Callback):
             title = f"posterior means of {min(self.n_scatter, len(x))} test images"
             if stage != "test":  # under test the weights may be an earlier checkpoint's
                 title = f"epoch {trainer.current_epoch}: {title}"
-            label, factors = "label", None
+            label, factors, labels = "label", None, y
             if y.ndim == 2:  # ground-truth factors: the scatter is coloured by the first
                 factors = (y, datamodule.factor_names)
                 y, label = y[:, 0], datamodule.factor_names[0]
             if not getattr(datamodule, "labelled", True):
                 y = None  # a folder without classes: one colour
-            pictures = self.make_pictures(pl_module.vae, x, y, title, label, factors)
+            if isinstance(pl_module.vae, ConditionalVAE):  # issue 24: pictures given y
+                pictures = conditional_pictures(self, pl_module.vae, x, labels, title)
+            else:
+                pictures = self.make_pictures(pl_module.vae, x, y, title, label, factors)
         finally:
             pl_module.train(was_training)
 

@@ -5,12 +5,14 @@ All log-likelihoods are nats per image; anything named `nll` is positive nats.
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, kl_divergence
 from torchmetrics import Metric
 
+from vaelab.models.conditional import given
 from vaelab.models.vae import VAE
 
 # Memory that the decoder evaluations of one chunk may hold at once. On a CPU a chunk
@@ -37,7 +39,7 @@ def evaluation_bytes(vae: VAE, mass: bool = False) -> int:
     try:
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for the hooks.
-            params = vae.decoder.forward(torch.zeros(1, vae.latent_dim, device=vae.device))
+            params = vae.decoder.forward(torch.zeros(1, vae.decoder_input_dim, device=vae.device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -147,7 +149,8 @@ def naive_log_likelihood(
     sample misses it: at equal K it is far below the importance-weighted estimate. The
     prior draws do not depend on x, so one set of K draws serves the whole batch: the
     decoder runs K times instead of K·B times. Each image's estimate is the usual one;
-    only the errors of different images are correlated. Chunked, and x checked, like
+    only the errors of different images are correlated. A conditional model's p(z|y)
+    differs per image: its K draws are drawn per image, of log p(x|y). Chunked, and x checked, like
     `iw_log_likelihood`.
     """
     if check:
@@ -164,7 +167,8 @@ def naive_log_likelihood(
     lse = torch.full((1 + mass, x.shape[0]), -math.inf, device=x.device)
     pz = vae.prior()
     for k in _chunk_sizes(num_samples, x.shape[0], max_batch):
-        z = pz.sample((k, 1))  # (k, 1, D), broadcast over the batch
+        # (k, 1, D), broadcast over the batch; a p(z|y) per image (batch shape (B,)): (k, B, D)
+        z = pz.sample((k,) if pz.batch_shape else (k, 1))
         log_px_z = vae.log_px_z(vae.observation(z), x, mass)  # (k, B) or (2, k, B)
         lse = torch.logaddexp(lse, log_px_z.logsumexp(-2))
     estimate = lse - math.log(num_samples)
@@ -412,7 +416,9 @@ def evaluate_log_likelihood(
     Args:
         vae: the model.
         batches: model-ready images (B, ...), or tuples whose first entry is the images:
-            e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once.
+            e.g. `vaelab.model_batches(run_dir)`. Each batch is checked once. A conditional
+            VAE (`vaelab.models.conditional`) needs the tuples (x, y): its estimates are
+            then of log p(x|y).
         num_samples: K for both estimators.
         max_batch: bound on decoder evaluations per chunk; None: by the device.
         binary: the images are binarized (True) or 8-bit levels (False); None: unknown,
@@ -440,8 +446,11 @@ def evaluate_log_likelihood(
             if iwae is None:
                 iwae = LogLikelihoodMetric(x[0].numel(), "iwae").to(device)
                 naive = LogLikelihoodMetric(x[0].numel(), "naive").to(device)
-            update_estimates(iwae, naive, vae, x, num_samples, max_batch, mass=mass)
-            rec, kl = vae.elbo_terms(x)
+            labelled = isinstance(batch, tuple | list) and len(batch) > 1
+            # A conditional VAE's estimates are given the batch's labels: of log p(x|y).
+            with given(vae, batch[1]) if labelled else nullcontext():
+                update_estimates(iwae, naive, vae, x, num_samples, max_batch, mass=mass)
+                rec, kl = vae.elbo_terms(x)
             sum_elbo += float((rec - kl).sum())
             count += x.shape[0]
     finally:

@@ -24,6 +24,7 @@ from vaelab.estimators import (
 )
 from vaelab.models import build_likelihood, build_objective, build_part_class, build_vae
 from vaelab.models.capabilities import likelihood_node, model_node
+from vaelab.models.conditional import given
 from vaelab.models.objectives import ElboObjective, Objective
 from vaelab.models.schedules import BetaSchedule, build_schedule
 from vaelab.models.vae import posterior_mean_and_noise
@@ -94,6 +95,9 @@ class LitVAE(L.LightningModule):
     (`{"_target_": ..., "obs_scale": 0.1}`); a checkpoint made before them holds an
     option's name and a top-level `obs_scale`, read once as that option's node
     (`capabilities.likelihood_node`), which is what is saved.
+    With `condition` (condition=labels, resolved from the data) the conditional VAE of the
+    model's class, whose every term and estimate is given the batch's labels: elbo, iwae,
+    nll_iwae and nll_naive are then of log p(x|y).
     """
 
     eval_seed: int = 0
@@ -118,6 +122,7 @@ class LitVAE(L.LightningModule):
         beta_schedule: dict | None = None,
         disentanglement: dict | None = None,
         grad_skip_threshold: float | None = None,
+        condition: dict | None = None,
         arch: str | None = None,
         hidden_dim: int | None = None,
         activation: str | None = None,
@@ -139,7 +144,14 @@ class LitVAE(L.LightningModule):
         self.save_hyperparameters({"model": model, "likelihood": likelihood})
         image_shape = tuple(image_shape)
         self.vae = build_vae(
-            model, image_shape, latent_dim, build_likelihood(likelihood), None, prior, posterior
+            model,
+            image_shape,
+            latent_dim,
+            build_likelihood(likelihood),
+            None,
+            prior,
+            posterior,
+            condition,
         )
         self._objective: Objective | None = None
         self.schedule: BetaSchedule = build_schedule(beta_schedule, kl_warmup_epochs)
@@ -248,6 +260,10 @@ class LitVAE(L.LightningModule):
         return self.hparams.beta * self.schedule_weight()
 
     def _step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
+        with given(self.vae, batch[1]):  # a conditional VAE's terms are given y (issue 24)
+            return self._conditioned_step(batch, stage)
+
+    def _conditioned_step(self, batch: tuple[Tensor, Tensor], stage: str) -> dict[str, Tensor]:
         x, _ = batch
         beta = self.kl_weight()
         weight = self.schedule_weight() if self.objective.own_beta else beta
@@ -385,9 +401,10 @@ class LitVAE(L.LightningModule):
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
         if self.hparams.n_importance > 0:
-            x, _ = batch
+            x, y = batch
             k = self.hparams.n_importance  # the datamodule's batches are model-ready
-            update_estimates(self.nll_iwae, self.nll_naive, self.vae, x, k, mass=self._mass)
+            with given(self.vae, y):  # a conditional VAE's: of log p(x|y)
+                update_estimates(self.nll_iwae, self.nll_naive, self.vae, x, k, mass=self._mass)
 
     def on_validation_epoch_end(self) -> None:
         self._log_means("val", prog_bar=["elbo"])

@@ -68,8 +68,9 @@ def _node(cfg: DictConfig, group: str) -> dict[str, Any] | None:
 
 def check_parts(cfg: DictConfig) -> None:
     """Refuse the combinations of model parts that are not defined, each with why. What a
-    part can combine with is what its class declares (the model's `own_posterior` and
-    `activations`, `factorised`, `diagonal_gaussian`, `needs_diagonal_gaussian`, `extras`:
+    part can combine with is what its class declares (the model's `own_posterior`,
+    `activations` and `label_input`, the prior's `needs_condition` and `encodes`,
+    `factorised`, `diagonal_gaussian`, `needs_diagonal_gaussian`, `extras`:
     `vaelab.models.capabilities`), read without torch for vaelab's own parts.
 
     Raises:
@@ -129,6 +130,7 @@ def check_parts(cfg: DictConfig) -> None:
             "not: use posterior=gaussian with prior=standard, or "
             "set objective.free_bits=0"
         )
+    _check_condition(cfg, model, model_name, prior, prior_name)
     monitor = OmegaConf.select(cfg, "monitor")
     if monitor in MONITORS[1:] and monitor.split("/", 1)[1] not in objective.extras:
         raise ConfigError(
@@ -144,6 +146,32 @@ def check_parts(cfg: DictConfig) -> None:
                 f"kl_warmup_epochs={warmup} is the length of beta_schedule=linear's warm-up, "
                 f"which {schedule.__name__} does not take: set kl_warmup_epochs=0"
             )
+
+
+def _check_condition(
+    cfg: DictConfig, model: type, model_name: str, prior: type, prior_name: str
+) -> None:
+    """Issue 24's conditional VAE: condition=labels with the parts it is defined for, as
+    they declare (the model's `label_input`, the prior's `needs_condition` and `encodes`)."""
+    condition = _node(cfg, "condition")
+    if not (condition and condition.get("_target_")):
+        if prior.needs_condition:
+            raise ConfigError(
+                f"the prior {prior_name} is p(z|y), for a conditional model: add "
+                "condition=labels, or use prior=standard"
+            )
+        return
+    if not model.label_input:
+        raise ConfigError(
+            f"condition=labels needs a model whose networks take the labels (one that "
+            f"declares label_input, e.g. model=mlp or conv), not the model {model_name}: use "
+            "model=mlp or conv, or condition=none"
+        )
+    if prior.encodes:
+        raise ConfigError(
+            f"the prior {prior_name} runs the encoder on its pseudo-inputs, which a conditional "
+            "encoder cannot without their labels: use prior=standard, mog or per_class"
+        )
 
 
 def check_likelihood(likelihood: Mapping[str, Any] | str | None, binarize: str | None) -> None:

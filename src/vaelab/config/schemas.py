@@ -19,7 +19,7 @@ Lightning nor W&B: a bad value is reported in about a second.
 import dataclasses
 import functools
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,6 +180,18 @@ class PriorArgs:
     components: int = knob(noted(integer(1), "mixture components or pseudo-inputs"))
 
 
+FACTOR_NAMES = Rule(
+    "a list of factor names",
+    lambda v: isinstance(v, Sequence) and not isinstance(v, str) and len(v) > 0,
+)
+
+
+@dataclass
+class ConditionArgs:
+    # condition=labels on data with factors: the factors' names (null: all of them)
+    factors: list[str] | None = knob(or_null(FACTOR_NAMES), default=None)
+
+
 @dataclass
 class PosteriorArgs:
     steps: int = knob(noted(integer(1), "flow steps; posterior=gaussian has none"))
@@ -268,6 +280,8 @@ class TrainConfig:
     posterior: dict[str, Any] = knob(nodes={"args": PosteriorArgs})
     objective: dict[str, Any] = knob(nodes={"args": ObjectiveArgs})
     beta_schedule: dict[str, Any] = knob(nodes={"args": BetaScheduleArgs})
+    # condition=labels: a conditional VAE (vaelab.models.conditional); none: {}
+    condition: dict[str, Any] = knob(nodes={"args": ConditionArgs})
     # Passed to Lightning as they are (Lightning checks them), but for vaelab's own.
     logger: dict[str, Any] = MISSING
     callbacks: dict[str, Any] = knob(

@@ -116,6 +116,16 @@ class VAEDataModule(LightningDataModule):
             self._loaded = self._load()
         return self._factor_names
 
+    @property
+    def train_labels(self) -> Tensor:
+        """The training set's labels (N,) or (N, K), read from the data (loaded first if
+        need be): what a conditional model's label sizes are read from."""
+        if self._splits:
+            return self._splits["train"].tensors[1]
+        if self._loaded is None:
+            self._loaded = self._load()
+        return self._loaded.train_labels
+
     def _images(self) -> Tensor:
         if self._splits:
             return self._splits["train"].tensors[0]

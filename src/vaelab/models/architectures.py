@@ -11,7 +11,7 @@ from torch import nn
 
 from vaelab.likelihoods import Likelihood
 from vaelab.models.build import build_posterior, build_prior
-from vaelab.models.capabilities import ConvNetworks
+from vaelab.models.capabilities import ConvNetworks, DenseNetworks
 from vaelab.models.decoders import ConvDecoder, MLPDecoder
 from vaelab.models.encoders import ConvEncoder, MLPEncoder
 from vaelab.models.vae import VAE, as_likelihood
@@ -67,7 +67,7 @@ class NetworkVAE(VAE):
         )
 
 
-class MLPVAE(NetworkVAE):
+class MLPVAE(NetworkVAE, DenseNetworks):
     """Encoder and decoder of two dense layers of `hidden_dim` units each (`activation`:
     relu, tanh, or gated dense layers). Arguments: `NetworkVAE`'s."""
 

@@ -26,12 +26,22 @@ def build_vae(
     obs_scale: float | None = None,
     prior: Mapping[str, Any] | None = None,
     posterior: Mapping[str, Any] | None = None,
+    condition: Mapping[str, Any] | None = None,
 ) -> VAE:
     """The VAE a `model` node names (`_target_`, a `VAE` subclass, and its arguments; an old
     run's `arch` translated; None: the default, conv), with its likelihood, whose parameters
     its decoder gives (`Likelihood.param_shape`; a likelihood given by an option's name takes
     `obs_scale`, `vaelab.models.vae.as_likelihood`), and the prior and posterior nodes, which
-    it builds over its latent (a model with its own posterior takes none)."""
+    it builds over its latent (a model with its own posterior takes none).
+    With a resolved `condition` node (condition=labels), the conditional VAE of that model
+    class (`vaelab.models.conditional.build_conditional_vae`)."""
+    if condition:  # issue 24: the conditional VAE
+        from vaelab.models.conditional import build_conditional_vae
+
+        return build_conditional_vae(
+            condition, model_node(dict(model or {})), tuple(image_shape), latent_dim,
+            as_likelihood(likelihood, obs_scale), None, prior, posterior,
+        )  # fmt: skip
     return build_part(
         model_node(dict(model or {})), VAE, VAE, "model", image_shape=tuple(image_shape),
         latent_dim=latent_dim, likelihood=as_likelihood(likelihood, obs_scale), obs_scale=None,
@@ -87,10 +97,20 @@ def part_classes(
     )
 
 
-def build_prior(cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple) -> Prior:
+def build_prior(
+    cfg: Mapping[str, Any] | None, latent_dim: int, image_shape: tuple, **context: Any
+) -> Prior:
+    """The prior of `cfg`; `context` (a conditional model's `code_dim`) fills the
+    arguments its class takes."""
+    if build_part_class(cfg, StandardPrior, Prior, "prior").needs_condition and not context:
+        raise ConfigError(
+            "this prior is p(z|y), for a conditional model: add condition=labels, or use "
+            "prior=standard"
+        )
     return build_part(
-        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape
-    )
+        cfg, StandardPrior, Prior, "prior", latent_dim=latent_dim, image_shape=image_shape,
+        **context,
+    )  # fmt: skip
 
 
 def build_posterior(cfg: Mapping[str, Any] | None, latent_dim: int, context_dim: int) -> Posterior:

@@ -25,14 +25,24 @@ class ModelCapabilities:
     the posterior group's: only a `diagonal_gaussian` posterior option (its top layer's),
     and q(z|x) itself is no diagonal Gaussian, so no objective that needs one, no DReG and no
     free bits.
-    `activations`: the `model.activation` values its networks take."""
+    `activations`: the `model.activation` values its networks take.
+    `label_input`: how a conditional model's labels y (their one-hot code) enter its
+    encoder network (condition=labels, `vaelab.models.conditional`): "features", joined to
+    the flattened x; "channels", as constant channels of x; None: the model cannot be
+    conditioned. Its decoder then takes [z, y]."""
 
     own_posterior: bool = False
     activations: tuple[str, ...] = ACTIVATIONS  # every one (`vaelab.config.schemas`)
+    label_input: str | None = None
+
+
+class DenseNetworks(ModelCapabilities):
+    label_input = "features"
 
 
 class ConvNetworks(ModelCapabilities):
     activations = ("relu", "tanh")  # convolutions: no gated dense layers
+    label_input = "channels"
 
 
 class OwnPosterior(ModelCapabilities):
@@ -46,10 +56,15 @@ class OwnPosteriorConvNetworks(OwnPosterior, ConvNetworks):
 class PriorCapabilities:
     """`factorised`: p(z) is an Independent over the latent dimensions (with a closed-form
     KL per dimension against a factorised posterior).
-    `standard_normal`: p(z) is N(0, I) over its dimensions (drawn with torch.randn)."""
+    `standard_normal`: p(z) is N(0, I) over its dimensions (drawn with torch.randn).
+    `needs_condition`: it is p(z|y), for a conditional model only (condition=labels).
+    `encodes`: its density runs the encoder (the VampPrior's q(z|u_k)), which a conditional
+    model's encoder cannot without labels."""
 
     factorised: bool = False
     standard_normal: bool = False
+    needs_condition: bool = False
+    encodes: bool = False
 
 
 class PosteriorCapabilities:
@@ -125,6 +140,14 @@ class StandardNormalPrior(FactorisedPrior):
     standard_normal = True
 
 
+class ConditionalPrior(FactorisedPrior):
+    needs_condition = True
+
+
+class EncodingPrior(PriorCapabilities):
+    encodes = True
+
+
 class DiagonalGaussianPosterior(PosteriorCapabilities):
     factorised = True
     diagonal_gaussian = True
@@ -145,14 +168,15 @@ class TotalCorrelation(ObjectiveCapabilities):
 _MODELS = "vaelab.models."
 _LIKELIHOODS = "vaelab.likelihoods."
 DECLARED: dict[str, type] = {
-    _MODELS + "architectures.MLPVAE": ModelCapabilities,
+    _MODELS + "architectures.MLPVAE": DenseNetworks,
     _MODELS + "architectures.ConvVAE": ConvNetworks,
     _MODELS + "hvae.HierarchicalVAE": OwnPosterior,
     _MODELS + "topdown.TopDownVAE": OwnPosterior,
     _MODELS + "topdown.TopDownConvVAE": OwnPosteriorConvNetworks,
     _MODELS + "priors.StandardPrior": StandardNormalPrior,
     _MODELS + "priors.MixturePrior": PriorCapabilities,
-    _MODELS + "priors.VampPrior": PriorCapabilities,
+    _MODELS + "priors.VampPrior": EncodingPrior,
+    _MODELS + "conditional.ClassPrior": ConditionalPrior,
     _MODELS + "posteriors.GaussianPosterior": DiagonalGaussianPosterior,
     _MODELS + "posteriors.IAFPosterior": PosteriorCapabilities,
     _MODELS + "objectives.ElboObjective": ObjectiveCapabilities,

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, MixtureSameFamily, Normal
 
-from vaelab.models.capabilities import PriorCapabilities, StandardNormalPrior
+from vaelab.models.capabilities import EncodingPrior, PriorCapabilities, StandardNormalPrior
 
 Encode = Callable[[Tensor], Distribution]
 
@@ -74,7 +74,7 @@ class MixturePrior(Prior):
         return _uniform_mixture(self.logits, components)
 
 
-class VampPrior(Prior):
+class VampPrior(Prior, EncodingPrior):
     """p(z) = 1/K Σ_k q(z|u_k) over K learnable pseudo-inputs u_k (Tomczak & Welling 2018).
 
     The pseudo-inputs are sigmoid(a_k), kept in [0, 1] like the images. Their code clips

@@ -113,6 +113,12 @@ class VAE(nn.Module, ModelCapabilities):
         return self.prior_model.standard_normal and self.prior_model.latent_dim == self.latent_dim
 
     @property
+    def decoder_input_dim(self) -> int:
+        """The length of the decoder's input: D, or more for a model that joins something
+        to z (a conditional VAE's label code)."""
+        return self.latent_dim
+
+    @property
     def device(self) -> torch.device:
         """Where the model's weights (or, without any, its buffers) are."""
         return next(itertools.chain(self.parameters(), self.buffers()), torch.empty(0)).device
@@ -195,7 +201,7 @@ class VAE(nn.Module, ModelCapabilities):
         the channels of the data its parameters are of (a mixture has several per channel)."""
         with torch.no_grad():
             # `forward`, not the call: a compiled decoder would recompile for batch size 1.
-            z = torch.zeros(1, self.latent_dim, device=self.device)
+            z = torch.zeros(1, self.decoder_input_dim, device=self.device)
             channels, *rest = self.decoder.forward(z).shape[1:]
             return (self.likelihood.data_channels(channels), *rest)
 

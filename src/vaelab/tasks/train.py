@@ -22,6 +22,7 @@ from vaelab.config.schemas import MONITORS
 from vaelab.errors import ConfigError, DataError, Interrupted, TrainingError, one_line
 from vaelab.lit_module import LitVAE
 from vaelab.models.capabilities import named
+from vaelab.models.conditional import resolve_condition
 from vaelab.runs import DATA, Run
 
 log = logging.getLogger(__name__)
@@ -42,13 +43,19 @@ RECIPE = (
 PARTS = ("prior", "posterior", "objective", "beta_schedule", "likelihood")
 
 
-def build_module(cfg: DictConfig, image_shape: tuple[int, int, int]) -> LitVAE:
-    """The LitVAE of `cfg`: architecture from `cfg.model`, recipe from the top level."""
+def build_module(
+    cfg: DictConfig, image_shape: tuple[int, int, int], condition: dict | None = None
+) -> LitVAE:
+    """The LitVAE of `cfg`: architecture from `cfg.model`, recipe from the top level;
+    `condition`, a conditional model's labels resolved from the data
+    (`vaelab.models.conditional.resolve_condition`)."""
     # A run made before a knob existed gets LitVAE's default (optimizer: Adam).
     recipe = {key: cfg[key] for key in RECIPE if key in cfg}
     parts = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in PARTS if key in cfg}
     if "disentanglement" in cfg:  # a run made before it had none
         parts["disentanglement"] = OmegaConf.to_container(cfg.disentanglement, resolve=True)
+    if condition:  # issue 24: only a conditional run has the key, as its hyperparameter
+        parts["condition"] = condition
     model = OmegaConf.to_container(cfg.model, resolve=True)
     return LitVAE(model=model, **recipe, **parts, image_shape=image_shape)
 
@@ -338,7 +345,9 @@ def _train(
     L.seed_everything(cfg.seed, workers=True)
     if datamodule is None:  # not loaded yet to check a resume's data
         datamodule = instantiate(cfg.data, L.LightningDataModule, "data")
-    model = build_module(cfg, datamodule.image_shape)
+    node = OmegaConf.to_container(cfg.condition, resolve=True) if "condition" in cfg else None
+    condition = resolve_condition(node, datamodule)
+    model = build_module(cfg, datamodule.image_shape, condition)
     check_likelihood(cfg.likelihood, datamodule.hparams.binarize)
     loggers = dashboards.build(cfg)
     preemption = Preemption()
