@@ -79,7 +79,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from vaelab import tracking
+from vaelab import dashboards
 from vaelab.checkpoints import Preemption
 from vaelab.config import config_dir, instantiate
 from vaelab.datamodule import VAEDataModule
@@ -219,11 +219,11 @@ def vaelab_fit(
         steps = StepClock(clock)
         trainer_cfg = cfg if not compiled else _without_compile(cfg)  # compile once
         callbacks = [Preemption(), steps, *extra_callbacks]
-        found = tracking.build_loggers(cfg) if loggers else []
+        found = dashboards.build(cfg) if loggers else []
         trainer = build_trainer(trainer_cfg, module, found, callbacks)
         compiled = True
         trainer.fit(module, datamodule=datamodule)
-        tracking.finish(found)
+        dashboards.finish(found)
         return images_per_second(steps.ends, steps.sizes)
 
     return run
