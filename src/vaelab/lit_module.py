@@ -42,6 +42,7 @@ REDUCED = {"sync_dist": True, "reduce_fx": "max"}
 # `LitVAE.__setattr__` sets them directly. Lightning sets `_current_fx_name` around each of
 # its hooks (about 40 times a step) and nn.Module.__setattr__'s registry checks cost about
 # 1 µs each.
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.on_train_start`
 PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss", "_beta_sum", "_beta_images"})
 
 log = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ class LitVAE(L.LightningModule):
         self._loss = torch.zeros(())  # the last training step's
         self._compile_step = False  # `compile_networks`
         self._compiled_objective = None
+        self._nvml_check: str | None = None  # Lightning's setting, held during training
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place, and the training step's maths as
@@ -354,6 +356,20 @@ class LitVAE(L.LightningModule):
                 hp["name"], hp["source"], f"{hp['n_train']:,}", f"{hp['n_val']:,}",
                 f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
+
+    def on_train_start(self) -> None:
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking whether
+        # CUDA is there does not poison a later fork. torch's Adam asks at every step, and
+        # until CUDA is initialised (never, training on a CPU) each answer loads NVML through
+        # ctypes (about 100 µs of a step). Training on a CPU forks nothing that uses CUDA:
+        # torch's own check (the CUDA runtime's count, cached) answers during the loop.
+        if self.device.type != "cuda":
+            self._nvml_check = os.environ.pop(NVML_CHECK, None)
+
+    def on_train_end(self) -> None:
+        if self._nvml_check is not None:
+            os.environ[NVML_CHECK] = self._nvml_check
+            self._nvml_check = None
 
     def on_validation_epoch_start(self) -> None:
         self._seed_evaluation()
