@@ -86,6 +86,7 @@ from vaelab.checkpoints import Preemption
 from vaelab.config import config_dir, instantiate
 from vaelab.data.datamodule import VAEDataModule
 from vaelab.estimators import iw_log_likelihood
+from vaelab.lit_module import NVML_CHECK
 from vaelab.models.vae import VAE
 from vaelab.runs import Run
 from vaelab.tasks.train import build_module, build_trainer
@@ -372,10 +373,17 @@ def plain_step_loop(
     def run() -> float:
         order = torch.randperm(len(images))
         ends = []
-        for i in range(n_batches):
-            x = images[order[i * batch : (i + 1) * batch]].float() / 255
-            run_step((torch.rand_like(x) < x).float())
-            ends.append(STEP_CLOCK())
+        # A loop without Lightning has torch's own CUDA check: Lightning's import set the
+        # NVML one, which loads NVML at each optimizer step while CUDA is not initialised.
+        nvml_check = os.environ.pop(NVML_CHECK, None)
+        try:
+            for i in range(n_batches):
+                x = images[order[i * batch : (i + 1) * batch]].float() / 255
+                run_step((torch.rand_like(x) < x).float())
+                ends.append(STEP_CLOCK())
+        finally:
+            if nvml_check is not None:
+                os.environ[NVML_CHECK] = nvml_check
         return 1e6 * (ends[-1] - ends[WARMUP - 1]) / (n_batches - WARMUP)
 
     return run

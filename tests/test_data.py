@@ -702,3 +702,16 @@ def test_on_a_gpu_batches_come_from_the_device_or_pinned_host_memory(
     assert x.device.type == held and x.is_pinned() == pinned
     images, _ = dm.test_images(4)
     assert images.device.type == "cuda"  # pictures are drawn on the model's device
+
+
+def test_a_batch_already_on_the_device_is_passed_on_as_it_is_and_others_are_moved(
+    mnist_idx_root,
+):
+    dm = make_dm(mnist_idx_root)
+    batch = stored(dm.train_dataloader())  # held on this CPU, the training device
+
+    assert dm.transfer_batch_to_device(batch, torch.device("cpu"), 0) is batch
+    # A batch from host memory for another device is moved there (Lightning's transfer).
+    moved = dm.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert [t.device.type for t in moved] == ["meta", "meta"]
+    assert [t.shape for t in moved] == [t.shape for t in batch]

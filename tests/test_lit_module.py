@@ -1,6 +1,7 @@
 """LitVAE: hyperparameter checks, the KL warm-up schedule and what it logs, in real loops."""
 
 import csv
+import os
 from pathlib import Path
 
 import lightning as L
@@ -331,3 +332,32 @@ def test_a_step_with_non_finite_gradients_never_reaches_the_weights(mnist_idx_ro
     assert not all(torch.equal(a, b) for a, b in zip(before_0, before_1, strict=True))
     assert all(torch.equal(a, b) for a, b in zip(before_1, before_2, strict=True))  # skipped
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+class CudaCheckSetting(L.Callback):
+    """Lightning's PYTORCH_NVML_BASED_CUDA_CHECK as each training step ends."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+
+
+def test_training_on_a_cpu_lifts_lightnings_nvml_cuda_check_and_gives_it_back(
+    mnist_idx_root, tmp_path
+):
+    # With it, torch's Adam loaded NVML through ctypes at every step to ask for CUDA.
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # Lightning's, on import
+    model = LitVAE(
+        model={"_target_": "vaelab.models.architectures.MLPVAE"}, latent_dim=2, n_importance=0
+    )
+    setting = CudaCheckSetting()
+    datamodule = VAEDataModule(data_dir=str(mnist_idx_root), download=False, batch_size=64)
+    trainer = tiny_trainer(
+        tmp_path, max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[setting]
+    )
+    trainer.fit(model, datamodule=datamodule)
+
+    assert setting.seen == [None, None]
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # given back after training

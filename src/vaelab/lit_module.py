@@ -39,6 +39,12 @@ TERMS = ("loss", "elbo", "rec", "kl")
 # its reduction by max returns equal values exactly (a mean could round them), one small
 # all-reduce per key and epoch, and none without DDP.
 REDUCED = {"sync_dist": True, "reduce_fx": "max"}
+# Attributes assigned in every training step that are never parameters, buffers or modules:
+# `LitVAE.__setattr__` sets them directly. Lightning sets `_current_fx_name` around each of
+# its hooks (about 40 times a step) and nn.Module.__setattr__'s registry checks cost about
+# 1 µs each.
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.on_train_start`
+PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss", "_beta_sum", "_beta_images"})
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +107,12 @@ class LitVAE(L.LightningModule):
     """
 
     eval_seed: int = 0
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in PLAIN_ATTRIBUTES:
+            object.__setattr__(self, name, value)  # nothing for nn.Module to register
+        else:
+            super().__setattr__(name, value)
 
     @checked("")
     def __init__(
@@ -188,6 +200,7 @@ class LitVAE(L.LightningModule):
         # Optimizer steps skipped for a gradient norm above grad_skip_threshold, over the
         # whole run (the checkpoint holds the count, so a resumed run counts on).
         self.skipped_steps = 0
+        self._nvml_check: str | None = None  # Lightning's setting, held during training
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place, and the training step's maths as
@@ -386,6 +399,20 @@ class LitVAE(L.LightningModule):
                 f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
 
+    def on_train_start(self) -> None:
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking whether
+        # CUDA is there does not poison a later fork. torch's Adam asks at every step, and
+        # until CUDA is initialised (never, training on a CPU) each answer loads NVML through
+        # ctypes (about 100 µs of a step). Training on a CPU forks nothing that uses CUDA:
+        # torch's own check (the CUDA runtime's count, cached) answers during the loop.
+        if self.device.type != "cuda":
+            self._nvml_check = os.environ.pop(NVML_CHECK, None)
+
+    def on_train_end(self) -> None:
+        if self._nvml_check is not None:
+            os.environ[NVML_CHECK] = self._nvml_check
+            self._nvml_check = None
+
     def on_validation_epoch_start(self) -> None:
         self._seed_evaluation()
 
@@ -471,7 +498,10 @@ class LitVAE(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Lightning calls this after the gradients are accumulated, reduced across processes
         # and unscaled, before they are clipped.
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        # The optimizer's parameters (all of the module's): `self.parameters()` would walk
+        # the modules' tree at every step.
+        params = (p for group in optimizer.param_groups for p in group["params"])
+        grads = [p.grad for p in params if p.grad is not None]
         # grad_skip_threshold (VDVAE's skip_threshold): a step whose gradient norm is above
         # it, or not finite, is skipped: the gradients are dropped, so the optimizer leaves
         # those weights and its moments as they are. The norm is of the accumulated
