@@ -14,11 +14,12 @@ from omegaconf import OmegaConf
 from vaelab import dashboards
 from vaelab.callbacks import WarmupEarlyStopping
 from vaelab.config import checks, config_dir, instantiate, trainer_args
+from vaelab.config.earlier import option_source
 from vaelab.data.datamodule import VAEDataModule
 from vaelab.data.sources import DataSource, build_source
 from vaelab.errors import ConfigError
 from vaelab.lit_module import LitVAE
-from vaelab.targets import named_class, option_source
+from vaelab.targets import named_class
 from vaelab.tasks.train import build_module
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")

@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from vaelab import dashboards, plots
 from vaelab.config.schemas import checked
 from vaelab.estimators import kl_per_dim
-from vaelab.models.conditional import ConditionalVAE, conditional_pictures
+from vaelab.models.conditional import ConditionalVAE, given
 from vaelab.models.vae import VAE, posterior_mean
 from vaelab.runs import Run, pictures_folder
 
@@ -411,3 +411,50 @@ def _metrics_only(module: torch.nn.Module) -> bool:
     children = list(module.children())
     own = next(module.parameters(recurse=False), None)  # a parameter of its own: a model
     return bool(children) and own is None and all(_metrics_only(child) for child in children)
+
+
+@torch.no_grad()
+def conditional_pictures(
+    settings: Any, vae: ConditionalVAE, x: Tensor, y: Tensor, title: str = ""
+) -> dict[str, Any]:
+    """The pictures of a conditional VAE from test images x and their labels y (N,) or
+    (N, K), with the settings of `vaelab.callbacks.VAEPictures`:
+
+    - samples: a row per value of the first conditioned label (per class), `nrow` draws
+      z ~ p(z|y) each (the other conditioned factors: the first test image's);
+    - reconstructions: decode(E_q[z|x, y], y) of the first `n_images`;
+    - traversals: the most informative latent dims around the first test image's code,
+      its labels fixed;
+    - latent_scatter: the posterior means E_q[z|x, y], coloured by the first label.
+    """
+    x, y = x[: settings.n_test_images], y[: settings.n_test_images]
+    loc = torch.cat(
+        [
+            vae.encode(chunk, labels)
+            for chunk, labels in zip(x.split(256), y.split(256), strict=True)
+        ]
+    )
+    n = settings.n_images
+    generator = torch.Generator().manual_seed(settings.seed)
+    rows = vae.condition.rows(settings.nrow, base=y[0] if y.ndim == 2 else None).to(y.device)
+    samples = vae.sample(len(rows), generator, y=rows)
+    pictures: dict[str, Any] = {
+        "samples": plots.image_grid(samples, settings.nrow),
+        "reconstructions": plots.reconstruction_grid(
+            x[:n], vae.decode(loc[:n], y[:n]), settings.nrow
+        ),
+    }
+    with given(vae, y[:n]):  # p(z|y) of a per-class prior: each image's own
+        kl = kl_per_dim(vae, vae.posterior(x[:n]))
+    spread = kl if kl is not None else loc.var(0, correction=0)
+    dims = plots.most_informative_dims(spread, settings.n_traversal_dims)
+    span = settings.traversal_range
+    values = torch.linspace(-span, span, settings.traversal_values)
+    z = plots.traversal_latents(loc[0], dims, values)
+    fixed = y[:1].expand(len(z), *y.shape[1:])
+    pictures["traversals"] = plots.image_grid(vae.decode(z, fixed), settings.traversal_values)
+    first = vae.condition.labels(y)[:, 0]
+    pictures["latent_scatter"] = plots.latent_scatter(
+        loc[: settings.n_scatter], first[: settings.n_scatter], title, vae.condition.names[0]
+    )
+    return pictures

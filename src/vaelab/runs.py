@@ -291,14 +291,14 @@ class Run:
         Paths inside the directory the run was started in (`paths.output_dir`, e.g.
         `trainer.default_root_dir` and the loggers' `save_dir`) are given inside this one:
         a moved or copied run reads and writes its own files, never the original's. A run
-        made by an earlier vaelab is given in today's form (`vaelab.targets.current_form`),
+        made by an earlier vaelab is given in today's form (`vaelab.config.earlier.current_form`),
         so that compare, a sweep started again and loading see one form.
         """
         try:
             config = yaml.safe_load((self.path / CONFIG).read_text()) or {}
         except FileNotFoundError:
             return {}
-        from vaelab.targets import current_form  # imports hydra: only when a config is read
+        from vaelab.config.earlier import current_form  # hydra, the parts: when a config is read
 
         started_in = (config.get("paths") or {}).get("output_dir")
         config = current_form(config)

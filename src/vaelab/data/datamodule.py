@@ -10,12 +10,12 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.config.earlier import option_source
 from vaelab.config.schemas import checked
 from vaelab.data.batches import IndexBatchSampler, ResumableLoader, hold_on
 from vaelab.data.sources import build_source
 from vaelab.data.splits import DatasetSplits, file_draws, held_out
 from vaelab.errors import DataError, VaelabError
-from vaelab.targets import option_source
 
 SPLITS = ("train", "val", "test")
 # Dynamic binarization draws val/test once with this seed, whatever the run seed, so val

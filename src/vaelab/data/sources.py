@@ -9,6 +9,7 @@ from typing import Any
 
 from torchvision import datasets
 
+from vaelab.config.earlier import option_source
 from vaelab.data import mnist
 from vaelab.data.celeba import load_celeba
 from vaelab.data.cifar import load_cifar10
@@ -17,7 +18,7 @@ from vaelab.data.folder import load_image_folder
 from vaelab.data.shapes import load_generated_shapes
 from vaelab.data.splits import DatasetSplits
 from vaelab.errors import ConfigError, DataError
-from vaelab.targets import named_class, option_source
+from vaelab.targets import named_class
 
 
 class DataSource:

@@ -10,10 +10,10 @@ from typing import Any
 from torch import nn
 
 from vaelab.likelihoods import Likelihood
-from vaelab.models.build import build_posterior, build_prior
 from vaelab.models.capabilities import ConvNetworks, DenseNetworks
 from vaelab.models.decoders import ConvDecoder, MLPDecoder
 from vaelab.models.encoders import ConvEncoder, MLPEncoder
+from vaelab.models.parts import build_posterior, build_prior
 from vaelab.models.vae import VAE, as_likelihood
 
 

@@ -21,9 +21,9 @@ from torch import Size, Tensor, nn
 from torch.distributions import Distribution, constraints
 
 from vaelab.likelihoods import Likelihood
-from vaelab.models.build import build_prior
 from vaelab.models.capabilities import OwnPosterior
 from vaelab.models.encoders import GaussianHead, dense_layers
+from vaelab.models.parts import build_prior
 from vaelab.models.posteriors import GaussianPosterior
 from vaelab.models.vae import VAE, as_likelihood
 

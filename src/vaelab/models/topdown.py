@@ -43,7 +43,6 @@ from torch.distributions import Distribution, Independent, Normal, constraints
 
 from vaelab.errors import ConfigError
 from vaelab.likelihoods import Likelihood, Observation
-from vaelab.models.build import build_prior
 from vaelab.models.capabilities import OwnPosterior, OwnPosteriorConvNetworks, kl_splits
 from vaelab.models.encoders import (
     ACTIVATIONS,
@@ -52,6 +51,7 @@ from vaelab.models.encoders import (
     conv_stages,
     dense_layers,
 )
+from vaelab.models.parts import build_prior
 from vaelab.models.posteriors import GaussianPosterior
 from vaelab.models.vae import VAE, as_likelihood
 

@@ -11,6 +11,7 @@ from torch.distributions import Distribution
 from vaelab.errors import InputError
 from vaelab.likelihoods import Likelihood, Observation
 from vaelab.models.capabilities import ModelCapabilities, kl_splits
+from vaelab.models.parts import build_likelihood
 from vaelab.models.posteriors import GaussianPosterior, Posterior, kl_term
 from vaelab.models.priors import Prior, StandardPrior
 
@@ -27,8 +28,6 @@ def as_likelihood(likelihood: Likelihood | str, obs_scale: float | None = None) 
     """A likelihood as it is; an option's name (with `obs_scale`), the option's likelihood."""
     if isinstance(likelihood, Likelihood):
         return likelihood
-    from vaelab.models.build import build_likelihood  # the builder imports this module
-
     return build_likelihood(likelihood, obs_scale)
 
 
