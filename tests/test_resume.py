@@ -5,54 +5,19 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import cli, job_pid, run_train, start_train, wait_for
+from killed import RUN, assert_same_run, resume, start, stderr, wait_for_checkpoint, weights
 
 from vaelab.checkpoints import AtomicCheckpointIO
 from vaelab.loading import load_run
 from vaelab.runs import Run
 
 PAUSE = Path(__file__).parent / "pause"  # the harness that stops a run at a moment
-
-# 2 epochs of 40 steps, a checkpoint every 5 steps, deterministic kernels.
-RUN = (
-    "model=mlp",
-    "logger=none",
-    "batch_size=32",
-    "n_importance=0",
-    "max_epochs=2",
-    "trainer.limit_train_batches=40",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.deterministic=true",
-    "callbacks.step_checkpoint.every_n_train_steps=5",
-    "callbacks.pictures.every_n_epochs=100",
-)
-
-
-def start(tmp_path: Path, name: str, overrides: tuple[str, ...] = RUN):
-    """Start a training run in the background; its output goes to <name>.out and .err."""
-    run_dir = tmp_path / "outputs" / name
-    return start_train(tmp_path, (*overrides, f"hydra.run.dir={run_dir}"), name), run_dir
-
-
-def stderr(tmp_path: Path, name: str) -> str:
-    return (tmp_path / f"{name}.err").read_text()
-
-
-def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen) -> None:
-    wait_for(proc, run_dir, "checkpoints/last.ckpt")
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["global_step"] == 80  # no step lost or repeated
-    return checkpoint["state_dict"]
 
 
 @pytest.fixture(scope="module")
@@ -65,23 +30,6 @@ def uninterrupted(tmp_path_factory) -> Path:
     assert names in (["best-epoch000.ckpt", "last.ckpt"], ["best-epoch001.ckpt", "last.ckpt"])
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
     return run_dir
-
-
-def assert_same_run(resumed: Path, full: Path) -> None:
-    a, b = weights(resumed), weights(full)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    assert Run(resumed).metrics()["test/elbo"] == Run(full).metrics()["test/elbo"]
-    # One history row per epoch, the rows of the killed attempt replaced.
-    assert [row["epoch"] for row in Run(resumed).history()] == [0, 1]
-    assert Run(resumed).history()[-1]["val/elbo"] == Run(full).history()[-1]["val/elbo"]
-
-
-def resume(
-    tmp_path: Path, run_dir: Path, overrides: tuple[str, ...] = RUN
-) -> subprocess.CompletedProcess:
-    return run_train(tmp_path, *overrides, f"resume={run_dir}", timeout=600)
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ import signal
 import pytest
 import torch
 from conftest import cli, tiny
-from test_resume import RUN as RESUME_RUN
-from test_resume import assert_same_run, resume, start, stderr, wait_for_checkpoint
+from killed import RUN as RESUME_RUN
+from killed import assert_same_run, resume, start, stderr, wait_for_checkpoint
 
 import vaelab
 from vaelab.runs import Run
@@ -162,7 +162,7 @@ def test_undefined_combinations_are_refused_in_one_line(train_cli, overrides, me
 def test_the_convolutional_hierarchy_trains_on_colour_images(train_cli, tmp_path):
     """model=topdown_conv on CIFAR-10's format (files written in test_cifar.py's way), with
     its discretized logistic: bits per sub-pixel, the layers' KLs, its pictures."""
-    from test_cifar import write_batches
+    from cifar_files import write_batches
 
     write_batches(tmp_path / "data" / "cifar-10-batches-py", per_batch=12)
     run = ("data=cifar10", "model=topdown_conv", "model.hidden_dim=16", "latent_dim=3")
