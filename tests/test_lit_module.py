@@ -335,29 +335,39 @@ def test_a_step_with_non_finite_gradients_never_reaches_the_weights(mnist_idx_ro
 
 
 class CudaCheckSetting(L.Callback):
-    """Lightning's PYTORCH_NVML_BASED_CUDA_CHECK as each training step ends."""
+    """Lightning's PYTORCH_NVML_BASED_CUDA_CHECK at each optimizer step (inside it, where
+    torch's Adam asks for CUDA); the step `fail_at` raises there."""
 
-    def __init__(self) -> None:
+    def __init__(self, fail_at: int | None = None) -> None:
         self.seen: list[str | None] = []
+        self.fail_at = fail_at
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.seen.append(os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
+        if trainer.global_step == self.fail_at:
+            raise RuntimeError("a step that fails")
 
 
+@pytest.mark.parametrize("fail_at", [None, 1])
 def test_training_on_a_cpu_lifts_lightnings_nvml_cuda_check_and_gives_it_back(
-    mnist_idx_root, tmp_path
+    mnist_idx_root, tmp_path, monkeypatch, fail_at
 ):
     # With it, torch's Adam loaded NVML through ctypes at every step to ask for CUDA.
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # Lightning's, on import
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # as Lightning's import sets it
     model = LitVAE(
         model={"_target_": "vaelab.models.architectures.MLPVAE"}, latent_dim=2, n_importance=0
     )
-    setting = CudaCheckSetting()
+    setting = CudaCheckSetting(fail_at)
     datamodule = VAEDataModule(data_dir=str(mnist_idx_root), download=False, batch_size=64)
     trainer = tiny_trainer(
         tmp_path, max_steps=2, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[setting]
     )
-    trainer.fit(model, datamodule=datamodule)
+    if fail_at is None:
+        trainer.fit(model, datamodule=datamodule)
+    else:
+        with pytest.raises(RuntimeError, match="a step that fails"):
+            trainer.fit(model, datamodule=datamodule)
 
-    assert setting.seen == [None, None]
-    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"  # given back after training
+    assert setting.seen == [None, None]  # lifted in each step
+    # Given back after training, also when a step failed (a later fork in this process).
+    assert os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] == "1"

@@ -15,8 +15,9 @@ from vaelab.runs import Run, find_runs
 
 def test_a_run_goes_from_running_to_finished_with_its_metrics(tmp_path):
     run = Run(tmp_path / "run")
-    run.start({"latent_dim": 2, "model": {"arch": "mlp"}})
-    assert run.state == "running" and run.config()["model"] == {"arch": "mlp"}
+    mlp = {"_target_": "vaelab.models.architectures.MLPVAE"}
+    run.start({"latent_dim": 2, "model": mlp})
+    assert run.state == "running" and run.config()["model"] == mlp
     run.append_history({"epoch": 0, "val/elbo": -200.0})
     run.append_history({"epoch": 1, "val/elbo": math.nan})  # JSON has no NaN: written as null
     run.finish({"val/elbo": -190.5, "test/elbo": math.inf})

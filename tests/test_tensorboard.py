@@ -47,7 +47,7 @@ def test_each_job_logs_scalars_pictures_and_its_hyperparameters_with_its_final_m
         parse = plugin_data_pb2.HParamsPluginData.FromString
         hparams = parse(content["_hparams_/session_start_info"]).session_start_info.hparams
         assert hparams["latent_dim"].number_value == latent_dim
-        assert hparams["model/arch"].string_value == "mlp"
+        assert hparams["model/_target_"].string_value == "vaelab.models.architectures.MLPVAE"
         experiment = parse(content["_hparams_/experiment"])
         shown = {info.name.tag for info in experiment.experiment.metric_infos}
         assert {"val/elbo", "test/elbo", "test/nll_iwae", "test/active_units"} <= shown

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import compose_command
+from conftest import compose_command, option_node
 from omegaconf import DictConfig, OmegaConf
 from wandb import wandb_agent
 
@@ -124,7 +124,7 @@ def test_agent_command_composes_the_sampled_config(
     cfg = compose(*_overrides(agent_command(args, monkeypatch, tmp_path)))
     for name, value in args.items():
         if name == "model":
-            assert cfg.model.arch == value
+            assert cfg.model._target_ == option_node("model", value)["_target_"]
         else:
             got, want = cfg[name], _expected(value)
             assert (got, type(got)) == (want, type(want)), name
@@ -172,5 +172,6 @@ def test_agent_command_trains(mnist_idx_root: Path, monkeypatch, tmp_path):
     run_dir = log_dir / "sweeps" / SWEEP_ID / RUN_ID
     assert (run_dir / "metrics.json").is_file()
     saved = OmegaConf.load(run_dir / "config.yaml")
-    assert (saved.model.arch, saved.latent_dim, saved.lr) == ("mlp", 2, 1e-3)
+    mlp = "vaelab.models.architectures.MLPVAE"
+    assert (saved.model._target_, saved.latent_dim, saved.lr) == (mlp, 2, 1e-3)
     assert saved.group in (None, f"sweep-{SWEEP_ID}")  # null, or filled in with the sweep's id

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import vaelab
-from vaelab.data import load_dataset
+from vaelab.data.sources import load_dataset
 from vaelab.runs import Run
 
 

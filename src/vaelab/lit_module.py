@@ -6,6 +6,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
+from typing import Any
 
 import lightning as L
 import torch
@@ -43,7 +44,7 @@ REDUCED = {"sync_dist": True, "reduce_fx": "max"}
 # `LitVAE.__setattr__` sets them directly. Lightning sets `_current_fx_name` around each of
 # its hooks (about 40 times a step) and nn.Module.__setattr__'s registry checks cost about
 # 1 µs each.
-NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.on_train_start`
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.optimizer_step`
 PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss", "_beta_sum", "_beta_images"})
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,6 @@ class LitVAE(L.LightningModule):
         # Optimizer steps skipped for a gradient norm above grad_skip_threshold, over the
         # whole run (the checkpoint holds the count, so a resumed run counts on).
         self.skipped_steps = 0
-        self._nvml_check: str | None = None  # Lightning's setting, held during training
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place, and the training step's maths as
@@ -399,19 +399,21 @@ class LitVAE(L.LightningModule):
                 f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
 
-    def on_train_start(self) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking whether
         # CUDA is there does not poison a later fork. torch's Adam asks at every step, and
         # until CUDA is initialised (never, training on a CPU) each answer loads NVML through
-        # ctypes (about 100 µs of a step). Training on a CPU forks nothing that uses CUDA:
-        # torch's own check (the CUDA runtime's count, cached) answers during the loop.
-        if self.device.type != "cuda":
-            self._nvml_check = os.environ.pop(NVML_CHECK, None)
-
-    def on_train_end(self) -> None:
-        if self._nvml_check is not None:
-            os.environ[NVML_CHECK] = self._nvml_check
-            self._nvml_check = None
+        # ctypes (about 30 µs of a step). A step forks nothing: off CUDA the setting is
+        # lifted for the step (the forward and backward passes run inside it, as Lightning's
+        # closure) and given back however the step ends.
+        if self.device.type == "cuda":
+            return super().optimizer_step(*args, **kwargs)
+        lifted = os.environ.pop(NVML_CHECK, None)
+        try:
+            return super().optimizer_step(*args, **kwargs)
+        finally:
+            if lifted is not None:
+                os.environ[NVML_CHECK] = lifted
 
     def on_validation_epoch_start(self) -> None:
         self._seed_evaluation()
