@@ -20,16 +20,18 @@ TOPDOWN = ("model=topdown", "model.hidden_dim=16", "model.depth=2")
 RUN = tiny("latent_dim=3", "batch_size=16", "n_importance=4", "data.eval_batch_size=64")
 
 
-# The runs that eval.py evaluates and that resume: one per objective, the priors of the
-# plainest and of the one with the most state (the VampPrior's pseudo-inputs).
-AGAIN = (("StandardPrior", "ElboObjective"), ("VampPrior", "IwaeObjective"))
+# The runs that eval.py evaluates and that resume: every prior x objective.
+AGAIN = tuple(
+    (prior, objective)
+    for prior in ("StandardPrior", "MixturePrior", "VampPrior")
+    for objective in ("ElboObjective", "IwaeObjective")
+)
 
 
 @pytest.mark.slow
 def test_every_prior_and_objective_trains_tests_evaluates_reloads_and_resumes(train_cli, tmp_path):
-    """All six combinations train in one multirun (one process), reload and compare; eval.py
-    and resume, which read a run the same way whatever its parts, run on one run of each
-    objective (`AGAIN`), to keep the test short."""
+    """All six combinations train and test in one multirun (one process), reload and
+    compare; each is then evaluated by eval.py and resumed for one more epoch (`AGAIN`)."""
     result = train_cli("-m", "prior=standard,mog,vamp", "objective=elbo,iwae", *RUN, *TOPDOWN)
     assert len(result.run_dirs) == 6
     again = []  # the runs of AGAIN, with their metrics
