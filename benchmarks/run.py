@@ -516,6 +516,19 @@ def parts_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
     return rows
 
 
+def _log_prob_rate(log_prob: Callable[[], Tensor], n: int) -> Callable[[], float]:
+    """A contender of the likelihood rows: images per second of 5 evaluations of
+    `log_prob` (a batch of `n` images) and their backward passes."""
+
+    def run() -> float:
+        start = time.perf_counter()
+        for _ in range(5):
+            log_prob().sum().backward()
+        return 5 * n / (time.perf_counter() - start)
+
+    return run
+
+
 def discretized_logistic_rows(settings: Settings) -> list[Row]:
     """log p(x|z) and its gradient for a batch of 128 CIFAR-sized images (3,072 sub-pixels):
     vaelab's `DiscretizedLogistic` (the side of the logistic where the sigmoids do not
@@ -538,16 +551,8 @@ def discretized_logistic_rows(settings: Settings) -> list[Row]:
     def ours() -> Tensor:
         return DiscretizedLogistic(loc, log_scale).log_prob(x)
 
-    def timed(log_prob: Callable[[], Tensor]) -> Callable[[], float]:
-        def run() -> float:
-            start = time.perf_counter()
-            for _ in range(5):
-                log_prob().sum().backward()
-            return 5 * n / (time.perf_counter() - start)
-
-        return run
-
-    results = alternate({"vaelab": timed(ours), "plain formula": timed(plain)}, settings.rounds)
+    contenders = {"vaelab": _log_prob_rate(ours, n), "plain formula": _log_prob_rate(plain, n)}
+    results = alternate(contenders, settings.rounds)
     measure = f"images/s, log p(x|z) + backward, discretized logistic, {n} x 3x32x32"
     return against("parts", measure, results, "plain formula")
 
@@ -573,16 +578,7 @@ def logistic_mixture_rows(settings: Settings) -> list[Row]:
     def single() -> Tensor:
         return DiscretizedLogistic(loc, log_scale).log_prob(x)
 
-    def timed(log_prob: Callable[[], Tensor]) -> Callable[[], float]:
-        def run() -> float:
-            start = time.perf_counter()
-            for _ in range(5):
-                log_prob().sum().backward()
-            return 5 * n / (time.perf_counter() - start)
-
-        return run
-
-    contenders = {"vaelab": timed(mixture), "one logistic": timed(single)}
+    contenders = {"vaelab": _log_prob_rate(mixture, n), "one logistic": _log_prob_rate(single, n)}
     results = alternate(contenders, settings.rounds)
     measure = f"images/s, log p(x|z) + backward, 10-logistic mixture, {n} x 3x32x32"
     return against("parts", measure, results, "one logistic")

@@ -44,8 +44,8 @@ REDUCED = {"sync_dist": True, "reduce_fx": "max"}
 # `LitVAE.__setattr__` sets them directly. Lightning sets `_current_fx_name` around each of
 # its hooks (about 40 times a step) and nn.Module.__setattr__'s registry checks cost about
 # 1 µs each.
-NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.optimizer_step`
 PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss", "_beta_sum", "_beta_images"})
+NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.optimizer_step`
 
 log = logging.getLogger(__name__)
 

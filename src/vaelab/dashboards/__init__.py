@@ -171,7 +171,7 @@ def links(runs: Sequence[Run]) -> dict[str, str]:
     return {column: cell for column, cell in cells.items() if cell is not None}
 
 
-def columns(groups: Sequence[Sequence[Run]]) -> list[str]:
-    """The dashboard columns of compare's rows of `groups` of runs, in a fixed order."""
-    used = {column for runs in groups for column in links(runs)}
+def columns(links_of_rows: Sequence[dict[str, str]]) -> list[str]:
+    """The dashboard columns of compare's rows, from each row's `links`, in a fixed order."""
+    used = {column for row_links in links_of_rows for column in row_links}
     return [board.column for board in registered() if board.column in used]

@@ -4,10 +4,12 @@ final metrics' mean and std over seeds (`vaelab.frames.over_seeds`, the statisti
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
 
+from vaelab import dashboards
 from vaelab.frames import FINISHED, _same, metric_frame, over_seeds
 from vaelab.runs import Run
 
@@ -65,6 +67,12 @@ class Row:
     def n(self) -> int:
         """How many finished runs the row averages."""
         return len(self.runs) if self.status == FINISHED else 0
+
+    @cached_property
+    def links(self) -> dict[str, str]:
+        """Where the row's runs are in each dashboard, by compare column (`dashboards.links`,
+        which reads their run directories): once for the table and the CSV."""
+        return dashboards.links(self.runs)
 
 
 def _order(value: Any) -> tuple[int, float, str]:

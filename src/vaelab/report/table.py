@@ -77,7 +77,7 @@ def markdown_table(
     about four significant digits (`_digits`)."""
     head, with_error = _columns(rows, keys, seed_keys, metrics)
     head = [h.removesuffix(TARGET) for h in head]  # prior._target_: the prior
-    boards = dashboards.columns([row.runs for row in rows])
+    boards = dashboards.columns([row.links for row in rows])
     header = [*head, *metrics, *(["error"] if with_error else []), *boards]
     digits = _column_digits(rows, keys)
     cells = []
@@ -88,8 +88,7 @@ def markdown_table(
             values.append(_mean_text(row.mean.get(name, math.nan), row.std.get(name, math.nan)))
         error = [_short(row.error)] if with_error else []
         book = _bookkeeping_cells(row, head)
-        links = dashboards.links(row.runs)
-        cells.append([*config, *book, *values, *error, *(links.get(b, "") for b in boards)])
+        cells.append([*config, *book, *values, *error, *(row.links.get(b, "") for b in boards)])
     n_at = head.index("n")
     right = {n_at, *range(n_at + 2, len(head) + len(metrics))}  # n, K and metrics
     cells = [[c.replace("|", "\\|") for c in line] for line in [header, *cells]]
@@ -114,16 +113,15 @@ def write_csv(
 ) -> Path:
     """The table with exact numbers: `<metric>` (mean) and `<metric>_std` columns."""
     head, _ = _columns(rows, keys, seed_keys, metrics)
-    boards = dashboards.columns([row.runs for row in rows])
+    boards = dashboards.columns([row.links for row in rows])
     records = []
     for row in rows:
-        links = dashboards.links(row.runs)
         text = [*_config_cells(row, keys, seed_keys), *_bookkeeping_cells(row, head)]
         record: dict[str, Any] = dict(zip(head, text, strict=True))
         for name in metrics:
             record[name], record[f"{name}_std"] = row.mean.get(name), row.std.get(name)
         record["error"] = row.error or ""
-        records.append(record | {name: links.get(name, "") for name in boards})
+        records.append(record | {name: row.links.get(name, "") for name in boards})
     metric_columns = [c for name in metrics for c in (name, f"{name}_std")]
     columns = [*head, *metric_columns, "error", *boards]
     path.parent.mkdir(parents=True, exist_ok=True)
