@@ -2,6 +2,7 @@
 them: the run's preset, starting it in the background, waiting for its checkpoint, resuming
 it, and the check that a resumed run is the uninterrupted one."""
 
+import signal
 import subprocess
 from pathlib import Path
 
@@ -61,3 +62,17 @@ def resume(
     tmp_path: Path, run_dir: Path, overrides: tuple[str, ...] = RUN
 ) -> subprocess.CompletedProcess:
     return run_train(tmp_path, *overrides, f"resume={run_dir}", timeout=600)
+
+
+def killed_and_resumed(tmp_path: Path, overrides: tuple[str, ...]) -> tuple[Path, Path]:
+    """A run of `overrides` to its end, and the same run SIGKILLed once its first checkpoint
+    is written, then resumed to its end: (the resumed run's directory, the uninterrupted's)."""
+    proc, full = start(tmp_path, "full", overrides)
+    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
+    proc, run_dir = start(tmp_path, "killed", overrides)
+    wait_for_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    result = resume(tmp_path, run_dir, overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, full

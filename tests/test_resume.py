@@ -11,7 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import cli, job_pid, run_train, start_train, wait_for
-from killed import RUN, assert_same_run, resume, start, stderr, wait_for_checkpoint, weights
+from killed import (
+    RUN,
+    assert_same_run,
+    killed_and_resumed,
+    resume,
+    start,
+    stderr,
+    wait_for_checkpoint,
+    weights,
+)
 
 from vaelab.checkpoints import AtomicCheckpointIO
 from vaelab.loading import load_run
@@ -53,14 +62,7 @@ HVAE_RUN = (*RUN, "model=hvae", "model.hidden_dim=32", "latent_dim=4", "model.to
 
 @pytest.mark.slow
 def test_a_two_level_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path):
-    proc, full = start(tmp_path, "full", HVAE_RUN)
-    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
-    proc, run_dir = start(tmp_path, "killed", HVAE_RUN)
-    wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    result = resume(tmp_path, run_dir, HVAE_RUN)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir, full = killed_and_resumed(tmp_path, HVAE_RUN)
     assert "vae.encoder.bottom_joint.0.linear.weight" in weights(run_dir)  # the two-level nets
     assert_same_run(run_dir, full)
 

@@ -5,13 +5,12 @@ and the moving average do what they say; the undefined combinations are refused 
 
 import json
 import math
-import signal
 
 import pytest
 import torch
 from conftest import cli, tiny
 from killed import RUN as RESUME_RUN
-from killed import assert_same_run, resume, start, stderr, wait_for_checkpoint
+from killed import assert_same_run, killed_and_resumed
 
 import vaelab
 from vaelab.runs import Run
@@ -96,14 +95,7 @@ EMA_RUN = (
 
 @pytest.mark.slow
 def test_a_run_with_the_moving_average_killed_part_way_resumes_to_the_same_run(tmp_path):
-    proc, full = start(tmp_path, "full", EMA_RUN)
-    assert proc.wait(timeout=600) == 0, stderr(tmp_path, "full")[-3000:]
-    proc, run_dir = start(tmp_path, "killed", EMA_RUN)
-    wait_for_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    result = resume(tmp_path, run_dir, EMA_RUN)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir, full = killed_and_resumed(tmp_path, EMA_RUN)
     assert_same_run(run_dir, full)  # the checkpoint's state_dict: the moving average
     a, b = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (run_dir, full))
     for key in ("current_model_state", "averaging_state"):  # the raw weights, the count
