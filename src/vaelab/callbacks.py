@@ -133,6 +133,12 @@ class WeightEMA(EMAWeightAveraging):
         super().__init__(decay=decay if decay is not None else 0.999)
         self.enabled = decay is not None
 
+    @property
+    def steps_per_call_safe(self) -> bool:
+        """Off, it lets a call of Lightning's loop run several steps (`LitVAE.steps_per_call`);
+        on, it averages after every step, so Lightning's loop runs one a call."""
+        return not self.enabled
+
     def _fitting(self, trainer: L.Trainer) -> bool:
         return self.enabled and trainer.state.fn == TrainerFn.FITTING
 

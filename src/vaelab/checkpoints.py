@@ -255,7 +255,10 @@ def _step_of(path: Path) -> int | None:
 
 
 class StepCheckpoint(L.Callback):
-    """last.ckpt every `every_n_train_steps` training steps, so a kill loses at most that many."""
+    """last.ckpt every `every_n_train_steps` training steps, so a kill loses at most that many.
+    A group of steps in one call of Lightning's loop ends at those steps (`steps_per_call`)."""
+
+    steps_per_call_safe = True
 
     @checked("callbacks.step_checkpoint.")
     def __init__(self, every_n_train_steps: int = 500):

@@ -1,15 +1,18 @@
 """LightningModule around `VAE`: steps, reduction to per-image means, logging, optimizer."""
 
+import copy
 import logging
 import math
 import os
 import shutil
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, Timer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor, nn
 from torchmetrics import CatMetric
 
@@ -39,13 +42,30 @@ TERMS = ("loss", "elbo", "rec", "kl")
 # cannot know that of a tensor and warns, unless sync_dist=True, that it should reduce them;
 # its reduction by max returns equal values exactly (a mean could round them), one small
 # all-reduce per key and epoch, and none without DDP.
-REDUCED = {"sync_dist": True, "reduce_fx": "max"}
+# batch_size=1: they are no batch's means, and Lightning asks for one where the training step
+# reads its batches itself (`steps_per_call`).
+REDUCED = {"sync_dist": True, "reduce_fx": "max", "batch_size": 1}
 # Attributes assigned in every training step that are never parameters, buffers or modules:
 # `LitVAE.__setattr__` sets them directly. Lightning sets `_current_fx_name` around each of
 # its hooks (about 40 times a step) and nn.Module.__setattr__'s registry checks cost about
 # 1 µs each.
 PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_loss", "_beta_sum", "_beta_images"})
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"  # `LitVAE.optimizer_step`
+# trainer.steps_per_call=auto: the training steps one call of Lightning's loop runs, where
+# nothing asks for a call per step (`LitVAE.why_one_step_per_call`). Lightning's own cost
+# per call (its callback hooks, closure and precision wrappers, bookkeeping: about 0.4-0.6
+# ms on a CPU) is shared by this many steps; a preemption's signal is answered within
+# this many steps.
+AUTO_STEPS_PER_CALL = 16
+# The Callback hooks Lightning calls once per training step (per call of its loop).
+STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +81,22 @@ def _compiler_missing() -> str | None:
 
         return None if has_triton() else "Triton is not installed"
     return None
+
+
+def _steps_counted_alike(checkpoint: dict) -> None:
+    """Give a checkpoint's two counts of optimizer steps, automatic optimization's and manual
+    optimization's (Lightning's global_step is the one of the mode it runs in), the count of
+    the mode that took the steps: a run resumes with one step per call of Lightning's loop
+    or several (`LitVAE.steps_per_call`), whichever it was saved with, earlier runs too."""
+    loops = checkpoint.get("loops", {}).get("fit_loop", {})
+    automatic = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
+    counts = [automatic.get("optimizer", {}).get("step")]
+    counts.append(loops.get("epoch_loop.manual_optimization.optim_step_progress"))
+    if None in counts:
+        return
+    taken = copy.deepcopy(max(counts, key=lambda count: count["total"]["completed"]))
+    for count in counts:
+        count.update(copy.deepcopy(taken))
 
 
 class LitVAE(L.LightningModule):
@@ -201,6 +237,12 @@ class LitVAE(L.LightningModule):
         # Optimizer steps skipped for a gradient norm above grad_skip_threshold, over the
         # whole run (the checkpoint holds the count, so a resumed run counts on).
         self.skipped_steps = 0
+        # Training steps per call of Lightning's loop: "auto" or a number (trainer.steps_per_call,
+        # set by `build_trainer`); what a fit runs is chosen in `setup` (`_steps`).
+        self.steps_per_call: int | str = "auto"
+        self._steps = 1
+        self._why_one_step: str | None = None
+        self._step_marks: tuple[int, ...] = ()  # `on_train_start`
 
     def compile_networks(self) -> None:
         """torch.compile the encoder and decoder in place, and the training step's maths as
@@ -324,6 +366,124 @@ class LitVAE(L.LightningModule):
         self._loss = loss.detach()  # checked with the gradients, `on_before_optimizer_step`
         return loss
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._group_steps(self._steps_for_fit())
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":
+            self._group_steps(1)
+
+    def _steps_for_fit(self) -> int:
+        """The training steps each call of Lightning's loop runs in this fit, from
+        `steps_per_call`: "auto" groups `AUTO_STEPS_PER_CALL` steps where nothing needs a
+        call per step (`why_one_step_per_call`), else one; a number is refused in one line
+        where something does.
+
+        Raises:
+            ConfigError: steps_per_call above 1 where a call per step is needed.
+        """
+        setting = self.steps_per_call
+        self._why_one_step = "trainer.steps_per_call=1"
+        if setting == 1:
+            return 1
+        why = self._why_one_step = self.why_one_step_per_call()
+        if why is None:
+            return AUTO_STEPS_PER_CALL if setting == "auto" else int(setting)
+        if setting == "auto":
+            return 1
+        raise ConfigError(
+            f"trainer.steps_per_call={setting}: {why}; give trainer.steps_per_call=auto or 1"
+        )
+
+    def why_one_step_per_call(self) -> str | None:
+        """Why this fit needs a call of Lightning's loop for every training step (None: it
+        does not): Lightning's own per-step work (accumulation, clipping, a gradient scaler)
+        or a callback's hook per step, which grouped steps would call once per group. A
+        callback is fine with groups if it is a progress bar, a ModelCheckpoint (its
+        `every_n_train_steps` end groups), a Timer, or says so (`steps_per_call_safe`)."""
+        trainer = self.trainer
+        if trainer.accumulate_grad_batches != 1:
+            return "trainer.accumulate_grad_batches accumulates over calls of Lightning's loop"
+        if trainer.gradient_clip_val:
+            return "trainer.gradient_clip_val clips in Lightning's optimizer step"
+        if getattr(trainer.precision_plugin, "scaler", None) is not None:
+            return f"precision {trainer.precision} scales gradients in Lightning's optimizer step"
+        if trainer.val_check_interval != 1.0:
+            return "trainer.val_check_interval validates inside an epoch"
+        for callback in trainer.callbacks:
+            safe = (ProgressBar, ModelCheckpoint, Timer)
+            if isinstance(callback, safe) or getattr(callback, "steps_per_call_safe", False):
+                continue
+            hooks = [hook for hook in STEP_HOOKS if is_overridden(hook, callback, L.Callback)]
+            if hooks:
+                return f"callback {type(callback).__name__} has {hooks[0]}, called once per call"
+        return None
+
+    def _group_steps(self, steps: int) -> None:
+        """Run `steps` training steps per call of Lightning's loop: more than one by manual
+        optimization, the step reading its batches from Lightning's iterator (Lightning
+        hands it the iterator when the training step's signature names `dataloader_iter`)."""
+        self._steps = steps
+        self.automatic_optimization = steps == 1
+        if steps == 1:
+            self.__dict__.pop("training_step", None)
+        else:
+            self.training_step = self._training_steps
+
+    def on_train_start(self) -> None:
+        # Where a group of steps ends early: the steps at which a callback saves a checkpoint.
+        marks = [getattr(c, "every_n_train_steps", None) for c in self.trainer.callbacks]
+        marks += [getattr(c, "_every_n_train_steps", None) for c in self.trainer.callbacks]
+        self._step_marks = tuple(sorted({m for m in marks if isinstance(m, int) and m > 0}))
+
+    def _training_steps(self, dataloader_iter: Iterator) -> None:
+        """Up to `_steps` training steps, each on the next batch of `dataloader_iter`, as
+        Lightning's loop would run them one per call: the batch moved and converted by the
+        same hooks, the same forward pass, loss and backward pass, the same checks of the
+        gradients (`on_before_optimizer_step`) and optimizer step, and the loop's counts of
+        batches and steps kept as a call per step keeps them, so that a run's weights,
+        figures, logged steps and checkpoints equal a run of one step per call. A group ends
+        early at the epoch's last batch, at `max_steps`, at a checkpoint's step and at a
+        What is left per step of Lightning's loop: its callbacks' step hooks
+        (`why_one_step_per_call`)."""
+        trainer = self.trainer
+        loop = trainer.fit_loop.epoch_loop
+        batches = loop.batch_progress
+        steps = loop.manual_optimization.optim_step_progress
+        optimizer = trainer.optimizers[0]
+        with self._nvml_lifted():
+            for n in range(self._steps):
+                if n:
+                    if dataloader_iter.done or self._group_ends():
+                        return
+                    # Lightning counted the call's first batch; the others as its loop would.
+                    batches.increment_ready()
+                    batches.increment_started()
+                batch, _, _ = next(dataloader_iter)
+                batch = trainer.precision_plugin.convert_input(batch)
+                batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
+                loss = self._step(batch, "train")["loss"].mean()
+                self._loss = loss.detach()
+                optimizer.zero_grad()
+                trainer.strategy.pre_backward(loss)  # DDP: ready to reduce the gradients
+                loss.backward()
+                self.on_before_optimizer_step(optimizer)
+                steps.increment_ready()
+                optimizer.step()
+                steps.increment_completed()
+                if n:
+                    batches.increment_processed()
+                    batches.increment_completed()
+                    loop._batches_that_stepped += 1
+
+    def _group_ends(self) -> bool:
+        step = self.global_step
+        if 0 < self.trainer.max_steps <= step:
+            return True
+        return any(step % every == 0 for every in self._step_marks)
+
     def check_finite(self) -> None:
         """Raise if a training step's loss or gradients were not finite (one host sync). From that
         step on the optimizer left the weights as they were (`on_before_optimizer_step`),
@@ -354,9 +514,11 @@ class LitVAE(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self.check_finite()  # a diverged run writes no checkpoint of its later steps
         checkpoint["skipped_steps"] = self.skipped_steps
+        _steps_counted_alike(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.skipped_steps = checkpoint.get("skipped_steps", 0)  # older runs: none
+        _steps_counted_alike(checkpoint)  # before Lightning restores its loops from it
 
     def on_train_batch_end(self, outputs: Tensor, batch: object, batch_idx: int) -> None:
         # Logged here, at the epoch's last batch, rather than in on_train_epoch_end, which
@@ -398,19 +560,29 @@ class LitVAE(L.LightningModule):
                 hp["name"], hp["source"], f"{hp['n_train']:,}", f"{hp['n_val']:,}",
                 f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
+        if self.trainer.is_global_zero:
+            if self._steps > 1:
+                log.info("Steps: %d per call of Lightning's loop", self._steps)
+            else:
+                log.info("Steps: one per call of Lightning's loop (%s)", self._why_one_step)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        with self._nvml_lifted():  # the forward and backward passes too: Lightning's closure
+            return super().optimizer_step(*args, **kwargs)
+
+    @contextmanager
+    def _nvml_lifted(self) -> Iterator[None]:
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import, so that asking whether
         # CUDA is there does not poison a later fork. torch's Adam asks at every step, and
         # until CUDA is initialised (never, training on a CPU) each answer loads NVML through
         # ctypes (about 30 µs of a step). A step forks nothing: off CUDA the setting is
-        # lifted for the step (the forward and backward passes run inside it, as Lightning's
-        # closure) and given back however the step ends.
+        # lifted for the step (or a call's steps) and given back however they end.
         if self.device.type == "cuda":
-            return super().optimizer_step(*args, **kwargs)
+            yield
+            return
         lifted = os.environ.pop(NVML_CHECK, None)
         try:
-            return super().optimizer_step(*args, **kwargs)
+            yield
         finally:
             if lifted is not None:
                 os.environ[NVML_CHECK] = lifted

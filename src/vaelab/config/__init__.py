@@ -61,9 +61,12 @@ def instantiate(cfg: Any, base: type, where: str, /, **kwargs: Any) -> Any:
         raise
 
 
-def trainer_args(trainer: DictConfig) -> tuple[DictConfig, bool]:
-    """The Trainer's arguments of a `trainer` node without vaelab's own `compile` key (whether
-    to torch.compile the networks: Lightning's Trainer has no such argument), and its value."""
+def trainer_args(trainer: DictConfig) -> tuple[DictConfig, dict[str, Any]]:
+    """The Trainer's arguments of a `trainer` node, and apart from them vaelab's own keys,
+    which Lightning's Trainer has no argument for: `compile` (whether to torch.compile the
+    networks) and `steps_per_call` (training steps per call of Lightning's loop), with
+    their defaults where the node has none (`eval`'s)."""
     args = OmegaConf.to_container(trainer, resolve=True)
-    compile_networks = bool(args.pop("compile", False))
-    return OmegaConf.create(args), compile_networks
+    own = {"compile": bool(args.pop("compile", False))}
+    own["steps_per_call"] = args.pop("steps_per_call", "auto")
+    return OmegaConf.create(args), own

@@ -6,14 +6,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from vaelab.config.rules import BOOLEAN, knob
+from vaelab.config.rules import BOOLEAN, Rule, is_int, knob
+
+STEPS_PER_CALL = Rule("a positive integer or auto", lambda v: v == "auto" or (is_int(v) and v > 0))
 
 
 @dataclass
 class TrainerConfig:
     """The `trainer` node: every argument of Lightning's `Trainer` that a YAML file can give,
     with Lightning's own default (tests/test_schema.py compares both with the Trainer's
-    signature), and vaelab's `compile`. conf/trainer/default.yaml sets vaelab's choices.
+    signature), and vaelab's `compile` and `steps_per_call`. conf/trainer/default.yaml sets
+    vaelab's choices.
 
     Left out: logger, callbacks and plugins, which vaelab builds itself (conf/logger/,
     conf/callbacks/). Types are what OmegaConf can check; `Any` where Lightning also takes
@@ -23,6 +26,8 @@ class TrainerConfig:
     _target_: str = "lightning.pytorch.Trainer"
     # torch.compile the encoder and decoder: vaelab's, not Lightning's
     compile: bool = knob(BOOLEAN, False)
+    # training steps run by one call of Lightning's loop (`LitVAE.steps_per_call`): vaelab's
+    steps_per_call: Any = knob(STEPS_PER_CALL, "auto")
     accelerator: str = "auto"
     strategy: str = "auto"
     devices: Any = "auto"  # int, list of ints, or str

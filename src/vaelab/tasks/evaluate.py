@@ -68,8 +68,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed)
     model = LitVAE.load_from_checkpoint(ckpt, map_location="cpu", n_importance=cfg.n_importance)
     model.eval_seed = cfg.seed  # the test draws; training's test used LitVAE.eval_seed, 0
-    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
-    if compile_networks:
+    trainer_cfg, own = trainer_args(cfg.trainer)
+    if own["compile"]:
         model.compile_networks()
     evaluation: dict[str, Any] = {
         "n_importance": cfg.n_importance,

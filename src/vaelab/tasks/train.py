@@ -262,11 +262,12 @@ def build_trainer(
 ) -> L.Trainer:
     """The Trainer of `cfg.trainer` with the run's callbacks (those of `cfg.callbacks`, the
     history, the random generators' state, `extra_callbacks`) and atomic checkpoints;
-    compiles `model`'s networks first if `trainer.compile` asks. benchmarks/run.py times
-    this same Trainer."""
-    trainer_cfg, compile_networks = trainer_args(cfg.trainer)
-    if compile_networks:
+    compiles `model`'s networks first if `trainer.compile` asks, and gives it
+    `trainer.steps_per_call`. benchmarks/run.py times this same Trainer."""
+    trainer_cfg, own = trainer_args(cfg.trainer)
+    if own["compile"]:
         model.compile_networks()
+    model.steps_per_call = own["steps_per_call"]
     callbacks = [
         instantiate(c, L.Callback, f"callbacks.{name}")
         for name, c in (cfg.get("callbacks") or {}).items()
