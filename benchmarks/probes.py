@@ -47,8 +47,17 @@ def report(*fields: object) -> None:
     print(MARK, *fields, file=sys.stderr, flush=True)
 
 
+def images_of_call(trainer, batch, steps_before: int) -> int:
+    """The images a call of Lightning's training loop trained on: its steps since
+    `steps_before` (several with `trainer.steps_per_call`), the last of them on `batch`."""
+    steps = trainer.global_step - steps_before
+    return (steps - 1) * trainer.datamodule.hparams.batch_size + len(batch[0])
+
+
 class FirstStepClock(L.Callback):
     """Prints the system-wide monotonic clock when the first training batch starts."""
+
+    steps_per_call_safe = True  # the first call's start is the first step's
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_step == 0 and batch_idx == 0:
@@ -91,10 +100,14 @@ class Timings(L.Callback):
     batch to the end of the last (the first ones compile and allocate), images per second
     over them, seconds per epoch (validation included), the epochs run, and the test
     stage's seconds and images. On a GPU the clock is read after a synchronisation, at
-    those boundaries only."""
+    those boundaries only. With several steps per call of Lightning's loop
+    (`trainer.steps_per_call`), "batch" above is a call's, and its steps are counted."""
+
+    steps_per_call_safe = True
 
     def __init__(self) -> None:
         self.ends: list[float] = []
+        self.steps: list[int] = []
         self.images = 0
         self.epoch_ends: list[float] = []
         self.test: list[float] = []
@@ -117,8 +130,9 @@ class Timings(L.Callback):
             self.ends.append(self._now(pl_module))
         else:
             self.ends.append(0.0)
+        self.steps.append(trainer.global_step)
         if len(self.ends) > 2:
-            self.images += len(batch[0])
+            self.images += images_of_call(trainer, batch, self.steps[-2])
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epoch_ends.append(self._now(pl_module))
@@ -126,7 +140,7 @@ class Timings(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # one line: the processes share stderr
             return
-        timed = len(self.ends) - 2
+        timed = self.steps[-1] - self.steps[1] if len(self.ends) > 2 else 0
         seconds = self.ends[-1] - self.ends[1] if timed > 0 else float("nan")
         epochs = [b - a for a, b in zip(self.epoch_ends, self.epoch_ends[1:], strict=False)]
         report("timings", json.dumps({

@@ -76,7 +76,7 @@ import torch
 from data_loading import write_idx
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from probes import MARK, peak_rss_kib, reset_peak_rss, rss_kib
+from probes import MARK, images_of_call, peak_rss_kib, reset_peak_rss, rss_kib
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -134,7 +134,7 @@ class Settings:
 # Quick: one epoch and one test batch (of 256 images, as every test batch) for the memory run.
 QUICK = Settings(
     rounds=3,
-    batches=5,
+    batches=40,
     eval_images=16,
     eval_samples=1000,
     startup_rounds=2,
@@ -144,7 +144,7 @@ QUICK = Settings(
 )
 FULL = Settings(
     rounds=5,
-    batches=40,
+    batches=100,
     eval_images=64,
     eval_samples=1000,
     startup_rounds=5,
@@ -186,22 +186,34 @@ def compose_train(*overrides: str) -> DictConfig:
 
 
 class StepClock(L.Callback):
-    """The end time (of `clock`) and size of every training batch."""
+    """The end time (of `clock`) of every call of Lightning's training loop, and the images
+    it trained on (several batches with `trainer.steps_per_call`)."""
+
+    steps_per_call_safe = True
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.ends: list[float] = []
         self.sizes: list[int] = []
+        self.steps: list[int] = []
         self.clock = clock
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         self.ends.append(self.clock())
-        self.sizes.append(len(batch[0]))
+        self.sizes.append(images_of_call(trainer, batch, self.steps[-1] if self.steps else 0))
+        self.steps.append(trainer.global_step)
 
 
-def images_per_second(ends: list[float], sizes: list[int]) -> float:
-    """Images of the batches after the warm-up over the time from the end of the warm-up:
-    each timed interval holds one whole step, fetching and converting its batch included."""
-    return sum(sizes[WARMUP:]) / (ends[-1] - ends[WARMUP - 1])
+def images_per_second(ends: list[float], sizes: list[int], steps: list[int] | None = None) -> float:
+    """Images after the warm-up over the time from the end of the warm-up: each timed
+    interval holds whole steps, fetching and converting their batches included. `ends`,
+    `sizes`: of each batch, or of each call of Lightning's loop (several batches with
+    `trainer.steps_per_call`), `steps` the steps taken by the end of each (None: one per
+    entry); the warm-up is the calls that end the first `WARMUP` steps."""
+    steps = steps or list(range(1, len(ends) + 1))
+    warm = next(i for i, step in enumerate(steps) if step >= WARMUP)
+    if warm == len(ends) - 1:
+        raise ValueError(f"no call after the {steps[warm]} warm-up steps: give more batches")
+    return sum(sizes[warm + 1 :]) / (ends[-1] - ends[warm])
 
 
 def vaelab_fit(
@@ -227,7 +239,7 @@ def vaelab_fit(
         compiled = True
         trainer.fit(module, datamodule=datamodule)
         dashboards.finish(found)
-        return images_per_second(steps.ends, steps.sizes)
+        return images_per_second(steps.ends, steps.sizes, steps.steps)
 
     return run
 
@@ -398,7 +410,9 @@ def step_section(
     settings: Settings, data_dir: str, work: Path, profile: bool, extra: tuple[str, ...] = ()
 ) -> list[Row]:
     """CPU µs per training step of the tiny network through `vaelab train`'s Trainer
-    (default callbacks, CSV logger and bar; and lean), against the plain loop; with `profile`,
+    (default callbacks, CSV logger and bar; and lean), with its steps grouped per call of
+    Lightning's loop (`trainer.steps_per_call=auto`, the default) and one a call, against
+    the plain loop; with `profile`,
     a cProfile of the default path's steps, Lightning's and vaelab's functions by
     cumulative time. `extra`: overrides of every vaelab contender (e.g. the accelerator)."""
     n_batches = WARMUP + settings.step_batches
@@ -409,6 +423,9 @@ def step_section(
     default = compose_train(*STEP_DEFAULT, *common)
     lean = compose_train(*TRAIN_OVERRIDES, *common)
     compiled = compose_train(*TRAIN_OVERRIDES, *common, "trainer.compile=true")
+    one = "trainer.steps_per_call=1"
+    default_one = compose_train(*STEP_DEFAULT, *common, one)
+    lean_one = compose_train(*TRAIN_OVERRIDES, *common, one)
     L.seed_everything(default.seed, workers=True)
     datamodule = instantiate(default.data, L.LightningDataModule, "data")
     datamodule.prepare_data()
@@ -422,6 +439,8 @@ def step_section(
     contenders = {
         "python train.py (callbacks, csv logger, bar)": per_step(default, loggers=True),
         "the same Trainer, lean": per_step(lean),
+        "python train.py, steps_per_call=1": per_step(default_one, loggers=True),
+        "lean, steps_per_call=1": per_step(lean_one),
         "plain loop": plain_step_loop(default, images, n_batches),
     }
     if settings.step_compiled:
@@ -879,16 +898,21 @@ def memory_section(settings: Settings, work: Path) -> list[Row]:
 
 
 class ProfileSteps(L.Callback):
-    """cProfile from the end of the warm-up batches to the end of the last training batch."""
+    """cProfile from the end of the warm-up calls of the training loop to the end of the
+    last training batch."""
+
+    steps_per_call_safe = True
 
     def __init__(self) -> None:
         self.profiler = cProfile.Profile()
+        self.calls = 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if batch_idx == WARMUP - 1:
-            self.profiler.enable()
-        elif batch_idx == trainer.num_training_batches - 1:
+        self.calls += 1
+        if batch_idx == trainer.num_training_batches - 1:
             self.profiler.disable()
+        elif self.calls == WARMUP:
+            self.profiler.enable()
 
 
 def profile_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:

@@ -131,8 +131,9 @@ def test_trainer_options_instantiate(compose, name):
     if name == "gpu":
         assert cfg.trainer.accelerator == "gpu"
         cfg.trainer.accelerator = "cpu"
-    args, compile_networks = trainer_args(cfg.trainer)
-    assert compile_networks is False and "compile" in cfg.trainer
+    args, own = trainer_args(cfg.trainer)
+    assert own == {"compile": False, "steps_per_call": "auto"}
+    assert "compile" in cfg.trainer and "compile" not in args and "steps_per_call" not in args
     trainer = instantiate(args, L.Trainer, "trainer")
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == cfg.trainer.max_epochs

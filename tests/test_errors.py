@@ -21,6 +21,11 @@ CASES = {
     "an empty validation split": (["data.val_fraction=0.0001"], "holds out no image of the"),
     "a file as the data folder": (["data.data_dir=/proc/version"], "is a file, not a folder"),
     "no training split": (["data.val_size=100000"], "data.val_size=100000 leaves no training"),
+    "steps per call": (["trainer.steps_per_call=0"], "trainer.steps_per_call must be a positive"),
+    "steps per call that need a call each": (
+        ["trainer.accumulate_grad_batches=2", "trainer.steps_per_call=4"],
+        "trainer.steps_per_call=4: trainer.accumulate_grad_batches accumulates",
+    ),
 }
 
 

@@ -230,9 +230,7 @@ STEPS, EVERY = 20, 7
 # best checkpoint written): tests/pause/sitecustomize.py stops the run there (PAUSE_AT),
 # the test sends SIGKILL. Hooks count from the sanity check (2 validation batches).
 MOMENTS = {
-    "training, steps after a step checkpoint": lambda b, n: (
-        f"on_train_batch_start@{STEPS * b + 13}"
-    ),
+    "training, steps after a step checkpoint": lambda b, n: f"step@{STEPS * b + 13}",
     "validation": lambda b, n: f"on_validation_batch_start@{2 + 2 * b + 2}",
     "writing the best checkpoint": lambda b, n: f"write:best@{n}",
     "writing last.ckpt at the epoch's end": lambda b, n: (
@@ -252,6 +250,9 @@ def best_before_last(tmp_path_factory) -> tuple[Path, int, int]:
     proc, run_dir = start(tmp_path, "reference", BEST_BEFORE_LAST)
     assert proc.wait(timeout=600) == 0, stderr(tmp_path, "reference")[-3000:]
     val = [row["val/elbo"] for row in Run(run_dir).history()]
+    # The default: steps grouped in calls of Lightning's loop, which the kills fall between
+    # and inside (the moment "training, steps after a step checkpoint").
+    assert "Steps: 16 per call of Lightning's loop" in Run(run_dir).log_file.read_text()
     best = val.index(max(val))
     assert len(val) == 4 and best < 3, val
     written = sum(v > max(val[:i], default=-math.inf) for i, v in enumerate(val[: best + 1]))

@@ -71,7 +71,7 @@ PART_OPTIONS = [
 
 # Trainer arguments vaelab builds itself: the loggers, callbacks and plugins of conf/.
 BUILT_BY_VAELAB = ("logger", "callbacks", "plugins")
-VAELAB_TRAINER_KEYS = ("_target_", "compile")
+VAELAB_TRAINER_KEYS = ("_target_", "compile", "steps_per_call")
 
 
 def _types(annotation: object) -> set:

@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -430,6 +431,9 @@ class LitVAE(L.LightningModule):
             self.__dict__.pop("training_step", None)
         else:
             self.training_step = self._training_steps
+            # Lightning calls that signature experimental at every fit; what vaelab asks of
+            # it, the same run as one step a call, tests/test_steps_per_call.py holds it to.
+            warnings.filterwarnings("ignore", "Found `dataloader_iter` argument in the `train")
 
     def on_train_start(self) -> None:
         # Where a group of steps ends early: the steps at which a callback saves a checkpoint.

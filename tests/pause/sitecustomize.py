@@ -3,8 +3,10 @@ PAUSE_AT set stops at one moment of its run, writes the file PAUSE_MARKER and sl
 that the test kills it (SIGKILL) exactly there.
 
 PAUSE_AT is `<hook>@<n>`: before the n-th call of Lightning's callback hook <hook> (e.g.
-on_validation_batch_start@8), or `write:<name>@<n>`: half-way through the n-th checkpoint
-write to a file whose name holds <name> (its temporary file cut short, e.g. write:last@11).
+on_validation_batch_start@8), `write:<name>@<n>`: half-way through the n-th checkpoint
+write to a file whose name holds <name> (its temporary file cut short, e.g. write:last@11),
+or `step@<n>`: before the n-th optimizer step of Adam (of a step's own call of Lightning's
+loop or of a group of steps in one call, `trainer.steps_per_call`).
 """
 
 import os
@@ -41,6 +43,15 @@ if os.environ.get("PAUSE_AT"):
             return _save(obj, f, *args, **kwargs)
 
         torch.save = save
+    elif MOMENT == "step":
+        _step = torch.optim.Adam.step
+
+        def step(self, *args, **kwargs):
+            if _reached():
+                _stop()
+            return _step(self, *args, **kwargs)
+
+        torch.optim.Adam.step = step
     else:
         _hooks = call._call_callback_hooks
 
