@@ -9,14 +9,18 @@ range. Sections:
 
   train    training images/s, batch 128, models mlp and conv, on Fashion-MNIST and on the
            MNIST fallback: vaelab (the `vaelab train` code path, timed inside the Trainer
-           from the end of a warm-up batch to the end of the last batch), the same network
-           and loss in a hand-written loop over a torchvision DataLoader, and that loop over
-           batches already binarized in memory (the compute floor); and vaelab with
-           `trainer.compile=true` (its compilation falls in the warm-up batches).
+           from the end of the warm-up steps' call of Lightning's loop to the end of the
+           last batch), the same network and loss in a hand-written loop over a torchvision
+           DataLoader, and that loop over batches already binarized in memory (the compute
+           floor) and over uint8 batches in memory binarized per batch as vaelab draws
+           them; and vaelab with `trainer.compile=true` (its compilation falls in the
+           warm-up).
   step     CPU µs per training step of a tiny network (mlp, hidden 16, z 2, batch 32, on
            Fashion-MNIST): the `vaelab train` Trainer with the default callbacks, a CSV
-           logger and the progress bar, the same Trainer lean, and each with
-           `trainer.compile=true`, against the network and `VAE.elbo_terms` in a plain loop
+           logger and the progress bar, the same Trainer lean, lean with
+           `trainer.compile=true`, and the first two with one step per call of Lightning's
+           loop (`trainer.steps_per_call=1`: the path before grouped steps), against the
+           network and `VAE.elbo_terms` in a plain loop
            with vaelab's fused Adam (and that loop compiled whole); what a step costs
            beyond the plain loop is the framework's. `--profile`: a cProfile of the
            default path's steps, Lightning's and vaelab's functions by cumulative time.
@@ -255,6 +259,12 @@ def elbo_loss(vae: VAE, x: Tensor) -> Tensor:
     return -(rec - kl).mean()
 
 
+def binarized_loss(vae: VAE, images: Tensor) -> Tensor:
+    """`elbo_loss` of uint8 images drawn binary as the datamodule draws a training batch."""
+    x = images.float() / 255
+    return elbo_loss(vae, (torch.rand_like(x) < x).float())
+
+
 def hand_loop(
     cfg: DictConfig,
     batches: Iterable,
@@ -320,6 +330,8 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 (torch.bernoulli(x.float() / 255), None)
                 for x in images[: n_batches * BATCH].split(BATCH)
             ]
+            # The floor with dynamic binarization, as the datamodule draws it per batch.
+            grey = [(x, None) for x in images[: n_batches * BATCH].split(BATCH)]
             compiled = compose_train(
                 *common, f"trainer.limit_train_batches={n_batches}", "trainer.compile=true"
             )
@@ -329,6 +341,7 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                     "vaelab compiled": vaelab_fit(compiled, datamodule),
                     "loop+DataLoader": hand_loop(cfg, loader, n_batches),
                     "floor": hand_loop(cfg, in_memory, n_batches),
+                    "floor, binarized per batch": hand_loop(cfg, grey, n_batches, binarized_loss),
                 },
                 settings.rounds,
             )
@@ -338,7 +351,8 @@ def train_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
                 row = Row("train", measure, name, spread(values))
                 if name.startswith("vaelab"):
                     row.ratio = (
-                        f"{ratio(values, results['floor'])} of floor, "
+                        f"{ratio(values, results['floor'])} of floor "
+                        f"({ratio(values, results['floor, binarized per batch'])} binarized), "
                         f"{ratio(values, results['loop+DataLoader'])} of loop+DataLoader"
                     )
                 rows.append(row)
