@@ -19,6 +19,7 @@ that a test can check the script end to end.
 """
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -57,7 +58,9 @@ class Row:
 
 def rows(dry_run: bool, gpus: int, exemplar_s: int) -> list[Row]:
     """The rows of the check; on the CPU (`dry_run`) with a few batches, no compiled ones."""
-    steps = 8 if dry_run else 400
+    # The dry run's: more than one call of Lightning's loop of trainer.steps_per_call=auto's
+    # 16 steps, so that the steps after the first call are timed.
+    steps = 40 if dry_run else 400
     device = ("trainer.accelerator=cpu",) if dry_run else ("trainer.accelerator=gpu",)
     conv = ("model=conv", "batch_size=16") if dry_run else ("model=conv",)  # a few test images
     compiles = (False,) if dry_run else (False, True)
@@ -67,9 +70,19 @@ def rows(dry_run: bool, gpus: int, exemplar_s: int) -> list[Row]:
         ("train", (*conv, f"trainer.limit_train_batches={steps // 2}")),
     ):
         for precision in PRECISIONS:
-            for compiled in compiles:
+            # The step rows also with one step per call of Lightning's loop (the path
+            # before grouped steps), eager.
+            grouping = ("auto", 1) if section == "step" else ("auto",)
+            for compiled, steps_per_call in itertools.product(compiles, grouping):
+                if compiled and steps_per_call == 1:
+                    continue
                 name = f"{precision}, {'compiled' if compiled else 'eager'}"
-                knobs = (f"trainer.precision={precision}", f"trainer.compile={compiled}")
+                name += ", steps_per_call=1" if steps_per_call == 1 else ""
+                knobs = (
+                    f"trainer.precision={precision}",
+                    f"trainer.compile={compiled}",
+                    f"trainer.steps_per_call={steps_per_call}",
+                )
                 what = "µs per step, tiny mlp" if section == "step" else "images/s, conv, batch 128"
                 found.append(Row(section, f"{what}, {name}", (*LEAN, *device, *knobs, *overrides)))
     k = 10 if dry_run else 1000

@@ -96,18 +96,19 @@ class PhasePeakRSS(L.Callback):
 
 class Timings(L.Callback):
     """Prints, at the end of fit and of testing, the run's timings as one JSON line
-    (`VAELAB_BENCH timings {...}`): seconds per training step from the end of the second
-    batch to the end of the last (the first ones compile and allocate), images per second
-    over them, seconds per epoch (validation included), the epochs run, and the test
-    stage's seconds and images. On a GPU the clock is read after a synchronisation, at
-    those boundaries only. With several steps per call of Lightning's loop
-    (`trainer.steps_per_call`), "batch" above is a call's, and its steps are counted."""
+    (`VAELAB_BENCH timings {...}`): seconds per training step from the end of the call of
+    Lightning's loop that took the second step (the first ones compile and allocate; a
+    call takes several with `trainer.steps_per_call`) to the end of the last, images per
+    second over them, seconds per epoch (validation included), the epochs run, and the
+    test stage's seconds and images. On a GPU the clock is read after a synchronisation,
+    at those boundaries only."""
 
     steps_per_call_safe = True
 
     def __init__(self) -> None:
-        self.ends: list[float] = []
-        self.steps: list[int] = []
+        self.start: tuple[float, int] | None = None  # (time, steps) where timing starts
+        self.end: tuple[float, int] | None = None
+        self.steps = 0  # by the end of the last call
         self.images = 0
         self.epoch_ends: list[float] = []
         self.test: list[float] = []
@@ -125,14 +126,15 @@ class Timings(L.Callback):
         self.epoch_ends.append(self._now(pl_module))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        last = trainer.is_last_batch or 0 < trainer.max_steps <= trainer.global_step
-        if len(self.ends) < 2 or last:  # the second batch's end starts the timing
-            self.ends.append(self._now(pl_module))
+        step = trainer.global_step
+        if self.start is None:
+            if step >= 2:
+                self.start = (self._now(pl_module), step)
         else:
-            self.ends.append(0.0)
-        self.steps.append(trainer.global_step)
-        if len(self.ends) > 2:
-            self.images += images_of_call(trainer, batch, self.steps[-2])
+            self.images += images_of_call(trainer, batch, self.steps)
+            if trainer.is_last_batch or 0 < trainer.max_steps <= step:
+                self.end = (self._now(pl_module), step)
+        self.steps = step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self.epoch_ends.append(self._now(pl_module))
@@ -140,8 +142,8 @@ class Timings(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:  # one line: the processes share stderr
             return
-        timed = self.steps[-1] - self.steps[1] if len(self.ends) > 2 else 0
-        seconds = self.ends[-1] - self.ends[1] if timed > 0 else float("nan")
+        timed = self.end[1] - self.start[1] if self.start and self.end else 0
+        seconds = self.end[0] - self.start[0] if timed > 0 else float("nan")
         epochs = [b - a for a, b in zip(self.epoch_ends, self.epoch_ends[1:], strict=False)]
         report("timings", json.dumps({
             "step_s": seconds / timed if timed > 0 else None,

@@ -1,9 +1,10 @@
 """The benchmark scripts run: the GPU check's dry run on the CPU prints its table."""
 
-import shutil
+import struct
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT, _offline_env
 
@@ -11,20 +12,31 @@ SECTIONS = ("step", "train", "eval", "data", "ddp", "exemplar")
 
 
 @pytest.mark.slow
-def test_the_device_check_dry_run_prints_every_row_of_its_table(mnist_idx_root):
-    # Small random IDX files stand in for Fashion-MNIST.
-    shutil.copytree(mnist_idx_root / "MNIST", mnist_idx_root / "FashionMNIST")
+def test_the_device_check_dry_run_prints_every_row_of_its_table(tmp_path):
+    # Random IDX files stand in for Fashion-MNIST: 1,600 training images, so that a row's
+    # steps fill more than one call of Lightning's loop (16 steps a call), as it times.
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 1600), ("t10k", 100)):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        header = struct.pack(">IIII", 2051, n, 28, 28)
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, n) + labels.tobytes()
+        )
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run",
-         "--data-dir", str(mnist_idx_root), "--exemplar-s", "20"],
-        cwd=mnist_idx_root, env=_offline_env({"PYTHON": sys.executable}),
+         "--data-dir", str(tmp_path), "--exemplar-s", "20"],
+        cwd=tmp_path, env=_offline_env({"PYTHON": sys.executable}),
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout[result.stdout.index("| section | measure | figure |") :]
     rows = [line.split(" | ") for line in table.splitlines()[2:]]
     assert [row[0].strip("| ") for row in rows] == [
-        *["step"] * 2, *["train"] * 2, "eval", "data", "data", "ddp", "exemplar"
+        *["step"] * 4, *["train"] * 2, "eval", "data", "data", "ddp", "exemplar"
     ]  # fmt: skip
     figures = {row[1]: row[2].strip(" |") for row in rows}
     for measure, figure in figures.items():  # a number, not "failed ..."

@@ -374,6 +374,15 @@ class LitVAE(L.LightningModule):
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":
+            # The steps taken, counted by manual optimization, also in automatic's count,
+            # which is Lightning's global_step once the module is back to one step a call.
+            loop = self.trainer.fit_loop.epoch_loop
+            automatic = loop.automatic_optimization.optim_progress.optimizer.step
+            manual = loop.manual_optimization.optim_step_progress
+            taken = max((automatic, manual), key=lambda count: count.total.completed)
+            state = taken.state_dict()
+            for count in (automatic, manual):
+                count.load_state_dict(state)
             self._group_steps(1)
 
     def _steps_for_fit(self) -> int:
@@ -459,9 +468,8 @@ class LitVAE(L.LightningModule):
         gradients (`on_before_optimizer_step`) and optimizer step, and the loop's counts of
         batches and steps kept as a call per step keeps them, so that a run's weights,
         figures, logged steps and checkpoints equal a run of one step per call. A group ends
-        early at the epoch's last batch, at `max_steps`, at a checkpoint's step and at a
-        What is left per step of Lightning's loop: its callbacks' step hooks
-        (`why_one_step_per_call`)."""
+        early at the epoch's last batch and where `_group_ends` says. What is left per step
+        of Lightning's loop: its callbacks' step hooks (`why_one_step_per_call`)."""
         trainer = self.trainer
         loop = trainer.fit_loop.epoch_loop
         batches = loop.batch_progress
@@ -495,8 +503,11 @@ class LitVAE(L.LightningModule):
                     loop._batches_that_stepped += 1
 
     def _group_ends(self) -> bool:
-        step = self.global_step
-        if 0 < self.trainer.max_steps <= step:
+        """Whether a group of steps ends before its next step: at `max_steps`, at a step a
+        checkpoint is written at, and at a SIGTERM (a preemption is answered at the next
+        step, as one step a call answers it)."""
+        step, trainer = self.global_step, self.trainer
+        if 0 < trainer.max_steps <= step or trainer.received_sigterm:
             return True
         return any(step % every == 0 for every in self._step_marks)
 
