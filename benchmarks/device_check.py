@@ -5,7 +5,8 @@
 On a machine with GPUs (`benchmarks/device_check.sh` sets it up offline, in 8 minutes):
   step     seconds per training step of the tiny network of `run.py --sections step` (mlp,
            hidden 16, z 2, batch 32): where the framework's cost shows, in fp32 and
-           bf16-mixed, eager and with `trainer.compile=true`;
+           bf16-mixed, eager and with `trainer.compile=true`, and eager with one step
+           per call of Lightning's loop (`trainer.steps_per_call=1`, against the default 16);
   train    training images/s of model=conv, batch 128, the same four;
   eval     the test stage's images/s with K = 1,000 importance samples (the estimators);
   data     `data.placement=device` against `data.placement=host` (pinned batches);
@@ -13,7 +14,7 @@ On a machine with GPUs (`benchmarks/device_check.sh` sets it up offline, in 8 mi
   exemplar as many epochs of `experiment=exemplar/vae_gaussian` as `--exemplar-s` allows,
            with the seconds per epoch (validation included) and the epochs the 2,000-epoch
            protocol would then take.
-All on Fashion-MNIST. `--dry-run`: the same rows on the CPU with a few batches, bf16-mixed
+All on Fashion-MNIST. `--dry-run`: the same rows on the CPU with 40 batches, bf16-mixed
 as it runs there and the compiled rows left out (they take minutes to compile on a CPU), so
 that a test can check the script end to end.
 """
