@@ -45,6 +45,16 @@ def _rows(run_dir) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+def _same_weights(a_dir, b_dir, name: str = "last.ckpt") -> int:
+    a = torch.load(a_dir / "checkpoints" / name, weights_only=True)
+    b = torch.load(b_dir / "checkpoints" / name, weights_only=True)
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (name, key)
+    assert a["global_step"] == b["global_step"]
+    return a["global_step"]
+
+
 def test_steps_grouped_in_calls_give_the_run_of_one_step_a_call(tmp_path):
     runs = {}
     for steps in ("1", "auto"):
@@ -63,24 +73,45 @@ def test_steps_grouped_in_calls_give_the_run_of_one_step_a_call(tmp_path):
     assert names == sorted(p.name for p in (grouped / "checkpoints").iterdir())
     assert "last.ckpt" in names and len(names) == 2
     for name in names:
-        a = torch.load(one / "checkpoints" / name, weights_only=True)
-        b = torch.load(grouped / "checkpoints" / name, weights_only=True)
-        assert a["global_step"] == b["global_step"]
-        assert a["state_dict"].keys() == b["state_dict"].keys()
-        for key in a["state_dict"]:
-            assert torch.equal(a["state_dict"][key], b["state_dict"][key]), (name, key)
+        _same_weights(one, grouped, name)
         # The data's position and Lightning's count of batches: a resume starts alike.
-        assert (
-            a["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-            == (b["loops"]["fit_loop"]["epoch_loop.batch_progress"])
-        )
-    assert torch.load(one / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 37
+        a, b = (torch.load(r / "checkpoints" / name, weights_only=True) for r in (one, grouped))
+        progress = "epoch_loop.batch_progress"
+        assert a["loops"]["fit_loop"][progress] == b["loops"]["fit_loop"][progress]
+    assert _same_weights(one, grouped) == 37
     assert Run(one).history() == Run(grouped).history()
     assert Run(one).metrics() == Run(grouped).metrics()
     # Every logged row at its step: the batch means every 3 steps, the epochs' figures.
     assert _rows(one) == _rows(grouped)
     steps = [int(row["step"]) for row in _rows(grouped) if row["train/loss_step"]]
     assert steps == list(range(2, 37, 3))
+
+
+def test_ddp_steps_grouped_in_calls_give_the_ddp_run_of_one_step_a_call(tmp_path):
+    """Two CPU processes (gloo): each grouped step's gradients are reduced across them as
+    Lightning's step reduces them (a process training on its own shard alone would end with
+    other weights)."""
+    runs = {}
+    for steps in ("1", "auto"):
+        run_dir = tmp_path / "outputs" / steps
+        result = run_train(
+            tmp_path,
+            *RUN[:5],
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "trainer.limit_train_batches=11",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "callbacks.pictures.every_n_epochs=100",
+            f"trainer.steps_per_call={steps}",
+            f"hydra.run.dir={run_dir}",
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[steps] = run_dir
+    assert f"Steps: {AUTO_STEPS_PER_CALL} per call" in Run(runs["auto"]).log_file.read_text()
+    assert _same_weights(runs["1"], runs["auto"]) == 22
+    assert Run(runs["1"]).metrics() == Run(runs["auto"]).metrics()
 
 
 @pytest.mark.parametrize(("killed", "resumed"), [("1", "auto"), ("auto", "1")])
