@@ -30,14 +30,12 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-@pytest.fixture
-def mnist_idx_root(tmp_path: Path) -> Path:
-    """A data_dir holding small random MNIST IDX files (300 train, 100 test) in torchvision's
-    layout, so the real loading code runs without the real dataset."""
-    raw = tmp_path / "MNIST" / "raw"
+def write_random_idx(raw: Path, n_train: int = 300, n_test: int = 100) -> None:
+    """Random 28x28 IDX files (images and labels of a train and a test split) in `raw`, as
+    torchvision lays out MNIST and Fashion-MNIST."""
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 300), ("t10k", 100)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
         labels = rng.integers(0, 10, size=n, dtype=np.uint8)
         # IDX: big-endian magic (0x08 = uint8, then the number of dims), dims, raw bytes.
@@ -46,6 +44,13 @@ def mnist_idx_root(tmp_path: Path) -> Path:
         (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
             struct.pack(">II", 2049, n) + labels.tobytes()
         )
+
+
+@pytest.fixture
+def mnist_idx_root(tmp_path: Path) -> Path:
+    """A data_dir holding small random MNIST IDX files (300 train, 100 test) in torchvision's
+    layout, so the real loading code runs without the real dataset."""
+    write_random_idx(tmp_path / "MNIST" / "raw")
     return tmp_path
 
 

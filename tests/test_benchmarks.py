@@ -1,12 +1,10 @@
 """The benchmark scripts run: the GPU check's dry run on the CPU prints its table."""
 
-import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-from conftest import ROOT, _offline_env
+from conftest import ROOT, _offline_env, write_random_idx
 
 SECTIONS = ("step", "train", "eval", "data", "ddp", "exemplar")
 
@@ -15,17 +13,7 @@ SECTIONS = ("step", "train", "eval", "data", "ddp", "exemplar")
 def test_the_device_check_dry_run_prints_every_row_of_its_table(tmp_path):
     # Random IDX files stand in for Fashion-MNIST: 1,600 training images, so that a row's
     # steps fill more than one call of Lightning's loop (16 steps a call), as it times.
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 1600), ("t10k", 100)):
-        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
-        header = struct.pack(">IIII", 2051, n, 28, 28)
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(header + images.tobytes())
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
-            struct.pack(">II", 2049, n) + labels.tobytes()
-        )
+    write_random_idx(tmp_path / "FashionMNIST" / "raw", n_train=1600)
     result = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "device_check.sh"), "--dry-run",
          "--data-dir", str(tmp_path), "--exemplar-s", "20"],
