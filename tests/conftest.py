@@ -229,8 +229,8 @@ def free_port() -> int:
 def old_form(config_file: Path) -> None:
     """Rewrite a run's config.yaml as a vaelab before issue 22 wrote it: `beta_schedule:
     {kind: ...}` for its `_target_`, `model.arch` (and `top_dim`) for the model's
-    `_target_`, the datamodule at `vaelab.datamodule`, and neither `data.source_class` nor
-    `data.source_args`."""
+    `_target_`, the datamodule at `vaelab.datamodule`, neither `data.source_class` nor
+    `data.source_args`, and (before issue 23) no `trainer.steps_per_call`."""
     config = yaml.safe_load(config_file.read_text())
     arch = config["model"].pop("_target_").rsplit(".", 1)[-1]
     archs = {"MLPVAE": "mlp", "ConvVAE": "conv", "HierarchicalVAE": "hvae"}
@@ -241,6 +241,7 @@ def old_form(config_file: Path) -> None:
     config["data"]["_target_"] = "vaelab.datamodule.VAEDataModule"
     for key in ("source_class", "source_args"):
         config["data"].pop(key, None)
+    config["trainer"].pop("steps_per_call")
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
 
 

@@ -39,11 +39,17 @@ def current_form(config: dict[str, Any]) -> dict[str, Any]:
     (`capabilities.model_node`), a `_target_` of a class that moved (`MOVED`) by its path
     today, and a data node without `source_class` (runs made before it) with its option's
     (`option_source`), and an old `likelihood: <option>` with a top-level `obs_scale` as the
-    likelihood's node (`capabilities.translate_old_config`). Run.config() gives every run's
-    config in this form."""
+    likelihood's node (`capabilities.translate_old_config`), and a trainer node without
+    `steps_per_call` (runs made before it) with today's default. Run.config() gives every
+    run's config in this form."""
     config = translate_old_config(dict(config))
     if "beta_schedule" in config or "beta" in config:  # a training run's, not an eval's
         config["beta_schedule"] = schedule_node(config.get("beta_schedule"))
+        trainer = config.get("trainer")
+        if isinstance(trainer, dict) and "steps_per_call" not in trainer:
+            # Trained one step per call of Lightning's loop, which is the same run as the
+            # default's groups of steps (LitVAE.steps_per_call), so today's default.
+            config["trainer"] = {**trainer, "steps_per_call": "auto"}
     if isinstance(config.get("model"), dict):
         # An arch vaelab never had is left as it is: building the model says so.
         with contextlib.suppress(ConfigError):
