@@ -84,18 +84,24 @@ def _compiler_missing() -> str | None:
     return None
 
 
+def _steps_taken(*counts: dict) -> dict:
+    """Of the two counts of optimizer steps (the state dicts of Lightning's progress of
+    automatic and of manual optimization; its global_step is the one of the mode it runs
+    in), the count of the mode that took the steps, for both to hold."""
+    return copy.deepcopy(max(counts, key=lambda count: count["total"]["completed"]))
+
+
 def _steps_counted_alike(checkpoint: dict) -> None:
-    """Give a checkpoint's two counts of optimizer steps, automatic optimization's and manual
-    optimization's (Lightning's global_step is the one of the mode it runs in), the count of
-    the mode that took the steps: a run resumes with one step per call of Lightning's loop
-    or several (`LitVAE.steps_per_call`), whichever it was saved with, earlier runs too."""
+    """Give a checkpoint's two counts of optimizer steps the steps taken (`_steps_taken`):
+    a run resumes with one step per call of Lightning's loop or several
+    (`LitVAE.steps_per_call`), whichever it was saved with, earlier runs too."""
     loops = checkpoint.get("loops", {}).get("fit_loop", {})
     automatic = loops.get("epoch_loop.automatic_optimization.optim_progress", {})
     counts = [automatic.get("optimizer", {}).get("step")]
     counts.append(loops.get("epoch_loop.manual_optimization.optim_step_progress"))
     if None in counts:
         return
-    taken = copy.deepcopy(max(counts, key=lambda count: count["total"]["completed"]))
+    taken = _steps_taken(*counts)
     for count in counts:
         count.update(copy.deepcopy(taken))
 
@@ -377,12 +383,13 @@ class LitVAE(L.LightningModule):
             # The steps taken, counted by manual optimization, also in automatic's count,
             # which is Lightning's global_step once the module is back to one step a call.
             loop = self.trainer.fit_loop.epoch_loop
-            automatic = loop.automatic_optimization.optim_progress.optimizer.step
-            manual = loop.manual_optimization.optim_step_progress
-            taken = max((automatic, manual), key=lambda count: count.total.completed)
-            state = taken.state_dict()
-            for count in (automatic, manual):
-                count.load_state_dict(state)
+            counts = (
+                loop.automatic_optimization.optim_progress.optimizer.step,
+                loop.manual_optimization.optim_step_progress,
+            )
+            taken = _steps_taken(*(count.state_dict() for count in counts))
+            for count in counts:
+                count.load_state_dict(taken)
             self._group_steps(1)
 
     def _steps_for_fit(self) -> int:
