@@ -47,6 +47,11 @@ def report(*fields: object) -> None:
     print(MARK, *fields, file=sys.stderr, flush=True)
 
 
+# Training steps left out of every timing (first-call allocations, caches, compilation):
+# timing starts at the end of the step, or call of Lightning's loop, that takes the last.
+WARMUP = 2
+
+
 def images_of_call(trainer, batch, steps_before: int) -> int:
     """The images a call of Lightning's training loop trained on: its steps since
     `steps_before` (several with `trainer.steps_per_call`), the last of them on `batch`."""
@@ -128,7 +133,7 @@ class Timings(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         if self.start is None:
-            if step >= 2:
+            if step >= WARMUP:
                 self.start = (self._now(pl_module), step)
         else:
             self.images += images_of_call(trainer, batch, self.steps)

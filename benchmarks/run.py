@@ -80,7 +80,7 @@ import torch
 from data_loading import write_idx
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
-from probes import MARK, images_of_call, peak_rss_kib, reset_peak_rss, rss_kib
+from probes import MARK, WARMUP, images_of_call, peak_rss_kib, reset_peak_rss, rss_kib
 from torch import Tensor
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -99,7 +99,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 SECTIONS = ("train", "step", "parts", "eval", "startup", "memory")
 BATCH = 128
-WARMUP = 2  # training batches left out of the timing: first-call allocations, caches
 TRAIN_OVERRIDES = (
     "logger=none",
     "callbacks=none",
@@ -912,21 +911,21 @@ def memory_section(settings: Settings, work: Path) -> list[Row]:
 
 
 class ProfileSteps(L.Callback):
-    """cProfile from the end of the warm-up calls of the training loop to the end of the
-    last training batch."""
+    """cProfile from the end of the warm-up (`WARMUP` steps, in the call of the training
+    loop that takes them) to the end of the last training batch."""
 
     steps_per_call_safe = True
 
     def __init__(self) -> None:
         self.profiler = cProfile.Profile()
-        self.calls = 0
+        self.started = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        self.calls += 1
         if batch_idx == trainer.num_training_batches - 1:
             self.profiler.disable()
-        elif self.calls == WARMUP:
+        elif not self.started and trainer.global_step >= WARMUP:
             self.profiler.enable()
+            self.started = True
 
 
 def profile_section(settings: Settings, data_dir: str, work: Path) -> list[Row]:
