@@ -248,7 +248,6 @@ class LitVAE(L.LightningModule):
         # set by `build_trainer`); what a fit runs is chosen in `setup` (`_steps`).
         self.steps_per_call: int | str = "auto"
         self._steps = 1
-        self._why_one_step: str | None = None
         self._step_marks: tuple[int, ...] = ()  # `on_train_start`
         self._batch_hooks: tuple[Callable, ...] = ()  # `on_train_start`
 
@@ -376,7 +375,13 @@ class LitVAE(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self._group_steps(self._steps_for_fit())
+            steps, why = self._steps_for_fit()
+            self._group_steps(steps)
+            if self.trainer.is_global_zero:
+                if steps > 1:
+                    log.info("Steps: %d per call of Lightning's loop", steps)
+                else:
+                    log.info("Steps: one per call of Lightning's loop (%s)", why)
 
     def teardown(self, stage: str) -> None:
         if stage == "fit":
@@ -392,24 +397,23 @@ class LitVAE(L.LightningModule):
                 count.load_state_dict(taken)
             self._group_steps(1)
 
-    def _steps_for_fit(self) -> int:
+    def _steps_for_fit(self) -> tuple[int, str | None]:
         """The training steps each call of Lightning's loop runs in this fit, from
-        `steps_per_call`: "auto" groups `AUTO_STEPS_PER_CALL` steps where nothing needs a
-        call per step (`why_one_step_per_call`), else one; a number is refused in one line
-        where something does.
+        `steps_per_call`, and why one where it is one: "auto" groups `AUTO_STEPS_PER_CALL`
+        steps where nothing needs a call per step (`why_one_step_per_call`), else one; a
+        number is refused in one line where something does.
 
         Raises:
             ConfigError: steps_per_call above 1 where a call per step is needed.
         """
         setting = self.steps_per_call
-        self._why_one_step = "trainer.steps_per_call=1"
         if setting == 1:
-            return 1
-        why = self._why_one_step = self.why_one_step_per_call()
+            return 1, "trainer.steps_per_call=1"
+        why = self.why_one_step_per_call()
         if why is None:
-            return AUTO_STEPS_PER_CALL if setting == "auto" else int(setting)
+            return (AUTO_STEPS_PER_CALL if setting == "auto" else int(setting)), None
         if setting == "auto":
-            return 1
+            return 1, why
         raise ConfigError(
             f"trainer.steps_per_call={setting}: {why}; give trainer.steps_per_call=auto or 1"
         )
@@ -594,11 +598,6 @@ class LitVAE(L.LightningModule):
                 hp["name"], hp["source"], f"{hp['n_train']:,}", f"{hp['n_val']:,}",
                 f"{hp['n_test']:,}", shape, where,
             )  # fmt: skip
-        if self.trainer.is_global_zero:
-            if self._steps > 1:
-                log.info("Steps: %d per call of Lightning's loop", self._steps)
-            else:
-                log.info("Steps: one per call of Lightning's loop (%s)", self._why_one_step)
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         with self._nvml_lifted():  # the forward and backward passes too: Lightning's closure
