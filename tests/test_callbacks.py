@@ -183,6 +183,9 @@ def test_images_are_logged_to_wandb_as_media_files(tmp_path, mnist_idx_root, mon
         )
     finally:
         wandb.finish()
+        # wandb's service writes the run file behind `finish` (seen: a file with no history
+        # yet under load); its teardown waits for the service to exit, the file closed.
+        wandb.teardown()
 
     run_dir = next((tmp_path / "wandb").glob("offline-run-*"))
     history = wandb_files.history(wandb_files.read_records(next(run_dir.glob("run-*.wandb"))))
