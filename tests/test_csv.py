@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import start_train, wait_for
 
+from vaelab.dashboards import RunCSVLogger
+
 # 2 epochs of 20 steps, a row every step written at once, a checkpoint every 5 steps.
 RUN = (
     "model=mlp",
@@ -69,3 +71,34 @@ def test_a_killed_and_resumed_run_keeps_its_csv_rows_before_the_checkpoint(tmp_p
     # for each step and epoch end, as in the uninterrupted run, with the same step values.
     assert shape(resumed) == shape(uninterrupted)
     assert [r["train/loss_step"] for r in resumed] == [r["train/loss_step"] for r in uninterrupted]
+
+
+def test_the_writer_keeps_its_file_open_and_every_saved_row_is_in_it(tmp_path):
+    """RunCSVLogger writes rows to metrics.csv kept open between saves: each save's rows are
+    in the file at once (a run killed next keeps them); a new column rewrites it with every
+    column; after `resume_at` replaced the file, rows go to the new file, not the old one."""
+    logger = RunCSVLogger(save_dir=tmp_path, name="csv", version="")
+    path = tmp_path / "csv" / "metrics.csv"
+
+    def on_disk() -> list[dict[str, str]]:
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    for step in range(3):
+        logger.log_metrics({"train/loss_step": float(step)}, step=step)
+        logger.save()
+        assert [r["step"] for r in on_disk()] == [str(s) for s in range(step + 1)]
+    assert logger.experiment._file is not None  # kept open between saves
+    logger.log_metrics({"val/elbo": -1.5}, step=3)  # a new column
+    logger.save()
+    assert on_disk()[0] == {"step": "0", "train/loss_step": "0.0", "val/elbo": ""}
+    assert on_disk()[3] == {"step": "3", "train/loss_step": "", "val/elbo": "-1.5"}
+
+    logger.resume_at(2)  # a run resumed from the checkpoint of step 2: steps 2, 3 dropped
+    logger.log_metrics({"train/loss_step": 20.0}, step=2)
+    logger.save()
+    assert [(r["step"], r["train/loss_step"]) for r in on_disk()] == [
+        ("0", "0.0"), ("1", "1.0"), ("2", "20.0"),
+    ]  # fmt: skip
+    logger.finalize("success")
+    assert logger.experiment._file is None
