@@ -433,8 +433,8 @@ class LitVAE(L.LightningModule):
             return f"precision {trainer.precision} scales gradients in Lightning's optimizer step"
         if trainer.val_check_interval != 1.0:
             return "trainer.val_check_interval validates inside an epoch"
+        safe = (ProgressBar, ModelCheckpoint, Timer)
         for callback in trainer.callbacks:
-            safe = (ProgressBar, ModelCheckpoint, Timer)
             if isinstance(callback, safe) or getattr(callback, "steps_per_call_safe", False):
                 continue
             hooks = [hook for hook in STEP_HOOKS if is_overridden(hook, callback, L.Callback)]
@@ -499,8 +499,8 @@ class LitVAE(L.LightningModule):
                 batch, _, _ = next(dataloader_iter)
                 batch = before(trainer.precision_plugin.convert_input(batch), 0)
                 batch = after(transfer(batch, device, 0), 0)
-                loss = self._step(batch, "train")["loss"].mean()
-                self._loss = loss.detach()
+                # The class's step of one batch (the instance's `training_step` is this one).
+                loss = type(self).training_step(self, batch, loop.batch_idx)
                 optimizer.zero_grad()
                 trainer.strategy.pre_backward(loss)  # DDP: ready to reduce the gradients
                 loss.backward()
